@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"etcdimg/outdir"
+	"etcdimg/pki"
+	"etcdimg/render"
+	"etcdimg/spec"
+)
+
+// specFlags are the flags every command that reads a spec shares.
+type specFlags struct {
+	config string
+	nodes  int
+	out    string
+}
+
+func (f *specFlags) register(c *cobra.Command) {
+	c.Flags().StringVar(&f.config, "config", "", "cluster spec to read (default: OUT/etcdimg.yaml, else the default spec)")
+	c.Flags().IntVar(&f.nodes, "nodes", 3, "members of the default spec, when there is no spec file")
+	c.Flags().StringVar(&f.out, "out", outdir.Default, "output directory")
+}
+
+func (f *specFlags) load(c *cobra.Command) (*spec.Cluster, string, error) {
+	return render.LoadSpec(render.Source{
+		ConfigPath: f.config,
+		Nodes:      f.nodes,
+		NodesSet:   c.Flags().Changed("nodes"),
+	}, outdir.Layout(f.out))
+}
+
+func initCmd() *cobra.Command {
+	var nodes int
+	var path string
+	c := &cobra.Command{
+		Use:   "init",
+		Short: "Write the default cluster spec for editing",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if render.Exists(path) {
+				return fmt.Errorf("init: %s already exists; edit it, or pass --config to write elsewhere", path)
+			}
+			if nodes < 1 || nodes > spec.MaxMembers {
+				return usageError{fmt.Errorf("--nodes %d: want 1 to %d members (3 or 5 tolerate failures)", nodes, spec.MaxMembers)}
+			}
+			c := spec.Default(nodes)
+			b, err := spec.Marshal(c)
+			if err != nil {
+				return err
+			}
+			if _, err := outdir.Write(filepath.Dir(path), []outdir.File{{Path: filepath.Base(path), Data: b, Mode: 0o644}}); err != nil {
+				return fmt.Errorf("init: %w", err)
+			}
+			printWarnings(c)
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d members); edit it, then: etcdimg render --config %s\n", path, nodes, path)
+			return nil
+		},
+	}
+	c.Flags().IntVar(&nodes, "nodes", 3, "number of members")
+	c.Flags().StringVar(&path, "config", "etcdimg.yaml", "where to write the spec")
+	return c
+}
+
+func renderCmd() *cobra.Command {
+	var f specFlags
+	c := &cobra.Command{
+		Use:   "render",
+		Short: "Write the spec, PKI, Ignition configs, etcdctl.env and prometheus.yml to the output directory",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, from, err := f.load(cmd)
+			if err != nil {
+				return err
+			}
+			printWarnings(c)
+			dir := outdir.Layout(f.out)
+			res, err := render.Run(c, dir)
+			if err != nil {
+				return err
+			}
+			printRender(cmd.OutOrStdout(), c, from, dir, res)
+			return nil
+		},
+	}
+	f.register(c)
+	return c
+}
+
+func printWarnings(c *spec.Cluster) {
+	for _, w := range c.Warnings() {
+		fmt.Fprintf(os.Stderr, "warning: %s\n", w)
+	}
+}
+
+func printRender(w io.Writer, c *spec.Cluster, from string, dir outdir.Layout, res *render.Result) {
+	state := func(rel string) string {
+		if slices.Contains(res.Changed, rel) {
+			return "written"
+		}
+		return "unchanged"
+	}
+	ca, _ := pki.ParseCert(res.PKI.CACert)
+	caState := "reused"
+	if slices.Contains(res.Issued, pki.CACertFile) {
+		caState = "new"
+	}
+	fmt.Fprintf(w, "spec     %s\n", from)
+	fmt.Fprintf(w, "CA       %s (%s, %s, until %s)\n", dir.PKIFile(pki.CACertFile), caState, pki.KeyAlgorithm(ca), ca.NotAfter.Format(time.DateOnly))
+	for _, m := range c.Members {
+		cert := "reused"
+		if slices.Contains(res.Issued, pki.MemberCertFile(m.Name)) {
+			cert = "issued"
+		}
+		rel, _ := dir.Rel(dir.Ignition(m.Name))
+		st, _ := os.Stat(dir.Ignition(m.Name))
+		fmt.Fprintf(w, "member   %-8s %-15s cert %-6s  %s (%d bytes, %s)\n", m.Name, m.IP, cert, dir.Ignition(m.Name), st.Size(), state(rel))
+	}
+	fmt.Fprintf(w, "etcdctl  source %s\n", dir.EtcdctlEnv())
+	fmt.Fprintf(w, "metrics  %s\n", dir.Prometheus())
+	fmt.Fprintf(w, "%d files, %d written, %d unchanged\n", len(res.Files), len(res.Changed), len(res.Files)-len(res.Changed))
+}

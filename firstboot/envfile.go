@@ -1,0 +1,52 @@
+package firstboot
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ParseEnvFile reads a systemd EnvironmentFile: KEY=VALUE lines, comments
+// starting with # or ;, values bare or in single or double quotes (with \"
+// and \\ escapes inside double quotes). It returns "KEY=VALUE" entries in
+// file order.
+func ParseEnvFile(data []byte) ([]string, error) {
+	var env []string
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		key, val, ok := strings.Cut(line, "=")
+		key = strings.TrimSpace(key)
+		if !ok || !envKey.MatchString(key) {
+			return nil, fmt.Errorf("line %d: %q is not KEY=VALUE", n, line)
+		}
+		val = strings.TrimSpace(val)
+		switch {
+		case len(val) >= 2 && val[0] == '"' && val[len(val)-1] == '"':
+			var b strings.Builder
+			in := val[1 : len(val)-1]
+			for i := 0; i < len(in); i++ {
+				if in[i] == '\\' && i+1 < len(in) {
+					i++
+				} else if in[i] == '"' {
+					return nil, fmt.Errorf("line %d: unescaped \" inside a quoted value", n)
+				}
+				b.WriteByte(in[i])
+			}
+			val = b.String()
+		case len(val) >= 2 && val[0] == '\'' && val[len(val)-1] == '\'':
+			val = val[1 : len(val)-1]
+		case strings.ContainsAny(val, `"'`):
+			return nil, fmt.Errorf("line %d: unbalanced quotes in %q", n, line)
+		}
+		env = append(env, key+"="+val)
+	}
+	return env, sc.Err()
+}

@@ -1,0 +1,272 @@
+// Package ignition renders each member's Ignition config and the Butane
+// source it is translated from, and reads Ignition configs back.
+//
+// The Butane document is built from typed values, translated by Butane's
+// own library (variant fcos 1.5.0, Ignition spec 3.4.0, which Fedora CoreOS
+// and Flatcar both accept) and checked by Ignition's own validator before
+// anything is returned. A config carries the member's certificate and key
+// and the CA certificate; it is never handed the CA key, so it cannot hold
+// it.
+//
+// It does not write files: the caller does. Reading (Parse, Contents) is
+// what firstboot uses inside the appliance.
+package ignition
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+
+	butane "github.com/coreos/ignition/v2/butane/config"
+	"github.com/coreos/ignition/v2/butane/config/common"
+	ign34 "github.com/coreos/ignition/v2/config/v3_4"
+	"gopkg.in/yaml.v3"
+
+	"etcdimg/spec"
+)
+
+// Paths inside a member, as the runbook lays them out.
+const (
+	EtcdConfPath   = "/etc/etcd/etcd.conf"
+	CertDir        = "/etc/etcd/cert"
+	CACertPath     = CertDir + "/etcd-ca.pem"
+	CertPath       = CertDir + "/etcd.pem"
+	KeyPath        = CertDir + "/etcd-key.pem"
+	DataDir        = "/var/lib/etcd"
+	NetworkPath    = "/etc/systemd/network/10-etcd.network"
+	EtcdBinary     = "/usr/bin/etcd"
+	EtcdUnitName   = "etcd.service"
+	HostnamePath   = "/etc/hostname"
+	HostsPath      = "/etc/hosts"
+	butaneVariant  = "fcos"
+	butaneVersion  = "1.5.0"
+	IgnitionSpec   = "3.4.0"
+	MaxConfigBytes = 16 << 10 // the AWS user-data limit
+)
+
+// Certs are what a member carries: the CA certificate, and its own
+// certificate and key.
+type Certs struct {
+	CA, Cert, Key []byte
+}
+
+// Config is one member's rendered config.
+type Config struct {
+	Butane   []byte // the .bu source
+	Ignition []byte // the .ign it translates to
+}
+
+// Render builds member m's config. c must be validated.
+func Render(c *spec.Cluster, m spec.Member, certs Certs) (Config, error) {
+	doc := butaneConfig{
+		Variant: butaneVariant,
+		Version: butaneVersion,
+		Storage: butaneStorage{
+			Directories: []butaneDir{
+				{Path: CertDir, Mode: 0o700},
+				{Path: DataDir, Mode: 0o700},
+			},
+			Files: []butaneFile{
+				file(HostnamePath, 0o644, m.Name+"\n"),
+				file(HostsPath, 0o644, string(Hosts(c))),
+				file(EtcdConfPath, 0o644, string(EtcdConf(c, m))),
+				file(CACertPath, 0o644, string(certs.CA)),
+				file(CertPath, 0o644, string(certs.Cert)),
+				file(KeyPath, 0o600, string(certs.Key)),
+				file(NetworkPath, 0o644, string(NetworkFile(c, m))),
+			},
+		},
+		Systemd: butaneSystemd{Units: []butaneUnit{
+			{Name: EtcdUnitName, Enabled: true, Contents: EtcdUnit()},
+		}},
+	}
+	var bu bytes.Buffer
+	fmt.Fprintf(&bu, "# Butane source of %s's Ignition config, written by etcdimg.\n", m.Name)
+	enc := yaml.NewEncoder(&bu)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
+		return Config{}, fmt.Errorf("ignition: %s: encode butane: %w", m.Name, err)
+	}
+	enc.Close()
+
+	ign, rpt, err := butane.TranslateBytes(bu.Bytes(), common.TranslateBytesOptions{})
+	if err != nil {
+		return Config{}, fmt.Errorf("ignition: %s: translate butane: %w: %s", m.Name, err, oneLine(rpt.String()))
+	}
+	if len(rpt.Entries) > 0 {
+		return Config{}, fmt.Errorf("ignition: %s: butane reported: %s", m.Name, oneLine(rpt.String()))
+	}
+	ign = append(ign, '\n')
+	if _, err := Parse(ign); err != nil {
+		return Config{}, fmt.Errorf("ignition: %s: %w", m.Name, err)
+	}
+	if len(ign) > MaxConfigBytes {
+		return Config{}, fmt.Errorf("ignition: %s: config is %d bytes, over the %d-byte user-data limit; use %s keys, which are smaller", m.Name, len(ign), MaxConfigBytes, spec.KeyECDSAP256)
+	}
+	return Config{Butane: bu.Bytes(), Ignition: ign}, nil
+}
+
+// Parse validates raw against Ignition spec 3.4.0 with Ignition's own
+// parser, which runs its validator, and returns the decoded config.
+func Parse(raw []byte) (Ign, error) {
+	cfg, rpt, err := ign34.ParseCompatibleVersion(raw)
+	if err != nil {
+		return Ign{}, fmt.Errorf("ignition: invalid config: %w: %s", err, oneLine(rpt.String()))
+	}
+	return cfg, nil
+}
+
+// EtcdConf is the member's /etc/etcd/etcd.conf: the runbook's ETCD_*
+// environment file, with mTLS on both ports and plain-HTTP metrics and
+// health on MetricsPort.
+func EtcdConf(c *spec.Cluster, m spec.Member) []byte {
+	ip := m.IP
+	url := func(scheme, host string, port int) string { return fmt.Sprintf("%s://%s:%d", scheme, host, port) }
+	// Loopback is added so tools on the member reach it without its
+	// address; a member that already sits on loopback has no need, and
+	// several such members would fight over 127.0.0.1.
+	listen := func(scheme string, port int) string {
+		urls := []string{url(scheme, ip, port)}
+		if !m.Addr().IsLoopback() {
+			urls = append(urls, url(scheme, "127.0.0.1", port))
+		}
+		return strings.Join(urls, ",")
+	}
+	var initial []string
+	for _, o := range c.Members {
+		initial = append(initial, o.Name+"="+url("https", o.IP, spec.PeerPort))
+	}
+	kv := [][2]string{
+		{"ETCD_NAME", m.Name},
+		{"ETCD_DATA_DIR", DataDir},
+		{"ETCD_SNAPSHOT_COUNT", strconv.FormatUint(c.Etcd.SnapshotCount, 10)},
+		{"ETCD_HEARTBEAT_INTERVAL", ms(c.Etcd.HeartbeatInterval)},
+		{"ETCD_ELECTION_TIMEOUT", ms(c.Etcd.ElectionTimeout)},
+		{"ETCD_QUOTA_BACKEND_BYTES", strconv.FormatUint(uint64(c.Etcd.BackendQuota), 10)},
+		{"ETCD_LISTEN_PEER_URLS", url("https", ip, spec.PeerPort)},
+		{"ETCD_LISTEN_CLIENT_URLS", listen("https", spec.ClientPort)},
+		{"ETCD_LISTEN_METRICS_URLS", listen("http", spec.MetricsPort)},
+		{"ETCD_INITIAL_ADVERTISE_PEER_URLS", url("https", ip, spec.PeerPort)},
+		{"ETCD_INITIAL_CLUSTER_STATE", "new"},
+		{"ETCD_INITIAL_CLUSTER", strings.Join(initial, ",")},
+		{"ETCD_INITIAL_CLUSTER_TOKEN", c.Name},
+		{"ETCD_ADVERTISE_CLIENT_URLS", url("https", ip, spec.ClientPort)},
+		{"ETCD_CLIENT_CERT_AUTH", "true"},
+		{"ETCD_CERT_FILE", CertPath},
+		{"ETCD_KEY_FILE", KeyPath},
+		{"ETCD_TRUSTED_CA_FILE", CACertPath},
+		{"ETCD_PEER_CLIENT_CERT_AUTH", "true"},
+		{"ETCD_PEER_CERT_FILE", CertPath},
+		{"ETCD_PEER_KEY_FILE", KeyPath},
+		{"ETCD_PEER_TRUSTED_CA_FILE", CACertPath},
+	}
+	var b bytes.Buffer
+	for _, p := range kv {
+		fmt.Fprintf(&b, "%s=%q\n", p[0], p[1])
+	}
+	return b.Bytes()
+}
+
+func ms(d spec.Duration) string { return strconv.FormatInt(d.D().Milliseconds(), 10) }
+
+// Hosts is /etc/hosts: loopback and every member, as the runbook's host
+// preparation lists them.
+func Hosts(c *spec.Cluster) []byte {
+	var b bytes.Buffer
+	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+	for _, m := range c.Members {
+		fmt.Fprintf(&b, "%s\t%s\n", m.IP, m.Name)
+	}
+	return b.Bytes()
+}
+
+// NetworkFile is the member's systemd-networkd config: its static address
+// on the first Ethernet interface, the gateway and DNS.
+func NetworkFile(c *spec.Cluster, m spec.Member) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "[Match]\nName=eth* en*\n\n[Network]\nAddress=%s/%d\n", m.IP, c.Prefix().Bits())
+	if c.Network.Gateway != "" {
+		fmt.Fprintf(&b, "Gateway=%s\n", c.Network.Gateway)
+	}
+	for _, d := range c.Network.DNS {
+		fmt.Fprintf(&b, "DNS=%s\n", d)
+	}
+	return b.Bytes()
+}
+
+// EtcdUnit is the runbook's etcd.service.
+func EtcdUnit() string {
+	return `[Unit]
+Description=etcd key-value store
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=notify
+EnvironmentFile=` + EtcdConfPath + `
+ExecStart=` + EtcdBinary + `
+Restart=on-failure
+RestartSec=5
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+`
+}
+
+// The Butane document, as typed values (fcos 1.5.0, the subset used).
+type butaneConfig struct {
+	Variant string        `yaml:"variant"`
+	Version string        `yaml:"version"`
+	Storage butaneStorage `yaml:"storage"`
+	Systemd butaneSystemd `yaml:"systemd"`
+}
+
+type butaneStorage struct {
+	Directories []butaneDir  `yaml:"directories"`
+	Files       []butaneFile `yaml:"files"`
+}
+
+type butaneDir struct {
+	Path string   `yaml:"path"`
+	Mode fileMode `yaml:"mode"`
+}
+
+type butaneFile struct {
+	Path      string         `yaml:"path"`
+	Mode      fileMode       `yaml:"mode"`
+	Overwrite bool           `yaml:"overwrite"`
+	Contents  butaneContents `yaml:"contents"`
+}
+
+type butaneContents struct {
+	Inline string `yaml:"inline"`
+}
+
+type butaneSystemd struct {
+	Units []butaneUnit `yaml:"units"`
+}
+
+type butaneUnit struct {
+	Name     string `yaml:"name"`
+	Enabled  bool   `yaml:"enabled"`
+	Contents string `yaml:"contents"`
+}
+
+// fileMode is written in octal, as people read modes.
+type fileMode int
+
+func (m fileMode) MarshalYAML() (any, error) {
+	return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: fmt.Sprintf("0%o", int(m))}, nil
+}
+
+// file makes a Butane file entry. Overwrite is set because a host such as
+// Fedora CoreOS already has /etc/hostname and /etc/hosts.
+func file(path string, mode fileMode, contents string) butaneFile {
+	return butaneFile{Path: path, Mode: mode, Overwrite: true, Contents: butaneContents{Inline: contents}}
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -1,0 +1,183 @@
+package ignition
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"etcdimg/pki"
+	"etcdimg/spec"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+// fixedCerts stand in for PEM material in golden files: the golden output
+// must not change with every freshly generated key.
+var fixedCerts = Certs{
+	CA:   []byte("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"),
+	Cert: []byte("-----BEGIN CERTIFICATE-----\nMEMBER\n-----END CERTIFICATE-----\n"),
+	Key:  []byte("-----BEGIN EC PRIVATE KEY-----\nKEY\n-----END EC PRIVATE KEY-----\n"),
+}
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from %s (run go test -update if intended):\n%s", name, path, got)
+	}
+}
+
+func TestRenderGolden(t *testing.T) {
+	c := spec.Default(3)
+	c.Network.DNS = []string{"192.168.2.1"}
+	cfg, err := Render(c, c.Members[0], fixedCerts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "etcd-1.bu", cfg.Butane)
+	var pretty bytes.Buffer
+	if err := json.Indent(&pretty, cfg.Ignition, "", "  "); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "etcd-1.ign", pretty.Bytes())
+}
+
+// TestConfigDecodesToTheRunbookFiles proves the round trip: the config
+// passes Ignition's validator and its files decode to exactly what the
+// member needs.
+func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
+	for _, alg := range []string{spec.KeyECDSAP256, spec.KeyRSA2048} {
+		t.Run(alg, func(t *testing.T) {
+			c := spec.Default(3)
+			c.PKI.KeyAlgorithm = alg
+			set, err := pki.Ensure(c, t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range c.Members {
+				certs := Certs{CA: set.CACert, Cert: set.Members[m.Name].Cert, Key: set.Members[m.Name].Key}
+				cfg, err := Render(c, m, certs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(cfg.Ignition) > MaxConfigBytes {
+					t.Errorf("%s: %d bytes", m.Name, len(cfg.Ignition))
+				}
+				ign, err := Parse(cfg.Ignition)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ign.Ignition.Version != IgnitionSpec {
+					t.Errorf("version %s", ign.Ignition.Version)
+				}
+				for path, want := range map[string][]byte{
+					EtcdConfPath: EtcdConf(c, m),
+					HostnamePath: []byte(m.Name + "\n"),
+					HostsPath:    Hosts(c),
+					NetworkPath:  NetworkFile(c, m),
+					CACertPath:   set.CACert,
+					CertPath:     certs.Cert,
+					KeyPath:      certs.Key,
+				} {
+					got, err := FileContents(ign, path)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !bytes.Equal(got, want) {
+						t.Errorf("%s %s:\n%s\nwant\n%s", m.Name, path, got, want)
+					}
+				}
+				key, _ := File(ign, KeyPath)
+				if key.Mode == nil || *key.Mode != 0o600 {
+					t.Errorf("%s: key mode %v", m.Name, key.Mode)
+				}
+				if len(ign.Systemd.Units) != 1 || ign.Systemd.Units[0].Name != EtcdUnitName || !*ign.Systemd.Units[0].Enabled {
+					t.Errorf("%s: units %+v", m.Name, ign.Systemd.Units)
+				}
+				for _, raw := range [][]byte{cfg.Ignition, cfg.Butane, decodedFiles(t, ign)} {
+					if pki.ContainsKey(raw, set.CAKey) {
+						t.Errorf("%s: config holds the CA key", m.Name)
+					}
+				}
+				if !pki.ContainsKey(decodedFiles(t, ign), certs.Key) {
+					t.Errorf("%s: the key check cannot find the member's own key", m.Name)
+				}
+			}
+		})
+	}
+}
+
+func decodedFiles(t *testing.T, ign Ign) []byte {
+	var all []byte
+	for _, f := range ign.Storage.Files {
+		b, err := Contents(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, b...)
+	}
+	return all
+}
+
+func TestEtcdConf(t *testing.T) {
+	c := spec.Default(3)
+	got := string(EtcdConf(c, c.Members[1]))
+	for _, line := range []string{
+		`ETCD_NAME="etcd-2"`,
+		`ETCD_DATA_DIR="/var/lib/etcd"`,
+		`ETCD_HEARTBEAT_INTERVAL="100"`,
+		`ETCD_ELECTION_TIMEOUT="1000"`,
+		`ETCD_SNAPSHOT_COUNT="5000"`,
+		`ETCD_QUOTA_BACKEND_BYTES="2147483648"`,
+		`ETCD_LISTEN_PEER_URLS="https://192.168.2.52:2380"`,
+		`ETCD_LISTEN_CLIENT_URLS="https://192.168.2.52:2379,https://127.0.0.1:2379"`,
+		`ETCD_LISTEN_METRICS_URLS="http://192.168.2.52:2381,http://127.0.0.1:2381"`,
+		`ETCD_INITIAL_CLUSTER="etcd-1=https://192.168.2.51:2380,etcd-2=https://192.168.2.52:2380,etcd-3=https://192.168.2.53:2380"`,
+		`ETCD_INITIAL_CLUSTER_TOKEN="etcd-cluster-1"`,
+		`ETCD_INITIAL_CLUSTER_STATE="new"`,
+		`ETCD_CLIENT_CERT_AUTH="true"`,
+		`ETCD_PEER_CLIENT_CERT_AUTH="true"`,
+		`ETCD_PEER_TRUSTED_CA_FILE="/etc/etcd/cert/etcd-ca.pem"`,
+	} {
+		if !strings.Contains(got, line+"\n") {
+			t.Errorf("etcd.conf lacks %s:\n%s", line, got)
+		}
+	}
+	// A loopback member does not also claim 127.0.0.1.
+	c.Network.CIDR, c.Network.Gateway = "127.0.0.0/8", ""
+	c.Members[0].IP = "127.0.0.51"
+	if got := string(EtcdConf(c, c.Members[0])); !strings.Contains(got, `ETCD_LISTEN_CLIENT_URLS="https://127.0.0.51:2379"`+"\n") {
+		t.Errorf("loopback member:\n%s", got)
+	}
+}
+
+func TestParseRefusesBrokenConfigs(t *testing.T) {
+	for name, raw := range map[string]string{
+		"empty":        ``,
+		"not json":     `{"ignition":`,
+		"old version":  `{"ignition":{"version":"2.2.0"}}`,
+		"bad mode":     `{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/x","mode":99999}]}}`,
+		"relative":     `{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"etc/x"}]}}`,
+		"unknown unit": `{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"etcd"}]}}`,
+	} {
+		if _, err := Parse([]byte(raw)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

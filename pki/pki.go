@@ -1,0 +1,434 @@
+// Package pki owns the cluster's certificate authority and the certificates
+// it signs, made with the cfssl library under the runbook's signing policy
+// (ca-config.json, profile "etcd") and file names.
+//
+// Ensure reads what already exists in a pki directory and returns the full
+// set in memory: an existing CA is reused byte for byte and never replaced,
+// a member certificate is issued only when it is missing or no longer fits
+// its member. pki never writes: the caller writes the returned files. The
+// CA private key is returned only for that write; nothing else in etcdimg
+// is handed it.
+package pki
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/cloudflare/cfssl/config"
+	"github.com/cloudflare/cfssl/csr"
+	"github.com/cloudflare/cfssl/helpers"
+	"github.com/cloudflare/cfssl/initca"
+	cflog "github.com/cloudflare/cfssl/log"
+	"github.com/cloudflare/cfssl/signer"
+	"github.com/cloudflare/cfssl/signer/local"
+
+	"etcdimg/spec"
+)
+
+// File names inside the pki directory, as in the runbook.
+const (
+	CACertFile   = "etcd-ca.pem"
+	CAKeyFile    = "etcd-ca-key.pem"
+	CAConfigFile = "ca-config.json"
+	AdminCert    = "admin.pem"
+	AdminKey     = "admin-key.pem"
+)
+
+// MemberCertFile and MemberKeyFile name a member's pair: etcd-1.pem,
+// etcd-1-key.pem.
+func MemberCertFile(name string) string { return name + ".pem" }
+func MemberKeyFile(name string) string  { return name + "-key.pem" }
+
+// Signing profiles in ca-config.json. "etcd" is the runbook's; "client" is
+// the admin certificate's, which must not be usable as a server.
+const (
+	ProfileEtcd   = "etcd"
+	ProfileClient = "client"
+)
+
+// AdminCN is the admin certificate's common name. etcd maps a client
+// certificate's CN to a user when auth is enabled; "root" makes the admin
+// certificate etcd's root user then.
+const AdminCN = "root"
+
+// renewBefore is how close to expiry a certificate is reissued.
+const renewBefore = 30 * 24 * time.Hour
+
+func init() {
+	// cfssl logs every request at INFO to stderr; etcdimg reports for itself.
+	cflog.Level = cflog.LevelFatal
+}
+
+// Pair is a PEM certificate and its PEM private key.
+type Pair struct {
+	Cert, Key []byte
+}
+
+// Set is the cluster's whole PKI.
+type Set struct {
+	CACert   []byte
+	CAKey    []byte // only for writing to the build directory
+	CAConfig []byte
+	Members  map[string]Pair
+	Admin    Pair
+	// Issued lists the files created by this call, for the operator.
+	Issued []string
+}
+
+// File is one file of the pki directory.
+type File struct {
+	Name string
+	Data []byte
+	Mode fs.FileMode
+}
+
+// Files lists the set as files, private keys 0600, in a fixed order.
+func (s *Set) Files() []File {
+	files := []File{
+		{CACertFile, s.CACert, 0o644},
+		{CAKeyFile, s.CAKey, 0o600},
+		{CAConfigFile, s.CAConfig, 0o644},
+		{AdminCert, s.Admin.Cert, 0o644},
+		{AdminKey, s.Admin.Key, 0o600},
+	}
+	names := make([]string, 0, len(s.Members))
+	for n := range s.Members {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := s.Members[n]
+		files = append(files, File{MemberCertFile(n), p.Cert, 0o644}, File{MemberKeyFile(n), p.Key, 0o600})
+	}
+	return files
+}
+
+// Ensure returns the PKI for c, reusing what dir already holds. dir may not
+// exist. It never writes to dir.
+func Ensure(c *spec.Cluster, dir string) (*Set, error) {
+	s := &Set{Members: map[string]Pair{}}
+	var err error
+	if s.CAConfig, err = caConfigJSON(c); err != nil {
+		return nil, err
+	}
+	policy, err := config.LoadConfig(s.CAConfig)
+	if err != nil {
+		return nil, fmt.Errorf("pki: load %s: %w", CAConfigFile, err)
+	}
+
+	ca, caKey, err := loadCA(dir)
+	switch {
+	case err != nil:
+		return nil, err
+	case ca == nil:
+		if s.CACert, s.CAKey, err = newCA(c); err != nil {
+			return nil, err
+		}
+		s.Issued = append(s.Issued, CACertFile, CAKeyFile)
+		if ca, caKey, err = parseCA(s.CACert, s.CAKey); err != nil {
+			return nil, err
+		}
+	default:
+		s.CACert, _ = os.ReadFile(filepath.Join(dir, CACertFile))
+		s.CAKey, _ = os.ReadFile(filepath.Join(dir, CAKeyFile))
+	}
+	sgn, err := local.NewSigner(caKey, ca, signer.DefaultSigAlgo(caKey), policy.Signing)
+	if err != nil {
+		return nil, fmt.Errorf("pki: signer: %w", err)
+	}
+
+	leaves := []struct {
+		want             leaf
+		certFile, keyOut string
+		set              func(Pair)
+	}{{
+		want:     leaf{cn: AdminCN, profile: ProfileClient},
+		certFile: AdminCert, keyOut: AdminKey,
+		set: func(p Pair) { s.Admin = p },
+	}}
+	for _, m := range c.Members {
+		leaves = append(leaves, struct {
+			want             leaf
+			certFile, keyOut string
+			set              func(Pair)
+		}{
+			want:     leaf{cn: m.Name, hosts: MemberHosts(m), profile: ProfileEtcd},
+			certFile: MemberCertFile(m.Name), keyOut: MemberKeyFile(m.Name),
+			set: func(p Pair) { s.Members[m.Name] = p },
+		})
+	}
+	for _, l := range leaves {
+		p, ok := existingLeaf(dir, l.certFile, l.keyOut, ca, l.want, c.PKI.KeyAlgorithm)
+		if !ok {
+			if p, err = issue(sgn, l.want, c.PKI.KeyAlgorithm); err != nil {
+				return nil, fmt.Errorf("pki: issue %s: %w", l.certFile, err)
+			}
+			s.Issued = append(s.Issued, l.certFile, l.keyOut)
+		}
+		l.set(p)
+	}
+	return s, nil
+}
+
+// MemberHosts is what a member's certificate is valid for: its IP, its
+// name, and loopback by address and by name.
+func MemberHosts(m spec.Member) []string {
+	return []string{m.IP, m.Name, "127.0.0.1", "localhost"}
+}
+
+type leaf struct {
+	cn      string
+	hosts   []string
+	profile string
+}
+
+func keyRequest(alg string) *csr.KeyRequest {
+	if alg == spec.KeyRSA2048 {
+		return &csr.KeyRequest{A: "rsa", S: 2048}
+	}
+	return &csr.KeyRequest{A: "ecdsa", S: 256}
+}
+
+func newCA(c *spec.Cluster) (cert, key []byte, err error) {
+	req := &csr.CertificateRequest{
+		CN:         "etcd-ca",
+		Names:      []csr.Name{{O: "etcdimg", OU: c.Name}},
+		KeyRequest: keyRequest(c.PKI.KeyAlgorithm),
+		CA:         &csr.CAConfig{Expiry: c.PKI.CALifetime.D().String()},
+	}
+	cert, _, key, err = initca.New(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: new CA: %w", err)
+	}
+	return cert, key, nil
+}
+
+func issue(s *local.Signer, l leaf, alg string) (Pair, error) {
+	req := &csr.CertificateRequest{
+		CN:         l.cn,
+		Names:      []csr.Name{{O: "etcdimg"}},
+		Hosts:      l.hosts,
+		KeyRequest: keyRequest(alg),
+	}
+	csrPEM, key, err := csr.ParseRequest(req)
+	if err != nil {
+		return Pair{}, err
+	}
+	cert, err := s.Sign(signer.SignRequest{Hosts: l.hosts, Request: string(csrPEM), Profile: l.profile})
+	if err != nil {
+		return Pair{}, err
+	}
+	return Pair{Cert: cert, Key: key}, nil
+}
+
+// loadCA reads an existing CA. It returns nil, nil, nil when there is none,
+// and an error when what is there cannot be used as this cluster's CA: a
+// CA is never silently replaced.
+func loadCA(dir string) (*x509.Certificate, crypto.Signer, error) {
+	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
+	certPEM, certErr := os.ReadFile(certPath)
+	keyPEM, keyErr := os.ReadFile(keyPath)
+	switch {
+	case errors.Is(certErr, fs.ErrNotExist) && errors.Is(keyErr, fs.ErrNotExist):
+		return nil, nil, nil
+	case certErr != nil && !errors.Is(certErr, fs.ErrNotExist):
+		return nil, nil, fmt.Errorf("pki: read CA %s: %w; fix its permissions, or move the pki directory aside to start a new CA", certPath, certErr)
+	case keyErr != nil && !errors.Is(keyErr, fs.ErrNotExist):
+		return nil, nil, fmt.Errorf("pki: read CA key %s: %w; fix its permissions, or move the pki directory aside to start a new CA", keyPath, keyErr)
+	case certErr != nil:
+		return nil, nil, fmt.Errorf("pki: %s exists but %s is missing; put the CA certificate back, or move the pki directory aside to start a new CA", keyPath, certPath)
+	case keyErr != nil:
+		return nil, nil, fmt.Errorf("pki: %s exists but %s is missing; put the CA key back, or move the pki directory aside to start a new CA", certPath, keyPath)
+	}
+	ca, key, err := parseCA(certPEM, keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (in %s); restore the original CA, or move the pki directory aside to start a new CA", err, dir)
+	}
+	if time.Now().After(ca.NotAfter) {
+		return nil, nil, fmt.Errorf("pki: the CA in %s expired on %s; move the pki directory aside to start a new CA and rebuild every member", dir, ca.NotAfter.Format(time.DateOnly))
+	}
+	return ca, key, nil
+}
+
+func parseCA(certPEM, keyPEM []byte) (*x509.Certificate, crypto.Signer, error) {
+	ca, err := helpers.ParseCertificatePEM(certPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: %s is not a PEM certificate", CACertFile)
+	}
+	if !ca.IsCA || ca.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return nil, nil, fmt.Errorf("pki: %s is not a CA certificate (CN %q)", CACertFile, ca.Subject.CommonName)
+	}
+	key, err := helpers.ParsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: %s is not a PEM private key", CAKeyFile)
+	}
+	if !publicKeysEqual(key.Public(), ca.PublicKey) {
+		return nil, nil, fmt.Errorf("pki: %s is not the key of %s (a foreign CA pair)", CAKeyFile, CACertFile)
+	}
+	return ca, key, nil
+}
+
+// existingLeaf returns the pair already on disk if it still fits: it parses,
+// the key matches, it chains to ca for its profile's usages, it names the
+// same subject and hosts, uses the spec's key algorithm, and is not near
+// expiry.
+func existingLeaf(dir, certFile, keyFile string, ca *x509.Certificate, want leaf, alg string) (Pair, bool) {
+	certPEM, err1 := os.ReadFile(filepath.Join(dir, certFile))
+	keyPEM, err2 := os.ReadFile(filepath.Join(dir, keyFile))
+	if err1 != nil || err2 != nil {
+		return Pair{}, false
+	}
+	cert, err := helpers.ParseCertificatePEM(certPEM)
+	if err != nil {
+		return Pair{}, false
+	}
+	key, err := helpers.ParsePrivateKeyPEM(keyPEM)
+	if err != nil || !publicKeysEqual(key.Public(), cert.PublicKey) {
+		return Pair{}, false
+	}
+	if KeyAlgorithm(cert) != alg {
+		return Pair{}, false
+	}
+	usages := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	if want.profile == ProfileEtcd {
+		usages = append(usages, x509.ExtKeyUsageServerAuth)
+	}
+	if err := Verify(ca, cert, usages...); err != nil {
+		return Pair{}, false
+	}
+	if cert.Subject.CommonName != want.cn || !sameHosts(cert, want.hosts) {
+		return Pair{}, false
+	}
+	if time.Until(cert.NotAfter) < renewBefore {
+		return Pair{}, false
+	}
+	return Pair{Cert: certPEM, Key: keyPEM}, true
+}
+
+// Verify checks that cert chains to ca for every one of usages.
+func Verify(ca, cert *x509.Certificate, usages ...x509.ExtKeyUsage) error {
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	for _, u := range usages {
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{u}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// KeyAlgorithm names cert's key in the spec's terms, or "" if it is
+// neither.
+func KeyAlgorithm(cert *x509.Certificate) string {
+	switch k := cert.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve.Params().BitSize == 256 {
+			return spec.KeyECDSAP256
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() == 2048 {
+			return spec.KeyRSA2048
+		}
+	}
+	return ""
+}
+
+func sameHosts(cert *x509.Certificate, hosts []string) bool {
+	var have, want []string
+	for _, ip := range cert.IPAddresses {
+		have = append(have, ip.String())
+	}
+	have = append(have, cert.DNSNames...)
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			want = append(want, ip.String())
+		} else {
+			want = append(want, h)
+		}
+	}
+	slices.Sort(have)
+	slices.Sort(want)
+	return slices.Equal(have, want)
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ea.Equal(b)
+}
+
+// caConfigJSON renders ca-config.json: the runbook's policy, with the
+// spec's certificate lifetime.
+func caConfigJSON(c *spec.Cluster) ([]byte, error) {
+	type profile struct {
+		Expiry string   `json:"expiry"`
+		Usages []string `json:"usages,omitempty"`
+	}
+	exp := hours(c.PKI.CertLifetime.D())
+	doc := struct {
+		Signing struct {
+			Default  profile            `json:"default"`
+			Profiles map[string]profile `json:"profiles"`
+		} `json:"signing"`
+	}{}
+	doc.Signing.Default = profile{Expiry: exp}
+	doc.Signing.Profiles = map[string]profile{
+		ProfileEtcd:   {Expiry: exp, Usages: []string{"signing", "key encipherment", "server auth", "client auth"}},
+		ProfileClient: {Expiry: exp, Usages: []string{"signing", "key encipherment", "client auth"}},
+	}
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("pki: encode %s: %w", CAConfigFile, err)
+	}
+	return append(b, '\n'), nil
+}
+
+// hours writes d as cfssl and the runbook do: "87600h".
+func hours(d time.Duration) string {
+	if d%time.Hour == 0 {
+		return fmt.Sprintf("%dh", d/time.Hour)
+	}
+	return d.String()
+}
+
+// ContainsKey reports whether data holds any recognisable piece of the
+// private key keyPEM: its DER bytes, or any line of its base64 body (which
+// survives URL-escaping and re-wrapping). Compressed data must be
+// decompressed by the caller first.
+func ContainsKey(data, keyPEM []byte) bool {
+	b, _ := pem.Decode(keyPEM)
+	if b == nil {
+		return false
+	}
+	if bytes.Contains(data, b.Bytes) {
+		return true
+	}
+	for _, line := range bytes.Split(keyPEM, []byte("\n")) {
+		line = bytes.TrimSpace(line)
+		if len(line) >= 16 && !bytes.HasPrefix(line, []byte("-----")) && bytes.Contains(data, line) {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseCert parses one PEM certificate.
+func ParseCert(pemBytes []byte) (*x509.Certificate, error) {
+	c, err := helpers.ParseCertificatePEM(pemBytes)
+	if err != nil {
+		return nil, fmt.Errorf("pki: parse certificate: %w", err)
+	}
+	return c, nil
+}

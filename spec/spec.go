@@ -1,0 +1,122 @@
+// Package spec owns the cluster spec, etcdimg.yaml: its types, its
+// defaults (the runbook's three-member plan) and its validation.
+//
+// Every other package takes a *Cluster that has passed Validate and never
+// re-checks it. The package does no I/O beyond parsing bytes it is given.
+package spec
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Ports every member serves. They are fixed so that a member's address is
+// all an operator, a firewall rule or a Prometheus target needs.
+const (
+	ClientPort  = 2379
+	PeerPort    = 2380
+	MetricsPort = 2381
+)
+
+// MaxMembers bounds the cluster size: etcd's own guidance is that clusters
+// above seven members pay for replication without gaining availability.
+const MaxMembers = 9
+
+// Key algorithms for the CA and every certificate it signs.
+const (
+	KeyECDSAP256 = "ecdsa-p256"
+	KeyRSA2048   = "rsa-2048"
+)
+
+// Cluster is the whole spec: what etcdimg.yaml holds.
+type Cluster struct {
+	// Name is the cluster's name and its etcd initial-cluster token.
+	Name    string   `yaml:"name"`
+	Members []Member `yaml:"members"`
+	Network Network  `yaml:"network"`
+	Etcd    Etcd     `yaml:"etcd"`
+	Backup  Backup   `yaml:"backup"`
+	PKI     PKI      `yaml:"pki"`
+}
+
+// Member is one etcd member and the machine that runs it.
+type Member struct {
+	Name string `yaml:"name"`
+	IP   string `yaml:"ip"`
+}
+
+// Network is the members' shared L2 segment.
+type Network struct {
+	CIDR    string   `yaml:"cidr"`
+	Gateway string   `yaml:"gateway,omitempty"`
+	DNS     []string `yaml:"dns,omitempty"`
+}
+
+// Etcd holds the etcd settings the runbook tunes.
+type Etcd struct {
+	HeartbeatInterval Duration `yaml:"heartbeatInterval"`
+	ElectionTimeout   Duration `yaml:"electionTimeout"`
+	SnapshotCount     uint64   `yaml:"snapshotCount"`
+	BackendQuota      Size     `yaml:"backendQuota"`
+}
+
+// Backup is the schedule of the member's own snapshots.
+type Backup struct {
+	Interval Duration `yaml:"interval"`
+	Retain   int      `yaml:"retain"`
+}
+
+// PKI sets the keys and lifetimes of the CA and the certificates.
+type PKI struct {
+	KeyAlgorithm string   `yaml:"keyAlgorithm"`
+	CALifetime   Duration `yaml:"caLifetime"`
+	CertLifetime Duration `yaml:"certLifetime"`
+}
+
+// Default returns the runbook's plan with n members: etcd-1…etcd-n at
+// 192.168.2.51 upward in 192.168.2.0/24. It is not validated: n may be out
+// of range, and Validate says so.
+func Default(n int) *Cluster {
+	c := &Cluster{
+		Name: "etcd-cluster-1",
+		Network: Network{
+			CIDR:    "192.168.2.0/24",
+			Gateway: "192.168.2.1",
+		},
+		Etcd: Etcd{
+			HeartbeatInterval: Duration(100 * time.Millisecond),
+			ElectionTimeout:   Duration(1000 * time.Millisecond),
+			SnapshotCount:     5000,
+			BackendQuota:      2 * GiB,
+		},
+		Backup: Backup{Interval: Duration(time.Hour), Retain: 24},
+		PKI: PKI{
+			KeyAlgorithm: KeyECDSAP256,
+			CALifetime:   Duration(87600 * time.Hour),
+			CertLifetime: Duration(87600 * time.Hour),
+		},
+	}
+	base := netip.MustParseAddr("192.168.2.51")
+	for i := range max(n, 0) {
+		c.Members = append(c.Members, Member{Name: fmt.Sprintf("etcd-%d", i+1), IP: base.String()})
+		base = base.Next()
+	}
+	return c
+}
+
+// Addr returns the member's IP. It is only called on validated specs.
+func (m Member) Addr() netip.Addr { return netip.MustParseAddr(m.IP) }
+
+// Member returns the member called name.
+func (c *Cluster) Member(name string) (Member, bool) {
+	for _, m := range c.Members {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// Prefix returns network.cidr. It is only called on validated specs.
+func (c *Cluster) Prefix() netip.Prefix { return netip.MustParsePrefix(c.Network.CIDR) }

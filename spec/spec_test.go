@@ -1,0 +1,161 @@
+package spec
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultIsTheRunbookPlan(t *testing.T) {
+	c := Default(3)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := []Member{{"etcd-1", "192.168.2.51"}, {"etcd-2", "192.168.2.52"}, {"etcd-3", "192.168.2.53"}}
+	for i, m := range want {
+		if c.Members[i] != m {
+			t.Errorf("member %d = %+v, want %+v", i, c.Members[i], m)
+		}
+	}
+	if c.Etcd.HeartbeatInterval.D() != 100*time.Millisecond || c.Etcd.ElectionTimeout.D() != time.Second {
+		t.Errorf("heartbeat/election = %s/%s, want 100ms/1s", c.Etcd.HeartbeatInterval, c.Etcd.ElectionTimeout)
+	}
+	if len(c.Warnings()) != 0 {
+		t.Errorf("three members warn: %v", c.Warnings())
+	}
+	if w := Default(4).Warnings(); len(w) != 1 || !strings.Contains(w[0], "even") {
+		t.Errorf("four members: warnings %v, want one about the even count", w)
+	}
+}
+
+func TestMarshalParseRoundTrip(t *testing.T) {
+	c := Default(5)
+	c.PKI.KeyAlgorithm = KeyRSA2048
+	c.Network.DNS = []string{"192.168.2.1"}
+	b, err := Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse(b, "etcdimg.yaml")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	b2, _ := Marshal(back)
+	if string(b) != string(b2) {
+		t.Errorf("round trip changed the spec:\n%s\n---\n%s", b, b2)
+	}
+}
+
+func TestParseFillsDefaults(t *testing.T) {
+	c, err := Parse([]byte("members:\n  - {name: a, ip: 192.168.2.10}\n"), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Default(0)
+	if c.Name != d.Name || c.Network.CIDR != d.Network.CIDR || c.Etcd != d.Etcd || c.PKI != d.PKI {
+		t.Errorf("defaults not filled: %+v", c)
+	}
+	// A network section given without a gateway means no default route.
+	c, err = Parse([]byte("members:\n  - {name: a, ip: 10.1.0.5}\nnetwork: {cidr: 10.1.0.0/16}\n"), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Network.Gateway != "" {
+		t.Errorf("gateway = %q, want none", c.Network.Gateway)
+	}
+}
+
+func TestUnits(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+	}{{"100ms", 100 * time.Millisecond}, {"87600h", 87600 * time.Hour}, {"3650d", 87600 * time.Hour}, {"1h30m", 90 * time.Minute}} {
+		d, err := ParseDuration(tc.in)
+		if err != nil || d.D() != tc.want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", tc.in, d, err, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		in   string
+		want Size
+	}{{"2GiB", 2 << 30}, {"512MiB", 512 << 20}, {"8GB", 8e9}, {"2147483648", 2 << 30}, {"1 KiB", 1024}} {
+		s, err := ParseSize(tc.in)
+		if err != nil || s != tc.want {
+			t.Errorf("ParseSize(%q) = %v, %v; want %v", tc.in, s, err, tc.want)
+		}
+	}
+	for _, bad := range []string{"", "2XB", "GiB", "-1", "99999999999TiB"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) accepted", bad)
+		}
+	}
+}
+
+// TestBadSpecsAreRefused checks that each bad input gets a one-line error
+// that names the field.
+func TestBadSpecsAreRefused(t *testing.T) {
+	three := "members:\n  - {name: etcd-1, ip: 192.168.2.51}\n  - {name: etcd-2, ip: 192.168.2.52}\n  - {name: etcd-3, ip: 192.168.2.53}\n"
+	many := "members:\n"
+	for i := 1; i <= 10; i++ {
+		many += "  - {name: m" + string(rune('0'+i%10)) + string(rune('a'+i)) + ", ip: 192.168.2." + string(rune('0'+i%10)) + "0}\n"
+	}
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"empty file", "", "is empty"},
+		{"syntax", "members: [", "fix the YAML syntax"},
+		{"no members", "members: []\n", "members is empty"},
+		{"too many", many, "more than 9"},
+		{"duplicate name", "members:\n  - {name: a, ip: 192.168.2.51}\n  - {name: a, ip: 192.168.2.52}\n", `members[1].name "a" is also members[0].name`},
+		{"duplicate ip", "members:\n  - {name: a, ip: 192.168.2.51}\n  - {name: b, ip: 192.168.2.51}\n", "members[1].ip 192.168.2.51 is also members[0].ip"},
+		{"ip outside cidr", "members:\n  - {name: a, ip: 10.0.0.9}\n", "members[0].ip 10.0.0.9 is outside network.cidr 192.168.2.0/24"},
+		{"ip not an ip", "members:\n  - {name: a, ip: 192.168.2.300}\n", "members[0].ip \"192.168.2.300\" is not an IPv4 address"},
+		{"broadcast ip", "members:\n  - {name: a, ip: 192.168.2.255}\n", "broadcast"},
+		{"gateway ip", "members:\n  - {name: a, ip: 192.168.2.1}\n", "is network.gateway"},
+		{"uppercase name", "members:\n  - {name: Etcd1, ip: 192.168.2.51}\n", `members[0].name "Etcd1" is not a valid member name`},
+		{"name with dot", "members:\n  - {name: a.b, ip: 192.168.2.51}\n", "members[0].name"},
+		{"name too long", "members:\n  - {name: " + strings.Repeat("a", 64) + ", ip: 192.168.2.51}\n", "members[0].name"},
+		{"bad cluster name", three + "name: my_cluster\n", `name "my_cluster"`},
+		{"election under 5x heartbeat", three + "etcd: {heartbeatInterval: 100ms, electionTimeout: 400ms}\n", "etcd.electionTimeout 400ms is under 5 × etcd.heartbeatInterval (100ms); raise it to at least 500ms"},
+		{"unparsable duration", three + "etcd: {heartbeatInterval: fast}\n", `etcd.heartbeatInterval: "fast" is not a duration`},
+		{"unparsable size", three + "etcd: {backendQuota: 2 gigs}\n", `etcd.backendQuota: "2 gigs" is not a size`},
+		{"snapshot count not a number", three + "etcd: {snapshotCount: lots}\n", `etcd.snapshotCount: "lots" is not a valid whole number`},
+		{"unknown top field", three + "nodes: 3\n", "unknown field nodes (line 5)"},
+		{"unknown member field", "members:\n  - {name: a, ip: 192.168.2.51, role: leader}\n", "unknown field members[0].role"},
+		{"unknown nested field", three + "pki:\n  keyAlgo: rsa\n", "unknown field pki.keyAlgo"},
+		{"bad key algorithm", three + "pki: {keyAlgorithm: dsa}\n", `pki.keyAlgorithm "dsa" is not supported`},
+		{"cert outlives ca", three + "pki: {caLifetime: 8760h, certLifetime: 87600h}\n", "pki.certLifetime 87600h is longer than pki.caLifetime 8760h"},
+		{"cidr with host bits", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.7/24}\n", "network.cidr 10.0.0.7/24 has host bits set"},
+		{"gateway outside", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.0/24, gateway: 10.0.1.1}\n", "network.gateway 10.0.1.1 is outside"},
+		{"bad dns", three + "network: {cidr: 192.168.2.0/24, dns: [resolver]}\n", `network.dns[0] "resolver"`},
+		{"zero backup retain", three + "backup: {retain: 0}\n", "backup.retain 0"},
+		{"quota too small", three + "etcd: {backendQuota: 1MiB}\n", "etcd.backendQuota 1MiB is under 16MiB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), "etcdimg.yaml")
+			if err == nil {
+				t.Fatalf("accepted:\n%s", tc.yaml)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tc.want) {
+				t.Errorf("error %q does not contain %q", msg, tc.want)
+			}
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error is more than one line: %q", msg)
+			}
+			if !strings.HasPrefix(msg, "spec: ") {
+				t.Errorf("error %q does not start with spec:", msg)
+			}
+		})
+	}
+}
+
+func TestLoopbackMembersAreValid(t *testing.T) {
+	c, err := Parse([]byte("members:\n  - {name: a, ip: 127.0.0.51}\n  - {name: b, ip: 127.0.0.52}\n  - {name: c, ip: 127.0.0.53}\nnetwork: {cidr: 127.0.0.0/8}\n"), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Members) != 3 {
+		t.Fatalf("members = %d", len(c.Members))
+	}
+}

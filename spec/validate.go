@@ -1,0 +1,148 @@
+package spec
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"time"
+)
+
+// dnsLabel is an RFC 1123 label: what a hostname, an etcd member name, a
+// certificate DNS SAN and a file name can all safely be.
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Validate checks the whole spec and returns the first problem as one line
+// that names the field and says how to fix it.
+func (c *Cluster) Validate() error {
+	if !dnsLabel.MatchString(c.Name) {
+		return fmt.Errorf("spec: name %q is not a valid cluster name; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit", c.Name)
+	}
+	prefix, err := netip.ParsePrefix(c.Network.CIDR)
+	if err != nil || !prefix.Addr().Is4() {
+		return fmt.Errorf("spec: network.cidr %q is not an IPv4 CIDR; write it like 192.168.2.0/24", c.Network.CIDR)
+	}
+	if prefix != prefix.Masked() {
+		return fmt.Errorf("spec: network.cidr %s has host bits set; write the network address, %s", prefix, prefix.Masked())
+	}
+	if prefix.Bits() > 30 {
+		return fmt.Errorf("spec: network.cidr %s is too small for a cluster; use a /30 or larger network", prefix)
+	}
+	var gw netip.Addr
+	if c.Network.Gateway != "" {
+		gw, err = netip.ParseAddr(c.Network.Gateway)
+		if err != nil || !gw.Is4() {
+			return fmt.Errorf("spec: network.gateway %q is not an IPv4 address; write it like 192.168.2.1, or leave it out for no default route", c.Network.Gateway)
+		}
+		if !prefix.Contains(gw) {
+			return fmt.Errorf("spec: network.gateway %s is outside network.cidr %s; pick an address inside it", gw, prefix)
+		}
+	}
+	for i, d := range c.Network.DNS {
+		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
+			return fmt.Errorf("spec: network.dns[%d] %q is not an IPv4 address; write it like 192.168.2.1", i, d)
+		}
+	}
+
+	switch n := len(c.Members); {
+	case n == 0:
+		return fmt.Errorf("spec: members is empty; list at least one member (3 or 5 tolerate failures)")
+	case n > MaxMembers:
+		return fmt.Errorf("spec: members has %d entries, more than %d; etcd gains no availability past 7, use 3, 5 or 7", n, MaxMembers)
+	}
+	names := map[string]int{}
+	ips := map[netip.Addr]int{}
+	for i, m := range c.Members {
+		if !dnsLabel.MatchString(m.Name) {
+			return fmt.Errorf("spec: members[%d].name %q is not a valid member name; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit (it is the etcd name and the hostname)", i, m.Name)
+		}
+		if j, dup := names[m.Name]; dup {
+			return fmt.Errorf("spec: members[%d].name %q is also members[%d].name; give every member its own name", i, m.Name, j)
+		}
+		names[m.Name] = i
+		ip, err := netip.ParseAddr(m.IP)
+		if err != nil || !ip.Is4() {
+			return fmt.Errorf("spec: members[%d].ip %q is not an IPv4 address; write it like 192.168.2.51", i, m.IP)
+		}
+		if !prefix.Contains(ip) {
+			return fmt.Errorf("spec: members[%d].ip %s is outside network.cidr %s; pick an address inside it", i, ip, prefix)
+		}
+		if ip == prefix.Addr() || (!ip.IsLoopback() && ip == broadcast(prefix)) {
+			return fmt.Errorf("spec: members[%d].ip %s is the network or broadcast address of %s; pick a host address", i, ip, prefix)
+		}
+		if ip == gw {
+			return fmt.Errorf("spec: members[%d].ip %s is network.gateway; pick another address", i, ip)
+		}
+		if j, dup := ips[ip]; dup {
+			return fmt.Errorf("spec: members[%d].ip %s is also members[%d].ip; give every member its own address", i, ip, j)
+		}
+		ips[ip] = i
+	}
+
+	if err := c.Etcd.validate(); err != nil {
+		return err
+	}
+	if c.Backup.Interval.D() < time.Minute {
+		return fmt.Errorf("spec: backup.interval %s is under 1m; back up at most once a minute (e.g. 1h)", c.Backup.Interval)
+	}
+	if c.Backup.Retain < 1 {
+		return fmt.Errorf("spec: backup.retain %d must be at least 1; it is how many snapshots each member keeps", c.Backup.Retain)
+	}
+	return c.PKI.validate()
+}
+
+func (e Etcd) validate() error {
+	hb, el := e.HeartbeatInterval.D(), e.ElectionTimeout.D()
+	switch {
+	case hb < time.Millisecond || hb%time.Millisecond != 0:
+		return fmt.Errorf("spec: etcd.heartbeatInterval %s must be a whole number of milliseconds, at least 1ms (etcd's default is 100ms)", e.HeartbeatInterval)
+	case el%time.Millisecond != 0:
+		return fmt.Errorf("spec: etcd.electionTimeout %s must be a whole number of milliseconds (etcd's default is 1000ms)", e.ElectionTimeout)
+	case el < 5*hb:
+		return fmt.Errorf("spec: etcd.electionTimeout %s is under 5 × etcd.heartbeatInterval (%s); raise it to at least %s", e.ElectionTimeout, e.HeartbeatInterval, Duration(5*hb))
+	case el > 50*time.Second:
+		return fmt.Errorf("spec: etcd.electionTimeout %s is over etcd's limit of 50s; lower it", e.ElectionTimeout)
+	case e.SnapshotCount == 0:
+		return fmt.Errorf("spec: etcd.snapshotCount must be at least 1 (the runbook uses 5000)")
+	case e.BackendQuota < 16*MiB:
+		return fmt.Errorf("spec: etcd.backendQuota %s is under 16MiB; etcd's default is 2GiB", e.BackendQuota)
+	case e.BackendQuota > 100*GiB:
+		return fmt.Errorf("spec: etcd.backendQuota %s is over 100GiB; etcd recommends at most 8GiB", e.BackendQuota)
+	}
+	return nil
+}
+
+func (p PKI) validate() error {
+	switch p.KeyAlgorithm {
+	case KeyECDSAP256, KeyRSA2048:
+	default:
+		return fmt.Errorf("spec: pki.keyAlgorithm %q is not supported; use %s or %s", p.KeyAlgorithm, KeyECDSAP256, KeyRSA2048)
+	}
+	switch {
+	case p.CALifetime.D() < 24*time.Hour:
+		return fmt.Errorf("spec: pki.caLifetime %s is under a day; use something like 87600h (10 years)", p.CALifetime)
+	case p.CertLifetime.D() < 24*time.Hour:
+		return fmt.Errorf("spec: pki.certLifetime %s is under a day; use something like 8760h (1 year)", p.CertLifetime)
+	case p.CertLifetime > p.CALifetime:
+		return fmt.Errorf("spec: pki.certLifetime %s is longer than pki.caLifetime %s; certificates cannot outlive their CA, shorten it", p.CertLifetime, p.CALifetime)
+	}
+	return nil
+}
+
+// Warnings lists what is allowed but probably not meant.
+func (c *Cluster) Warnings() []string {
+	var w []string
+	if n := len(c.Members); n%2 == 0 {
+		w = append(w, fmt.Sprintf("spec: %d members tolerate no more failures than %d; an even count adds load, not fault tolerance", n, n-1))
+	}
+	if c.Etcd.BackendQuota > 8*GiB {
+		w = append(w, fmt.Sprintf("spec: etcd.backendQuota %s is over the 8GiB etcd recommends", c.Etcd.BackendQuota))
+	}
+	return w
+}
+
+func broadcast(p netip.Prefix) netip.Addr {
+	a := p.Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
