@@ -20,7 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"etcdimg/firstboot"
-	"etcdimg/ignition"
+	"etcdimg/ignition/ign"
 )
 
 // member is one etcd process started from a rendered Ignition config.
@@ -42,7 +42,7 @@ func startMember(t *testing.T, ignPath, name, ip string) *member {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := ignition.Parse(raw)
+	cfg, err := ign.Parse(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func startMember(t *testing.T, ignPath, name, ip string) *member {
 	if err := firstboot.Apply(cfg, m.root); err != nil {
 		t.Fatal(err)
 	}
-	conf, err := os.ReadFile(filepath.Join(m.root, ignition.EtcdConfPath))
+	conf, err := os.ReadFile(filepath.Join(m.root, ign.EtcdConfPath))
 	if err != nil {
 		t.Fatal(err)
 	}

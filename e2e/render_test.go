@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"etcdimg/ignition"
+	"etcdimg/ignition/ign"
 	"etcdimg/pki"
 )
 
@@ -115,7 +116,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 			t.Errorf("%s holds the CA key", f)
 		}
 		if strings.HasSuffix(f, ".ign") {
-			cfg, err := ignition.Parse(b)
+			cfg, err := ign.Parse(b)
 			if err != nil {
 				t.Fatalf("%s: %v", f, err)
 			}
@@ -123,7 +124,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 				t.Errorf("%s is %d bytes", f, len(b))
 			}
 			for _, file := range cfg.Storage.Files {
-				data, err := ignition.Contents(file)
+				data, err := ign.Contents(file)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -17,7 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"etcdimg/ignition"
+	"etcdimg/ignition/ign"
 )
 
 // UnitDir is where applied units are written, as on a systemd host.
@@ -26,7 +26,7 @@ const UnitDir = "/etc/systemd/system"
 // Apply writes cfg's directories, files, links and units under root ("/"
 // in the appliance, a temporary directory in tests). It checks the whole
 // config before writing anything.
-func Apply(cfg ignition.Ign, root string) error {
+func Apply(cfg ign.Config, root string) error {
 	if err := supported(cfg); err != nil {
 		return err
 	}
@@ -37,7 +37,7 @@ func Apply(cfg ignition.Ign, root string) error {
 	}
 	var writes []write
 	for _, f := range cfg.Storage.Files {
-		data, err := ignition.Contents(f)
+		data, err := ign.Contents(f)
 		if err != nil {
 			return fmt.Errorf("firstboot: apply: %w", err)
 		}
@@ -104,7 +104,7 @@ func Apply(cfg ignition.Ign, root string) error {
 }
 
 // supported refuses every part of Ignition the appliance does not do.
-func supported(cfg ignition.Ign) error {
+func supported(cfg ign.Config) error {
 	s := cfg.Storage
 	switch {
 	case len(s.Disks) > 0:
@@ -131,7 +131,7 @@ func supported(cfg ignition.Ign) error {
 		if err := check("file", f.Path, f.User.ID, f.Group.ID, f.User.Name, f.Group.Name); err != nil {
 			return err
 		}
-		if _, err := ignition.Contents(f); err != nil {
+		if _, err := ign.Contents(f); err != nil {
 			return fmt.Errorf("firstboot: %w", err)
 		}
 	}

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"etcdimg/ignition"
+	"etcdimg/ignition/ign"
 )
 
 func TestParseEnvFile(t *testing.T) {
@@ -33,9 +33,9 @@ EMPTY=
 	}
 }
 
-func parse(t *testing.T, raw string) ignition.Ign {
+func parse(t *testing.T, raw string) ign.Config {
 	t.Helper()
-	cfg, err := ignition.Parse([]byte(raw))
+	cfg, err := ign.Parse([]byte(raw))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,25 +20,28 @@ import (
 
 	butane "github.com/coreos/ignition/v2/butane/config"
 	"github.com/coreos/ignition/v2/butane/config/common"
-	ign34 "github.com/coreos/ignition/v2/config/v3_4"
 	"gopkg.in/yaml.v3"
 
+	"etcdimg/ignition/ign"
 	"etcdimg/spec"
 )
 
-// Paths inside a member, as the runbook lays them out.
+// Paths inside a member, from package ign.
 const (
-	EtcdConfPath   = "/etc/etcd/etcd.conf"
-	CertDir        = "/etc/etcd/cert"
-	CACertPath     = CertDir + "/etcd-ca.pem"
-	CertPath       = CertDir + "/etcd.pem"
-	KeyPath        = CertDir + "/etcd-key.pem"
-	DataDir        = "/var/lib/etcd"
-	NetworkPath    = "/etc/systemd/network/10-etcd.network"
-	EtcdBinary     = "/usr/bin/etcd"
-	EtcdUnitName   = "etcd.service"
-	HostnamePath   = "/etc/hostname"
-	HostsPath      = "/etc/hosts"
+	EtcdConfPath = ign.EtcdConfPath
+	CertDir      = ign.CertDir
+	CACertPath   = ign.CACertPath
+	CertPath     = ign.CertPath
+	KeyPath      = ign.KeyPath
+	DataDir      = ign.DataDir
+	NetworkPath  = ign.NetworkPath
+	EtcdBinary   = ign.EtcdBinary
+	EtcdUnitName = ign.EtcdUnitName
+	HostnamePath = ign.HostnamePath
+	HostsPath    = ign.HostsPath
+)
+
+const (
 	butaneVariant  = "fcos"
 	butaneVersion  = "1.5.0"
 	IgnitionSpec   = "3.4.0"
@@ -107,15 +110,8 @@ func Render(c *spec.Cluster, m spec.Member, certs Certs) (Config, error) {
 	return Config{Butane: bu.Bytes(), Ignition: ign}, nil
 }
 
-// Parse validates raw against Ignition spec 3.4.0 with Ignition's own
-// parser, which runs its validator, and returns the decoded config.
-func Parse(raw []byte) (Ign, error) {
-	cfg, rpt, err := ign34.ParseCompatibleVersion(raw)
-	if err != nil {
-		return Ign{}, fmt.Errorf("ignition: invalid config: %w: %s", err, oneLine(rpt.String()))
-	}
-	return cfg, nil
-}
+// Parse is ign.Parse, for callers that render and read.
+func Parse(raw []byte) (ign.Config, error) { return ign.Parse(raw) }
 
 // EtcdConf is the member's /etc/etcd/etcd.conf: the runbook's ETCD_*
 // environment file, with mTLS on both ports and plain-HTTP metrics and

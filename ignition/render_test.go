@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"etcdimg/ignition/ign"
 	"etcdimg/pki"
 	"etcdimg/spec"
 )
@@ -79,12 +80,12 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 				if len(cfg.Ignition) > MaxConfigBytes {
 					t.Errorf("%s: %d bytes", m.Name, len(cfg.Ignition))
 				}
-				ign, err := Parse(cfg.Ignition)
+				parsed, err := Parse(cfg.Ignition)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if ign.Ignition.Version != IgnitionSpec {
-					t.Errorf("version %s", ign.Ignition.Version)
+				if parsed.Ignition.Version != IgnitionSpec {
+					t.Errorf("version %s", parsed.Ignition.Version)
 				}
 				for path, want := range map[string][]byte{
 					EtcdConfPath: EtcdConf(c, m),
@@ -95,7 +96,7 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 					CertPath:     certs.Cert,
 					KeyPath:      certs.Key,
 				} {
-					got, err := FileContents(ign, path)
+					got, err := ign.FileContents(parsed, path)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -103,19 +104,19 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 						t.Errorf("%s %s:\n%s\nwant\n%s", m.Name, path, got, want)
 					}
 				}
-				key, _ := File(ign, KeyPath)
+				key, _ := ign.File(parsed, KeyPath)
 				if key.Mode == nil || *key.Mode != 0o600 {
 					t.Errorf("%s: key mode %v", m.Name, key.Mode)
 				}
-				if len(ign.Systemd.Units) != 1 || ign.Systemd.Units[0].Name != EtcdUnitName || !*ign.Systemd.Units[0].Enabled {
-					t.Errorf("%s: units %+v", m.Name, ign.Systemd.Units)
+				if u := parsed.Systemd.Units; len(u) != 1 || u[0].Name != EtcdUnitName || !*u[0].Enabled {
+					t.Errorf("%s: units %+v", m.Name, u)
 				}
-				for _, raw := range [][]byte{cfg.Ignition, cfg.Butane, decodedFiles(t, ign)} {
+				for _, raw := range [][]byte{cfg.Ignition, cfg.Butane, decodedFiles(t, parsed)} {
 					if pki.ContainsKey(raw, set.CAKey) {
 						t.Errorf("%s: config holds the CA key", m.Name)
 					}
 				}
-				if !pki.ContainsKey(decodedFiles(t, ign), certs.Key) {
+				if !pki.ContainsKey(decodedFiles(t, parsed), certs.Key) {
 					t.Errorf("%s: the key check cannot find the member's own key", m.Name)
 				}
 			}
@@ -123,10 +124,10 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 	}
 }
 
-func decodedFiles(t *testing.T, ign Ign) []byte {
+func decodedFiles(t *testing.T, cfg ign.Config) []byte {
 	var all []byte
-	for _, f := range ign.Storage.Files {
-		b, err := Contents(f)
+	for _, f := range cfg.Storage.Files {
+		b, err := ign.Contents(f)
 		if err != nil {
 			t.Fatal(err)
 		}

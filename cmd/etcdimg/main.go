@@ -26,7 +26,7 @@ of them.`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(initCmd(), renderCmd())
+	root.AddCommand(initCmd(), renderCmd(), buildCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)
 		var ue usageError

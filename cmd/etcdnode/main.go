@@ -17,9 +17,12 @@ import (
 	"go.etcd.io/etcd/etcdutl/v3/etcdutl"
 	"go.etcd.io/etcd/pkg/v3/cobrautl"
 	"go.etcd.io/etcd/server/v3/etcdmain"
+
+	"etcdimg/firstboot"
 )
 
 var programs = map[string]func(args []string){
+	"init":    func([]string) { firstboot.Main() },
 	"etcd":    etcdmain.Main,
 	"etcdctl": func(args []string) { os.Args = args; ctlv3.MustStart() },
 	"etcdutl": runEtcdutl,
@@ -33,7 +36,7 @@ func main() {
 	}
 	run, ok := programs[name]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "etcdnode: run me as etcd, etcdctl or etcdutl (a link or the first argument), not %q\n", name)
+		fmt.Fprintf(os.Stderr, "etcdnode: run me as init, etcd, etcdctl or etcdutl (a link or the first argument), not %q\n", name)
 		os.Exit(2)
 	}
 	run(args)

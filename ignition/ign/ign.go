@@ -1,4 +1,9 @@
-package ignition
+// Package ign is the Ignition config as the appliance reads it: parsing
+// with Ignition's own validator, decoding inline file contents, and the
+// paths a member's config puts files at. It is kept apart from package
+// ignition, which renders configs with Butane, so that the image's binary
+// carries the reader without the renderer.
+package ign
 
 import (
 	"bytes"
@@ -7,12 +12,38 @@ import (
 	"io"
 	"strings"
 
+	ign34 "github.com/coreos/ignition/v2/config/v3_4"
 	"github.com/coreos/ignition/v2/config/v3_4/types"
 	"github.com/vincent-petithory/dataurl"
 )
 
-// Ign is a parsed, validated Ignition config.
-type Ign = types.Config
+// Paths inside a member, as the runbook lays them out.
+const (
+	EtcdConfPath = "/etc/etcd/etcd.conf"
+	CertDir      = "/etc/etcd/cert"
+	CACertPath   = CertDir + "/etcd-ca.pem"
+	CertPath     = CertDir + "/etcd.pem"
+	KeyPath      = CertDir + "/etcd-key.pem"
+	DataDir      = "/var/lib/etcd"
+	NetworkPath  = "/etc/systemd/network/10-etcd.network"
+	EtcdBinary   = "/usr/bin/etcd"
+	EtcdUnitName = "etcd.service"
+	HostnamePath = "/etc/hostname"
+	HostsPath    = "/etc/hosts"
+)
+
+// Config is a parsed, validated Ignition config.
+type Config = types.Config
+
+// Parse validates raw with Ignition's own parser (which runs its
+// validator), accepting spec 3.0.0 to 3.4.0, and returns the config.
+func Parse(raw []byte) (Config, error) {
+	cfg, rpt, err := ign34.ParseCompatibleVersion(raw)
+	if err != nil {
+		return Config{}, fmt.Errorf("ignition: invalid config: %w: %s", err, strings.Join(strings.Fields(rpt.String()), " "))
+	}
+	return cfg, nil
+}
 
 // Contents returns a file's bytes from its inline data URL, decompressed.
 // Only data URLs are supported: an appliance fetches nothing at boot.
@@ -49,7 +80,7 @@ func Contents(f types.File) ([]byte, error) {
 }
 
 // File returns the config's file at path.
-func File(cfg Ign, path string) (types.File, bool) {
+func File(cfg Config, path string) (types.File, bool) {
 	for _, f := range cfg.Storage.Files {
 		if f.Path == path {
 			return f, true
@@ -59,7 +90,7 @@ func File(cfg Ign, path string) (types.File, bool) {
 }
 
 // FileContents returns the contents of the config's file at path.
-func FileContents(cfg Ign, path string) ([]byte, error) {
+func FileContents(cfg Config, path string) ([]byte, error) {
 	f, ok := File(cfg, path)
 	if !ok {
 		return nil, fmt.Errorf("ignition: config has no file %s", path)

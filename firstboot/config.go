@@ -1,0 +1,90 @@
+package firstboot
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"etcdimg/ignition/ign"
+)
+
+// A Source is one place a member's config may come from. Fetch returns
+// errNotFound when the source holds no config. Adding a cloud is adding a
+// Source.
+type Source interface {
+	Name() string
+	Fetch() ([]byte, error)
+}
+
+// configSources are tried in order: QEMU's fw_cfg first, so that one base
+// image can serve every member; then the config embedded in the image.
+func configSources() []Source {
+	return []Source{fwCfg{}, espFile{}}
+}
+
+// readConfig takes the first config found and validates it with
+// Ignition's own parser.
+func readConfig(sources []Source) (ign.Config, string, error) {
+	for _, s := range sources {
+		raw, err := s.Fetch()
+		if errors.Is(err, errNotFound) {
+			continue
+		}
+		if err != nil {
+			return ign.Config{}, "", fmt.Errorf("%s: %w", s.Name(), err)
+		}
+		cfg, err := ign.Parse(raw)
+		if err != nil {
+			return ign.Config{}, "", fmt.Errorf("config from %s: %w", s.Name(), err)
+		}
+		return cfg, fmt.Sprintf("%s, %d bytes, Ignition %s", s.Name(), len(raw), cfg.Ignition.Version), nil
+	}
+	return ign.Config{}, "", errors.New("no config: neither fw_cfg opt/com.coreos/config nor the image's /etcdimg/node.ign is present")
+}
+
+// fwCfg is QEMU's -fw_cfg name=opt/com.coreos/config, the key Fedora
+// CoreOS and Flatcar read too.
+type fwCfg struct{}
+
+const fwCfgPath = "/sys/firmware/qemu_fw_cfg/by_name/opt/com.coreos/config/raw"
+
+func (fwCfg) Name() string { return "fw_cfg opt/com.coreos/config" }
+
+func (fwCfg) Fetch() ([]byte, error) {
+	b, err := os.ReadFile(fwCfgPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errNotFound
+	}
+	return b, err
+}
+
+// espFile is the config the image builder put on the EFI system
+// partition, mounted read-only for the read.
+type espFile struct{}
+
+const (
+	espMount      = "/boot"
+	espConfigPath = "etcdimg/node.ign"
+)
+
+func (espFile) Name() string { return "ESP " + espConfigPath }
+
+func (espFile) Fetch() ([]byte, error) {
+	dev, err := waitForPartition(espLabel)
+	if err != nil {
+		return nil, errNotFound
+	}
+	if err := unix.Mount(dev, espMount, "vfat", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "codepage=437,iocharset=ascii"); err != nil {
+		return nil, fmt.Errorf("mount %s read-only: %w", dev, err)
+	}
+	defer unix.Unmount(espMount, 0)
+	b, err := os.ReadFile(filepath.Join(espMount, espConfigPath))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errNotFound
+	}
+	return b, err
+}

@@ -1,0 +1,220 @@
+package firstboot
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"etcdimg/ignition/ign"
+)
+
+// Console prefixes every line firstboot prints; tests and operators grep
+// for it.
+const Console = "firstboot:"
+
+// Console lines that mark milestones, matched by tests and by `etcdimg up`.
+const (
+	MsgStopped  = "BOOT STOPPED:"
+	MsgReady    = "ready"
+	MsgPowerOff = "powering off"
+)
+
+// node is the state of the running appliance.
+type node struct {
+	mu       sync.Mutex
+	services []*service
+	dataDev  string // mounted at the data dir, or ""
+	power    chan string
+}
+
+// Main is /init. It never returns: the machine ends powered off.
+func Main() {
+	n := &node{power: make(chan string, 1)}
+	n.watchSignals()
+	defer func() {
+		if r := recover(); r != nil {
+			logf("panic: %v\n%s", r, debug.Stack())
+			n.stopped(fmt.Errorf("internal error: %v", r))
+		}
+	}()
+	logf("etcdimg appliance starting (pid %d)", os.Getpid())
+	if err := n.boot(); err != nil {
+		n.stopped(err)
+	}
+	n.shutdown(n.waitPower())
+}
+
+// waitPower blocks until power-off is requested. The periodic wake-up
+// keeps Go's deadlock detector from ever calling a waiting PID 1 stuck.
+func (n *node) waitPower() string {
+	for {
+		select {
+		case r := <-n.power:
+			return r
+		case <-time.After(time.Hour):
+		}
+	}
+}
+
+// boot runs the linear steps of a boot. Everything that can refuse the
+// config happens before anything touches a disk.
+func (n *node) boot() error {
+	if err := step("mount kernel file systems", mountKernelFS); err != nil {
+		return err
+	}
+	if err := step("load modules", loadModules); err != nil {
+		return err
+	}
+	if err := watchPowerButton(func() { n.requestPower("ACPI power button") }); err != nil {
+		logf("power button: %v; power off with a signal instead", err)
+	}
+	var cfg ign.Config
+	if err := step("read config", func() (string, error) {
+		var err error
+		var from string
+		cfg, from, err = readConfig(configSources())
+		return from, err
+	}); err != nil {
+		return err
+	}
+	var units []*Unit
+	if err := step("check units", func() (string, error) {
+		var err error
+		units, err = enabledUnits(cfg)
+		if err != nil {
+			return "", err
+		}
+		var names []string
+		for _, u := range units {
+			names = append(names, u.Name)
+		}
+		return strings.Join(names, ", "), nil
+	}); err != nil {
+		return err
+	}
+	if err := step("apply config", func() (string, error) {
+		return fmt.Sprintf("%d files", len(cfg.Storage.Files)), Apply(cfg, "/")
+	}); err != nil {
+		return err
+	}
+	if err := step("set hostname", setHostname); err != nil {
+		return err
+	}
+	if err := step("configure network", configureNetwork); err != nil {
+		return err
+	}
+	if err := step("prepare data disk", func() (string, error) {
+		dev, what, err := prepareDataDisk(ign.DataDir)
+		if err == nil {
+			n.mu.Lock()
+			n.dataDev = dev
+			n.mu.Unlock()
+		}
+		return what, err
+	}); err != nil {
+		return err
+	}
+	for _, u := range units {
+		s := newService(u)
+		n.mu.Lock()
+		n.services = append(n.services, s)
+		n.mu.Unlock()
+		if err := step("start "+u.Name, s.start); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// step runs one boot step and prints it as one line with its duration.
+func step(name string, fn func() (string, error)) error {
+	start := time.Now()
+	detail, err := fn()
+	took := time.Since(start).Round(time.Millisecond)
+	if err != nil {
+		logf("%s: failed after %s: %v", name, took, err)
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if detail != "" {
+		logf("%s: %s (%s)", name, detail, took)
+	} else {
+		logf("%s (%s)", name, took)
+	}
+	return nil
+}
+
+// stopped reports a boot that cannot go on, stops whatever was started,
+// and waits for the power button; the data disk is left as it is.
+func (n *node) stopped(err error) {
+	logf("%s %v", MsgStopped, err)
+	logf("the data disk was not formatted or changed by this boot step; fix the config or the disk and boot again. Waiting for power-off.")
+	n.shutdown(n.waitPower())
+}
+
+// shutdown stops the services, syncs and unmounts the data disk, and
+// powers off. It never returns.
+func (n *node) shutdown(reason string) {
+	logf("%s (%s)", MsgPowerOff, reason)
+	n.mu.Lock()
+	services := n.services
+	dev := n.dataDev
+	n.mu.Unlock()
+	for i := len(services) - 1; i >= 0; i-- {
+		services[i].stop(30 * time.Second)
+	}
+	unix.Sync()
+	if dev != "" {
+		if err := unix.Unmount(ign.DataDir, 0); err != nil {
+			logf("unmount %s: %v; remounting read-only", ign.DataDir, err)
+			unix.Mount("", ign.DataDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+		} else {
+			logf("unmounted %s (%s)", ign.DataDir, dev)
+		}
+	}
+	unix.Sync()
+	logf("power off")
+	for {
+		if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+			logf("power off: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// watchSignals turns the signals a PID 1 gets (SIGTERM, SIGPWR, SIGINT
+// from ctrl-alt-del) into a power-off request.
+func (n *node) watchSignals() {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGPWR, syscall.SIGINT)
+	go func() {
+		for s := range sig {
+			n.requestPower("signal " + s.String())
+		}
+	}()
+}
+
+func (n *node) requestPower(reason string) {
+	select {
+	case n.power <- reason:
+	default:
+	}
+}
+
+// logf prints one line to the console, stamped with the time since the
+// kernel started.
+func logf(format string, args ...any) {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	up := time.Duration(ts.Nano())
+	fmt.Fprintf(os.Stdout, "[%8.3f] %s %s\n", up.Seconds(), Console, fmt.Sprintf(format, args...))
+}
+
+var errNotFound = errors.New("not found")

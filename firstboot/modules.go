@@ -1,0 +1,54 @@
+package firstboot
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Where the image builder put the modules and their load order
+// (dependencies first). Kept in step with package image.
+const (
+	moduleDir   = "/lib/modules"
+	moduleOrder = "/lib/modules/load-order"
+)
+
+// loadModules loads every module in the image's load order. A module that
+// fails (say, a cloud NIC driver on QEMU) is reported and skipped: only
+// what the boot then lacks stops it.
+func loadModules() (string, error) {
+	list, err := os.ReadFile(moduleOrder)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", moduleOrder, err)
+	}
+	loaded, skipped := 0, []string{}
+	for _, name := range strings.Fields(string(list)) {
+		if err := loadModule(filepath.Join(moduleDir, name)); err != nil {
+			skipped = append(skipped, fmt.Sprintf("%s (%v)", name, err))
+			continue
+		}
+		loaded++
+	}
+	detail := fmt.Sprintf("%d loaded", loaded)
+	if len(skipped) > 0 {
+		detail += ", skipped: " + strings.Join(skipped, ", ")
+	}
+	return detail, nil
+}
+
+func loadModule(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	err = unix.FinitModule(int(f.Fd()), "", 0)
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,184 @@
+package firstboot
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// NetworkDir holds the systemd-networkd files the config wrote.
+const NetworkDir = "/etc/systemd/network"
+
+// NetworkFile is the subset of a systemd-networkd .network file the
+// appliance applies: [Match] Name= globs, [Network] Address=, Gateway=,
+// DNS=.
+type NetworkFile struct {
+	Names   []string
+	Address netip.Prefix
+	Gateway netip.Addr
+	DNS     []netip.Addr
+}
+
+// ParseNetworkFile reads a .network file; directives outside the subset
+// are errors.
+func ParseNetworkFile(data []byte) (NetworkFile, error) {
+	var nf NetworkFile
+	section := ""
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		if strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]") {
+			section = line[1 : len(line)-1]
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok {
+			return nf, fmt.Errorf("line %d: %q is not Key=Value", n, line)
+		}
+		var err error
+		switch section + "." + k {
+		case "Match.Name":
+			nf.Names = append(nf.Names, strings.Fields(v)...)
+		case "Network.Address":
+			nf.Address, err = netip.ParsePrefix(v)
+		case "Network.Gateway":
+			nf.Gateway, err = netip.ParseAddr(v)
+		case "Network.DNS":
+			var a netip.Addr
+			if a, err = netip.ParseAddr(v); err == nil {
+				nf.DNS = append(nf.DNS, a)
+			}
+		default:
+			return nf, fmt.Errorf("line %d: [%s] %s= is not supported by the appliance (it applies [Match] Name, [Network] Address, Gateway, DNS)", n, section, k)
+		}
+		if err != nil {
+			return nf, fmt.Errorf("line %d: %s=%s: %w", n, k, v, err)
+		}
+	}
+	if !nf.Address.IsValid() {
+		return nf, fmt.Errorf("no [Network] Address=")
+	}
+	return nf, sc.Err()
+}
+
+// matches reports whether an interface name matches the file's globs (no
+// Name= matches every interface but loopback).
+func (nf NetworkFile) matches(name string) bool {
+	if len(nf.Names) == 0 {
+		return name != "lo"
+	}
+	for _, g := range nf.Names {
+		if ok, _ := filepath.Match(g, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// configureNetwork brings up loopback and applies each .network file to
+// the first interface it matches, waiting (bounded) for the NIC driver to
+// publish the interface.
+func configureNetwork() (string, error) {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return "", fmt.Errorf("loopback: %w", err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return "", fmt.Errorf("loopback up: %w", err)
+	}
+	files, _ := filepath.Glob(filepath.Join(NetworkDir, "*.network"))
+	slices.Sort(files)
+	if len(files) == 0 {
+		return "", fmt.Errorf("no %s/*.network file in the config; the member needs its address", NetworkDir)
+	}
+	var done []string
+	var dns []netip.Addr
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		nf, err := ParseNetworkFile(data)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", f, err)
+		}
+		link, err := waitForLink(nf)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", f, err)
+		}
+		name := link.Attrs().Name
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: nf.Address.Addr().AsSlice(), Mask: net.CIDRMask(nf.Address.Bits(), nf.Address.Addr().BitLen())}}
+		if err := netlink.AddrReplace(link, addr); err != nil {
+			return "", fmt.Errorf("%s: address %s: %w", name, nf.Address, err)
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			return "", fmt.Errorf("%s up: %w", name, err)
+		}
+		desc := fmt.Sprintf("%s %s", name, nf.Address)
+		if nf.Gateway.IsValid() {
+			route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: nf.Gateway.AsSlice(), Scope: netlink.SCOPE_UNIVERSE}
+			if err := netlink.RouteReplace(route); err != nil {
+				return "", fmt.Errorf("%s: default route via %s: %w", name, nf.Gateway, err)
+			}
+			desc += " via " + nf.Gateway.String()
+		}
+		dns = append(dns, nf.DNS...)
+		done = append(done, desc)
+	}
+	if len(dns) > 0 {
+		var b strings.Builder
+		for _, a := range dns {
+			fmt.Fprintf(&b, "nameserver %s\n", a)
+		}
+		if err := os.WriteFile("/etc/resolv.conf", []byte(b.String()), 0o644); err != nil {
+			return "", err
+		}
+	}
+	return strings.Join(done, "; "), nil
+}
+
+func waitForLink(nf NetworkFile) (netlink.Link, error) {
+	deadline := time.Now().Add(deviceWait)
+	for {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return nil, err
+		}
+		slices.SortFunc(links, func(a, b netlink.Link) int { return a.Attrs().Index - b.Attrs().Index })
+		for _, l := range links {
+			if l.Attrs().Flags&net.FlagLoopback == 0 && nf.matches(l.Attrs().Name) {
+				return l, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no network interface matches Name=%s", strings.Join(nf.Names, " "))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func setHostname() (string, error) {
+	b, err := os.ReadFile("/etc/hostname")
+	if err != nil {
+		return "", err
+	}
+	name := strings.TrimSpace(string(b))
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return "", err
+	}
+	return name, nil
+}

@@ -1,0 +1,242 @@
+package firstboot
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// notifyDir holds the sd_notify sockets of Type=notify services.
+const notifyDir = "/run/etcdimg"
+
+// service supervises one unit: it runs ExecStart in its own process group,
+// restarts it as Restart= says, and reports readiness from NOTIFY_SOCKET.
+type service struct {
+	unit *Unit
+
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	exited   chan struct{} // closed when the current process has exited
+	stopping bool
+	ready    bool
+	starts   int
+}
+
+func newService(u *Unit) *service { return &service{unit: u} }
+
+// start launches the unit and supervises it in the background. It does
+// not wait for readiness: an etcd member reports ready only once the
+// cluster has quorum, which may need members that are still booting.
+func (s *service) start() (string, error) {
+	env, err := s.environment()
+	if err != nil {
+		return "", err
+	}
+	if s.unit.Type == "notify" {
+		sock, err := s.listenNotify()
+		if err != nil {
+			return "", err
+		}
+		env = append(env, "NOTIFY_SOCKET="+sock)
+	}
+	if s.unit.LimitNOFILE > 0 {
+		// Children inherit PID 1's limit; services start one at a time.
+		lim := &unix.Rlimit{Cur: s.unit.LimitNOFILE, Max: s.unit.LimitNOFILE}
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, lim); err != nil {
+			return "", fmt.Errorf("LimitNOFILE=%d: %w", s.unit.LimitNOFILE, err)
+		}
+	}
+	if err := s.spawn(env); err != nil {
+		return "", err
+	}
+	go s.supervise(env)
+	return fmt.Sprintf("pid %d: %s", s.pid(), strings.Join(s.unit.ExecStart, " ")), nil
+}
+
+func (s *service) environment() ([]string, error) {
+	env := []string{"PATH=/usr/bin:/bin", "HOME=/root"}
+	for _, f := range s.unit.EnvironmentFile {
+		data, err := os.ReadFile(f.Path)
+		if err != nil {
+			if f.Optional && os.IsNotExist(err) {
+				continue
+			}
+			return nil, fmt.Errorf("EnvironmentFile=%s: %w", f.Path, err)
+		}
+		vars, err := ParseEnvFile(data)
+		if err != nil {
+			return nil, fmt.Errorf("EnvironmentFile=%s: %w", f.Path, err)
+		}
+		env = append(env, vars...)
+	}
+	return append(env, s.unit.Environment...), nil
+}
+
+func (s *service) spawn(env []string) error {
+	cmd := exec.Command(s.unit.ExecStart[0], s.unit.ExecStart[1:]...)
+	cmd.Env = env
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// An os.Pipe rather than StdoutPipe: the relay reads to EOF on its
+	// own, so Wait never cuts the last lines of a dying process short.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		return fmt.Errorf("%s: %w", s.unit.ExecStart[0], err)
+	}
+	exited := make(chan struct{})
+	s.mu.Lock()
+	s.cmd, s.exited = cmd, exited
+	s.starts++
+	s.mu.Unlock()
+	go func() {
+		relay(strings.TrimSuffix(s.unit.Name, ".service"), pr)
+		pr.Close()
+	}()
+	return nil
+}
+
+// supervise waits for the process and restarts it as Restart= says.
+func (s *service) supervise(env []string) {
+	for {
+		s.mu.Lock()
+		cmd, exited := s.cmd, s.exited
+		s.mu.Unlock()
+		err := cmd.Wait()
+		close(exited)
+		s.mu.Lock()
+		stopping := s.stopping
+		s.ready = false
+		s.mu.Unlock()
+		if stopping {
+			logf("%s: stopped (%v)", s.unit.Name, exitText(err))
+			return
+		}
+		failed := err != nil
+		restart := s.unit.Restart == "always" || (s.unit.Restart == "on-failure" && failed)
+		if s.unit.Type == "oneshot" && !failed {
+			logf("%s: finished", s.unit.Name)
+			return
+		}
+		if !restart {
+			logf("%s: exited (%s); Restart=%s, not restarting", s.unit.Name, exitText(err), s.unit.Restart)
+			return
+		}
+		logf("%s: exited (%s); restarting in %s", s.unit.Name, exitText(err), s.unit.RestartSec)
+		time.Sleep(s.unit.RestartSec)
+		s.mu.Lock()
+		stopping = s.stopping
+		s.mu.Unlock()
+		if stopping {
+			return
+		}
+		if err := s.spawn(env); err != nil {
+			logf("%s: restart failed: %v; retrying in %s", s.unit.Name, err, s.unit.RestartSec)
+			time.Sleep(s.unit.RestartSec)
+			continue
+		}
+	}
+}
+
+func exitText(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+func (s *service) pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// stop sends SIGTERM to the service's process group and waits; after
+// timeout it sends SIGKILL.
+func (s *service) stop(timeout time.Duration) {
+	s.mu.Lock()
+	s.stopping = true
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	logf("%s: stopping (SIGTERM to pid %d)", s.unit.Name, cmd.Process.Pid)
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(timeout):
+		logf("%s: still running after %s; SIGKILL", s.unit.Name, timeout)
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+	}
+}
+
+// listenNotify opens the unit's sd_notify socket and reports READY=1 on
+// the console.
+func (s *service) listenNotify() (string, error) {
+	if err := os.MkdirAll(notifyDir, 0o755); err != nil {
+		return "", err
+	}
+	path := filepath.Join(notifyDir, s.unit.Name+".notify")
+	os.Remove(path)
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return "", fmt.Errorf("notify socket: %w", err)
+	}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, _, err := conn.ReadFromUnix(buf)
+			if err != nil {
+				return
+			}
+			for _, line := range strings.Split(string(buf[:n]), "\n") {
+				if line == "READY=1" {
+					s.mu.Lock()
+					first := !s.ready
+					s.ready = true
+					s.mu.Unlock()
+					if first {
+						logf("%s: %s", s.unit.Name, MsgReady)
+					}
+				}
+			}
+		}
+	}()
+	return path, nil
+}
+
+// relay copies a service's output to the console, one prefixed line at a
+// time.
+func relay(prefix string, r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fmt.Fprintf(os.Stdout, "%s: %s\n", prefix, sc.Text())
+	}
+}

@@ -1,0 +1,284 @@
+// Package image assembles a member's bootable disk: a GPT disk whose one
+// partition, the EFI system partition (FAT32), holds systemd-boot as the
+// removable-media loader EFI/BOOT/BOOTX64.EFI, a loader entry, the Debian
+// cloud kernel, the initramfs (the node binary and the modules the
+// appliance needs, nothing else) and the member's Ignition config.
+//
+// Images are reproducible: the same inputs give the same bytes. Disk and
+// partition GUIDs are derived from the cluster and member names, FAT and
+// cpio timestamps are fixed, archive entries are sorted. The CA key is
+// never an input.
+package image
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"etcdimg/deb"
+)
+
+// Paths on the EFI system partition, shared with firstboot.
+const (
+	ESPLabel      = "ESP" // the GPT partition name firstboot looks for
+	LoaderPath    = "/EFI/BOOT/BOOTX64.EFI"
+	LoaderConf    = "/loader/loader.conf"
+	EntryPath     = "/loader/entries/etcdimg.conf"
+	KernelPath    = "/vmlinuz"
+	InitrdPath    = "/initrd.img"
+	ConfigDir     = "/etcdimg"
+	ConfigPath    = ConfigDir + "/node.ign"
+	systemdBootIn = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+)
+
+// KernelCmdline is the appliance's kernel command line: the serial console
+// that clouds and QEMU capture, and a reboot (QEMU: exit) on panic rather
+// than a hang.
+const KernelCmdline = "console=tty0 console=ttyS0,115200n8 panic=-1 quiet"
+
+// sourceDateEpoch is the fixed time stamped on every FAT entry:
+// 2020-01-01T00:00:00Z. go-diskfs reads SOURCE_DATE_EPOCH for it.
+const sourceDateEpoch = "1577836800"
+
+// Boot is what every member's image shares: the boot loader, the kernel
+// and the initramfs.
+type Boot struct {
+	Loader        []byte // systemd-bootx64.efi
+	Kernel        []byte // vmlinuz
+	KernelVersion string
+	Initrd        []byte // compressed
+	InitrdRaw     []byte // uncompressed, for inspection
+	Modules       []string
+}
+
+// Inputs name the files a Boot is made from.
+type Inputs struct {
+	KernelDeb, BootloaderDeb string
+	NodeBinary               string // the static multi-call binary
+}
+
+// PrepareBoot reads the packages and the node binary and builds the
+// initramfs. It is done once per build and shared by every member.
+func PrepareBoot(in Inputs) (*Boot, error) {
+	k, err := ReadKernel(in.KernelDeb)
+	if err != nil {
+		return nil, err
+	}
+	mods, err := k.LoadOrder(ApplianceModules)
+	if err != nil {
+		return nil, err
+	}
+	loader, err := readLoader(in.BootloaderDeb)
+	if err != nil {
+		return nil, err
+	}
+	node, err := os.ReadFile(in.NodeBinary)
+	if err != nil {
+		return nil, fmt.Errorf("image: node binary: %w; build it with `make`", err)
+	}
+	initrd, raw, err := Initramfs(node, mods)
+	if err != nil {
+		return nil, err
+	}
+	b := &Boot{Loader: loader, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: initrd, InitrdRaw: raw}
+	for _, m := range mods {
+		b.Modules = append(b.Modules, m.Name)
+	}
+	return b, nil
+}
+
+func readLoader(debPath string) ([]byte, error) {
+	var loader []byte
+	err := deb.Walk(debPath, func(h *tar.Header, name string, r io.Reader) error {
+		if name == systemdBootIn {
+			b, err := io.ReadAll(r)
+			loader = b
+			if err == nil {
+				err = deb.ErrStop
+			}
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("image: read boot loader package: %w", err)
+	}
+	if loader == nil {
+		return nil, fmt.Errorf("image: %s holds no %s; pass Debian's systemd-boot-efi package", debPath, systemdBootIn)
+	}
+	return loader, nil
+}
+
+// Member names the image being written.
+type Member struct {
+	Cluster, Name string
+	Ignition      []byte
+}
+
+// Write writes member's image to path: built under a temporary name in the
+// same directory and renamed into place when complete. The image holds the
+// member's private key, so it is 0600.
+func Write(path string, b *Boot, m Member) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	tmpName := tmp.Name()
+	tmp.Close()
+	os.Remove(tmpName) // go-diskfs creates the file itself
+	defer os.Remove(tmpName)
+	if err := build(tmpName, b, m); err != nil {
+		return fmt.Errorf("image: %s: %w", m.Name, err)
+	}
+	if err := os.Chmod(tmpName, 0o600); err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	f, err := os.Open(tmpName)
+	if err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	err = f.Sync()
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("image: sync: %w", err)
+	}
+	if err := os.Rename(tmpName, path); err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	return nil
+}
+
+const (
+	mib        = 1 << 20
+	sector     = 512
+	minESPSize = 40 * mib // FAT32 needs at least 65525 clusters
+)
+
+// Files returns the ESP's files for m, by path.
+func (b *Boot) Files(m Member) map[string][]byte {
+	loaderConf := "timeout 0\ndefault etcdimg.conf\neditor no\nrandom-seed-mode off\n"
+	entry := fmt.Sprintf("title etcdimg %s (%s)\nlinux %s\ninitrd %s\noptions %s\n", m.Name, m.Cluster, KernelPath, InitrdPath, KernelCmdline)
+	return map[string][]byte{
+		LoaderPath: b.Loader,
+		LoaderConf: []byte(loaderConf),
+		EntryPath:  []byte(entry),
+		KernelPath: b.Kernel,
+		InitrdPath: b.Initrd,
+		ConfigPath: m.Ignition,
+	}
+}
+
+func build(path string, b *Boot, m Member) error {
+	files := b.Files(m)
+	var content int64
+	for _, data := range files {
+		content += int64(len(data))
+	}
+	espSize := max(minESPSize, roundUp(content+content/8+4*mib, mib))
+	diskSize := espSize + 2*mib // 1 MiB before for the GPT and alignment, 1 MiB after for the backup GPT
+
+	if os.Getenv("SOURCE_DATE_EPOCH") == "" {
+		os.Setenv("SOURCE_DATE_EPOCH", sourceDateEpoch)
+	}
+	d, err := diskfs.Create(path, diskSize, diskfs.SectorSize512)
+	if err != nil {
+		return fmt.Errorf("create disk: %w", err)
+	}
+	defer d.Close()
+	table := &gpt.Table{
+		LogicalSectorSize:  sector,
+		PhysicalSectorSize: sector,
+		ProtectiveMBR:      true,
+		GUID:               guid(m.Cluster, m.Name, "disk"),
+		Partitions: []*gpt.Partition{{
+			Index: 1,
+			Start: mib / sector,
+			End:   uint64((mib+espSize)/sector - 1),
+			Type:  gpt.EFISystemPartition,
+			Name:  ESPLabel,
+			GUID:  guid(m.Cluster, m.Name, "esp"),
+		}},
+	}
+	if err := d.Partition(table); err != nil {
+		return fmt.Errorf("write GPT: %w", err)
+	}
+	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 1, FSType: filesystem.TypeFat32, VolumeLabel: "ETCDIMG", Reproducible: true})
+	if err != nil {
+		return fmt.Errorf("write ESP: %w", err)
+	}
+	for _, dir := range []string{"/EFI", "/EFI/BOOT", "/loader", "/loader/entries", ConfigDir} {
+		if err := fs.Mkdir(dir); err != nil {
+			return fmt.Errorf("write ESP: mkdir %s: %w", dir, err)
+		}
+	}
+	for _, p := range slices.Sorted(maps.Keys(files)) {
+		f, err := fs.OpenFile(p, os.O_CREATE|os.O_RDWR)
+		if err != nil {
+			return fmt.Errorf("write ESP: %s: %w", p, err)
+		}
+		if _, err := io.Copy(f, bytes.NewReader(files[p])); err != nil {
+			return fmt.Errorf("write ESP: %s: %w", p, err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("write ESP: %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// guid derives a stable RFC 4122 GUID (version 5 layout, SHA-256 based)
+// from names, so that rebuilding an image gives the same GUIDs.
+func guid(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	s := h.Sum(nil)
+	s[6] = s[6]&0x0f | 0x50
+	s[8] = s[8]&0x3f | 0x80
+	return fmt.Sprintf("%X-%X-%X-%X-%X", s[0:4], s[4:6], s[6:8], s[8:10], s[10:16])
+}
+
+func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }
+
+// Built describes one written image.
+type Built struct {
+	Member    string
+	Path      string
+	Size      int64 // apparent
+	Allocated int64 // blocks on disk
+}
+
+// WriteAll writes one image per member into dir, each from the member's
+// rendered Ignition config. Members are written one after another, each
+// atomically.
+func WriteAll(dir, cluster string, members []string, configs map[string][]byte, b *Boot) ([]Built, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	var out []Built
+	for _, name := range members {
+		p := filepath.Join(dir, name+".img")
+		if err := Write(p, b, Member{Cluster: cluster, Name: name, Ignition: configs[name]}); err != nil {
+			return out, err
+		}
+		st, err := os.Stat(p)
+		if err != nil {
+			return out, fmt.Errorf("image: %w", err)
+		}
+		out = append(out, Built{Member: name, Path: p, Size: st.Size(), Allocated: allocated(st)})
+	}
+	return out, nil
+}
