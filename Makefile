@@ -7,9 +7,17 @@ OUT     ?= etcdimg-out
 NODES   ?= 3
 GOFLAGS_BUILD := -trimpath -ldflags=-s\ -w
 
-# Debian packages the build and the tests use, by the command that proves
-# each is installed.
-HOST_TOOLS := openssl:openssl
+# Debian packages the build and the tests use, as command:package.
+HOST_TOOLS := openssl:openssl qemu-system-x86_64:qemu-system-x86 sfdisk:fdisk \
+	fsck.vfat:dosfstools e2fsck:e2fsprogs mkfs.ext4:e2fsprogs
+# Files that prove a package without a command is installed, as file:package.
+HOST_FILES := /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
+
+# The Debian packages an image is made from, downloaded (not installed)
+# into an ignored cache: the versioned cloud kernel the meta-package
+# points at, and systemd-boot's EFI binaries.
+DEB_CACHE := .cache/deb
+export ETCDIMG_DEB_CACHE := $(CURDIR)/$(DEB_CACHE)
 
 .PHONY: all build up test bench deps clean
 all: build
@@ -18,9 +26,18 @@ all: build
 deps:
 	@command -v $(GO) >/dev/null || { echo "make: Go is missing: install Go 1.26 at /usr/local/go"; exit 1; }
 	@missing=""; for t in $(HOST_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	for t in $(HOST_FILES); do [ -e $${t%%:*} ] || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "make: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(DEB_CACHE)
+	@cd $(DEB_CACHE) && if ! ls linux-image-[0-9]*-cloud-amd64_*.deb >/dev/null 2>&1 || ! ls systemd-boot-efi_*.deb >/dev/null 2>&1; then \
+		kernel=$$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $$2; exit}'); \
+		if [ -z "$$kernel" ]; then apt-get update -qq; kernel=$$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $$2; exit}'); fi; \
+		echo "make: downloading $$kernel systemd-boot-efi into $(DEB_CACHE)"; \
+		apt-get download -qq "$$kernel" systemd-boot-efi 2>&1 | grep -v "^W: Download is performed unsandboxed" || true; \
+		ls linux-image-[0-9]*-cloud-amd64_*.deb systemd-boot-efi_*.deb >/dev/null; \
 	fi
 	@$(GO) mod download
 
@@ -29,9 +46,9 @@ build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/etcdimg ./cmd/etcdimg
 	$(GO) build $(GOFLAGS_BUILD) -o bin/etcdnode ./cmd/etcdnode
 
-## up: from a fresh machine, install, build and render a cluster into $(OUT).
+## up: from a fresh machine, install, build, and build the member images into $(OUT).
 up: deps build
-	bin/etcdimg render --out $(OUT) $(if $(wildcard $(OUT)/etcdimg.yaml),,--nodes $(NODES))
+	bin/etcdimg build --out $(OUT) $(if $(wildcard $(OUT)/etcdimg.yaml),,--nodes $(NODES))
 
 ## test: every test, unit and end to end.
 test: deps
@@ -39,6 +56,10 @@ test: deps
 		if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 25m ./...
+
+## bench: build time, image size and boot-to-healthy for one member under TCG.
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./e2e/
 
 clean:
 	rm -rf bin

@@ -7,11 +7,14 @@ import (
 	"archive/tar"
 	"bufio"
 	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -22,7 +25,23 @@ import (
 // Walk calls fn for every entry of the package's data archive, with the
 // entry's path cleaned of its leading "./" and a reader of its contents.
 // Returning ErrStop from fn ends the walk early without error.
+//
+// The first walk of a package keeps its decompressed data.tar beside it,
+// in .unpacked/, named by the package's SHA-256; later walks read that
+// (xz is the slow part). A directory that cannot be written only costs
+// the speed-up.
 func Walk(debPath string, fn func(h *tar.Header, name string, r io.Reader) error) error {
+	cached, err := unpacked(debPath)
+	if err != nil {
+		return err
+	}
+	if cached != "" {
+		f, err := os.Open(cached)
+		if err == nil {
+			defer f.Close()
+			return walkTar(debPath, "data.tar", bufio.NewReaderSize(f, 1<<20), fn)
+		}
+	}
 	f, err := os.Open(debPath)
 	if err != nil {
 		return fmt.Errorf("deb: %w", err)
@@ -37,7 +56,11 @@ func Walk(debPath string, fn func(h *tar.Header, name string, r io.Reader) error
 		return fmt.Errorf("deb: %s: %s: %w", debPath, member, err)
 	}
 	defer closeFn()
-	tr := tar.NewReader(dr)
+	return walkTar(debPath, member, dr, fn)
+}
+
+func walkTar(debPath, member string, r io.Reader, fn func(h *tar.Header, name string, r io.Reader) error) error {
+	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -54,6 +77,56 @@ func Walk(debPath string, fn func(h *tar.Header, name string, r io.Reader) error
 			return err
 		}
 	}
+}
+
+// unpacked returns the path of the package's decompressed data.tar,
+// making it on first use; "" when it cannot be kept.
+func unpacked(debPath string) (string, error) {
+	f, err := os.Open(debPath)
+	if err != nil {
+		return "", fmt.Errorf("deb: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("deb: %w", err)
+	}
+	dir := filepath.Join(filepath.Dir(debPath), ".unpacked")
+	cached := filepath.Join(dir, hex.EncodeToString(h.Sum(nil))+".tar")
+	if _, err := os.Stat(cached); err == nil {
+		return cached, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", nil
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", nil
+	}
+	data, member, err := findMember(bufio.NewReaderSize(f, 1<<20), "data.tar")
+	if err != nil {
+		return "", fmt.Errorf("deb: %s: %w", debPath, err)
+	}
+	dr, closeFn, err := decompress(data, member)
+	if err != nil {
+		return "", fmt.Errorf("deb: %s: %s: %w", debPath, member, err)
+	}
+	defer closeFn()
+	tmp, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return "", nil
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, dr); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("deb: %s: %s: %w", debPath, member, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", nil
+	}
+	if err := os.Rename(tmp.Name(), cached); err != nil {
+		return "", nil
+	}
+	return cached, nil
 }
 
 // ErrStop ends a Walk early.

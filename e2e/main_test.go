@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"etcdimg/deb"
 )
 
 // bin holds the binaries built once for all tests.
@@ -28,7 +30,7 @@ func TestMain(m *testing.M) {
 		bin.etcdimg = filepath.Join(dir, "etcdimg")
 		node := filepath.Join(dir, "etcdnode")
 		for out, pkg := range map[string]string{bin.etcdimg: "etcdimg/cmd/etcdimg", node: "etcdimg/cmd/etcdnode"} {
-			cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
+			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if b, err := cmd.CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", pkg, err, b)
@@ -41,6 +43,9 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
+		// The CLI runs from a temporary directory: tell it where `make deps`
+		// put the Debian packages.
+		os.Setenv(deb.CacheEnv, deb.CacheDir())
 		return m.Run()
 	}()
 	os.Exit(code)

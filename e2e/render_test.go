@@ -17,7 +17,7 @@ import (
 )
 
 // etcdimg runs the CLI and returns its stdout, stderr and exit code.
-func etcdimg(t *testing.T, dir string, args ...string) (string, string, int) {
+func etcdimg(t testing.TB, dir string, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(bin.etcdimg, args...)
 	cmd.Dir = dir

@@ -141,6 +141,9 @@ func Write(path string, b *Boot, m Member) error {
 	if err := build(tmpName, b, m); err != nil {
 		return fmt.Errorf("image: %s: %w", m.Name, err)
 	}
+	if err := fixFAT32(tmpName, mib); err != nil {
+		return fmt.Errorf("image: %s: %w", m.Name, err)
+	}
 	if err := os.Chmod(tmpName, 0o600); err != nil {
 		return fmt.Errorf("image: %w", err)
 	}

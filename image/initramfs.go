@@ -81,7 +81,7 @@ func Initramfs(node []byte, modules []*Module) (compressed, raw []byte, err erro
 		return nil, nil, fmt.Errorf("image: initramfs: %w", err)
 	}
 	raw = buf.Bytes()
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("image: initramfs: %w", err)
 	}

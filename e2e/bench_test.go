@@ -1,0 +1,107 @@
+package e2e
+
+import (
+	"compress/gzip"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// BenchmarkOneMember measures, for a one-member cluster under TCG: the
+// warm build time (Go binaries built, packages downloaded, PKI present),
+// the image's size (apparent, allocated, compressed), and the seconds from
+// QEMU's start to etcd answering /health on the forwarded metrics port.
+// Run it with `make bench`.
+func BenchmarkOneMember(b *testing.B) {
+	work := b.TempDir()
+	spec := filepath.Join(work, "one.yaml")
+	os.WriteFile(spec, []byte(oneMemberSpec), 0o644)
+	out := filepath.Join(work, "out")
+	run := func() time.Duration {
+		start := time.Now()
+		if _, stderr, code := etcdimg(b, work, "build", "--config", spec, "--out", out); code != 0 {
+			b.Fatalf("build: %s", stderr)
+		}
+		return time.Since(start)
+	}
+	run() // cold: creates the PKI
+	var build time.Duration
+	for range b.N {
+		build += run()
+	}
+	build /= time.Duration(b.N)
+	img := filepath.Join(out, "images", "etcd-1.img")
+	st, err := os.Stat(img)
+	if err != nil {
+		b.Fatal(err)
+	}
+	alloc := st.Sys().(*syscall.Stat_t).Blocks * 512
+	gz, zs := compressedSizes(b, img)
+
+	var boots []time.Duration
+	for i := range 3 {
+		dir := filepath.Join(work, fmt.Sprintf("boot%d", i))
+		start := time.Now()
+		m := bootVM(b, dir, img, filepath.Join(dir, "data.img"), "")
+		url := fmt.Sprintf("http://127.0.0.1:%d/health", m.metrics)
+		c := http.Client{Timeout: time.Second}
+		for {
+			if resp, err := c.Get(url); err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if strings.Contains(string(body), `"health":"true"`) {
+					break
+				}
+			}
+			if time.Since(start) > bootTimeout || m.vm.Exited() {
+				b.Fatalf("not healthy within %s:\n%s", bootTimeout, m.vm.Tail(40))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		boots = append(boots, time.Since(start))
+		m.vm.Shutdown(time.Minute)
+	}
+	b.ReportMetric(build.Seconds(), "build-s")
+	b.ReportMetric(mib(st.Size()), "image-MiB")
+	b.ReportMetric(mib(alloc), "allocated-MiB")
+	b.ReportMetric(mib(gz), "gzip-MiB")
+	b.ReportMetric(mib(zs), "zstd-MiB")
+	best := boots[0]
+	for _, d := range boots {
+		best = min(best, d)
+	}
+	b.ReportMetric(best.Seconds(), "boot-to-healthy-s")
+	fmt.Printf("\none member, TCG, 1 vCPU, 256 MiB guest RAM\n")
+	fmt.Printf("  build (warm):            %.2f s\n", build.Seconds())
+	fmt.Printf("  image:                   %.1f MiB apparent, %.1f MiB allocated, %.1f MiB gzip, %.1f MiB zstd\n", mib(st.Size()), mib(alloc), mib(gz), mib(zs))
+	fmt.Printf("  QEMU start → healthy:    %s (3 boots: %v)\n", best.Round(10*time.Millisecond), boots)
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+func compressedSizes(b *testing.B, path string) (gz, zs int64) {
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	var cg, cz countWriter
+	gw, _ := gzip.NewWriterLevel(&cg, gzip.BestCompression)
+	zw, _ := zstd.NewWriter(&cz, zstd.WithEncoderLevel(zstd.SpeedBestCompression))
+	io.Copy(io.MultiWriter(gw, zw), f)
+	gw.Close()
+	zw.Close()
+	return int64(cg), int64(cz)
+}
+
+type countWriter int64
+
+func (c *countWriter) Write(p []byte) (int, error) { *c += countWriter(len(p)); return len(p), nil }

@@ -1,0 +1,348 @@
+// Package testvm boots member images in QEMU, for `etcdimg up` and the
+// end-to-end tests: UEFI (OVMF from Debian's ovmf package), the OS disk
+// attached read-only, a data disk created blank when missing, the serial
+// console captured to a file, the member's ports forwarded to loopback on
+// the host, an optional Ignition config through fw_cfg, and a QMP socket
+// for ACPI power-off.
+//
+// The QEMU command line is built from Options, never pasted together from
+// strings a caller supplies. Every VM is stopped by its PID.
+package testvm
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// AccelEnv forces the accelerator ("kvm" or "tcg") when set.
+const AccelEnv = "ETCDIMG_ACCEL"
+
+// Firmware paths of Debian's ovmf package.
+const (
+	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	OVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// Forward maps 127.0.0.1:Host on the host to the guest's GuestPort.
+type Forward struct {
+	Host, Guest int
+}
+
+// Options describe one VM.
+type Options struct {
+	Name     string // for messages and file names
+	Dir      string // the VM's working directory: console, NVRAM, QMP socket
+	Image    string // the OS disk, attached read-only
+	DataDisk string // created blank and sparse when missing
+	DataSize int64  // size of a new data disk; default 1 GiB
+	MemoryMB int    // default 512
+	CPUs     int    // default 1
+	Accel    string // "kvm", "tcg", or "" for $ETCDIMG_ACCEL, else KVM when /dev/kvm opens
+	Config   string // a file passed as fw_cfg opt/com.coreos/config, or ""
+
+	// User-mode networking: the guest at GuestIP in Network, QEMU's host
+	// side at HostIP, Forwards from loopback to GuestIP.
+	Network  netip.Prefix
+	HostIP   netip.Addr
+	GuestIP  netip.Addr
+	Forwards []Forward
+}
+
+// VM is one running QEMU.
+type VM struct {
+	Opts    Options
+	Console string // path of the serial console log
+	qmp     string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	waitErr error
+}
+
+// ResolveAccel picks the accelerator: the argument, else $ETCDIMG_ACCEL,
+// else KVM when /dev/kvm can be opened, else TCG.
+func ResolveAccel(accel string) (string, error) {
+	if accel == "" {
+		accel = os.Getenv(AccelEnv)
+	}
+	switch accel {
+	case "kvm", "tcg":
+		return accel, nil
+	case "":
+		if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+			f.Close()
+			return "kvm", nil
+		}
+		return "tcg", nil
+	}
+	return "", fmt.Errorf("accelerator %q: use kvm or tcg", accel)
+}
+
+// Args returns QEMU's arguments for o (after defaults are applied).
+func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
+	cpu := "max"
+	if o.Accel == "kvm" {
+		cpu = "host"
+	}
+	net := fmt.Sprintf("user,id=net0,net=%s,host=%s,restrict=on", o.Network, o.HostIP)
+	for _, f := range o.Forwards {
+		net += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-%s:%d", f.Host, o.GuestIP, f.Guest)
+	}
+	args := []string{
+		"-name", o.Name,
+		"-machine", "q35",
+		"-accel", o.Accel,
+		"-cpu", cpu,
+		"-m", strconv.Itoa(o.MemoryMB),
+		"-smp", strconv.Itoa(o.CPUs),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-drive", "if=pflash,format=raw,readonly=on,file=" + o.OVMFCodePath(),
+		"-drive", "if=pflash,format=raw,file=" + varsPath,
+		"-drive", "if=virtio,format=raw,readonly=on,file=" + o.Image,
+		"-drive", "if=virtio,format=raw,file=" + o.DataDisk,
+		"-netdev", net,
+		"-device", "virtio-net-pci,netdev=net0",
+		"-device", "virtio-rng-pci",
+		"-serial", "file:" + consolePath,
+		"-qmp", "unix:" + qmpPath + ",server=on,wait=off",
+	}
+	if o.Config != "" {
+		args = append(args, "-fw_cfg", "name=opt/com.coreos/config,file="+o.Config)
+	}
+	return args
+}
+
+// OVMFCodePath is the firmware image.
+func (o Options) OVMFCodePath() string { return OVMFCode }
+
+// Start boots the VM.
+func Start(o Options) (*VM, error) {
+	if o.MemoryMB == 0 {
+		o.MemoryMB = 512
+	}
+	if o.CPUs == 0 {
+		o.CPUs = 1
+	}
+	if o.DataSize == 0 {
+		o.DataSize = 1 << 30
+	}
+	var err error
+	if o.Accel, err = ResolveAccel(o.Accel); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("testvm: %w", err)
+	}
+	if _, err := os.Stat(o.DataDisk); errors.Is(err, os.ErrNotExist) {
+		if err := createSparse(o.DataDisk, o.DataSize); err != nil {
+			return nil, fmt.Errorf("testvm: data disk: %w", err)
+		}
+	}
+	vars := filepath.Join(o.Dir, o.Name+"-vars.fd")
+	if err := copyFile(OVMFVars, vars); err != nil {
+		return nil, fmt.Errorf("testvm: OVMF variables (install Debian's ovmf): %w", err)
+	}
+	v := &VM{
+		Opts:    o,
+		Console: filepath.Join(o.Dir, o.Name+"-console.log"),
+		qmp:     filepath.Join(o.Dir, o.Name+".qmp"),
+		done:    make(chan struct{}),
+	}
+	os.Remove(v.Console)
+	os.Remove(v.qmp)
+	v.cmd = exec.Command("qemu-system-x86_64", o.Args(v.Console, v.qmp, vars)...)
+	qlog, err := os.Create(filepath.Join(o.Dir, o.Name+"-qemu.log"))
+	if err != nil {
+		return nil, fmt.Errorf("testvm: %w", err)
+	}
+	v.cmd.Stdout, v.cmd.Stderr = qlog, qlog
+	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := v.cmd.Start(); err != nil {
+		qlog.Close()
+		return nil, fmt.Errorf("testvm: start qemu (install Debian's qemu-system-x86): %w", err)
+	}
+	go func() {
+		v.waitErr = v.cmd.Wait()
+		qlog.Close()
+		close(v.done)
+	}()
+	return v, nil
+}
+
+// PID is QEMU's process ID.
+func (v *VM) PID() int { return v.cmd.Process.Pid }
+
+// CommandLine is the QEMU invocation, to reproduce a run by hand.
+func (v *VM) CommandLine() string { return strings.Join(v.cmd.Args, " ") }
+
+// Exited reports whether QEMU has exited.
+func (v *VM) Exited() bool {
+	select {
+	case <-v.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// WaitConsole waits until the console shows pattern, QEMU exits, or
+// timeout passes. Errors carry the console's tail.
+func (v *VM) WaitConsole(pattern string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(v.Console)
+		if strings.Contains(string(b), pattern) {
+			return nil
+		}
+		if v.Exited() {
+			return fmt.Errorf("%s: QEMU exited (%v) before the console showed %q; console tail:\n%s", v.Opts.Name, v.waitErr, pattern, v.Tail(40))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: console did not show %q within %s; console tail:\n%s", v.Opts.Name, pattern, timeout, v.Tail(40))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Tail returns the last n lines of the console.
+func (v *VM) Tail(n int) string {
+	b, _ := os.ReadFile(v.Console)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Powerdown presses the ACPI power button through QMP.
+func (v *VM) Powerdown() error {
+	return v.qmpCommand("system_powerdown")
+}
+
+func (v *VM) qmpCommand(cmd string) error {
+	c, err := net.DialTimeout("unix", v.qmp, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("testvm: qmp: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	if _, err := r.ReadBytes('\n'); err != nil { // greeting
+		return fmt.Errorf("testvm: qmp greeting: %w", err)
+	}
+	for _, ex := range []string{"qmp_capabilities", cmd} {
+		req, _ := json.Marshal(map[string]string{"execute": ex})
+		if _, err := c.Write(append(req, '\n')); err != nil {
+			return fmt.Errorf("testvm: qmp %s: %w", ex, err)
+		}
+		for {
+			line, err := r.ReadBytes('\n')
+			if err != nil {
+				return fmt.Errorf("testvm: qmp %s: %w", ex, err)
+			}
+			var resp struct {
+				Return json.RawMessage `json:"return"`
+				Error  *struct {
+					Desc string `json:"desc"`
+				} `json:"error"`
+			}
+			if json.Unmarshal(line, &resp) != nil {
+				continue
+			}
+			if resp.Error != nil {
+				return fmt.Errorf("testvm: qmp %s: %s", ex, resp.Error.Desc)
+			}
+			if resp.Return != nil {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// Wait waits for QEMU to exit, at most timeout.
+func (v *VM) Wait(timeout time.Duration) error {
+	select {
+	case <-v.done:
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("%s: QEMU (pid %d) still running after %s; console tail:\n%s", v.Opts.Name, v.PID(), timeout, v.Tail(20))
+	}
+}
+
+// Kill ends QEMU by its PID at once.
+func (v *VM) Kill() {
+	if v.Exited() {
+		return
+	}
+	syscall.Kill(-v.cmd.Process.Pid, syscall.SIGKILL)
+	<-v.done
+}
+
+// Shutdown presses the power button and waits for the guest to power
+// off; after timeout, or if QMP fails, it kills QEMU. It returns what went
+// wrong, if anything.
+func (v *VM) Shutdown(timeout time.Duration) error {
+	if v.Exited() {
+		return nil
+	}
+	if err := v.Powerdown(); err != nil {
+		v.Kill()
+		return err
+	}
+	if err := v.Wait(timeout); err != nil {
+		v.Kill()
+		return err
+	}
+	return nil
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func createSparse(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
