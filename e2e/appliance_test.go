@@ -321,11 +321,19 @@ func TestBuildBootsHealthyMember(t *testing.T) {
 	}
 
 	// The same disks boot again, keep the key, and are not reformatted.
-	m2 := bootVM(t, filepath.Join(work, "vm2"), img, data, "")
+	// This time the config also comes through fw_cfg, which wins over the
+	// copy on the ESP.
+	m2 := bootVM(t, filepath.Join(work, "vm2"), img, data, filepath.Join(out, "ignition", "etcd-1.ign"))
 	if err := m2.vm.WaitConsole(consoleReady, bootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	console, _ = os.ReadFile(m2.vm.Console)
+	if !strings.Contains(string(console), "read config: fw_cfg opt/com.coreos/config") {
+		t.Errorf("second boot did not take its config from fw_cfg")
+	}
+	if !strings.Contains(string(m2.vm.CommandLine()), "-fw_cfg") {
+		t.Errorf("QEMU was not given the config")
+	}
 	if !strings.Contains(string(console), "existing ext4") || strings.Contains(string(console), "formatted ext4") {
 		t.Errorf("second boot did not reuse the data disk")
 	}
