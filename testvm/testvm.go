@@ -58,6 +58,11 @@ type Options struct {
 	HostIP   netip.Addr
 	GuestIP  netip.Addr
 	Forwards []Forward
+
+	// LAN, when set, is the unix socket of a Switch: the guest's one NIC
+	// is then on the members' shared segment instead of a user-mode
+	// network of its own, and the host reaches it through a Gateway.
+	LAN string
 }
 
 // VM is one running QEMU.
@@ -71,7 +76,7 @@ type VM struct {
 }
 
 // ResolveAccel picks the accelerator: the argument, else $ETCDIMG_ACCEL,
-// else KVM when /dev/kvm can be opened, else TCG.
+// else KVM when it works here, else TCG.
 func ResolveAccel(accel string) (string, error) {
 	if accel == "" {
 		accel = os.Getenv(AccelEnv)
@@ -80,13 +85,55 @@ func ResolveAccel(accel string) (string, error) {
 	case "kvm", "tcg":
 		return accel, nil
 	case "":
-		if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
-			f.Close()
+		if KVMWorks() {
 			return "kvm", nil
 		}
 		return "tcg", nil
 	}
-	return "", fmt.Errorf("accelerator %q: use kvm or tcg", accel)
+	return "", fmt.Errorf("accelerator %q: use kvm or tcg (or set %s)", accel, AccelEnv)
+}
+
+// KVMWorks reports whether QEMU can run a guest under KVM here, with the
+// machine and CPU a member uses. /dev/kvm opening is not enough: under
+// nested virtualisation it opens and QEMU then aborts on the first MSR
+// it sets. So it boots a 7-byte boot sector that writes 0x2a to the
+// isa-debug-exit port, which makes QEMU exit with status 85; anything
+// else, within 10 s, is a no.
+func KVMWorks() bool {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	dir, err := os.MkdirTemp("", "etcdimg-kvm-probe-")
+	if err != nil {
+		return false
+	}
+	defer os.RemoveAll(dir)
+	sector := make([]byte, 512)
+	copy(sector, []byte{0xB0, 0x2A, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD}) // mov al,0x2a; out 0xf4,al; hlt; jmp $-1
+	sector[510], sector[511] = 0x55, 0xAA
+	img := filepath.Join(dir, "probe.img")
+	if os.WriteFile(img, sector, 0o600) != nil {
+		return false
+	}
+	cmd := exec.Command("qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "16",
+		"-nodefaults", "-display", "none", "-no-reboot", "-serial", "none",
+		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-drive", "file="+img+",format=raw,if=floppy")
+	if err := cmd.Start(); err != nil {
+		return false
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		return errors.As(err, &ee) && ee.ExitCode() == 85
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		return false
+	}
 }
 
 // Args returns QEMU's arguments for o (after defaults are applied).
@@ -95,9 +142,16 @@ func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
 	if o.Accel == "kvm" {
 		cpu = "host"
 	}
-	net := fmt.Sprintf("user,id=net0,net=%s,host=%s,restrict=on", o.Network, o.HostIP)
+	user := fmt.Sprintf("user,id=host0,net=%s,host=%s,restrict=on,ipv6=off", o.Network, o.HostIP)
 	for _, f := range o.Forwards {
-		net += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-%s:%d", f.Host, o.GuestIP, f.Guest)
+		user += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-%s:%d", f.Host, o.GuestIP, f.Guest)
+	}
+	nic := []string{"-netdev", user, "-device", "virtio-net-pci,netdev=host0,mac=" + o.MAC()}
+	if o.LAN != "" {
+		nic = []string{
+			"-netdev", "stream,id=lan0,server=off,addr.type=unix,addr.path=" + o.LAN,
+			"-device", "virtio-net-pci,netdev=lan0,mac=" + o.MAC(),
+		}
 	}
 	args := []string{
 		"-name", o.Name,
@@ -111,16 +165,25 @@ func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
 		"-drive", "if=pflash,format=raw,file=" + varsPath,
 		"-drive", "if=virtio,format=raw,readonly=on,file=" + o.Image,
 		"-drive", "if=virtio,format=raw,file=" + o.DataDisk,
-		"-netdev", net,
-		"-device", "virtio-net-pci,netdev=net0",
+	}
+	args = append(args, nic...)
+	args = append(args,
 		"-device", "virtio-rng-pci",
 		"-serial", "file:" + consolePath,
-		"-qmp", "unix:" + qmpPath + ",server=on,wait=off",
-	}
+		"-qmp", "unix:"+qmpPath+",server=on,wait=off",
+	)
 	if o.Config != "" {
 		args = append(args, "-fw_cfg", "name=opt/com.coreos/config,file="+o.Config)
 	}
 	return args
+}
+
+// MAC is the guest NIC's address, derived from its IP so that every
+// member on the LAN has its own: 52:54:00 (QEMU's prefix) and the IP's
+// last three bytes.
+func (o Options) MAC() string {
+	a := o.GuestIP.As4()
+	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", a[1], a[2], a[3])
 }
 
 // OVMFCodePath is the firmware image.
@@ -227,11 +290,15 @@ func (v *VM) Tail(n int) string {
 
 // Powerdown presses the ACPI power button through QMP.
 func (v *VM) Powerdown() error {
-	return v.qmpCommand("system_powerdown")
+	return QMP(v.qmp, "system_powerdown")
 }
 
-func (v *VM) qmpCommand(cmd string) error {
-	c, err := net.DialTimeout("unix", v.qmp, 5*time.Second)
+// QMPPath is the VM's QMP socket.
+func (v *VM) QMPPath() string { return v.qmp }
+
+// QMP runs one command on the QMP socket at path.
+func QMP(path, cmd string) error {
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
 	if err != nil {
 		return fmt.Errorf("testvm: qmp: %w", err)
 	}
@@ -306,6 +373,49 @@ func (v *VM) Shutdown(timeout time.Duration) error {
 		return err
 	}
 	return nil
+}
+
+// Alive reports whether pid is a running process (a zombie is not).
+func Alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || (b[i+2] != 'Z' && b[i+2] != 'X')
+}
+
+// IsQEMU reports whether pid runs qemu-system with path among its
+// arguments: a guard against killing a reused PID.
+func IsQEMU(pid int, path string) bool { return cmdlineHas(pid, "qemu-system", path) }
+
+func cmdlineHas(pid int, words ...string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	for _, w := range words {
+		if !strings.Contains(string(b), w) {
+			return false
+		}
+	}
+	return true
+}
+
+// WaitGone waits until pid is no longer alive, at most timeout.
+func WaitGone(pid int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for Alive(pid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return true
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.

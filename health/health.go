@@ -1,0 +1,133 @@
+// Package health checks etcd members over mTLS the way `etcdctl endpoint
+// health` does, and prints the runbook's table: ENDPOINT, HEALTH, TOOK,
+// ERROR.
+package health
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/olekukonko/tablewriter"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Endpoint is one member's client URL.
+type Endpoint struct {
+	Member string
+	URL    string
+}
+
+// Result is one member's health.
+type Result struct {
+	Endpoint
+	Healthy bool
+	Took    time.Duration
+	Err     string
+}
+
+// TLS loads the client certificate, key and CA.
+func TLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg, err := transport.TLSInfo{TrustedCAFile: caFile, CertFile: certFile, KeyFile: keyFile}.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("health: %w", err)
+	}
+	return cfg, nil
+}
+
+// Check asks every endpoint, in parallel, for a linearizable read of the
+// key "health", as etcdctl does: healthy when it answers (permission
+// denied counts as an answer) and reports no alarm. Results keep the
+// order of eps.
+func Check(ctx context.Context, eps []Endpoint, tc *tls.Config, timeout time.Duration) []Result {
+	out := make([]Result, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = check(ctx, ep, tc, timeout)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func check(ctx context.Context, ep Endpoint, tc *tls.Config, timeout time.Duration) Result {
+	r := Result{Endpoint: ep}
+	start := time.Now()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{ep.URL}, TLS: tc, DialTimeout: timeout, Logger: zap.NewNop(),
+	})
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	defer cli.Close()
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	_, err = cli.Get(cctx, "health")
+	if err == nil || errors.Is(err, rpctypes.ErrPermissionDenied) {
+		alarms, aerr := cli.AlarmList(cctx)
+		switch {
+		case aerr != nil && !errors.Is(aerr, rpctypes.ErrPermissionDenied):
+			err = aerr
+		case aerr == nil && len(alarms.Alarms) > 0:
+			var names []string
+			for _, a := range alarms.Alarms {
+				names = append(names, a.Alarm.String())
+			}
+			err = fmt.Errorf("active alarm(s): %s", strings.Join(names, ", "))
+		default:
+			err = nil
+		}
+	}
+	r.Took = time.Since(start)
+	if err != nil {
+		r.Err = oneLine(err)
+		return r
+	}
+	r.Healthy = true
+	return r
+}
+
+func oneLine(err error) string {
+	s := err.Error()
+	if errors.Is(err, context.DeadlineExceeded) {
+		s = "no answer (context deadline exceeded)"
+	}
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// Healthy reports whether every result is healthy.
+func Healthy(rs []Result) bool {
+	for _, r := range rs {
+		if !r.Healthy {
+			return false
+		}
+	}
+	return len(rs) > 0
+}
+
+// Table prints results as etcdctl's `endpoint health -w table` does: the
+// runbook's columns.
+func Table(w io.Writer, rs []Result) {
+	t := tablewriter.NewWriter(w)
+	t.Header("ENDPOINT", "HEALTH", "TOOK", "ERROR")
+	for _, r := range rs {
+		took := r.Took.String()
+		if !r.Healthy && r.Took == 0 {
+			took = ""
+		}
+		t.Append(r.URL, fmt.Sprint(r.Healthy), took, r.Err)
+	}
+	t.Render()
+}

@@ -1,0 +1,65 @@
+package testvm
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+)
+
+// GatewayForward maps 127.0.0.1:Host to Guest:Port on the LAN.
+type GatewayForward struct {
+	Host  int
+	Guest netip.Addr
+	Port  int
+}
+
+// Gateway gives the host a way onto the LAN without root: a QEMU with no
+// machine at all whose hub joins the switch to a user-mode network, which
+// forwards loopback ports to members. It sits on the LAN as HostIP and
+// answers ARP for that (and DNSIP) only; a learning switch never sends it
+// the members' unicast traffic, so it cannot interfere with them.
+type GatewayOptions struct {
+	Dir      string
+	LAN      string // the switch's socket
+	Network  netip.Prefix
+	HostIP   netip.Addr
+	DNSIP    netip.Addr
+	Forwards []GatewayForward
+}
+
+// Args returns the gateway QEMU's arguments.
+func (g GatewayOptions) Args() []string {
+	user := fmt.Sprintf("user,id=host0,net=%s,host=%s,dns=%s,restrict=on,ipv6=off", g.Network, g.HostIP, g.DNSIP)
+	for _, f := range g.Forwards {
+		user += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-%s:%d", f.Host, f.Guest, f.Port)
+	}
+	return []string{
+		"-name", "etcdimg-gateway",
+		"-machine", "none", "-nodefaults", "-no-user-config", "-display", "none",
+		"-netdev", "stream,id=lan0,server=off,addr.type=unix,addr.path=" + g.LAN,
+		"-netdev", user,
+		"-netdev", "hubport,id=hub-lan,hubid=0,netdev=lan0",
+		"-netdev", "hubport,id=hub-host,hubid=0,netdev=host0",
+	}
+}
+
+// StartGateway starts the gateway QEMU in its own process group and
+// returns its PID.
+func StartGateway(g GatewayOptions) (int, error) {
+	logf, err := os.Create(filepath.Join(g.Dir, "gateway-qemu.log"))
+	if err != nil {
+		return 0, fmt.Errorf("testvm: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("qemu-system-x86_64", g.Args()...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("testvm: start the gateway: %w", err)
+	}
+	go cmd.Wait()
+	return cmd.Process.Pid, nil
+}
