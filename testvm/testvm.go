@@ -169,7 +169,7 @@ func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
 	args = append(args, nic...)
 	args = append(args,
 		"-device", "virtio-rng-pci",
-		"-serial", "file:" + consolePath,
+		"-serial", "file:"+consolePath,
 		"-qmp", "unix:"+qmpPath+",server=on,wait=off",
 	)
 	if o.Config != "" {
