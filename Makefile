@@ -9,7 +9,7 @@ GOFLAGS_BUILD := -trimpath -ldflags=-s\ -w
 
 # Debian packages the build and the tests use, as command:package.
 HOST_TOOLS := openssl:openssl qemu-system-x86_64:qemu-system-x86 sfdisk:fdisk \
-	fsck.vfat:dosfstools e2fsck:e2fsprogs mkfs.ext4:e2fsprogs
+	fsck.vfat:dosfstools e2fsck:e2fsprogs mkfs.ext4:e2fsprogs prometheus:prometheus
 # Files that prove a package without a command is installed, as file:package.
 HOST_FILES := /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
 
@@ -46,9 +46,13 @@ build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/etcdimg ./cmd/etcdimg
 	$(GO) build $(GOFLAGS_BUILD) -o bin/etcdnode ./cmd/etcdnode
 
-## up: from a fresh machine, install, build, and build the member images into $(OUT).
+## up: from a fresh machine: install, build, build the member images into
+## $(OUT), boot them in QEMU and print the health table. The cluster keeps
+## running; `bin/etcdimg down` stops it. Already running: print its health.
 up: deps build
 	bin/etcdimg build --out $(OUT) $(if $(wildcard $(OUT)/etcdimg.yaml),,--nodes $(NODES))
+	@if bin/etcdimg status --out $(OUT) >/dev/null 2>&1; then bin/etcdimg health --out $(OUT); \
+	else bin/etcdimg up --detach --out $(OUT); fi
 
 ## test: every test, unit and end to end.
 test: deps

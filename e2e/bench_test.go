@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"etcdimg/testvm"
 )
 
 // BenchmarkOneMember measures, for a one-member cluster under TCG: the
@@ -105,3 +107,70 @@ func compressedSizes(b *testing.B, path string) (gz, zs int64) {
 type countWriter int64
 
 func (c *countWriter) Write(p []byte) (int, error) { *c += countWriter(len(p)); return len(p), nil }
+
+// BenchmarkThreeMemberUp measures `etcdimg up` from start to a healthy
+// three-member cluster under TCG, and each member's memory: guest RAM,
+// etcd's resident memory inside the guest (from its own metrics), and
+// QEMU's resident memory on the host.
+func BenchmarkThreeMemberUp(b *testing.B) {
+	work := b.TempDir()
+	out := filepath.Join(work, "out")
+	if _, stderr, code := etcdimg(b, work, "build", "--nodes", "3", "--out", out); code != 0 {
+		b.Fatalf("build: %s", stderr)
+	}
+	var ups []time.Duration
+	for range 2 {
+		os.RemoveAll(filepath.Join(out, "disks")) // each run starts from blank data disks
+		start := time.Now()
+		_, stderr, code := etcdimg(b, work, "up", "--out", out, "--detach", "--accel", "tcg", "--timeout", "4m")
+		took := time.Since(start)
+		if code != 0 {
+			etcdimg(b, work, "down", "--out", out)
+			b.Fatalf("up: %s", stderr)
+		}
+		ups = append(ups, took)
+		st, err := testvm.LoadState(filepath.Join(out, "run"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(ups) == 2 {
+			fmt.Printf("\nthree members, TCG, 1 vCPU and %d MiB guest RAM each\n", st.MemoryMB)
+			for _, m := range st.Members {
+				fmt.Printf("  %s: etcd RSS in guest %.1f MiB, QEMU RSS on host %.1f MiB\n", m.Name, etcdRSS(b, m.Metrics), qemuRSS(m.PID))
+			}
+		}
+		etcdimg(b, work, "down", "--out", out)
+	}
+	best := min(ups[0], ups[1])
+	b.ReportMetric(best.Seconds(), "up-to-healthy-s")
+	fmt.Printf("  etcdimg up → healthy cluster: %s (runs: %v)\n", best.Round(10*time.Millisecond), ups)
+}
+
+func etcdRSS(b *testing.B, port int) float64 {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "process_resident_memory_bytes "); ok {
+			var f float64
+			fmt.Sscanf(v, "%g", &f)
+			return f / (1 << 20)
+		}
+	}
+	return 0
+}
+
+func qemuRSS(pid int) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb float64
+			fmt.Sscanf(strings.TrimSpace(v), "%g", &kb)
+			return kb / 1024
+		}
+	}
+	return 0
+}

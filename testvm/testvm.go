@@ -138,9 +138,9 @@ func KVMWorks() bool {
 
 // Args returns QEMU's arguments for o (after defaults are applied).
 func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
-	cpu := "max"
+	cpu, accel := "max", "tcg,tb-size=64"
 	if o.Accel == "kvm" {
-		cpu = "host"
+		cpu, accel = "host", "kvm"
 	}
 	user := fmt.Sprintf("user,id=host0,net=%s,host=%s,restrict=on,ipv6=off", o.Network, o.HostIP)
 	for _, f := range o.Forwards {
@@ -156,7 +156,9 @@ func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
 	args := []string{
 		"-name", o.Name,
 		"-machine", "q35",
-		"-accel", o.Accel,
+		// TCG's translation cache defaults to 1 GiB of host memory; 64 MiB
+		// holds a member's working set.
+		"-accel", accel,
 		"-cpu", cpu,
 		"-m", strconv.Itoa(o.MemoryMB),
 		"-smp", strconv.Itoa(o.CPUs),

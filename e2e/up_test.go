@@ -1,0 +1,370 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"etcdimg/testvm"
+)
+
+// upCluster is a cluster started with `etcdimg up --detach`.
+type upCluster struct {
+	work, out string
+	state     *testvm.ClusterState
+	admin     *tls.Config
+}
+
+// upThree builds a three-member cluster and boots it with `etcdimg up`.
+// The cluster is taken down at the end of the test, by `etcdimg down` and
+// then by PID for anything left; the consoles' tails are printed if the
+// test failed.
+func upThree(t *testing.T) *upCluster {
+	t.Helper()
+	work := t.TempDir()
+	out := filepath.Join(work, "out")
+	if _, stderr, code := etcdimg(t, work, "build", "--nodes", "3", "--out", out); code != 0 {
+		t.Fatalf("build: %s", stderr)
+	}
+	u := &upCluster{work: work, out: out}
+	t.Cleanup(func() {
+		st, err := testvm.LoadState(filepath.Join(out, "run"))
+		if t.Failed() && err == nil {
+			for _, m := range st.Members {
+				b, _ := os.ReadFile(m.Console)
+				t.Logf("--- %s console tail ---\n%s", m.Name, lastLines(string(b), 25))
+			}
+		}
+		etcdimg(t, work, "down", "--out", out)
+		if err == nil {
+			for _, pid := range append([]int{st.SwitchPID, st.GatewayPID}, pids(st)...) {
+				if testvm.Alive(pid) {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+	})
+	u.up(t)
+	pkiDir := filepath.Join(out, "pki")
+	u.admin = tlsConfig(t, filepath.Join(pkiDir, "etcd-ca.pem"), filepath.Join(pkiDir, "admin.pem"), filepath.Join(pkiDir, "admin-key.pem"))
+	return u
+}
+
+func (u *upCluster) up(t *testing.T) {
+	t.Helper()
+	stdout, stderr, code := etcdimg(t, u.work, "up", "--out", u.out, "--detach", "--accel", "tcg", "--timeout", "4m")
+	t.Logf("up:\n%s", stdout)
+	if code != 0 {
+		t.Fatalf("up: exit %d: %s", code, stderr)
+	}
+	st, err := testvm.LoadState(filepath.Join(u.out, "run"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.state = st
+}
+
+func pids(st *testvm.ClusterState) []int {
+	var p []int
+	for _, m := range st.Members {
+		p = append(p, m.PID)
+	}
+	return p
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (u *upCluster) client(t *testing.T, i int, tc *tls.Config) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{fmt.Sprintf("https://127.0.0.1:%d", u.state.Members[i].Client)},
+		TLS:       tc, DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// metric reads one unlabelled sample from a member's /metrics.
+func (u *upCluster) metric(t *testing.T, i int, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", u.state.Members[i].Metrics))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s: no metric %s", u.state.Members[i].Name, name)
+	return 0
+}
+
+// TestUpFormsOneClusterOnTheLAN is the README's `make up`: three members
+// boot in parallel on the virtual LAN and form one cluster, TLS all the
+// way, observable by a real Prometheus; it survives down and up, and
+// `etcdimg health` names a member whose QEMU is killed while the other
+// two keep serving writes.
+func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
+	u := upThree(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	// One cluster of three started members with https URLs.
+	list, err := u.client(t, 0, u.admin).MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterID := list.Header.ClusterId
+	if len(list.Members) != 3 {
+		t.Fatalf("member list: %v", list.Members)
+	}
+	for _, m := range list.Members {
+		if m.Name == "" || len(m.PeerURLs) != 1 || !strings.HasPrefix(m.PeerURLs[0], "https://192.168.2.5") ||
+			len(m.ClientURLs) != 1 || !strings.HasPrefix(m.ClientURLs[0], "https://192.168.2.5") {
+			t.Errorf("member %+v is not a started member with https URLs on the LAN", m)
+		}
+	}
+
+	// A key written through member 1 is read through members 2 and 3.
+	if _, err := u.client(t, 0, u.admin).Put(ctx, "/etcdimg/lan", "one-cluster"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < 3; i++ {
+		got, err := u.client(t, i, u.admin).Get(ctx, "/etcdimg/lan")
+		if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "one-cluster" {
+			t.Errorf("read via %s: %v %v", u.state.Members[i].Name, got, err)
+		}
+	}
+
+	// The leader was elected once: every member saw one leader change and
+	// names the same leader.
+	var leader uint64
+	for i := range 3 {
+		if n := u.metric(t, i, "etcd_server_leader_changes_seen_total"); n != 1 {
+			t.Errorf("%s saw %v leader changes, want 1", u.state.Members[i].Name, n)
+		}
+		st, err := u.client(t, i, u.admin).Status(ctx, fmt.Sprintf("https://127.0.0.1:%d", u.state.Members[i].Client))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leader == 0 {
+			leader = st.Leader
+		} else if st.Leader != leader {
+			t.Errorf("%s names leader %x, others %x", u.state.Members[i].Name, st.Leader, leader)
+		}
+	}
+
+	// No certificate, or one from another CA, is refused on every client
+	// port; the admin certificate is served on each (the control).
+	foreignOut := filepath.Join(u.work, "foreign")
+	if _, stderr, code := etcdimg(t, u.work, "render", "--nodes", "4", "--out", foreignOut); code != 0 {
+		t.Fatal(stderr)
+	}
+	fp := filepath.Join(foreignOut, "pki")
+	ca := filepath.Join(u.out, "pki", "etcd-ca.pem")
+	foreign := tlsConfig(t, ca, filepath.Join(fp, "admin.pem"), filepath.Join(fp, "admin-key.pem"))
+	noCert := tlsConfig(t, ca, "", "")
+	for _, m := range u.state.Members {
+		for what, tc := range map[string]*tls.Config{"admin": u.admin, "foreign CA": foreign, "no certificate": noCert} {
+			c := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+			resp, err := c.Get(fmt.Sprintf("https://127.0.0.1:%d/version", m.Client))
+			if err == nil {
+				resp.Body.Close()
+			}
+			switch {
+			case what == "admin" && err != nil:
+				t.Errorf("%s: admin refused: %v", m.Name, err)
+			case what != "admin" && err == nil:
+				t.Errorf("%s: a client with %s was served", m.Name, what)
+			}
+		}
+	}
+
+	// A peer with a certificate from another CA cannot join: a fourth
+	// member from a foreign build boots onto the same LAN and tries to
+	// reach the three; they reject its certificate and stay three.
+	if _, stderr, code := etcdimg(t, u.work, "build", "--out", foreignOut); code != 0 {
+		t.Fatal(stderr)
+	}
+	intruder, err := testvm.Start(testvm.Options{
+		Name: "intruder", Dir: filepath.Join(u.work, "intruder"),
+		Image: filepath.Join(foreignOut, "images", "etcd-4.img"), DataDisk: filepath.Join(u.work, "intruder", "data.img"),
+		Accel: "tcg", MemoryMB: guestMemoryMB,
+		GuestIP: netip.MustParseAddr("192.168.2.54"), LAN: u.state.SwitchSocket,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(intruder.Kill)
+	if err := intruder.WaitConsole("start etcd.service", bootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(bootTimeout)
+	for rejected := false; !rejected; {
+		for _, m := range u.state.Members {
+			b, _ := os.ReadFile(m.Console)
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "rejected connection") && strings.Contains(line, "192.168.2.54") {
+					rejected = true
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no member logged rejecting the intruder's certificate; intruder console:\n%s", intruder.Tail(20))
+		}
+		time.Sleep(time.Second)
+	}
+	if list, err := u.client(t, 1, u.admin).MemberList(ctx); err != nil || len(list.Members) != 3 {
+		t.Errorf("after the intruder: %v %v", list, err)
+	}
+	intruder.Kill()
+
+	// A real Prometheus, with the generated prometheus.yml, scrapes every
+	// member.
+	prometheusScrapes(t, u)
+
+	// down, then up: the same cluster, its data intact.
+	if stdout, stderr, code := etcdimg(t, u.work, "down", "--out", u.out); code != 0 || strings.Count(stdout, "powered off") != 3 {
+		t.Fatalf("down: exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, m := range u.state.Members {
+		if testvm.Alive(m.PID) {
+			t.Errorf("%s (pid %d) still runs after down", m.Name, m.PID)
+		}
+	}
+	u.up(t)
+	list, err = u.client(t, 2, u.admin).MemberList(ctx)
+	if err != nil || list.Header.ClusterId != clusterID || len(list.Members) != 3 {
+		t.Fatalf("after down/up: cluster %x (was %x), %v", list.Header.ClusterId, clusterID, err)
+	}
+	got, err := u.client(t, 1, u.admin).Get(ctx, "/etcdimg/lan")
+	if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "one-cluster" {
+		t.Errorf("after down/up: %v %v", got, err)
+	}
+
+	// Kill one member's QEMU: health exits 1 and names it; the other two
+	// keep serving writes.
+	victim := u.state.Members[1]
+	syscall.Kill(victim.PID, syscall.SIGKILL)
+	testvm.WaitGone(victim.PID, 10*time.Second)
+	stdout, stderr, code := etcdimg(t, u.work, "health", "--out", u.out)
+	if code != 1 || !strings.Contains(stderr, victim.Name) || !strings.Contains(stdout, "HEALTH") {
+		t.Errorf("health with %s dead: exit %d\n%s%s", victim.Name, code, stdout, stderr)
+	}
+	for _, i := range []int{0, 2} {
+		if _, err := u.client(t, i, u.admin).Put(ctx, fmt.Sprintf("/etcdimg/after-loss/%d", i), "ok"); err != nil {
+			t.Errorf("write via %s with one member down: %v", u.state.Members[i].Name, err)
+		}
+	}
+	if _, _, code := etcdimg(t, u.work, "status", "--out", u.out); code != 1 {
+		t.Errorf("status with a dead member: exit %d, want 1", code)
+	}
+}
+
+// prometheusScrapes runs Debian's prometheus on loopback with the
+// cluster's prometheus.yml and waits until it reports up == 1 and
+// etcd_server_has_leader == 1 for every member. It is stopped by PID.
+func prometheusScrapes(t *testing.T, u *upCluster) {
+	t.Helper()
+	port, err := testvm.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
+	defer logf.Close()
+	cmd := exec.Command("prometheus",
+		"--config.file="+filepath.Join(u.out, "prometheus.yml"),
+		"--web.listen-address=127.0.0.1:"+strconv.Itoa(port),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start prometheus: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	defer func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	}()
+	query := func(q string) (map[string]string, error) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/query?query=%s", port, url.QueryEscape(q)))
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Data struct {
+				Result []struct {
+					Metric map[string]string `json:"metric"`
+					Value  []any             `json:"value"`
+				} `json:"result"`
+			} `json:"data"`
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("%s: %s", err, b)
+		}
+		out := map[string]string{}
+		for _, s := range r.Data.Result {
+			out[s.Metric["member"]] = fmt.Sprint(s.Value[1])
+		}
+		return out, nil
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		up, err1 := query("up")
+		leader, err2 := query("etcd_server_has_leader")
+		ok := err1 == nil && err2 == nil && len(up) == 3 && len(leader) == 3
+		for _, m := range u.state.Members {
+			ok = ok && up[m.Name] == "1" && leader[m.Name] == "1"
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(dir, "prometheus.log"))
+			t.Fatalf("prometheus: up=%v has_leader=%v (%v %v)\n%s", up, leader, err1, err2, lastLines(string(b), 15))
+		}
+		time.Sleep(time.Second)
+	}
+}
