@@ -1,8 +1,6 @@
 package firstboot
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
@@ -33,22 +31,7 @@ type NetworkFile struct {
 // are errors.
 func ParseNetworkFile(data []byte) (NetworkFile, error) {
 	var nf NetworkFile
-	section := ""
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' || line[0] == ';' {
-			continue
-		}
-		if strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]") {
-			section = line[1 : len(line)-1]
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		if !ok {
-			return nf, fmt.Errorf("line %d: %q is not Key=Value", n, line)
-		}
+	err := walkINI(data, func(n int, section, k, v string) error {
 		var err error
 		switch section + "." + k {
 		case "Match.Name":
@@ -63,16 +46,20 @@ func ParseNetworkFile(data []byte) (NetworkFile, error) {
 				nf.DNS = append(nf.DNS, a)
 			}
 		default:
-			return nf, fmt.Errorf("line %d: [%s] %s= is not supported by the appliance (it applies [Match] Name, [Network] Address, Gateway, DNS)", n, section, k)
+			return fmt.Errorf("line %d: [%s] %s= is not supported by the appliance (it applies [Match] Name, [Network] Address, Gateway, DNS)", n, section, k)
 		}
 		if err != nil {
-			return nf, fmt.Errorf("line %d: %s=%s: %w", n, k, v, err)
+			return fmt.Errorf("line %d: %s=%s: %w", n, k, v, err)
 		}
+		return nil
+	})
+	if err != nil {
+		return nf, err
 	}
 	if !nf.Address.IsValid() {
 		return nf, fmt.Errorf("no [Network] Address=")
 	}
-	return nf, sc.Err()
+	return nf, nil
 }
 
 // matches reports whether an interface name matches the file's globs (no

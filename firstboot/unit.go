@@ -1,8 +1,6 @@
 package firstboot
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"math"
 	"strconv"
@@ -50,24 +48,9 @@ func ParseUnit(name string, data []byte) (*Unit, error) {
 		return nil, fmt.Errorf("unit %s: only .service units are supported", name)
 	}
 	u := &Unit{Name: name, Type: "simple", Restart: "no", RestartSec: 100 * time.Millisecond}
-	section := ""
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' || line[0] == ';' {
-			continue
-		}
-		if strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]") {
-			section = line[1 : len(line)-1]
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		if !ok {
-			return nil, fmt.Errorf("unit %s line %d: %q is not Key=Value", name, n, line)
-		}
+	err := walkINI(data, func(n int, section, k, v string) error {
 		if !supportedDirectives[section+"."+k] {
-			return nil, fmt.Errorf("unit %s line %d: [%s] %s= is not supported by the appliance; it runs Type, ExecStart, EnvironmentFile, Environment, Restart, RestartSec and LimitNOFILE", name, n, section, k)
+			return fmt.Errorf("unit %s line %d: [%s] %s= is not supported by the appliance; it runs Type, ExecStart, EnvironmentFile, Environment, Restart, RestartSec and LimitNOFILE", name, n, section, k)
 		}
 		var err error
 		switch k {
@@ -81,7 +64,7 @@ func ParseUnit(name string, data []byte) (*Unit, error) {
 		case "ExecStart":
 			if u.ExecStart != nil {
 				err = fmt.Errorf("a second ExecStart= is not supported")
-			} else if strings.ContainsAny(v[:1], "-@:+!") {
+			} else if v != "" && strings.ContainsAny(v[:1], "-@:+!") {
 				err = fmt.Errorf("ExecStart= prefixes (%c) are not supported", v[0])
 			} else if u.ExecStart, err = splitCommand(v); err == nil && !strings.HasPrefix(u.ExecStart[0], "/") {
 				err = fmt.Errorf("ExecStart=%s must be an absolute path", u.ExecStart[0])
@@ -120,13 +103,20 @@ func ParseUnit(name string, data []byte) (*Unit, error) {
 			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("unit %s line %d: %w", name, n, err)
+			return fmt.Errorf("unit %s line %d: %w", name, n, err)
 		}
+		return nil
+	})
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "line ") {
+			err = fmt.Errorf("unit %s %w", name, err)
+		}
+		return nil, err
 	}
 	if u.ExecStart == nil {
 		return nil, fmt.Errorf("unit %s: no ExecStart=", name)
 	}
-	return u, sc.Err()
+	return u, nil
 }
 
 // parseSec reads systemd's time span: "5" (seconds), "5s", "500ms", "1min".

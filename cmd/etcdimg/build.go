@@ -10,8 +10,6 @@ import (
 
 	"etcdimg/deb"
 	"etcdimg/image"
-	"etcdimg/outdir"
-	"etcdimg/render"
 )
 
 // bootFlags name the inputs every image is made from.
@@ -62,21 +60,16 @@ func buildCmd() *cobra.Command {
 		Short: "Render, then write a bootable disk image per member to OUT/images",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, from, err := f.load(cmd)
-			if err != nil {
-				return err
-			}
+			// Check the image inputs first, so that a missing package
+			// fails before anything is written.
 			in, err := bf.inputs()
 			if err != nil {
 				return err
 			}
-			printWarnings(c)
-			dir := outdir.Layout(f.out)
-			res, err := render.Run(c, dir)
+			c, dir, err := f.render(cmd)
 			if err != nil {
 				return err
 			}
-			printRender(cmd.OutOrStdout(), c, from, dir, res)
 			start := time.Now()
 			boot, err := image.PrepareBoot(in)
 			if err != nil {

@@ -76,22 +76,29 @@ func renderCmd() *cobra.Command {
 		Short: "Write the spec, PKI, Ignition configs, etcdctl.env and prometheus.yml to the output directory",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, from, err := f.load(cmd)
-			if err != nil {
-				return err
-			}
-			printWarnings(c)
-			dir := outdir.Layout(f.out)
-			res, err := render.Run(c, dir)
-			if err != nil {
-				return err
-			}
-			printRender(cmd.OutOrStdout(), c, from, dir, res)
-			return nil
+			_, _, err := f.render(cmd)
+			return err
 		},
 	}
 	f.register(c)
 	return c
+}
+
+// render loads the spec, renders the output directory and reports it:
+// the first half of both `render` and `build`.
+func (f *specFlags) render(cmd *cobra.Command) (*spec.Cluster, outdir.Layout, error) {
+	dir := outdir.Layout(f.out)
+	c, from, err := f.load(cmd)
+	if err != nil {
+		return nil, dir, err
+	}
+	printWarnings(c)
+	res, err := render.Run(c, dir)
+	if err != nil {
+		return nil, dir, err
+	}
+	printRender(cmd.OutOrStdout(), c, from, dir, res)
+	return c, dir, nil
 }
 
 func printWarnings(c *spec.Cluster) {
