@@ -19,11 +19,15 @@ HOST_FILES := /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
 DEB_CACHE := .cache/deb
 export ETCDIMG_DEB_CACHE := $(CURDIR)/$(DEB_CACHE)
 
-.PHONY: all build up test bench deps clean
-all: build
+.PHONY: all build up test bench deps host-packages debs clean
+## all (plain `make`): the image packages and both binaries.
+all: debs build
 
-## deps: install what a fresh Debian machine is missing (as root).
-deps:
+## deps: everything a fresh Debian machine is missing (as root).
+deps: host-packages debs
+	@$(GO) mod download
+
+host-packages:
 	@command -v $(GO) >/dev/null || { echo "make: Go is missing: install Go 1.26 at /usr/local/go"; exit 1; }
 	@missing=""; for t in $(HOST_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	for t in $(HOST_FILES); do [ -e $${t%%:*} ] || missing="$$missing $${t#*:}"; done; \
@@ -31,6 +35,9 @@ deps:
 		echo "make: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+## debs: download (not install) the kernel and boot loader packages an image is made from.
+debs:
 	@mkdir -p $(DEB_CACHE)
 	@cd $(DEB_CACHE) && if ! ls linux-image-[0-9]*-cloud-amd64_*.deb >/dev/null 2>&1 || ! ls systemd-boot-efi_*.deb >/dev/null 2>&1; then \
 		kernel=$$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $$2; exit}'); \
@@ -39,7 +46,6 @@ deps:
 		apt-get download -qq "$$kernel" systemd-boot-efi 2>&1 | grep -v "^W: Download is performed unsandboxed" || true; \
 		ls linux-image-[0-9]*-cloud-amd64_*.deb systemd-boot-efi_*.deb >/dev/null; \
 	fi
-	@$(GO) mod download
 
 ## build: bin/etcdimg (the host CLI) and bin/etcdnode (the in-image multi-call binary).
 build:

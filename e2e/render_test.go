@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -48,23 +49,9 @@ func tree(t *testing.T, dir string) map[string]string {
 			return nil
 		}
 		b, _ := os.ReadFile(p)
-		out[rel] = info.Mode().String() + " " + string(sha256Hex(b))
+		out[rel] = fmt.Sprintf("%s %x", info.Mode(), sha256.Sum256(b))
 		return nil
 	})
-	return out
-}
-
-func sha256Hex(b []byte) string {
-	s := sha256.Sum256(b)
-	return string(bytesHex(s[:]))
-}
-
-func bytesHex(b []byte) []byte {
-	const h = "0123456789abcdef"
-	out := make([]byte, 0, 2*len(b))
-	for _, c := range b {
-		out = append(out, h[c>>4], h[c&15])
-	}
 	return out
 }
 

@@ -31,9 +31,10 @@ func Apply(cfg ign.Config, root string) error {
 		return err
 	}
 	type write struct {
-		path string
-		data []byte
-		mode fs.FileMode
+		path      string
+		data      []byte
+		mode      fs.FileMode
+		overwrite bool
 	}
 	var writes []write
 	for _, f := range cfg.Storage.Files {
@@ -41,11 +42,11 @@ func Apply(cfg ign.Config, root string) error {
 		if err != nil {
 			return fmt.Errorf("firstboot: apply: %w", err)
 		}
-		writes = append(writes, write{f.Path, data, mode(f.Mode, 0o644)})
+		writes = append(writes, write{f.Path, data, mode(f.Mode, 0o644), f.Overwrite != nil && *f.Overwrite})
 	}
 	for _, u := range cfg.Systemd.Units {
 		if u.Contents != nil {
-			writes = append(writes, write{filepath.Join(UnitDir, u.Name), []byte(*u.Contents), 0o644})
+			writes = append(writes, write{filepath.Join(UnitDir, u.Name), []byte(*u.Contents), 0o644, true})
 		}
 	}
 
@@ -58,14 +59,9 @@ func Apply(cfg ign.Config, root string) error {
 			return fmt.Errorf("firstboot: apply: directory %s: %w", d.Path, err)
 		}
 	}
-	for i, w := range writes {
+	for _, w := range writes {
 		p := under(root, w.path)
-		overwrite := true
-		if i < len(cfg.Storage.Files) {
-			f := cfg.Storage.Files[i]
-			overwrite = f.Overwrite != nil && *f.Overwrite
-		}
-		if !overwrite {
+		if !w.overwrite {
 			if _, err := os.Lstat(p); err == nil {
 				return fmt.Errorf("firstboot: apply: file %s exists and overwrite is false; set overwrite: true", w.path)
 			}

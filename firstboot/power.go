@@ -30,7 +30,7 @@ func watchPowerButton(fn func()) error {
 			return err
 		}
 		found = append(found, filepath.Base(d))
-		go readPowerEvents(f, fn)
+		goSafe("power button", func() { readPowerEvents(f, fn) })
 	}
 	if len(found) == 0 {
 		return fmt.Errorf("no input device named Power Button (modules button and evdev)")

@@ -59,7 +59,7 @@ func (s *service) start() (string, error) {
 	if err := s.spawn(env); err != nil {
 		return "", err
 	}
-	go s.supervise(env)
+	goSafe(s.unit.Name, func() { s.supervise(env) })
 	return fmt.Sprintf("pid %d: %s", s.pid(), strings.Join(s.unit.ExecStart, " ")), nil
 }
 
@@ -105,10 +105,10 @@ func (s *service) spawn(env []string) error {
 	s.cmd, s.exited = cmd, exited
 	s.starts++
 	s.mu.Unlock()
-	go func() {
+	goSafe(s.unit.Name+" output", func() {
 		relay(strings.TrimSuffix(s.unit.Name, ".service"), pr)
 		pr.Close()
-	}()
+	})
 	return nil
 }
 
@@ -208,7 +208,7 @@ func (s *service) listenNotify() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("notify socket: %w", err)
 	}
-	go func() {
+	goSafe(s.unit.Name+" notify", func() {
 		buf := make([]byte, 4096)
 		for {
 			n, _, err := conn.ReadFromUnix(buf)
@@ -227,7 +227,7 @@ func (s *service) listenNotify() (string, error) {
 				}
 			}
 		}
-	}()
+	})
 	return path, nil
 }
 

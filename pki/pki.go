@@ -129,7 +129,7 @@ func Ensure(c *spec.Cluster, dir string) (*Set, error) {
 		return nil, fmt.Errorf("pki: load %s: %w", CAConfigFile, err)
 	}
 
-	ca, caKey, err := loadCA(dir)
+	ca, caKey, certPEM, keyPEM, err := loadCA(dir)
 	switch {
 	case err != nil:
 		return nil, err
@@ -142,41 +142,38 @@ func Ensure(c *spec.Cluster, dir string) (*Set, error) {
 			return nil, err
 		}
 	default:
-		s.CACert, _ = os.ReadFile(filepath.Join(dir, CACertFile))
-		s.CAKey, _ = os.ReadFile(filepath.Join(dir, CAKeyFile))
+		s.CACert, s.CAKey = certPEM, keyPEM
 	}
 	sgn, err := local.NewSigner(caKey, ca, signer.DefaultSigAlgo(caKey), policy.Signing)
 	if err != nil {
 		return nil, fmt.Errorf("pki: signer: %w", err)
 	}
 
-	leaves := []struct {
-		want             leaf
-		certFile, keyOut string
-		set              func(Pair)
-	}{{
+	// Every certificate the CA signs: the admin's, then one per member.
+	type slot struct {
+		want              leaf
+		certFile, keyFile string
+		set               func(Pair)
+	}
+	leaves := []slot{{
 		want:     leaf{cn: AdminCN, profile: ProfileClient},
-		certFile: AdminCert, keyOut: AdminKey,
+		certFile: AdminCert, keyFile: AdminKey,
 		set: func(p Pair) { s.Admin = p },
 	}}
 	for _, m := range c.Members {
-		leaves = append(leaves, struct {
-			want             leaf
-			certFile, keyOut string
-			set              func(Pair)
-		}{
+		leaves = append(leaves, slot{
 			want:     leaf{cn: m.Name, hosts: MemberHosts(m), profile: ProfileEtcd},
-			certFile: MemberCertFile(m.Name), keyOut: MemberKeyFile(m.Name),
+			certFile: MemberCertFile(m.Name), keyFile: MemberKeyFile(m.Name),
 			set: func(p Pair) { s.Members[m.Name] = p },
 		})
 	}
 	for _, l := range leaves {
-		p, ok := existingLeaf(dir, l.certFile, l.keyOut, ca, l.want, c.PKI.KeyAlgorithm)
+		p, ok := existingLeaf(dir, l.certFile, l.keyFile, ca, l.want, c.PKI.KeyAlgorithm)
 		if !ok {
 			if p, err = issue(sgn, l.want, c.PKI.KeyAlgorithm); err != nil {
 				return nil, fmt.Errorf("pki: issue %s: %w", l.certFile, err)
 			}
-			s.Issued = append(s.Issued, l.certFile, l.keyOut)
+			s.Issued = append(s.Issued, l.certFile, l.keyFile)
 		}
 		l.set(p)
 	}
@@ -237,30 +234,33 @@ func issue(s *local.Signer, l leaf, alg string) (Pair, error) {
 // loadCA reads an existing CA. It returns nil, nil, nil when there is none,
 // and an error when what is there cannot be used as this cluster's CA: a
 // CA is never silently replaced.
-func loadCA(dir string) (*x509.Certificate, crypto.Signer, error) {
+func loadCA(dir string) (ca *x509.Certificate, key crypto.Signer, certPEM, keyPEM []byte, err error) {
 	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
 	certPEM, certErr := os.ReadFile(certPath)
 	keyPEM, keyErr := os.ReadFile(keyPath)
+	fail := func(err error) (*x509.Certificate, crypto.Signer, []byte, []byte, error) {
+		return nil, nil, nil, nil, err
+	}
 	switch {
 	case errors.Is(certErr, fs.ErrNotExist) && errors.Is(keyErr, fs.ErrNotExist):
-		return nil, nil, nil
+		return fail(nil)
 	case certErr != nil && !errors.Is(certErr, fs.ErrNotExist):
-		return nil, nil, fmt.Errorf("pki: read CA %s: %w; fix its permissions, or move the pki directory aside to start a new CA", certPath, certErr)
+		return fail(fmt.Errorf("pki: read CA %s: %w; fix its permissions, or move the pki directory aside to start a new CA", certPath, certErr))
 	case keyErr != nil && !errors.Is(keyErr, fs.ErrNotExist):
-		return nil, nil, fmt.Errorf("pki: read CA key %s: %w; fix its permissions, or move the pki directory aside to start a new CA", keyPath, keyErr)
+		return fail(fmt.Errorf("pki: read CA key %s: %w; fix its permissions, or move the pki directory aside to start a new CA", keyPath, keyErr))
 	case certErr != nil:
-		return nil, nil, fmt.Errorf("pki: %s exists but %s is missing; put the CA certificate back, or move the pki directory aside to start a new CA", keyPath, certPath)
+		return fail(fmt.Errorf("pki: %s exists but %s is missing; put the CA certificate back, or move the pki directory aside to start a new CA", keyPath, certPath))
 	case keyErr != nil:
-		return nil, nil, fmt.Errorf("pki: %s exists but %s is missing; put the CA key back, or move the pki directory aside to start a new CA", certPath, keyPath)
+		return fail(fmt.Errorf("pki: %s exists but %s is missing; put the CA key back, or move the pki directory aside to start a new CA", certPath, keyPath))
 	}
-	ca, key, err := parseCA(certPEM, keyPEM)
+	ca, key, err = parseCA(certPEM, keyPEM)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w (in %s); restore the original CA, or move the pki directory aside to start a new CA", err, dir)
+		return fail(fmt.Errorf("%w (in %s); restore the original CA, or move the pki directory aside to start a new CA", err, dir))
 	}
 	if time.Now().After(ca.NotAfter) {
-		return nil, nil, fmt.Errorf("pki: the CA in %s expired on %s; move the pki directory aside to start a new CA and rebuild every member", dir, ca.NotAfter.Format(time.DateOnly))
+		return fail(fmt.Errorf("pki: the CA in %s expired on %s; move the pki directory aside to start a new CA and rebuild every member", dir, ca.NotAfter.Format(time.DateOnly)))
 	}
-	return ca, key, nil
+	return ca, key, certPEM, keyPEM, nil
 }
 
 func parseCA(certPEM, keyPEM []byte) (*x509.Certificate, crypto.Signer, error) {

@@ -163,7 +163,7 @@ func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
 		"-m", strconv.Itoa(o.MemoryMB),
 		"-smp", strconv.Itoa(o.CPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-drive", "if=pflash,format=raw,readonly=on,file=" + o.OVMFCodePath(),
+		"-drive", "if=pflash,format=raw,readonly=on,file=" + OVMFCode,
 		"-drive", "if=pflash,format=raw,file=" + varsPath,
 		"-drive", "if=virtio,format=raw,readonly=on,file=" + o.Image,
 		"-drive", "if=virtio,format=raw,file=" + o.DataDisk,
@@ -187,9 +187,6 @@ func (o Options) MAC() string {
 	a := o.GuestIP.As4()
 	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", a[1], a[2], a[3])
 }
-
-// OVMFCodePath is the firmware image.
-func (o Options) OVMFCodePath() string { return OVMFCode }
 
 // Start boots the VM.
 func Start(o Options) (*VM, error) {

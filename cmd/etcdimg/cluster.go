@@ -33,14 +33,11 @@ func diskDir(dir outdir.Layout) string { return filepath.Join(dir.Dir(), "disks"
 // loadBuilt reads the spec of an output directory that `build` wrote.
 func loadBuilt(out string) (*spec.Cluster, outdir.Layout, error) {
 	dir := outdir.Layout(out)
-	c, _, err := render.LoadSpec(render.Source{}, dir)
-	if err != nil {
-		return nil, dir, err
-	}
 	if !render.Exists(dir.Spec()) {
 		return nil, dir, fmt.Errorf("%s has no etcdimg.yaml; run `etcdimg build --out %s` first", out, out)
 	}
-	return c, dir, nil
+	c, _, err := render.LoadSpec(render.Source{}, dir)
+	return c, dir, err
 }
 
 // endpoints are the members' client URLs: the forwarded loopback ports
