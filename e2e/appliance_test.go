@@ -21,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"etcdimg/deb"
 	"etcdimg/firstboot"
 	"etcdimg/ignition/ign"
 	"etcdimg/image"
@@ -244,6 +245,36 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 	}
 	if second := sha(t, img); second != first {
 		t.Errorf("rebuild changed the image: %s → %s", first, second)
+	}
+}
+
+// TestBuildRefusesBadPackages: a package that is not what it should be
+// is refused in one line, and the output directory is not created.
+func TestBuildRefusesBadPackages(t *testing.T) {
+	work := t.TempDir()
+	junk := filepath.Join(work, "junk.deb")
+	os.WriteFile(junk, []byte("not a package"), 0o644)
+	boot, _ := deb.Find(deb.CacheDir(), deb.Bootloader)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"kernel not a .deb", []string{"--kernel-package", junk}, "not a Debian package"},
+		{"kernel package without a kernel", []string{"--kernel-package", boot}, "holds no boot/vmlinuz"},
+		{"missing boot loader", []string{"--bootloader-package", filepath.Join(work, "nope.deb")}, "--bootloader-package"},
+		{"missing node binary", []string{"--node-binary", filepath.Join(work, "nope")}, "--node-binary"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(work, "out-"+strings.ReplaceAll(tc.name, " ", "-"))
+			_, stderr, code := etcdimg(t, work, append([]string{"build", "--nodes", "1", "--out", out}, tc.args...)...)
+			if code != 1 || !strings.Contains(stderr, tc.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Errorf("exit %d, stderr %q; want one line with %q", code, stderr, tc.want)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Errorf("a refused build created %s", out)
+			}
+		})
 	}
 }
 

@@ -60,18 +60,23 @@ func buildCmd() *cobra.Command {
 		Short: "Render, then write a bootable disk image per member to OUT/images",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// Check the image inputs first, so that a missing package
-			// fails before anything is written.
-			in, err := bf.inputs()
+			// The spec, then the image inputs, are read and checked before
+			// anything is written: a bad package fails a build that has
+			// not touched the output directory.
+			c, from, err := f.load(cmd)
 			if err != nil {
 				return err
 			}
-			c, dir, err := f.render(cmd)
+			in, err := bf.inputs()
 			if err != nil {
 				return err
 			}
 			start := time.Now()
 			boot, err := image.PrepareBoot(in)
+			if err != nil {
+				return err
+			}
+			dir, err := f.renderLoaded(cmd, c, from)
 			if err != nil {
 				return err
 			}

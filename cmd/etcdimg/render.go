@@ -87,18 +87,24 @@ func renderCmd() *cobra.Command {
 // render loads the spec, renders the output directory and reports it:
 // the first half of both `render` and `build`.
 func (f *specFlags) render(cmd *cobra.Command) (*spec.Cluster, outdir.Layout, error) {
-	dir := outdir.Layout(f.out)
 	c, from, err := f.load(cmd)
 	if err != nil {
-		return nil, dir, err
+		return nil, outdir.Layout(f.out), err
 	}
+	dir, err := f.renderLoaded(cmd, c, from)
+	return c, dir, err
+}
+
+// renderLoaded renders an already loaded spec and reports it.
+func (f *specFlags) renderLoaded(cmd *cobra.Command, c *spec.Cluster, from string) (outdir.Layout, error) {
+	dir := outdir.Layout(f.out)
 	printWarnings(c)
 	res, err := render.Run(c, dir)
 	if err != nil {
-		return nil, dir, err
+		return dir, err
 	}
 	printRender(cmd.OutOrStdout(), c, from, dir, res)
-	return c, dir, nil
+	return dir, nil
 }
 
 func printWarnings(c *spec.Cluster) {
