@@ -122,7 +122,7 @@ func BenchmarkThreeMemberUp(b *testing.B) {
 	for range 2 {
 		os.RemoveAll(filepath.Join(out, "disks")) // each run starts from blank data disks
 		start := time.Now()
-		_, stderr, code := etcdimg(b, work, "up", "--out", out, "--detach", "--accel", "tcg", "--timeout", "4m")
+		_, stderr, code := etcdimg(b, work, "up", "--out", out, "--detach", "--accel", "tcg", "--timeout", "4m", "--port-base", fmt.Sprint(freePortBase(b, 3)))
 		took := time.Since(start)
 		if code != 0 {
 			etcdimg(b, work, "down", "--out", out)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -69,7 +70,10 @@ func upThree(t *testing.T) *upCluster {
 
 func (u *upCluster) up(t *testing.T) {
 	t.Helper()
-	stdout, stderr, code := etcdimg(t, u.work, "up", "--out", u.out, "--detach", "--accel", "tcg", "--timeout", "4m")
+	// A port base of its own, so that a cluster an operator left running
+	// with `make up` (base 40000) does not stop the test.
+	base := freePortBase(t, 3)
+	stdout, stderr, code := etcdimg(t, u.work, "up", "--out", u.out, "--detach", "--accel", "tcg", "--timeout", "4m", "--port-base", strconv.Itoa(base))
 	t.Logf("up:\n%s", stdout)
 	if code != 0 {
 		t.Fatalf("up: exit %d: %s", code, stderr)
@@ -79,6 +83,30 @@ func (u *upCluster) up(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.state = st
+}
+
+// freePortBase finds a --port-base whose client and metrics ports for n
+// members are all free now.
+func freePortBase(t testing.TB, n int) int {
+	t.Helper()
+	for base := 41000; base < 60000; base += 1000 {
+		free := true
+		for i := 1; i <= n && free; i++ {
+			c, m := testvm.Ports(base, i)
+			for _, p := range []int{c, m} {
+				if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
+					free = false
+				} else {
+					l.Close()
+				}
+			}
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatal("no free port base between 41000 and 60000")
+	return 0
 }
 
 func pids(st *testvm.ClusterState) []int {
