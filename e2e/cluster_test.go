@@ -21,6 +21,7 @@ import (
 
 	"etcdimg/firstboot"
 	"etcdimg/ignition/ign"
+	"etcdimg/testvm"
 )
 
 // member is one etcd process started from a rendered Ignition config.
@@ -104,13 +105,21 @@ func (m *member) stop(t *testing.T) {
 	}
 }
 
-func (m *member) tail(n int) string {
-	b, _ := os.ReadFile(m.log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+func (m *member) tail(n int) string { return testvm.TailFile(m.log, n) }
+
+// checkMembers asserts a member list of n started members whose peer and
+// client URLs are https and start with prefix.
+func checkMembers(t *testing.T, list *clientv3.MemberListResponse, n int, prefix string) {
+	t.Helper()
+	if len(list.Members) != n {
+		t.Fatalf("member list has %d members, want %d: %v", len(list.Members), n, list.Members)
 	}
-	return strings.Join(lines, "\n")
+	for _, m := range list.Members {
+		if m.Name == "" || len(m.PeerURLs) != 1 || !strings.HasPrefix(m.PeerURLs[0], prefix) ||
+			len(m.ClientURLs) != 1 || !strings.HasPrefix(m.ClientURLs[0], prefix) {
+			t.Errorf("member %+v is not a started member with URLs under %s", m, prefix)
+		}
+	}
 }
 
 // waitFor polls check until it returns nil or timeout passes; on timeout
@@ -215,15 +224,7 @@ network: {cidr: 127.0.0.0/8}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list.Members) != 3 {
-		t.Fatalf("member list: %v", list.Members)
-	}
-	for _, mm := range list.Members {
-		if mm.Name == "" || len(mm.PeerURLs) != 1 || !strings.HasPrefix(mm.PeerURLs[0], "https://") ||
-			len(mm.ClientURLs) != 1 || !strings.HasPrefix(mm.ClientURLs[0], "https://") {
-			t.Errorf("member %+v is not a started member with https URLs", mm)
-		}
-	}
+	checkMembers(t, list, 3, "https://127.0.0.5")
 
 	// A client certificate from another CA, and no certificate at all, are
 	// refused on every client port. The same request with the admin

@@ -49,8 +49,7 @@ func upThree(t *testing.T) *upCluster {
 		st, err := testvm.LoadState(filepath.Join(out, "run"))
 		if t.Failed() && err == nil {
 			for _, m := range st.Members {
-				b, _ := os.ReadFile(m.Console)
-				t.Logf("--- %s console tail ---\n%s", m.Name, lastLines(string(b), 25))
+				t.Logf("--- %s console tail ---\n%s", m.Name, testvm.TailFile(m.Console, 25))
 			}
 		}
 		etcdimg(t, work, "down", "--out", out)
@@ -117,14 +116,6 @@ func pids(st *testvm.ClusterState) []int {
 	return p
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 func (u *upCluster) client(t *testing.T, i int, tc *tls.Config) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{
@@ -176,15 +167,7 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 		t.Fatal(err)
 	}
 	clusterID := list.Header.ClusterId
-	if len(list.Members) != 3 {
-		t.Fatalf("member list: %v", list.Members)
-	}
-	for _, m := range list.Members {
-		if m.Name == "" || len(m.PeerURLs) != 1 || !strings.HasPrefix(m.PeerURLs[0], "https://192.168.2.5") ||
-			len(m.ClientURLs) != 1 || !strings.HasPrefix(m.ClientURLs[0], "https://192.168.2.5") {
-			t.Errorf("member %+v is not a started member with https URLs on the LAN", m)
-		}
-	}
+	checkMembers(t, list, 3, "https://192.168.2.5")
 
 	// A key written through member 1 is read through members 2 and 3.
 	if _, err := u.client(t, 0, u.admin).Put(ctx, "/etcdimg/lan", "one-cluster"); err != nil {
@@ -390,8 +373,7 @@ func prometheusScrapes(t *testing.T, u *upCluster) {
 			return
 		}
 		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "prometheus.log"))
-			t.Fatalf("prometheus: up=%v has_leader=%v (%v %v)\n%s", up, leader, err1, err2, lastLines(string(b), 15))
+			t.Fatalf("prometheus: up=%v has_leader=%v (%v %v)\n%s", up, leader, err1, err2, testvm.TailFile(filepath.Join(dir, "prometheus.log"), 15))
 		}
 		time.Sleep(time.Second)
 	}

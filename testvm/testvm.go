@@ -278,8 +278,11 @@ func (v *VM) WaitConsole(pattern string, timeout time.Duration) error {
 }
 
 // Tail returns the last n lines of the console.
-func (v *VM) Tail(n int) string {
-	b, _ := os.ReadFile(v.Console)
+func (v *VM) Tail(n int) string { return TailFile(v.Console, n) }
+
+// TailFile returns the last n lines of a log file ("" if unreadable).
+func TailFile(path string, n int) string {
+	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]

@@ -177,7 +177,7 @@ func upCmd() *cobra.Command {
 			if !health.Healthy(rs) {
 				for i, r := range rs {
 					if !r.Healthy {
-						fmt.Fprintf(os.Stderr, "--- %s console tail (%s) ---\n%s\n", r.Member, st.Members[i].Console, tail(st.Members[i].Console, 15))
+						fmt.Fprintf(os.Stderr, "--- %s console tail (%s) ---\n%s\n", r.Member, st.Members[i].Console, testvm.TailFile(st.Members[i].Console, 15))
 					}
 				}
 				if !detach {
@@ -382,13 +382,4 @@ func lanCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&socket, "socket", "", "unix socket to listen on")
 	return c
-}
-
-func tail(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
