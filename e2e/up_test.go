@@ -263,6 +263,18 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	}
 	intruder.Kill()
 
+	// Under up, etcdctl.env and prometheus.yml point at the forwarded
+	// ports, and a render meanwhile keeps them so.
+	if _, stderr, code := etcdimg(t, u.work, "render", "--out", u.out); code != 0 {
+		t.Fatalf("render while up: %s", stderr)
+	}
+	env, _ := os.ReadFile(filepath.Join(u.out, "etcdctl.env"))
+	prom, _ := os.ReadFile(filepath.Join(u.out, "prometheus.yml"))
+	if !strings.Contains(string(env), fmt.Sprintf("https://127.0.0.1:%d", u.state.Members[0].Client)) ||
+		!strings.Contains(string(prom), fmt.Sprintf("127.0.0.1:%d", u.state.Members[2].Metrics)) {
+		t.Errorf("tool configs under up:\n%s\n%s", env, prom)
+	}
+
 	// A real Prometheus, with the generated prometheus.yml, scrapes every
 	// member.
 	prometheusScrapes(t, u)
@@ -275,6 +287,9 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 		if testvm.Alive(m.PID) {
 			t.Errorf("%s (pid %d) still runs after down", m.Name, m.PID)
 		}
+	}
+	if env, _ := os.ReadFile(filepath.Join(u.out, "etcdctl.env")); !strings.Contains(string(env), "https://192.168.2.51:2379") {
+		t.Errorf("etcdctl.env after down:\n%s", env)
 	}
 	u.up(t)
 	list, err = u.client(t, 2, u.admin).MemberList(ctx)

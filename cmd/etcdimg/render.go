@@ -14,6 +14,7 @@ import (
 	"etcdimg/pki"
 	"etcdimg/render"
 	"etcdimg/spec"
+	"etcdimg/testvm"
 )
 
 // specFlags are the flags every command that reads a spec shares.
@@ -102,6 +103,13 @@ func (f *specFlags) renderLoaded(cmd *cobra.Command, c *spec.Cluster, from strin
 	res, err := render.Run(c, dir)
 	if err != nil {
 		return dir, err
+	}
+	// Under a running `up`, the tool configs keep pointing at the
+	// forwarded ports rather than at addresses the host cannot reach.
+	if st, err := testvm.LoadState(runDir(dir)); err == nil && len(st.Running()) > 0 {
+		if err := writeToolConfigs(c, dir, st); err != nil {
+			return dir, err
+		}
 	}
 	printRender(cmd.OutOrStdout(), c, from, dir, res)
 	return dir, nil
