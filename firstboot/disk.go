@@ -13,8 +13,7 @@ import (
 	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/disk"
-	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/filesystem/ext4"
 	"golang.org/x/sys/unix"
 )
 
@@ -264,6 +263,11 @@ func prepareDataDisk(dir string) (dev, detail string, err error) {
 	return dev, fmt.Sprintf("%s: %s, mounted on %s", dev, action, dir), nil
 }
 
+// dataInodeRatio is one inode per 64 KiB: etcd keeps tens of files (the
+// bolt db, WAL segments, snapshots), so the default 8 KiB ratio only adds
+// inode table to write at first boot (64 MiB written on 1 GiB, against 36).
+const dataInodeRatio = 64 << 10
+
 // formatExt4 writes an ext4 file system labelled etcd-data over the whole
 // of dev, with go-diskfs (the appliance ships no mkfs).
 func formatExt4(dev string) error {
@@ -272,7 +276,7 @@ func formatExt4(dev string) error {
 		return err
 	}
 	defer d.Close()
-	if _, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 0, FSType: filesystem.TypeExt4, VolumeLabel: DataLabel}); err != nil {
+	if _, err := ext4.Create(d.Backend, d.Size, 0, d.LogicalBlocksize, &ext4.Params{VolumeName: DataLabel, InodeRatio: dataInodeRatio}); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
