@@ -271,3 +271,53 @@ func TestInitWritesTheDefaultSpecOnce(t *testing.T) {
 		t.Errorf("four members: %d %q", code, stderr)
 	}
 }
+
+// TestClusterCommandsRefuseWhatTheyCannotDo: the cluster commands, before
+// anything is built or booted, fail in one line that says what to run.
+func TestClusterCommandsRefuseWhatTheyCannotDo(t *testing.T) {
+	work := t.TempDir()
+	out := filepath.Join(work, "out")
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"up with nothing built", []string{"up", "--out", out}, 1, "run `etcdimg build --out"},
+		{"health with nothing built", []string{"health", "--out", out}, 1, "has no etcdimg.yaml"},
+		{"etcdctl with nothing built", []string{"etcdctl", "--out", out, "--", "member", "list"}, 1, "has no etcdimg.yaml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := etcdimg(t, work, tc.args...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", code, stderr, tc.code, tc.want)
+			}
+		})
+	}
+	if _, stderr, code := etcdimg(t, work, "render", "--nodes", "3", "--out", out); code != 0 {
+		t.Fatal(stderr)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"up before build", []string{"up", "--out", out}, 1, "images/etcd-1.img is missing; run `etcdimg build"},
+		{"up with too little memory", []string{"up", "--out", out, "--memory", "64"}, 2, "--memory 64"},
+		{"status when not running", []string{"status", "--out", out}, 1, "not running"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := etcdimg(t, work, tc.args...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", code, stderr, tc.code, tc.want)
+			}
+		})
+	}
+	if stdout, _, code := etcdimg(t, work, "down", "--out", out); code != 0 || !strings.Contains(stdout, "no cluster is running") {
+		t.Errorf("down when not running: exit %d, %q", code, stdout)
+	}
+	if _, err := os.Stat(filepath.Join(out, "run")); err == nil {
+		t.Errorf("a refused command created %s/run", out)
+	}
+}
