@@ -26,21 +26,6 @@ import (
 	"etcdimg/spec"
 )
 
-// Paths inside a member, from package ign.
-const (
-	EtcdConfPath = ign.EtcdConfPath
-	CertDir      = ign.CertDir
-	CACertPath   = ign.CACertPath
-	CertPath     = ign.CertPath
-	KeyPath      = ign.KeyPath
-	DataDir      = ign.DataDir
-	NetworkPath  = ign.NetworkPath
-	EtcdBinary   = ign.EtcdBinary
-	EtcdUnitName = ign.EtcdUnitName
-	HostnamePath = ign.HostnamePath
-	HostsPath    = ign.HostsPath
-)
-
 const (
 	butaneVariant  = "fcos"
 	butaneVersion  = "1.5.0"
@@ -67,21 +52,21 @@ func Render(c *spec.Cluster, m spec.Member, certs Certs) (Config, error) {
 		Version: butaneVersion,
 		Storage: butaneStorage{
 			Directories: []butaneDir{
-				{Path: CertDir, Mode: 0o700},
-				{Path: DataDir, Mode: 0o700},
+				{Path: ign.CertDir, Mode: 0o700},
+				{Path: ign.DataDir, Mode: 0o700},
 			},
 			Files: []butaneFile{
-				file(HostnamePath, 0o644, m.Name+"\n"),
-				file(HostsPath, 0o644, string(Hosts(c))),
-				file(EtcdConfPath, 0o644, string(EtcdConf(c, m))),
-				file(CACertPath, 0o644, string(certs.CA)),
-				file(CertPath, 0o644, string(certs.Cert)),
-				file(KeyPath, 0o600, string(certs.Key)),
-				file(NetworkPath, 0o644, string(NetworkFile(c, m))),
+				file(ign.HostnamePath, 0o644, m.Name+"\n"),
+				file(ign.HostsPath, 0o644, string(Hosts(c))),
+				file(ign.EtcdConfPath, 0o644, string(EtcdConf(c, m))),
+				file(ign.CACertPath, 0o644, string(certs.CA)),
+				file(ign.CertPath, 0o644, string(certs.Cert)),
+				file(ign.KeyPath, 0o600, string(certs.Key)),
+				file(ign.NetworkPath, 0o644, string(NetworkFile(c, m))),
 			},
 		},
 		Systemd: butaneSystemd{Units: []butaneUnit{
-			{Name: EtcdUnitName, Enabled: true, Contents: EtcdUnit()},
+			{Name: ign.EtcdUnitName, Enabled: true, Contents: EtcdUnit()},
 		}},
 	}
 	var bu bytes.Buffer
@@ -93,25 +78,22 @@ func Render(c *spec.Cluster, m spec.Member, certs Certs) (Config, error) {
 	}
 	enc.Close()
 
-	ign, rpt, err := butane.TranslateBytes(bu.Bytes(), common.TranslateBytesOptions{})
+	raw, rpt, err := butane.TranslateBytes(bu.Bytes(), common.TranslateBytesOptions{})
 	if err != nil {
 		return Config{}, fmt.Errorf("ignition: %s: translate butane: %w: %s", m.Name, err, oneLine(rpt.String()))
 	}
 	if len(rpt.Entries) > 0 {
 		return Config{}, fmt.Errorf("ignition: %s: butane reported: %s", m.Name, oneLine(rpt.String()))
 	}
-	ign = append(ign, '\n')
-	if _, err := Parse(ign); err != nil {
+	raw = append(raw, '\n')
+	if _, err := ign.Parse(raw); err != nil {
 		return Config{}, fmt.Errorf("ignition: %s: %w", m.Name, err)
 	}
-	if len(ign) > MaxConfigBytes {
-		return Config{}, fmt.Errorf("ignition: %s: config is %d bytes, over the %d-byte user-data limit; use %s keys, which are smaller", m.Name, len(ign), MaxConfigBytes, spec.KeyECDSAP256)
+	if len(raw) > MaxConfigBytes {
+		return Config{}, fmt.Errorf("ignition: %s: config is %d bytes, over the %d-byte user-data limit; use %s keys, which are smaller", m.Name, len(raw), MaxConfigBytes, spec.KeyECDSAP256)
 	}
-	return Config{Butane: bu.Bytes(), Ignition: ign}, nil
+	return Config{Butane: bu.Bytes(), Ignition: raw}, nil
 }
-
-// Parse is ign.Parse, for callers that render and read.
-func Parse(raw []byte) (ign.Config, error) { return ign.Parse(raw) }
 
 // EtcdConf is the member's /etc/etcd/etcd.conf: the runbook's ETCD_*
 // environment file, with mTLS on both ports and plain-HTTP metrics and
@@ -135,7 +117,7 @@ func EtcdConf(c *spec.Cluster, m spec.Member) []byte {
 	}
 	kv := [][2]string{
 		{"ETCD_NAME", m.Name},
-		{"ETCD_DATA_DIR", DataDir},
+		{"ETCD_DATA_DIR", ign.DataDir},
 		{"ETCD_SNAPSHOT_COUNT", strconv.FormatUint(c.Etcd.SnapshotCount, 10)},
 		{"ETCD_HEARTBEAT_INTERVAL", ms(c.Etcd.HeartbeatInterval)},
 		{"ETCD_ELECTION_TIMEOUT", ms(c.Etcd.ElectionTimeout)},
@@ -149,13 +131,13 @@ func EtcdConf(c *spec.Cluster, m spec.Member) []byte {
 		{"ETCD_INITIAL_CLUSTER_TOKEN", c.Name},
 		{"ETCD_ADVERTISE_CLIENT_URLS", url("https", ip, spec.ClientPort)},
 		{"ETCD_CLIENT_CERT_AUTH", "true"},
-		{"ETCD_CERT_FILE", CertPath},
-		{"ETCD_KEY_FILE", KeyPath},
-		{"ETCD_TRUSTED_CA_FILE", CACertPath},
+		{"ETCD_CERT_FILE", ign.CertPath},
+		{"ETCD_KEY_FILE", ign.KeyPath},
+		{"ETCD_TRUSTED_CA_FILE", ign.CACertPath},
 		{"ETCD_PEER_CLIENT_CERT_AUTH", "true"},
-		{"ETCD_PEER_CERT_FILE", CertPath},
-		{"ETCD_PEER_KEY_FILE", KeyPath},
-		{"ETCD_PEER_TRUSTED_CA_FILE", CACertPath},
+		{"ETCD_PEER_CERT_FILE", ign.CertPath},
+		{"ETCD_PEER_KEY_FILE", ign.KeyPath},
+		{"ETCD_PEER_TRUSTED_CA_FILE", ign.CACertPath},
 	}
 	var b bytes.Buffer
 	for _, p := range kv {
@@ -200,8 +182,8 @@ Wants=network-online.target
 
 [Service]
 Type=notify
-EnvironmentFile=` + EtcdConfPath + `
-ExecStart=` + EtcdBinary + `
+EnvironmentFile=` + ign.EtcdConfPath + `
+ExecStart=` + ign.EtcdBinary + `
 Restart=on-failure
 RestartSec=5
 LimitNOFILE=65536

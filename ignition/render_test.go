@@ -80,7 +80,7 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 				if len(cfg.Ignition) > MaxConfigBytes {
 					t.Errorf("%s: %d bytes", m.Name, len(cfg.Ignition))
 				}
-				parsed, err := Parse(cfg.Ignition)
+				parsed, err := ign.Parse(cfg.Ignition)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -88,13 +88,13 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 					t.Errorf("version %s", parsed.Ignition.Version)
 				}
 				for path, want := range map[string][]byte{
-					EtcdConfPath: EtcdConf(c, m),
-					HostnamePath: []byte(m.Name + "\n"),
-					HostsPath:    Hosts(c),
-					NetworkPath:  NetworkFile(c, m),
-					CACertPath:   set.CACert,
-					CertPath:     certs.Cert,
-					KeyPath:      certs.Key,
+					ign.EtcdConfPath: EtcdConf(c, m),
+					ign.HostnamePath: []byte(m.Name + "\n"),
+					ign.HostsPath:    Hosts(c),
+					ign.NetworkPath:  NetworkFile(c, m),
+					ign.CACertPath:   set.CACert,
+					ign.CertPath:     certs.Cert,
+					ign.KeyPath:      certs.Key,
 				} {
 					got, err := ign.FileContents(parsed, path)
 					if err != nil {
@@ -104,11 +104,11 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 						t.Errorf("%s %s:\n%s\nwant\n%s", m.Name, path, got, want)
 					}
 				}
-				key, _ := ign.File(parsed, KeyPath)
+				key, _ := ign.File(parsed, ign.KeyPath)
 				if key.Mode == nil || *key.Mode != 0o600 {
 					t.Errorf("%s: key mode %v", m.Name, key.Mode)
 				}
-				if u := parsed.Systemd.Units; len(u) != 1 || u[0].Name != EtcdUnitName || !*u[0].Enabled {
+				if u := parsed.Systemd.Units; len(u) != 1 || u[0].Name != ign.EtcdUnitName || !*u[0].Enabled {
 					t.Errorf("%s: units %+v", m.Name, u)
 				}
 				for _, raw := range [][]byte{cfg.Ignition, cfg.Butane, decodedFiles(t, parsed)} {
@@ -177,7 +177,7 @@ func TestParseRefusesBrokenConfigs(t *testing.T) {
 		"relative":     `{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"etc/x"}]}}`,
 		"unknown unit": `{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"etcd"}]}}`,
 	} {
-		if _, err := Parse([]byte(raw)); err == nil {
+		if _, err := ign.Parse([]byte(raw)); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}

@@ -26,7 +26,6 @@ func (l Layout) Dir() string                { return string(l) }
 func (l Layout) Spec() string               { return filepath.Join(string(l), "etcdimg.yaml") }
 func (l Layout) PKI() string                { return filepath.Join(string(l), "pki") }
 func (l Layout) PKIFile(name string) string { return filepath.Join(string(l), "pki", name) }
-func (l Layout) IgnitionDir() string        { return filepath.Join(string(l), "ignition") }
 func (l Layout) Ignition(member string) string {
 	return filepath.Join(string(l), "ignition", member+".ign")
 }
