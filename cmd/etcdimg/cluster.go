@@ -42,24 +42,27 @@ func loadBuilt(out string) (*spec.Cluster, outdir.Layout, error) {
 
 // endpoints are the members' client URLs: the forwarded loopback ports
 // while the cluster runs under `up`, else the members' own addresses.
-func endpoints(c *spec.Cluster, dir outdir.Layout) ([]health.Endpoint, *testvm.ClusterState) {
-	st, err := testvm.LoadState(runDir(dir))
+func endpoints(c *spec.Cluster, dir outdir.Layout) []health.Endpoint {
+	forwarded := map[string]int{}
+	if st, err := testvm.LoadState(runDir(dir)); err == nil {
+		for _, s := range st.Members {
+			forwarded[s.Name] = s.Client
+		}
+	}
 	var eps []health.Endpoint
 	for _, m := range c.Members {
 		url := fmt.Sprintf("https://%s:%d", m.IP, spec.ClientPort)
-		if err == nil {
-			for _, s := range st.Members {
-				if s.Name == m.Name {
-					url = fmt.Sprintf("https://127.0.0.1:%d", s.Client)
-				}
-			}
+		if port, ok := forwarded[m.Name]; ok {
+			url = fmt.Sprintf("https://127.0.0.1:%d", port)
 		}
 		eps = append(eps, health.Endpoint{Member: m.Name, URL: url})
 	}
-	if err != nil {
-		st = nil
-	}
-	return eps, st
+	return eps
+}
+
+// outFlag registers --out, the output directory every command reads.
+func outFlag(c *cobra.Command, out *string) {
+	c.Flags().StringVar(out, "out", outdir.Default, "output directory")
 }
 
 // writeToolConfigs rewrites etcdctl.env and prometheus.yml for where the
@@ -155,7 +158,7 @@ func upCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			eps, _ := endpoints(c, dir)
+			eps := endpoints(c, dir)
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			var rs []health.Result
@@ -201,7 +204,7 @@ func upCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&out, "out", outdir.Default, "output directory of `etcdimg build`")
+	outFlag(c, &out)
 	c.Flags().StringVar(&accel, "accel", "", "kvm or tcg (default: $"+testvm.AccelEnv+", else KVM when it works here, else TCG)")
 	c.Flags().IntVar(&memory, "memory", 256, "guest RAM per member, MiB")
 	c.Flags().IntVar(&portBase, "port-base", 40000, "member N's client port is BASE+100N+79, its metrics port BASE+100N+81")
@@ -242,7 +245,7 @@ func downCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&out, "out", outdir.Default, "output directory")
+	outFlag(c, &out)
 	return c
 }
 
@@ -283,7 +286,7 @@ func statusCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&out, "out", outdir.Default, "output directory")
+	outFlag(c, &out)
 	return c
 }
 
@@ -303,7 +306,7 @@ func healthCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			eps, _ := endpoints(c, dir)
+			eps := endpoints(c, dir)
 			rs := health.Check(context.Background(), eps, tlsCfg, timeout)
 			health.Table(cmd.OutOrStdout(), rs)
 			var bad []string
@@ -318,7 +321,7 @@ func healthCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&out, "out", outdir.Default, "output directory")
+	outFlag(c, &out)
 	c.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "per-member timeout")
 	return c
 }
@@ -338,7 +341,7 @@ func etcdctlCmd() *cobra.Command {
 				return err
 			}
 			node := filepath.Join(filepath.Dir(exe), "etcdnode")
-			eps, _ := endpoints(c, dir)
+			eps := endpoints(c, dir)
 			var urls []string
 			for _, e := range eps {
 				urls = append(urls, e.URL)
@@ -357,7 +360,7 @@ func etcdctlCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&out, "out", outdir.Default, "output directory")
+	outFlag(c, &out)
 	return c
 }
 

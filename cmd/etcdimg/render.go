@@ -27,7 +27,7 @@ type specFlags struct {
 func (f *specFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.config, "config", "", "cluster spec to read (default: OUT/etcdimg.yaml, else the default spec)")
 	c.Flags().IntVar(&f.nodes, "nodes", 3, "members of the default spec, when there is no spec file")
-	c.Flags().StringVar(&f.out, "out", outdir.Default, "output directory")
+	outFlag(c, &f.out)
 }
 
 func (f *specFlags) load(c *cobra.Command) (*spec.Cluster, string, error) {
