@@ -36,15 +36,22 @@ host-packages:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-## debs: download (not install) the kernel and boot loader packages an image is made from.
+## debs: download (not install) the kernel and boot loader packages an image is made from,
+## and save their Debian index records (with SHA-256) beside them for the build to check.
 debs:
 	@mkdir -p $(DEB_CACHE)
 	@cd $(DEB_CACHE) && if ! ls linux-image-[0-9]*-cloud-amd64_*.deb >/dev/null 2>&1 || ! ls systemd-boot-efi_*.deb >/dev/null 2>&1; then \
 		kernel=$$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $$2; exit}'); \
 		if [ -z "$$kernel" ]; then apt-get update -qq; kernel=$$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $$2; exit}'); fi; \
 		echo "make: downloading $$kernel systemd-boot-efi into $(DEB_CACHE)"; \
+		rm -f Packages; \
 		apt-get download -qq "$$kernel" systemd-boot-efi 2>&1 | grep -v "^W: Download is performed unsandboxed" || true; \
 		ls linux-image-[0-9]*-cloud-amd64_*.deb systemd-boot-efi_*.deb >/dev/null; \
+	fi; \
+	if [ ! -s Packages ]; then \
+		for f in linux-image-[0-9]*-cloud-amd64_*.deb systemd-boot-efi_*.deb; do \
+			apt-cache show "$$(dpkg-deb -f "$$f" Package)=$$(dpkg-deb -f "$$f" Version)"; echo; \
+		done > Packages.tmp && mv Packages.tmp Packages; \
 	fi
 
 ## build: bin/etcdimg (the host CLI) and bin/etcdnode (the in-image multi-call binary).

@@ -1,8 +1,11 @@
 package deb
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,30 +17,75 @@ const CacheEnv = "ETCDIMG_DEB_CACHE"
 
 // CacheDir returns where `make` keeps the packages it downloaded with
 // apt-get download: $ETCDIMG_DEB_CACHE, else .cache/deb beside the bin/
-// directory holding the running executable, else .cache/deb in the
-// nearest directory above the working directory that has one.
+// directory holding the running executable (where the Makefile puts
+// both). Nowhere else: a package planted in some parent directory of the
+// working directory is never picked up.
 func CacheDir() string {
 	if d := os.Getenv(CacheEnv); d != "" {
 		return d
 	}
 	if exe, err := os.Executable(); err == nil {
-		d := filepath.Join(filepath.Dir(filepath.Dir(exe)), ".cache", "deb")
-		if st, err := os.Stat(d); err == nil && st.IsDir() {
-			return d
-		}
-	}
-	if wd, err := os.Getwd(); err == nil {
-		for d := wd; ; d = filepath.Dir(d) {
-			c := filepath.Join(d, ".cache", "deb")
-			if st, err := os.Stat(c); err == nil && st.IsDir() {
-				return c
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
+		return filepath.Join(filepath.Dir(filepath.Dir(exe)), ".cache", "deb")
 	}
 	return filepath.Join(".cache", "deb")
+}
+
+// IndexFile, in the cache, holds the Debian index records (apt-cache show)
+// of the packages downloaded there, written by `make` in the same step.
+const IndexFile = "Packages"
+
+// FindVerified is Find in the cache dir, and then checks the package's
+// SHA-256 against the record of IndexFile that names it.
+func FindVerified(dir, pattern string) (string, error) {
+	p, err := Find(dir, pattern)
+	if err != nil {
+		return "", err
+	}
+	if err := Verify(filepath.Join(dir, IndexFile), p); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+// Verify checks that the SHA-256 of the package at path is the one the
+// Debian index file gives for its file name.
+func Verify(index, path string) error {
+	idx, err := os.ReadFile(index)
+	if err != nil {
+		return fmt.Errorf("deb: %s has no Debian index beside it (%v); run `make deps` to download it again", path, err)
+	}
+	want := ""
+	base := strings.ReplaceAll(filepath.Base(path), "%7e", "~")
+	for _, rec := range strings.Split(string(idx), "\n\n") {
+		var file, sum string
+		for _, line := range strings.Split(rec, "\n") {
+			if v, ok := strings.CutPrefix(line, "Filename: "); ok {
+				file = filepath.Base(strings.TrimSpace(v))
+			}
+			if v, ok := strings.CutPrefix(line, "SHA256: "); ok {
+				sum = strings.TrimSpace(v)
+			}
+		}
+		if file == base {
+			want = sum
+		}
+	}
+	if want == "" {
+		return fmt.Errorf("deb: %s is not in the Debian index %s; delete it and run `make deps`", path, index)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("deb: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("deb: %s: %w", path, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return fmt.Errorf("deb: %s has SHA-256 %s, but the Debian index says %s; delete it and run `make deps`", path, got, want)
+	}
+	return nil
 }
 
 // Kernel and Bootloader are the file-name patterns of the packages an

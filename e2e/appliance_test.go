@@ -25,6 +25,7 @@ import (
 	"etcdimg/firstboot"
 	"etcdimg/ignition/ign"
 	"etcdimg/image"
+	"etcdimg/layout"
 	"etcdimg/pki"
 	"etcdimg/testvm"
 )
@@ -177,7 +178,7 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 		t.Errorf("loader entry:\n%s", e)
 	}
 	rendered, _ := os.ReadFile(filepath.Join(out, "ignition", "etcd-1.ign"))
-	if !bytes.Equal(espFile(t, img, image.ConfigPath), rendered) {
+	if !bytes.Equal(espFile(t, img, layout.ConfigPath), rendered) {
 		t.Errorf("the ESP's config is not the rendered one")
 	}
 
@@ -218,7 +219,7 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 	}
 	// The config on the ESP, its files decoded (Butane may gzip them): no
 	// CA key, and the member's own key is found, so the check can see keys.
-	cfg, err := ign.Parse(espFile(t, img, image.ConfigPath))
+	cfg, err := ign.Parse(espFile(t, img, layout.ConfigPath))
 	if err != nil {
 		t.Fatal(err)
 	}

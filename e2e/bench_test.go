@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"compress/gzip"
+	"etcdimg/cluster"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,8 +14,6 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-
-	"etcdimg/testvm"
 )
 
 // BenchmarkOneMember measures, for a one-member cluster under TCG: the
@@ -129,14 +128,14 @@ func BenchmarkThreeMemberUp(b *testing.B) {
 			b.Fatalf("up: %s", stderr)
 		}
 		ups = append(ups, took)
-		st, err := testvm.LoadState(filepath.Join(out, "run"))
+		st, err := cluster.LoadState(filepath.Join(out, "run"))
 		if err != nil {
 			b.Fatal(err)
 		}
 		if len(ups) == 2 {
 			fmt.Printf("\nthree members, TCG, 1 vCPU and %d MiB guest RAM each\n", st.MemoryMB)
 			for _, m := range st.Members {
-				fmt.Printf("  %s: etcd RSS in guest %.1f MiB, QEMU RSS on host %.1f MiB\n", m.Name, etcdRSS(b, m.Metrics), qemuRSS(m.PID))
+				fmt.Printf("  %s: etcd RSS in guest %.1f MiB, QEMU RSS on host %.1f MiB\n", m.Name, etcdRSS(b, m.Metrics), qemuRSS(m.QEMU.PID))
 			}
 		}
 		etcdimg(b, work, "down", "--out", out)

@@ -45,7 +45,10 @@ func TestMain(m *testing.M) {
 		}
 		// The CLI runs from a temporary directory: tell it where `make deps`
 		// put the Debian packages.
-		os.Setenv(deb.CacheEnv, deb.CacheDir())
+		if os.Getenv(deb.CacheEnv) == "" {
+			abs, _ := filepath.Abs(filepath.Join("..", ".cache", "deb"))
+			os.Setenv(deb.CacheEnv, abs)
+		}
 		return m.Run()
 	}()
 	os.Exit(code)

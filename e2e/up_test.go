@@ -23,13 +23,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"etcdimg/cluster"
 	"etcdimg/testvm"
 )
 
 // upCluster is a cluster started with `etcdimg up --detach`.
 type upCluster struct {
 	work, out string
-	state     *testvm.ClusterState
+	state     *cluster.State
 	admin     *tls.Config
 }
 
@@ -46,7 +47,7 @@ func upThree(t *testing.T) *upCluster {
 	}
 	u := &upCluster{work: work, out: out}
 	t.Cleanup(func() {
-		st, err := testvm.LoadState(filepath.Join(out, "run"))
+		st, err := cluster.LoadState(filepath.Join(out, "run"))
 		if t.Failed() && err == nil {
 			for _, m := range st.Members {
 				t.Logf("--- %s console tail ---\n%s", m.Name, testvm.TailFile(m.Console, 25))
@@ -54,7 +55,7 @@ func upThree(t *testing.T) *upCluster {
 		}
 		etcdimg(t, work, "down", "--out", out)
 		if err == nil {
-			for _, pid := range append([]int{st.SwitchPID, st.GatewayPID}, pids(st)...) {
+			for _, pid := range append([]int{st.Switch.PID, st.Gateway.PID}, pids(st)...) {
 				if testvm.Alive(pid) {
 					syscall.Kill(pid, syscall.SIGKILL)
 				}
@@ -77,7 +78,7 @@ func (u *upCluster) up(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("up: exit %d: %s", code, stderr)
 	}
-	st, err := testvm.LoadState(filepath.Join(u.out, "run"))
+	st, err := cluster.LoadState(filepath.Join(u.out, "run"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +92,7 @@ func freePortBase(t testing.TB, n int) int {
 	for base := 41000; base < 60000; base += 1000 {
 		free := true
 		for i := 1; i <= n && free; i++ {
-			c, m := testvm.Ports(base, i)
+			c, m := cluster.Ports(base, i)
 			for _, p := range []int{c, m} {
 				if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
 					free = false
@@ -108,10 +109,10 @@ func freePortBase(t testing.TB, n int) int {
 	return 0
 }
 
-func pids(st *testvm.ClusterState) []int {
+func pids(st *cluster.State) []int {
 	var p []int
 	for _, m := range st.Members {
-		p = append(p, m.PID)
+		p = append(p, m.QEMU.PID)
 	}
 	return p
 }
@@ -263,16 +264,20 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	}
 	intruder.Kill()
 
-	// Under up, etcdctl.env and prometheus.yml point at the forwarded
-	// ports, and a render meanwhile keeps them so.
+	// Under up, run/etcdctl.env and run/prometheus.yml point at the
+	// forwarded ports; render, which never reads the running cluster,
+	// keeps the top-level copies on the members' own addresses.
 	if _, stderr, code := etcdimg(t, u.work, "render", "--out", u.out); code != 0 {
 		t.Fatalf("render while up: %s", stderr)
 	}
-	env, _ := os.ReadFile(filepath.Join(u.out, "etcdctl.env"))
-	prom, _ := os.ReadFile(filepath.Join(u.out, "prometheus.yml"))
+	env, _ := os.ReadFile(filepath.Join(u.out, "run", "etcdctl.env"))
+	prom, _ := os.ReadFile(filepath.Join(u.out, "run", "prometheus.yml"))
 	if !strings.Contains(string(env), fmt.Sprintf("https://127.0.0.1:%d", u.state.Members[0].Client)) ||
 		!strings.Contains(string(prom), fmt.Sprintf("127.0.0.1:%d", u.state.Members[2].Metrics)) {
 		t.Errorf("tool configs under up:\n%s\n%s", env, prom)
+	}
+	if top, _ := os.ReadFile(filepath.Join(u.out, "etcdctl.env")); !strings.Contains(string(top), "https://192.168.2.51:2379") {
+		t.Errorf("render rewrote etcdctl.env for the running cluster:\n%s", top)
 	}
 
 	// A real Prometheus, with the generated prometheus.yml, scrapes every
@@ -284,12 +289,12 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 		t.Fatalf("down: exit %d\n%s%s", code, stdout, stderr)
 	}
 	for _, m := range u.state.Members {
-		if testvm.Alive(m.PID) {
-			t.Errorf("%s (pid %d) still runs after down", m.Name, m.PID)
+		if testvm.Alive(m.QEMU.PID) {
+			t.Errorf("%s (pid %d) still runs after down", m.Name, m.QEMU.PID)
 		}
 	}
-	if env, _ := os.ReadFile(filepath.Join(u.out, "etcdctl.env")); !strings.Contains(string(env), "https://192.168.2.51:2379") {
-		t.Errorf("etcdctl.env after down:\n%s", env)
+	if _, err := os.Stat(filepath.Join(u.out, "run", "etcdctl.env")); err == nil {
+		t.Errorf("run/etcdctl.env still points at a cluster that is down")
 	}
 	u.up(t)
 	list, err = u.client(t, 2, u.admin).MemberList(ctx)
@@ -304,8 +309,8 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	// Kill one member's QEMU: health exits 1 and names it; the other two
 	// keep serving writes.
 	victim := u.state.Members[1]
-	syscall.Kill(victim.PID, syscall.SIGKILL)
-	testvm.WaitGone(victim.PID, 10*time.Second)
+	syscall.Kill(victim.QEMU.PID, syscall.SIGKILL)
+	testvm.WaitGone(victim.QEMU.PID, 10*time.Second)
 	stdout, stderr, code := etcdimg(t, u.work, "health", "--out", u.out)
 	if code != 1 || !strings.Contains(stderr, victim.Name) || !strings.Contains(stdout, "HEALTH") {
 		t.Errorf("health with %s dead: exit %d\n%s%s", victim.Name, code, stdout, stderr)
@@ -333,7 +338,7 @@ func prometheusScrapes(t *testing.T, u *upCluster) {
 	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
 	defer logf.Close()
 	cmd := exec.Command("prometheus",
-		"--config.file="+filepath.Join(u.out, "prometheus.yml"),
+		"--config.file="+filepath.Join(u.out, "run", "prometheus.yml"),
 		"--web.listen-address=127.0.0.1:"+strconv.Itoa(port),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"))
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"etcdimg/ignition/ign"
+	"etcdimg/layout"
 )
 
 // A Source is one place a member's config may come from. Fetch returns
@@ -66,15 +67,13 @@ func (fwCfg) Fetch() ([]byte, error) {
 // partition, mounted read-only for the read.
 type espFile struct{}
 
-const (
-	espMount      = "/boot"
-	espConfigPath = "etcdimg/node.ign"
-)
+// espMount is where the ESP is mounted, read-only, for the read.
+const espMount = "/boot"
 
-func (espFile) Name() string { return "ESP " + espConfigPath }
+func (espFile) Name() string { return "ESP " + layout.ConfigPath }
 
 func (espFile) Fetch() ([]byte, error) {
-	dev, err := waitForPartition(espLabel)
+	dev, err := waitForPartition(layout.ESPLabel)
 	if err != nil {
 		return nil, errNotFound
 	}
@@ -82,7 +81,7 @@ func (espFile) Fetch() ([]byte, error) {
 		return nil, fmt.Errorf("mount %s read-only: %w", dev, err)
 	}
 	defer unix.Unmount(espMount, 0)
-	b, err := os.ReadFile(filepath.Join(espMount, espConfigPath))
+	b, err := os.ReadFile(filepath.Join(espMount, layout.ConfigPath))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, errNotFound
 	}

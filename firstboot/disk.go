@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"etcdimg/layout"
 	"fmt"
 	"io"
 	"os"
@@ -15,13 +16,6 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/filesystem/ext4"
 	"golang.org/x/sys/unix"
-)
-
-// Partition names (GPT) the appliance knows. Kept in step with package
-// image.
-const (
-	espLabel  = "ESP"
-	DataLabel = "etcd-data"
 )
 
 // deviceWait bounds how long firstboot waits for block devices to appear
@@ -108,7 +102,7 @@ func findDataDisk() (string, error) {
 			for _, d := range devs {
 				names = append(names, d.Name)
 			}
-			return "", fmt.Errorf("no data disk among [%s]: attach a second disk (blank, or one this appliance formatted) or a partition named %s", strings.Join(names, " "), DataLabel)
+			return "", fmt.Errorf("no data disk among [%s]: attach a second disk (blank, or one this appliance formatted) or a partition named %s", strings.Join(names, " "), layout.DataLabel)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -120,10 +114,10 @@ func pickDataDisk(devs []blockDev) (string, bool) {
 	for _, d := range devs {
 		if d.IsPart {
 			hasParts[d.Parent] = true
-			if d.Partname == espLabel {
+			if d.Partname == layout.ESPLabel {
 				boot[d.Parent] = true
 			}
-			if d.Partname == DataLabel {
+			if d.Partname == layout.DataLabel {
 				return d.Path(), true
 			}
 		}
@@ -276,7 +270,7 @@ func formatExt4(dev string) error {
 		return err
 	}
 	defer d.Close()
-	if _, err := ext4.Create(d.Backend, d.Size, 0, d.LogicalBlocksize, &ext4.Params{VolumeName: DataLabel, InodeRatio: dataInodeRatio}); err != nil {
+	if _, err := ext4.Create(d.Backend, d.Size, 0, d.LogicalBlocksize, &ext4.Params{VolumeName: layout.DataLabel, InodeRatio: dataInodeRatio}); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"etcdimg/ignition/ign"
+	"etcdimg/layout"
 )
 
 // Console prefixes every line firstboot prints; tests and operators grep
@@ -112,7 +113,7 @@ func (n *node) boot() error {
 		return err
 	}
 	if err := step("prepare data disk", func() (string, error) {
-		dev, what, err := prepareDataDisk(ign.DataDir)
+		dev, what, err := prepareDataDisk(layout.DataDir)
 		if err == nil {
 			n.mu.Lock()
 			n.dataDev = dev
@@ -172,11 +173,11 @@ func (n *node) shutdown(reason string) {
 	}
 	unix.Sync()
 	if dev != "" {
-		if err := unix.Unmount(ign.DataDir, 0); err != nil {
-			logf("unmount %s: %v; remounting read-only", ign.DataDir, err)
-			unix.Mount("", ign.DataDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+		if err := unix.Unmount(layout.DataDir, 0); err != nil {
+			logf("unmount %s: %v; remounting read-only", layout.DataDir, err)
+			unix.Mount("", layout.DataDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
 		} else {
-			logf("unmounted %s (%s)", ign.DataDir, dev)
+			logf("unmounted %s (%s)", layout.DataDir, dev)
 		}
 	}
 	unix.Sync()

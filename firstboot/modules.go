@@ -2,6 +2,7 @@ package firstboot
 
 import (
 	"errors"
+	"etcdimg/layout"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,24 +11,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Where the image builder put the modules and their load order
-// (dependencies first). Kept in step with package image.
-const (
-	moduleDir   = "/lib/modules"
-	moduleOrder = "/lib/modules/load-order"
-)
-
 // loadModules loads every module in the image's load order. A module that
 // fails (say, a cloud NIC driver on QEMU) is reported and skipped: only
 // what the boot then lacks stops it.
 func loadModules() (string, error) {
-	list, err := os.ReadFile(moduleOrder)
+	list, err := os.ReadFile(layout.ModuleOrder)
 	if err != nil {
-		return "", fmt.Errorf("read %s: %w", moduleOrder, err)
+		return "", fmt.Errorf("read %s: %w", layout.ModuleOrder, err)
 	}
 	loaded, skipped := 0, []string{}
 	for _, name := range strings.Fields(string(list)) {
-		if err := loadModule(filepath.Join(moduleDir, name)); err != nil {
+		if err := loadModule(filepath.Join(layout.ModuleDir, name)); err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s (%v)", name, err))
 			continue
 		}

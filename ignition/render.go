@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"etcdimg/ignition/ign"
+	"etcdimg/layout"
 	"etcdimg/spec"
 )
 
@@ -53,7 +54,7 @@ func Render(c *spec.Cluster, m spec.Member, certs Certs) (Config, error) {
 		Storage: butaneStorage{
 			Directories: []butaneDir{
 				{Path: ign.CertDir, Mode: 0o700},
-				{Path: ign.DataDir, Mode: 0o700},
+				{Path: layout.DataDir, Mode: 0o700},
 			},
 			Files: []butaneFile{
 				file(ign.HostnamePath, 0o644, m.Name+"\n"),
@@ -113,23 +114,23 @@ func EtcdConf(c *spec.Cluster, m spec.Member) []byte {
 	}
 	var initial []string
 	for _, o := range c.Members {
-		initial = append(initial, o.Name+"="+url("https", o.IP, spec.PeerPort))
+		initial = append(initial, o.Name+"="+url("https", o.IP, layout.PeerPort))
 	}
 	kv := [][2]string{
 		{"ETCD_NAME", m.Name},
-		{"ETCD_DATA_DIR", ign.DataDir},
+		{"ETCD_DATA_DIR", layout.DataDir},
 		{"ETCD_SNAPSHOT_COUNT", strconv.FormatUint(c.Etcd.SnapshotCount, 10)},
 		{"ETCD_HEARTBEAT_INTERVAL", ms(c.Etcd.HeartbeatInterval)},
 		{"ETCD_ELECTION_TIMEOUT", ms(c.Etcd.ElectionTimeout)},
 		{"ETCD_QUOTA_BACKEND_BYTES", strconv.FormatUint(uint64(c.Etcd.BackendQuota), 10)},
-		{"ETCD_LISTEN_PEER_URLS", url("https", ip, spec.PeerPort)},
-		{"ETCD_LISTEN_CLIENT_URLS", listen("https", spec.ClientPort)},
-		{"ETCD_LISTEN_METRICS_URLS", listen("http", spec.MetricsPort)},
-		{"ETCD_INITIAL_ADVERTISE_PEER_URLS", url("https", ip, spec.PeerPort)},
+		{"ETCD_LISTEN_PEER_URLS", url("https", ip, layout.PeerPort)},
+		{"ETCD_LISTEN_CLIENT_URLS", listen("https", layout.ClientPort)},
+		{"ETCD_LISTEN_METRICS_URLS", listen("http", layout.MetricsPort)},
+		{"ETCD_INITIAL_ADVERTISE_PEER_URLS", url("https", ip, layout.PeerPort)},
 		{"ETCD_INITIAL_CLUSTER_STATE", "new"},
 		{"ETCD_INITIAL_CLUSTER", strings.Join(initial, ",")},
 		{"ETCD_INITIAL_CLUSTER_TOKEN", c.Name},
-		{"ETCD_ADVERTISE_CLIENT_URLS", url("https", ip, spec.ClientPort)},
+		{"ETCD_ADVERTISE_CLIENT_URLS", url("https", ip, layout.ClientPort)},
 		{"ETCD_CLIENT_CERT_AUTH", "true"},
 		{"ETCD_CERT_FILE", ign.CertPath},
 		{"ETCD_KEY_FILE", ign.KeyPath},

@@ -20,25 +20,25 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/disk"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"etcdimg/deb"
+	"etcdimg/layout"
 )
 
 // Paths on the EFI system partition, shared with firstboot.
 const (
-	ESPLabel      = "ESP" // the GPT partition name firstboot looks for
 	LoaderPath    = "/EFI/BOOT/BOOTX64.EFI"
 	LoaderConf    = "/loader/loader.conf"
 	EntryPath     = "/loader/entries/etcdimg.conf"
 	KernelPath    = "/vmlinuz"
 	InitrdPath    = "/initrd.img"
-	ConfigDir     = "/etcdimg"
-	ConfigPath    = ConfigDir + "/node.ign"
 	systemdBootIn = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 )
 
@@ -130,15 +130,19 @@ type Member struct {
 // same directory and renamed into place when complete. The image holds the
 // member's private key, so it is 0600.
 func Write(path string, b *Boot, m Member) error {
+	// CreateTemp makes the file 0600 before its first byte: the image
+	// holds the member's private key from the moment the ESP is written.
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("image: %w", err)
 	}
 	tmpName := tmp.Name()
-	tmp.Close()
-	os.Remove(tmpName) // go-diskfs creates the file itself
 	defer os.Remove(tmpName)
-	if err := build(tmpName, b, m); err != nil {
+	err = build(tmp, b, m)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("image: %s: %w", m.Name, err)
 	}
 	if err := fixFAT32(tmpName, mib); err != nil {
@@ -173,16 +177,16 @@ func (b *Boot) Files(m Member) map[string][]byte {
 	loaderConf := "timeout 0\ndefault etcdimg.conf\neditor no\nrandom-seed-mode off\n"
 	entry := fmt.Sprintf("title etcdimg %s (%s)\nlinux %s\ninitrd %s\noptions %s\n", m.Name, m.Cluster, KernelPath, InitrdPath, KernelCmdline)
 	return map[string][]byte{
-		LoaderPath: b.Loader,
-		LoaderConf: []byte(loaderConf),
-		EntryPath:  []byte(entry),
-		KernelPath: b.Kernel,
-		InitrdPath: b.Initrd,
-		ConfigPath: m.Ignition,
+		LoaderPath:        b.Loader,
+		LoaderConf:        []byte(loaderConf),
+		EntryPath:         []byte(entry),
+		KernelPath:        b.Kernel,
+		InitrdPath:        b.Initrd,
+		layout.ConfigPath: m.Ignition,
 	}
 }
 
-func build(path string, b *Boot, m Member) error {
+func build(f *os.File, b *Boot, m Member) error {
 	files := b.Files(m)
 	var content int64
 	for _, data := range files {
@@ -194,11 +198,13 @@ func build(path string, b *Boot, m Member) error {
 	if os.Getenv("SOURCE_DATE_EPOCH") == "" {
 		os.Setenv("SOURCE_DATE_EPOCH", sourceDateEpoch)
 	}
-	d, err := diskfs.Create(path, diskSize, diskfs.SectorSize512)
+	if err := f.Truncate(diskSize); err != nil {
+		return fmt.Errorf("create disk: %w", err)
+	}
+	d, err := diskfs.OpenBackend(file.New(f, false), diskfs.WithSectorSize(diskfs.SectorSize512))
 	if err != nil {
 		return fmt.Errorf("create disk: %w", err)
 	}
-	defer d.Close()
 	table := &gpt.Table{
 		LogicalSectorSize:  sector,
 		PhysicalSectorSize: sector,
@@ -209,7 +215,7 @@ func build(path string, b *Boot, m Member) error {
 			Start: mib / sector,
 			End:   uint64((mib+espSize)/sector - 1),
 			Type:  gpt.EFISystemPartition,
-			Name:  ESPLabel,
+			Name:  layout.ESPLabel,
 			GUID:  guid(m.Cluster, m.Name, "esp"),
 		}},
 	}
@@ -220,7 +226,7 @@ func build(path string, b *Boot, m Member) error {
 	if err != nil {
 		return fmt.Errorf("write ESP: %w", err)
 	}
-	for _, dir := range []string{"/EFI", "/EFI/BOOT", "/loader", "/loader/entries", ConfigDir} {
+	for _, dir := range []string{"/EFI", "/EFI/BOOT", "/loader", "/loader/entries", layout.ConfigDir} {
 		if err := fs.Mkdir(dir); err != nil {
 			return fmt.Errorf("write ESP: mkdir %s: %w", dir, err)
 		}
@@ -260,28 +266,80 @@ func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }
 type Built struct {
 	Member    string
 	Path      string
-	Size      int64 // apparent
-	Allocated int64 // blocks on disk
+	Size      int64  // apparent
+	Allocated int64  // blocks on disk
+	New       bool   // its bytes differ from the image that was there
+	Previous  string // where the image it replaced was moved, if any
 }
 
 // WriteAll writes one image per member into dir, each from the member's
 // rendered Ignition config. Members are written one after another, each
 // atomically.
+//
+// dir is made 0700 (an existing one too: images hold private keys). An
+// image that differs from the one already at its path does not destroy
+// it: the old one is moved to dir/previous/, stamped with the time, so
+// that a member can be booted from it again.
 func WriteAll(dir, cluster string, members []string, configs map[string][]byte, b *Boot) ([]Built, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
 	var out []Built
 	for _, name := range members {
 		p := filepath.Join(dir, name+".img")
+		oldSum, hadOld := fileSum(p)
+		if hadOld {
+			// Keep a hard link to the old image while the new one is
+			// renamed over it; drop it if the bytes did not change.
+			if err := os.MkdirAll(filepath.Join(dir, "previous"), 0o700); err != nil {
+				return out, fmt.Errorf("image: %w", err)
+			}
+		}
+		prev := filepath.Join(dir, "previous", fmt.Sprintf("%s-%s.img", name, time.Now().UTC().Format("20060102T150405.000")))
+		if hadOld {
+			if err := os.Link(p, prev); err != nil {
+				return out, fmt.Errorf("image: keep the previous %s: %w", p, err)
+			}
+		}
 		if err := Write(p, b, Member{Cluster: cluster, Name: name, Ignition: configs[name]}); err != nil {
+			if hadOld {
+				os.Remove(prev) // p is untouched
+			}
 			return out, err
 		}
 		st, err := os.Stat(p)
 		if err != nil {
 			return out, fmt.Errorf("image: %w", err)
 		}
-		out = append(out, Built{Member: name, Path: p, Size: st.Size(), Allocated: allocated(st)})
+		bt := Built{Member: name, Path: p, Size: st.Size(), Allocated: allocated(st), New: true}
+		if hadOld {
+			if newSum, _ := fileSum(p); newSum == oldSum {
+				os.Remove(prev)
+				bt.New = false
+			} else {
+				bt.Previous = prev
+			}
+		}
+		out = append(out, bt)
 	}
 	return out, nil
+}
+
+// fileSum is the SHA-256 of the file at path, and whether it exists.
+func fileSum(path string) ([32]byte, bool) {
+	var sum [32]byte
+	f, err := os.Open(path)
+	if err != nil {
+		return sum, false
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return sum, false
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, true
 }

@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"etcdimg/layout"
 	"fmt"
 	"path"
 	"slices"
@@ -11,12 +12,16 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
-// Paths inside the initramfs, shared with firstboot.
-const (
-	InitPath        = "init"
-	ModuleDir       = "lib/modules"
-	ModuleOrderFile = "lib/modules/load-order"
+// Paths inside the initramfs. cpio paths have no leading slash; the
+// module paths are firstboot's, from package layout.
+var (
+	moduleDir       = strings.TrimPrefix(layout.ModuleDir, "/")
+	moduleOrderFile = strings.TrimPrefix(layout.ModuleOrder, "/")
+	dataDir         = strings.TrimPrefix(layout.DataDir, "/")
 )
+
+// InitPath is where the kernel finds PID 1.
+const InitPath = "init"
 
 // Programs are the names the multi-call binary answers to, linked in
 // /usr/bin.
@@ -35,7 +40,7 @@ func Initramfs(node []byte, modules []*Module) (compressed, raw []byte, err erro
 		cpio.CharDev("dev/console", 0o600, 5, 1),
 		cpio.CharDev("dev/null", 0o666, 1, 3),
 	}
-	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", "var/lib/etcd", "usr/bin", "boot", ModuleDir} {
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", dataDir, "usr/bin", "boot", moduleDir} {
 		mode := uint64(0o755)
 		switch d {
 		case "tmp":
@@ -51,10 +56,10 @@ func Initramfs(node []byte, modules []*Module) (compressed, raw []byte, err erro
 	var order []string
 	for _, m := range modules {
 		file := m.Name + ".ko"
-		recs = append(recs, cpio.StaticFile(path.Join(ModuleDir, file), string(m.Data), 0o644))
+		recs = append(recs, cpio.StaticFile(path.Join(moduleDir, file), string(m.Data), 0o644))
 		order = append(order, file)
 	}
-	recs = append(recs, cpio.StaticFile(ModuleOrderFile, strings.Join(order, "\n")+"\n", 0o644))
+	recs = append(recs, cpio.StaticFile(moduleOrderFile, strings.Join(order, "\n")+"\n", 0o644))
 
 	// Every parent directory gets its own record: the kernel's unpacker
 	// does not create missing parents.

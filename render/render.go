@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"etcdimg/ignition"
+	"etcdimg/layout"
 	"etcdimg/outdir"
 	"etcdimg/pki"
 	"etcdimg/spec"
@@ -83,6 +84,9 @@ type Result struct {
 	Changed []string // the ones this run wrote
 	Issued  []string // PKI files newly issued
 	PKI     *pki.Set
+	// Ignition holds each member's config by name, as written: build
+	// puts these bytes in the images, never a re-read of the files.
+	Ignition map[string][]byte
 }
 
 // Run renders c into dir.
@@ -95,9 +99,17 @@ func Run(c *spec.Cluster, dir outdir.Layout) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("render: %w", err)
 	}
-	r := &Result{Changed: changed, Issued: set.Issued, PKI: set}
+	r := &Result{Changed: changed, Issued: set.Issued, PKI: set, Ignition: map[string][]byte{}}
 	for _, f := range files {
 		r.Files = append(r.Files, f.Path)
+	}
+	for _, m := range c.Members {
+		rel, _ := dir.Rel(dir.Ignition(m.Name))
+		for _, f := range files {
+			if f.Path == rel {
+				r.Ignition[m.Name] = f.Data
+			}
+		}
 	}
 	return r, nil
 }
@@ -164,7 +176,7 @@ func hostPort(ep Endpoint, m spec.Member, port int) string {
 func EtcdctlEnv(c *spec.Cluster, dir outdir.Layout, ep Endpoint) []byte {
 	var eps []string
 	for _, m := range c.Members {
-		eps = append(eps, "https://"+hostPort(ep, m, spec.ClientPort))
+		eps = append(eps, "https://"+hostPort(ep, m, layout.ClientPort))
 	}
 	var b bytes.Buffer
 	b.WriteString("# Source this file to point etcdctl at the cluster with the admin certificate.\n")
@@ -201,7 +213,7 @@ func Prometheus(c *spec.Cluster, ep Endpoint) ([]byte, error) {
 	job := scrapeConfig{JobName: "etcd"}
 	for _, m := range c.Members {
 		job.StaticConfigs = append(job.StaticConfigs, staticConfig{
-			Targets: []string{hostPort(ep, m, spec.MetricsPort)},
+			Targets: []string{hostPort(ep, m, layout.MetricsPort)},
 			Labels:  map[string]string{"cluster": c.Name, "member": m.Name},
 		})
 	}

@@ -11,14 +11,6 @@ import (
 	"time"
 )
 
-// Ports every member serves. They are fixed so that a member's address is
-// all an operator, a firewall rule or a Prometheus target needs.
-const (
-	ClientPort  = 2379
-	PeerPort    = 2380
-	MetricsPort = 2381
-)
-
 // MaxMembers bounds the cluster size: etcd's own guidance is that clusters
 // above seven members pay for replication without gaining availability.
 const MaxMembers = 9

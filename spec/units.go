@@ -142,3 +142,15 @@ type fieldValueError struct {
 }
 
 func (e fieldValueError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
+
+// Set and Type make a Size a command-line flag value.
+func (s *Size) Set(v string) error {
+	n, err := ParseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = n
+	return nil
+}
+
+func (s *Size) Type() string { return "size" }

@@ -46,20 +46,19 @@ func (g GatewayOptions) Args() []string {
 	}
 }
 
-// StartGateway starts the gateway QEMU in its own process group and
-// returns its PID.
-func StartGateway(g GatewayOptions) (int, error) {
+// StartGateway starts the gateway QEMU in its own process group.
+func StartGateway(g GatewayOptions) (Process, error) {
 	logf, err := os.Create(filepath.Join(g.Dir, "gateway-qemu.log"))
 	if err != nil {
-		return 0, fmt.Errorf("testvm: %w", err)
+		return Process{}, fmt.Errorf("testvm: %w", err)
 	}
 	defer logf.Close()
 	cmd := exec.Command("qemu-system-x86_64", g.Args()...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("testvm: start the gateway: %w", err)
+		return Process{}, fmt.Errorf("testvm: start the gateway: %w", err)
 	}
 	go cmd.Wait()
-	return cmd.Process.Pid, nil
+	return Process{PID: cmd.Process.Pid, Args: cmd.Args}, nil
 }

@@ -7,7 +7,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"slices"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // Switch is a learning Ethernet switch for QEMU "stream" netdevs on a unix
@@ -137,5 +141,41 @@ func (p *swPort) send(hdr, frame []byte) {
 	// reader notices a dead connection.
 	if _, err := p.conn.Write(append(append(make([]byte, 0, len(hdr)+len(frame)), hdr...), frame...)); err != nil {
 		p.conn.Close()
+	}
+}
+
+// StartSwitch runs command (with the socket path appended) as the LAN
+// switch in its own session, so that the LAN outlives the command that
+// started it, and waits until the socket accepts connections.
+func StartSwitch(command []string, socket, logPath string) (Process, error) {
+	if len(command) == 0 {
+		return Process{}, errors.New("testvm: no switch command")
+	}
+	os.Remove(socket)
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return Process{}, fmt.Errorf("testvm: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(command[0], append(slices.Clone(command[1:]), socket)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return Process{}, fmt.Errorf("testvm: start the LAN switch: %w", err)
+	}
+	go cmd.Wait() // reap it if it dies while we run
+	p := Process{PID: cmd.Process.Pid, Args: cmd.Args}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("unix", socket); err == nil {
+			c.Close()
+			return p, nil
+		}
+		if time.Now().After(deadline) || !Alive(p.PID) {
+			cmd.Process.Kill()
+			b, _ := os.ReadFile(logPath)
+			return Process{}, fmt.Errorf("testvm: the LAN switch did not come up on %s: %s", socket, b)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -245,6 +246,9 @@ func Start(o Options) (*VM, error) {
 // PID is QEMU's process ID.
 func (v *VM) PID() int { return v.cmd.Process.Pid }
 
+// Process is QEMU's PID and exact command line, for a state file.
+func (v *VM) Process() Process { return Process{PID: v.PID(), Args: slices.Clone(v.cmd.Args)} }
+
 // CommandLine is the QEMU invocation, to reproduce a run by hand.
 func (v *VM) CommandLine() string { return strings.Join(v.cmd.Args, " ") }
 
@@ -391,19 +395,46 @@ func Alive(pid int) bool {
 	return i < 0 || i+2 >= len(b) || (b[i+2] != 'Z' && b[i+2] != 'X')
 }
 
-// IsQEMU reports whether pid runs qemu-system with path among its
-// arguments: a guard against killing a reused PID.
-func IsQEMU(pid int, path string) bool { return cmdlineHas(pid, "qemu-system", path) }
+// Process is a process started by this package, as recorded in a state
+// file: its PID and the exact command line it was started with. A PID
+// alone can be reused; the pair cannot be mistaken for another process,
+// so a stale record never signals a stranger.
+type Process struct {
+	PID  int      `json:"pid"`
+	Args []string `json:"args"`
+}
 
-func cmdlineHas(pid int, words ...string) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+// Running reports whether p's PID is alive and runs exactly p's command
+// line.
+func (p Process) Running() bool {
+	if p.PID <= 0 || len(p.Args) == 0 || !Alive(p.PID) {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
 	if err != nil {
 		return false
 	}
-	for _, w := range words {
-		if !strings.Contains(string(b), w) {
-			return false
-		}
+	got := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+	return slices.Equal(got, p.Args)
+}
+
+// Signal sends sig to p if it is still the process recorded.
+func (p Process) Signal(sig syscall.Signal) bool {
+	if !p.Running() {
+		return false
+	}
+	return syscall.Kill(p.PID, sig) == nil
+}
+
+// Stop sends SIGTERM, waits up to timeout, then SIGKILL. It reports
+// whether p was running.
+func (p Process) Stop(timeout time.Duration) bool {
+	if !p.Signal(syscall.SIGTERM) {
+		return false
+	}
+	if !WaitGone(p.PID, timeout) {
+		p.Signal(syscall.SIGKILL)
+		WaitGone(p.PID, 10*time.Second)
 	}
 	return true
 }

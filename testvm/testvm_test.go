@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -109,30 +108,5 @@ func TestArgs(t *testing.T) {
 	args = strings.Join(o.Args("/console", "/qmp", "/vars"), " ")
 	if strings.Contains(args, "user,") || !strings.Contains(args, "stream,id=lan0,server=off,addr.type=unix,addr.path=/lan.sock") || !strings.Contains(args, "-cpu host") {
 		t.Errorf("LAN args:\n%s", args)
-	}
-}
-
-func TestGatewayAddrsAvoidMembersAndGateway(t *testing.T) {
-	o := ClusterOptions{
-		Network:  netip.MustParsePrefix("192.168.2.0/24"),
-		Reserved: []netip.Addr{netip.MustParseAddr("192.168.2.254")},
-		Members:  []MemberSpec{{IP: netip.MustParseAddr("192.168.2.253")}},
-	}
-	got, err := gatewayAddrs(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := []netip.Addr{netip.MustParseAddr("192.168.2.252"), netip.MustParseAddr("192.168.2.251")}; !slices.Equal(got, want) {
-		t.Errorf("got %v, want %v", got, want)
-	}
-	o.Network = netip.MustParsePrefix("192.168.2.252/30")
-	if _, err := gatewayAddrs(o); err == nil {
-		t.Error("a /30 with a member and a reserved address had room")
-	}
-}
-
-func TestPorts(t *testing.T) {
-	if c, m := Ports(40000, 3); c != 40379 || m != 40381 {
-		t.Errorf("Ports(40000, 3) = %d, %d", c, m)
 	}
 }

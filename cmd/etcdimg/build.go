@@ -10,6 +10,8 @@ import (
 
 	"etcdimg/deb"
 	"etcdimg/image"
+	"etcdimg/outdir"
+	"etcdimg/spec"
 )
 
 // bootFlags name the inputs every image is made from.
@@ -28,12 +30,12 @@ func (f *bootFlags) inputs() (image.Inputs, error) {
 	var err error
 	cache := deb.CacheDir()
 	if in.KernelDeb == "" {
-		if in.KernelDeb, err = deb.Find(cache, deb.Kernel); err != nil {
+		if in.KernelDeb, err = deb.FindVerified(cache, deb.Kernel); err != nil {
 			return in, fmt.Errorf("--kernel-package: %w", err)
 		}
 	}
 	if in.BootloaderDeb == "" {
-		if in.BootloaderDeb, err = deb.Find(cache, deb.Bootloader); err != nil {
+		if in.BootloaderDeb, err = deb.FindVerified(cache, deb.Bootloader); err != nil {
 			return in, fmt.Errorf("--bootloader-package: %w", err)
 		}
 	}
@@ -60,53 +62,64 @@ func buildCmd() *cobra.Command {
 		Short: "Render, then write a bootable disk image per member to OUT/images",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// The spec, then the image inputs, are read and checked before
-			// anything is written: a bad package fails a build that has
-			// not touched the output directory.
-			c, from, err := f.load(cmd)
-			if err != nil {
-				return err
-			}
-			in, err := bf.inputs()
-			if err != nil {
-				return err
-			}
-			start := time.Now()
-			boot, err := image.PrepareBoot(in)
-			if err != nil {
-				return err
-			}
-			dir, err := f.renderLoaded(cmd, c, from)
-			if err != nil {
-				return err
-			}
-			configs := map[string][]byte{}
-			var names []string
-			for _, m := range c.Members {
-				b, err := os.ReadFile(dir.Ignition(m.Name))
-				if err != nil {
-					return err
-				}
-				configs[m.Name] = b
-				names = append(names, m.Name)
-			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "boot     kernel %s, %d modules, initramfs %.1f MiB (%.1f MiB unpacked)\n",
-				boot.KernelVersion, len(boot.Modules), mib(int64(len(boot.Initrd))), mib(int64(len(boot.InitrdRaw))))
-			built, err := image.WriteAll(dir.ImagesDir(), c.Name, names, configs, boot)
-			if err != nil {
-				return err
-			}
-			for _, b := range built {
-				fmt.Fprintf(w, "image    %-8s %s (%.0f MiB, %.1f MiB allocated)\n", b.Member, b.Path, mib(b.Size), mib(b.Allocated))
-			}
-			fmt.Fprintf(w, "built %d images in %.1fs\n", len(built), time.Since(start).Seconds())
-			return nil
+			_, _, _, err := buildImages(cmd, &f, &bf)
+			return err
 		},
 	}
 	f.register(c)
 	bf.register(c)
 	return c
+}
+
+// buildImages is `build`: render, then one image per member, reporting
+// both. replace and roll run it too, so that every image they boot is
+// made from the current spec and PKI before any member goes down.
+func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags) (*spec.Cluster, outdir.Layout, map[string]string, error) {
+	// The spec, then the image inputs, are read and checked before
+	// anything is written: a bad package fails a build that has not
+	// touched the output directory.
+	c, from, err := f.load(cmd)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	in, err := bf.inputs()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	start := time.Now()
+	boot, err := image.PrepareBoot(in)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	dir, res, err := f.renderLoaded(cmd, c, from)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	var names []string
+	for _, m := range c.Members {
+		names = append(names, m.Name)
+	}
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "boot     kernel %s, %d modules, initramfs %.1f MiB (%.1f MiB unpacked)\n",
+		boot.KernelVersion, len(boot.Modules), mib(int64(len(boot.Initrd))), mib(int64(len(boot.InitrdRaw))))
+	built, err := image.WriteAll(dir.ImagesDir(), c.Name, names, res.Ignition, boot)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	paths := map[string]string{}
+	for _, b := range built {
+		state := "unchanged"
+		switch {
+		case b.Previous != "":
+			state = "new; previous kept at " + b.Previous
+		case b.New:
+			state = "new"
+		}
+		fmt.Fprintf(w, "image    %-8s %s (%.0f MiB, %.1f MiB allocated, %s)\n", b.Member, b.Path, mib(b.Size), mib(b.Allocated), state)
+		paths[b.Member] = b.Path
+	}
+	fmt.Fprintf(w, "built %d images in %.1fs\n", len(built), time.Since(start).Seconds())
+	return c, dir, paths, nil
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }

@@ -16,7 +16,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"etcdimg/cluster"
 	"etcdimg/health"
+	"etcdimg/layout"
 	"etcdimg/outdir"
 	"etcdimg/pki"
 	"etcdimg/render"
@@ -25,8 +27,8 @@ import (
 )
 
 // runDir and diskDir sit in the output directory: what a running cluster
-// needs (consoles, sockets, state) and the data disks, kept across
-// down and up.
+// needs (consoles, sockets, state, the tool configs for its forwarded
+// ports) and the data disks, kept across down and up.
 func runDir(dir outdir.Layout) string  { return filepath.Join(dir.Dir(), "run") }
 func diskDir(dir outdir.Layout) string { return filepath.Join(dir.Dir(), "disks") }
 
@@ -40,24 +42,57 @@ func loadBuilt(out string) (*spec.Cluster, outdir.Layout, error) {
 	return c, dir, err
 }
 
-// endpoints are the members' client URLs: the forwarded loopback ports
-// while the cluster runs under `up`, else the members' own addresses.
-func endpoints(c *spec.Cluster, dir outdir.Layout) []health.Endpoint {
-	forwarded := map[string]int{}
-	if st, err := testvm.LoadState(runDir(dir)); err == nil {
-		for _, s := range st.Members {
-			forwarded[s.Name] = s.Client
-		}
+// forwarded returns the local cluster's loopback ports by member, or nil
+// when no cluster runs from dir under `up`.
+func forwarded(dir outdir.Layout) map[string][2]int {
+	st, err := cluster.LoadState(runDir(dir))
+	if err != nil {
+		return nil
 	}
+	ports := map[string][2]int{}
+	for _, m := range st.Members {
+		ports[m.Name] = [2]int{m.Client, m.Metrics}
+	}
+	return ports
+}
+
+// reach maps a member's port to where the operator's machine reaches it:
+// the forwarded loopback port under `up`, else the member's own address.
+func reach(dir outdir.Layout) render.Endpoint {
+	ports := forwarded(dir)
+	if ports == nil {
+		return nil
+	}
+	return func(m spec.Member, port int) string {
+		p := ports[m.Name][0]
+		if port == layout.MetricsPort {
+			p = ports[m.Name][1]
+		}
+		return "127.0.0.1:" + strconv.Itoa(p)
+	}
+}
+
+// endpoints are the members' client URLs, as reach says.
+func endpoints(c *spec.Cluster, dir outdir.Layout) []health.Endpoint {
+	ep := reach(dir)
 	var eps []health.Endpoint
 	for _, m := range c.Members {
-		url := fmt.Sprintf("https://%s:%d", m.IP, spec.ClientPort)
-		if port, ok := forwarded[m.Name]; ok {
-			url = fmt.Sprintf("https://127.0.0.1:%d", port)
+		hp := m.IP + ":" + strconv.Itoa(layout.ClientPort)
+		if ep != nil {
+			hp = ep(m, layout.ClientPort)
 		}
-		eps = append(eps, health.Endpoint{Member: m.Name, URL: url})
+		eps = append(eps, health.Endpoint{Member: m.Name, URL: "https://" + hp})
 	}
 	return eps
+}
+
+// adminEtcd is the cluster's etcd API with the admin certificate.
+func adminEtcd(c *spec.Cluster, dir outdir.Layout) (*cluster.Etcd, error) {
+	tlsCfg, err := health.TLS(dir.PKIFile(pki.CACertFile), dir.PKIFile(pki.AdminCert), dir.PKIFile(pki.AdminKey))
+	if err != nil {
+		return nil, err
+	}
+	return &cluster.Etcd{Endpoints: endpoints(c, dir), TLS: tlsCfg}, nil
 }
 
 // outFlag registers --out, the output directory every command reads.
@@ -65,45 +100,42 @@ func outFlag(c *cobra.Command, out *string) {
 	c.Flags().StringVar(out, "out", outdir.Default, "output directory")
 }
 
-// writeToolConfigs rewrites etcdctl.env and prometheus.yml for where the
-// members are reached: forwarded ports under `up` (st non-nil), else
-// their own addresses.
-func writeToolConfigs(c *spec.Cluster, dir outdir.Layout, st *testvm.ClusterState) error {
-	var ep render.Endpoint
-	if st != nil {
-		ports := map[string][2]int{}
-		for _, m := range st.Members {
-			ports[m.Name] = [2]int{m.Client, m.Metrics}
-		}
-		ep = func(m spec.Member, port int) string {
-			p := ports[m.Name][0]
-			if port == spec.MetricsPort {
-				p = ports[m.Name][1]
-			}
-			return "127.0.0.1:" + strconv.Itoa(p)
-		}
-	}
+// localEtcdctlEnv and localPrometheus are the tool configs of a cluster
+// under `up`, pointing at its forwarded ports. They live in the run
+// directory, beside the state they depend on; render's own copies at the
+// top of the output directory always point at the members' addresses.
+func localEtcdctlEnv(dir outdir.Layout) string { return filepath.Join(runDir(dir), "etcdctl.env") }
+func localPrometheus(dir outdir.Layout) string { return filepath.Join(runDir(dir), "prometheus.yml") }
+
+// writeLocalToolConfigs writes etcdctl.env and prometheus.yml for the
+// forwarded ports of the cluster under `up`.
+func writeLocalToolConfigs(c *spec.Cluster, dir outdir.Layout) error {
 	abs, err := filepath.Abs(dir.Dir())
 	if err != nil {
 		return err
 	}
+	ep := reach(dir)
 	prom, err := render.Prometheus(c, ep)
 	if err != nil {
 		return err
 	}
-	rel := func(p string) string { r, _ := dir.Rel(p); return r }
-	_, err = outdir.Write(dir.Dir(), []outdir.File{
-		{Path: rel(dir.EtcdctlEnv()), Data: render.EtcdctlEnv(c, outdir.Layout(abs), ep), Mode: 0o644},
-		{Path: rel(dir.Prometheus()), Data: prom, Mode: 0o644},
+	_, err = outdir.Write(runDir(dir), []outdir.File{
+		{Path: filepath.Base(localEtcdctlEnv(dir)), Data: render.EtcdctlEnv(c, outdir.Layout(abs), ep), Mode: 0o644},
+		{Path: filepath.Base(localPrometheus(dir)), Data: prom, Mode: 0o644},
 	})
 	return err
 }
+
+// lockRun takes the run directory's lock for a command that changes the
+// local cluster.
+func lockRun(dir outdir.Layout) (*cluster.Lock, error) { return cluster.LockRunDir(runDir(dir)) }
 
 func upCmd() *cobra.Command {
 	var out, accel string
 	var memory, portBase int
 	var detach bool
 	var timeout time.Duration
+	var dataSize spec.Size
 	c := &cobra.Command{
 		Use:   "up",
 		Short: "Boot every member in QEMU on one virtual LAN and wait until the cluster is healthy",
@@ -116,13 +148,19 @@ func upCmd() *cobra.Command {
 			if memory < 128 {
 				return usageError{fmt.Errorf("--memory %d: a member needs at least 128 MiB", memory)}
 			}
-			var members []testvm.MemberSpec
+			if !cmd.Flags().Changed("data-size") {
+				dataSize = defaultDataSize(c)
+			}
+			if dataSize < 256*spec.MiB {
+				return usageError{fmt.Errorf("--data-size %s: a data disk needs at least 256MiB", dataSize)}
+			}
+			var members []cluster.MemberSpec
 			for _, m := range c.Members {
 				img := dir.Image(m.Name)
 				if !render.Exists(img) {
 					return fmt.Errorf("%s is missing; run `etcdimg build --out %s` first", img, out)
 				}
-				members = append(members, testvm.MemberSpec{Name: m.Name, IP: m.Addr(), Image: img})
+				members = append(members, cluster.MemberSpec{Name: m.Name, IP: m.Addr(), Image: img})
 			}
 			exe, err := os.Executable()
 			if err != nil {
@@ -132,27 +170,34 @@ func upCmd() *cobra.Command {
 			if gw, err := netip.ParseAddr(c.Network.Gateway); err == nil {
 				reserved = append(reserved, gw)
 			}
+			lock, err := lockRun(dir)
+			if err != nil {
+				return err
+			}
 			start := time.Now()
-			st, err := testvm.Up(testvm.ClusterOptions{
+			st, err := cluster.Up(cluster.LocalOptions{
 				RunDir: runDir(dir), DiskDir: diskDir(dir),
 				Network: c.Prefix(), Reserved: reserved, Members: members,
-				MemoryMB: memory, Accel: accel, PortBase: portBase, DataSize: 1 << 30,
+				MemoryMB: memory, Accel: accel, PortBase: portBase, DataSize: int64(dataSize),
 				SwitchCommand: []string{exe, "lan", "--socket"},
 			})
 			w := cmd.OutOrStdout()
 			if err != nil {
 				if st != nil {
-					st.Down(runDir(dir), 30*time.Second)
+					st.Down(30 * time.Second)
 				}
+				lock.Unlock()
 				return err
 			}
-			if err := writeToolConfigs(c, dir, st); err != nil {
+			err = writeLocalToolConfigs(c, dir)
+			lock.Unlock()
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(w, "booting %d members (%s, %d MiB each) on a virtual LAN %s\n", len(st.Members), st.Accel, st.MemoryMB, c.Network.CIDR)
+			fmt.Fprintf(w, "booting %d members (%s, %d MiB each, %s data disks) on a virtual LAN %s\n", len(st.Members), st.Accel, st.MemoryMB, dataSize, c.Network.CIDR)
 			for _, m := range st.Members {
 				fmt.Fprintf(w, "member   %-8s %-15s pid %-7d client https://127.0.0.1:%d  metrics http://127.0.0.1:%d  console %s\n",
-					m.Name, m.IP, m.PID, m.Client, m.Metrics, m.Console)
+					m.Name, m.IP, m.QEMU.PID, m.Client, m.Metrics, m.Console)
 			}
 			tlsCfg, err := health.TLS(dir.PKIFile(pki.CACertFile), dir.PKIFile(pki.AdminCert), dir.PKIFile(pki.AdminKey))
 			if err != nil {
@@ -184,23 +229,27 @@ func upCmd() *cobra.Command {
 					}
 				}
 				if !detach {
-					downAndReport(w, c, dir, st)
+					downAndReport(w, dir)
 				}
 				return fmt.Errorf("up: the cluster was not healthy within %s (see the consoles above)", timeout)
 			}
-			fmt.Fprintf(w, "cluster %s healthy in %.1fs; etcdctl: source %s, or etcdimg etcdctl -- member list\n", c.Name, time.Since(start).Seconds(), dir.EtcdctlEnv())
+			fmt.Fprintf(w, "cluster %s healthy in %.1fs; etcdctl: source %s, or etcdimg etcdctl -- member list\n", c.Name, time.Since(start).Seconds(), localEtcdctlEnv(dir))
 			if detach {
 				fmt.Fprintf(w, "running in the background; stop it with: etcdimg down --out %s\n", out)
 				return nil
 			}
 			fmt.Fprintf(w, "press Ctrl-C to power the cluster off (or run with --detach)\n")
-			for ctx.Err() == nil && len(st.Running()) > 0 {
+			for ctx.Err() == nil {
+				cur, err := cluster.LoadState(runDir(dir))
+				if err != nil || len(cur.Running()) == 0 {
+					break
+				}
 				select {
 				case <-ctx.Done():
 				case <-time.After(time.Second):
 				}
 			}
-			downAndReport(w, c, dir, st)
+			downAndReport(w, dir)
 			return nil
 		},
 	}
@@ -210,16 +259,34 @@ func upCmd() *cobra.Command {
 	c.Flags().IntVar(&portBase, "port-base", 40000, "member N's client port is BASE+100N+79, its metrics port BASE+100N+81")
 	c.Flags().BoolVar(&detach, "detach", false, "leave the cluster running and return once it is healthy")
 	c.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long to wait for a healthy cluster")
+	c.Flags().Var(&dataSize, "data-size", "size of each new (sparse) data disk (default: the backend quota plus 1GiB)")
 	return c
 }
 
-func downAndReport(w io.Writer, c *spec.Cluster, dir outdir.Layout, st *testvm.ClusterState) {
-	for _, line := range st.Down(runDir(dir), time.Minute) {
+// defaultDataSize is a data disk with room for the full backend quota
+// plus the WAL, snapshots and backups beside it: disk-full must never
+// come before etcd's own quota alarm. It is a sparse file.
+func defaultDataSize(c *spec.Cluster) spec.Size { return c.Etcd.BackendQuota + spec.GiB }
+
+// downAndReport powers the local cluster off under the run directory's
+// lock and removes the tool configs that pointed at it.
+func downAndReport(w io.Writer, dir outdir.Layout) {
+	lock, err := lockRun(dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)
+		return
+	}
+	defer lock.Unlock()
+	st, err := cluster.LoadState(runDir(dir))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)
+		return
+	}
+	for _, line := range st.Down(time.Minute) {
 		fmt.Fprintln(w, line)
 	}
-	if err := writeToolConfigs(c, dir, nil); err != nil {
-		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)
-	}
+	os.Remove(localEtcdctlEnv(dir))
+	os.Remove(localPrometheus(dir))
 }
 
 func downCmd() *cobra.Command {
@@ -229,19 +296,17 @@ func downCmd() *cobra.Command {
 		Short: "Power every member off (ACPI), wait, then stop QEMU; data disks are kept",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dir, err := loadBuilt(out)
+			_, dir, err := loadBuilt(out)
 			if err != nil {
 				return err
 			}
-			st, err := testvm.LoadState(runDir(dir))
-			if errors.Is(err, testvm.ErrNotRunning) {
+			if _, err := cluster.LoadState(runDir(dir)); errors.Is(err, cluster.ErrNotRunning) {
 				fmt.Fprintln(cmd.OutOrStdout(), "no cluster is running from", out)
 				return nil
-			}
-			if err != nil {
+			} else if err != nil {
 				return err
 			}
-			downAndReport(cmd.OutOrStdout(), c, dir, st)
+			downAndReport(cmd.OutOrStdout(), dir)
 			return nil
 		},
 	}
@@ -260,8 +325,8 @@ func statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := testvm.LoadState(runDir(dir))
-			if errors.Is(err, testvm.ErrNotRunning) {
+			st, err := cluster.LoadState(runDir(dir))
+			if errors.Is(err, cluster.ErrNotRunning) {
 				fmt.Fprintf(cmd.OutOrStdout(), "not running (etcdimg up --out %s starts it)\n", out)
 				return errors.New("status: not running")
 			}
@@ -269,15 +334,19 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "started %s, %s, %d MiB per member, LAN switch pid %d\n", st.Started.Format(time.RFC3339), st.Accel, st.MemoryMB, st.SwitchPID)
+			lan := "up"
+			if !st.LANUp() {
+				lan = "DOWN"
+			}
+			fmt.Fprintf(w, "started %s, %s, %d MiB per member, LAN switch pid %d (%s)\n", st.Started.Format(time.RFC3339), st.Accel, st.MemoryMB, st.Switch.PID, lan)
 			fmt.Fprintf(w, "%-8s %-15s %-8s %-8s %-24s %-24s %s\n", "MEMBER", "IP", "PID", "STATE", "CLIENT", "METRICS", "CONSOLE")
 			down := 0
 			for _, m := range st.Members {
-				state := "running"
-				if !testvm.Alive(m.PID) || !testvm.IsQEMU(m.PID, m.Image) {
-					state, down = "stopped", down+1
+				state, pid := "running", strconv.Itoa(m.QEMU.PID)
+				if !m.Running() {
+					state, pid, down = "stopped", "-", down+1
 				}
-				fmt.Fprintf(w, "%-8s %-15s %-8d %-8s %-24s %-24s %s\n", m.Name, m.IP, m.PID, state,
+				fmt.Fprintf(w, "%-8s %-15s %-8s %-8s %-24s %-24s %s\n", m.Name, m.IP, pid, state,
 					fmt.Sprintf("https://127.0.0.1:%d", m.Client), fmt.Sprintf("http://127.0.0.1:%d", m.Metrics), m.Console)
 			}
 			if down > 0 {
@@ -302,12 +371,11 @@ func healthCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tlsCfg, err := health.TLS(dir.PKIFile(pki.CACertFile), dir.PKIFile(pki.AdminCert), dir.PKIFile(pki.AdminKey))
+			e, err := adminEtcd(c, dir)
 			if err != nil {
 				return err
 			}
-			eps := endpoints(c, dir)
-			rs := health.Check(context.Background(), eps, tlsCfg, timeout)
+			rs := health.Check(context.Background(), e.Endpoints, e.TLS, timeout)
 			health.Table(cmd.OutOrStdout(), rs)
 			var bad []string
 			for _, r := range rs {
@@ -341,9 +409,8 @@ func etcdctlCmd() *cobra.Command {
 				return err
 			}
 			node := filepath.Join(filepath.Dir(exe), "etcdnode")
-			eps := endpoints(c, dir)
 			var urls []string
-			for _, e := range eps {
+			for _, e := range endpoints(c, dir) {
 				urls = append(urls, e.URL)
 			}
 			abs, _ := filepath.Abs(dir.Dir())

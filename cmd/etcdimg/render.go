@@ -14,7 +14,6 @@ import (
 	"etcdimg/pki"
 	"etcdimg/render"
 	"etcdimg/spec"
-	"etcdimg/testvm"
 )
 
 // specFlags are the flags every command that reads a spec shares.
@@ -92,27 +91,20 @@ func (f *specFlags) render(cmd *cobra.Command) (*spec.Cluster, outdir.Layout, er
 	if err != nil {
 		return nil, outdir.Layout(f.out), err
 	}
-	dir, err := f.renderLoaded(cmd, c, from)
+	dir, _, err := f.renderLoaded(cmd, c, from)
 	return c, dir, err
 }
 
 // renderLoaded renders an already loaded spec and reports it.
-func (f *specFlags) renderLoaded(cmd *cobra.Command, c *spec.Cluster, from string) (outdir.Layout, error) {
+func (f *specFlags) renderLoaded(cmd *cobra.Command, c *spec.Cluster, from string) (outdir.Layout, *render.Result, error) {
 	dir := outdir.Layout(f.out)
 	printWarnings(c)
 	res, err := render.Run(c, dir)
 	if err != nil {
-		return dir, err
-	}
-	// Under a running `up`, the tool configs keep pointing at the
-	// forwarded ports rather than at addresses the host cannot reach.
-	if st, err := testvm.LoadState(runDir(dir)); err == nil && len(st.Running()) > 0 {
-		if err := writeToolConfigs(c, dir, st); err != nil {
-			return dir, err
-		}
+		return dir, nil, err
 	}
 	printRender(cmd.OutOrStdout(), c, from, dir, res)
-	return dir, nil
+	return dir, res, nil
 }
 
 func printWarnings(c *spec.Cluster) {

@@ -24,7 +24,6 @@ const (
 	CACertPath   = CertDir + "/etcd-ca.pem"
 	CertPath     = CertDir + "/etcd.pem"
 	KeyPath      = CertDir + "/etcd-key.pem"
-	DataDir      = "/var/lib/etcd"
 	NetworkPath  = "/etc/systemd/network/10-etcd.network"
 	EtcdBinary   = "/usr/bin/etcd"
 	EtcdUnitName = "etcd.service"

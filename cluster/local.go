@@ -1,0 +1,295 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"etcdimg/layout"
+	"etcdimg/testvm"
+)
+
+// MemberSpec is one member to boot.
+type MemberSpec struct {
+	Name  string
+	IP    netip.Addr
+	Image string
+}
+
+// LocalOptions describe a cluster to boot in QEMU on one virtual LAN.
+type LocalOptions struct {
+	RunDir   string // consoles, NVRAM, sockets, the state file
+	DiskDir  string // data disks, kept across down and up
+	Network  netip.Prefix
+	Reserved []netip.Addr // addresses the LAN must not hand to QEMU's host side (the gateway)
+	Members  []MemberSpec
+	MemoryMB int
+	Accel    string
+	PortBase int   // member i (from 1) gets PortBase+100i+79 (client) and +81 (metrics)
+	DataSize int64 // size of a new data disk
+	// SwitchCommand runs the LAN switch as its own process (so that the
+	// cluster outlives the command that started it); its last argument
+	// is followed by the socket path.
+	SwitchCommand []string
+}
+
+// Ports returns member i's (from 1) client and metrics ports on the host.
+func Ports(base, i int) (client, metrics int) {
+	return base + 100*i + 79, base + 100*i + 81
+}
+
+// Up boots every member on one LAN. Each QEMU runs in its own process
+// group, so the cluster keeps running when the caller exits. The state
+// file is written after every start, so Down can clean up even a partial
+// start. The caller holds the run directory's lock.
+func Up(o LocalOptions) (*State, error) {
+	var err error
+	for _, p := range []*string{&o.RunDir, &o.DiskDir} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+	}
+	for i := range o.Members {
+		if o.Members[i].Image, err = filepath.Abs(o.Members[i].Image); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+	}
+	if st, err := LoadState(o.RunDir); err == nil && len(st.Running()) > 0 {
+		return nil, fmt.Errorf("a cluster is already running from %s (%d members); run `etcdimg down` first", filepath.Dir(o.RunDir), len(st.Running()))
+	}
+	accel, err := testvm.ResolveAccel(o.Accel)
+	if err != nil {
+		return nil, err
+	}
+	for i := range o.Members {
+		c, m := Ports(o.PortBase, i+1)
+		for _, p := range []int{c, m} {
+			if err := portFree(p); err != nil {
+				return nil, fmt.Errorf("port %d for %s: %w; stop what uses it or pass another --port-base", p, o.Members[i].Name, err)
+			}
+		}
+	}
+	gw, err := gatewayAddrs(o)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{o.RunDir, o.DiskDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+	}
+	st := &State{
+		RunDir: o.RunDir, DiskDir: o.DiskDir,
+		Accel: accel, MemoryMB: o.MemoryMB, DataSize: o.DataSize,
+		Started:      time.Now().UTC().Truncate(time.Second),
+		SwitchSocket: filepath.Join(o.RunDir, "lan.sock"),
+	}
+	if st.Switch, err = testvm.StartSwitch(o.SwitchCommand, st.SwitchSocket, filepath.Join(o.RunDir, "lan.log")); err != nil {
+		return nil, err
+	}
+	if err := st.save(); err != nil {
+		return st, err
+	}
+	gwOpts := testvm.GatewayOptions{Dir: o.RunDir, LAN: st.SwitchSocket, Network: o.Network, HostIP: gw[0], DNSIP: gw[1]}
+	for i, m := range o.Members {
+		client, metrics := Ports(o.PortBase, i+1)
+		gwOpts.Forwards = append(gwOpts.Forwards,
+			testvm.GatewayForward{Host: client, Guest: m.IP, Port: layout.ClientPort},
+			testvm.GatewayForward{Host: metrics, Guest: m.IP, Port: layout.MetricsPort})
+	}
+	if st.Gateway, err = testvm.StartGateway(gwOpts); err != nil {
+		return st, err
+	}
+	if err := st.save(); err != nil {
+		return st, err
+	}
+	for i, m := range o.Members {
+		client, metrics := Ports(o.PortBase, i+1)
+		st.Members = append(st.Members, MemberState{
+			Name: m.Name, IP: m.IP.String(), Client: client, Metrics: metrics, Image: m.Image,
+			DataDisk: filepath.Join(o.DiskDir, m.Name+"-data.img"),
+		})
+		if err := st.boot(&st.Members[i]); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+// boot starts m's QEMU on the LAN and records it.
+func (st *State) boot(m *MemberState) error {
+	vm, err := testvm.Start(testvm.Options{
+		Name:     m.Name,
+		Dir:      st.RunDir,
+		Image:    m.Image,
+		DataDisk: m.DataDisk,
+		DataSize: st.DataSize,
+		MemoryMB: st.MemoryMB,
+		Accel:    st.Accel,
+		GuestIP:  netip.MustParseAddr(m.IP),
+		LAN:      st.SwitchSocket,
+	})
+	if err != nil {
+		return err
+	}
+	m.QEMU, m.Console, m.QMP = vm.Process(), vm.Console, vm.QMPPath()
+	return st.save()
+}
+
+// LANUp reports whether the switch and the gateway still run: a member
+// can only be started onto a live LAN.
+func (st *State) LANUp() bool { return st.Switch.Running() && st.Gateway.Running() }
+
+// powerOff presses m's power button and waits up to timeout for QEMU to
+// exit; then, or if QMP fails, it kills QEMU by its PID. It returns a line
+// for the operator.
+func powerOff(m MemberState, timeout time.Duration) string {
+	if !m.Running() {
+		return fmt.Sprintf("%s: not running", m.Name)
+	}
+	start := time.Now()
+	if err := testvm.QMP(m.QMP, "system_powerdown"); err != nil {
+		m.QEMU.Signal(syscall.SIGKILL)
+		testvm.WaitGone(m.QEMU.PID, 10*time.Second)
+		return fmt.Sprintf("%s: power button: %v; killed pid %d", m.Name, err, m.QEMU.PID)
+	}
+	if testvm.WaitGone(m.QEMU.PID, timeout) {
+		return fmt.Sprintf("%s: powered off in %.1fs", m.Name, time.Since(start).Seconds())
+	}
+	m.QEMU.Signal(syscall.SIGKILL)
+	testvm.WaitGone(m.QEMU.PID, 10*time.Second)
+	return fmt.Sprintf("%s: still running after %s; killed pid %d", m.Name, timeout, m.QEMU.PID)
+}
+
+// Stop powers member name off (ACPI) and keeps its disks. The caller
+// holds the lock.
+func (st *State) Stop(name string, timeout time.Duration) (string, error) {
+	m, err := st.Member(name)
+	if err != nil {
+		return "", err
+	}
+	line := powerOff(*m, timeout)
+	m.QEMU = testvm.Process{}
+	return line, st.save()
+}
+
+// Start boots member name from its image and data disk. The caller holds
+// the lock.
+func (st *State) Start(name string) error {
+	m, err := st.Member(name)
+	if err != nil {
+		return err
+	}
+	if m.Running() {
+		return fmt.Errorf("%s is already running (pid %d)", name, m.QEMU.PID)
+	}
+	if !st.LANUp() {
+		return fmt.Errorf("the virtual LAN of %s is down; run `etcdimg down` then `etcdimg up`", filepath.Dir(st.RunDir))
+	}
+	return st.boot(m)
+}
+
+// SetImage makes member name boot from image from its next start.
+func (st *State) SetImage(name, image string) error {
+	m, err := st.Member(name)
+	if err != nil {
+		return err
+	}
+	if m.Image, err = filepath.Abs(image); err != nil {
+		return err
+	}
+	return st.save()
+}
+
+// SetAsideDataDisk moves a stopped member's data disk to DiskDir/old/,
+// stamped with the time, so that its next start gets a new blank disk.
+// It returns where the old disk went ("" if there was none).
+func (st *State) SetAsideDataDisk(name string) (string, error) {
+	m, err := st.Member(name)
+	if err != nil {
+		return "", err
+	}
+	if m.Running() {
+		return "", fmt.Errorf("%s is running; stop it before its data disk is set aside", name)
+	}
+	if _, err := os.Stat(m.DataDisk); errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	old := filepath.Join(st.DiskDir, "old")
+	if err := os.MkdirAll(old, 0o700); err != nil {
+		return "", fmt.Errorf("cluster: %w", err)
+	}
+	dst := filepath.Join(old, fmt.Sprintf("%s-data-%s.img", name, time.Now().UTC().Format("20060102T150405.000")))
+	if err := os.Rename(m.DataDisk, dst); err != nil {
+		return "", fmt.Errorf("cluster: set aside %s: %w", m.DataDisk, err)
+	}
+	return dst, nil
+}
+
+// Down presses every member's power button, waits up to timeout for all
+// to power off, kills what is left by PID, stops the gateway and the
+// switch and removes the state file. Data disks stay. The caller holds
+// the lock.
+func (st *State) Down(timeout time.Duration) []string {
+	var mu sync.Mutex
+	var report []string
+	var wg sync.WaitGroup
+	for _, m := range st.Members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			line := powerOff(m, timeout)
+			mu.Lock()
+			report = append(report, line)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	st.Gateway.Stop(5 * time.Second)
+	st.Switch.Stop(5 * time.Second)
+	os.Remove(st.SwitchSocket)
+	os.Remove(filepath.Join(st.RunDir, StateFile))
+	slices.Sort(report)
+	return report
+}
+
+// gatewayAddrs picks the gateway's two addresses on the LAN (QEMU's host
+// side and its DNS, which it insists on): the highest free ones.
+func gatewayAddrs(o LocalOptions) ([]netip.Addr, error) {
+	used := map[netip.Addr]bool{}
+	for _, a := range o.Reserved {
+		used[a] = true
+	}
+	for _, m := range o.Members {
+		used[m.IP] = true
+	}
+	var out []netip.Addr
+	last := o.Network.Addr()
+	for a := o.Network.Addr(); o.Network.Contains(a); a = a.Next() {
+		last = a
+	}
+	for a := last.Prev(); len(out) < 2 && o.Network.Contains(a) && a != o.Network.Addr(); a = a.Prev() {
+		if !used[a] {
+			out = append(out, a)
+		}
+	}
+	if len(out) < 2 {
+		return nil, fmt.Errorf("network %s has no room for QEMU's host addresses; use a larger network", o.Network)
+	}
+	return out, nil
+}
+
+func portFree(p int) error {
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+	if err != nil {
+		return err
+	}
+	return l.Close()
+}

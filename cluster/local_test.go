@@ -1,0 +1,152 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"etcdimg/testvm"
+)
+
+func TestGatewayAddrsAvoidMembersAndGateway(t *testing.T) {
+	o := LocalOptions{
+		Network:  netip.MustParsePrefix("192.168.2.0/24"),
+		Reserved: []netip.Addr{netip.MustParseAddr("192.168.2.254")},
+		Members:  []MemberSpec{{IP: netip.MustParseAddr("192.168.2.253")}},
+	}
+	got, err := gatewayAddrs(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []netip.Addr{netip.MustParseAddr("192.168.2.252"), netip.MustParseAddr("192.168.2.251")}; !slices.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	o.Network = netip.MustParsePrefix("192.168.2.252/30")
+	if _, err := gatewayAddrs(o); err == nil {
+		t.Error("a /30 with a member and a reserved address had room")
+	}
+}
+
+func TestPorts(t *testing.T) {
+	if c, m := Ports(40000, 3); c != 40379 || m != 40381 {
+		t.Errorf("Ports(40000, 3) = %d, %d", c, m)
+	}
+}
+
+// TestLockRefusesASecondCommand: two commands on one run directory never
+// both hold it; the second is told who holds it, and gets it once the
+// first lets go.
+func TestLockRefusesASecondCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "run")
+	first, err := LockRunDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LockRunDir(dir); err == nil || !strings.Contains(err.Error(), "another etcdimg command (pid") {
+		t.Fatalf("second lock: %v", err)
+	}
+	first.Unlock()
+	second, err := LockRunDir(dir)
+	if err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	second.Unlock()
+}
+
+// TestSaveUsesPrivateTempFiles: concurrent saves of one state never share
+// a temporary name, so none deletes another's file, and the state file is
+// always whole JSON.
+func TestSaveUsesPrivateTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := &State{RunDir: dir, MemoryMB: i}
+			errs <- st.save()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, StateFile))
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatalf("state file: %v\n%s", err, b)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, ".*tmp*"))
+	if len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// TestProcessMatchesTheExactCommandLine: a record names its process by
+// PID and whole command line, so a process whose arguments merely contain
+// the same words (another directory's VM with the same relative --out)
+// is not taken for it.
+func TestProcessMatchesTheExactCommandLine(t *testing.T) {
+	// cat blocks on its stdin before it looks at the file argument.
+	cmd := exec.Command("cat", "-", "run/etcd-1.img")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	p := testvm.Process{PID: cmd.Process.Pid, Args: cmd.Args}
+	if !p.Running() {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
+		t.Fatalf("the recorded process is not seen running: %q vs %q", b, p.Args)
+	}
+	for _, other := range [][]string{
+		{"cat", "-"},
+		{"cat", "-", "etcd-1.img"},
+		{"cat", "-", "run/etcd-1.img", "x"},
+	} {
+		if (testvm.Process{PID: cmd.Process.Pid, Args: other}).Running() {
+			t.Errorf("%q taken for %q", other, cmd.Args)
+		}
+	}
+	if (testvm.Process{PID: cmd.Process.Pid}).Signal(9) {
+		t.Error("a record without a command line signalled a process")
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if testvm.WaitGone(p.PID, 5*time.Second); p.Running() {
+		t.Error("a dead process is seen running")
+	}
+}
+
+// TestUpStoresAbsolutePaths: the state names every file absolutely, so a
+// command run from another directory finds them.
+func TestUpStoresAbsolutePaths(t *testing.T) {
+	work := t.TempDir()
+	t.Chdir(work)
+	st := &State{RunDir: work}
+	os.WriteFile(filepath.Join(work, "etcd-1.img"), nil, 0o600)
+	st.Members = []MemberState{{Name: "etcd-1", Image: "x"}}
+	if err := st.SetImage("etcd-1", "etcd-1.img"); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := st.Member("etcd-1")
+	if !filepath.IsAbs(m.Image) || m.Image != filepath.Join(work, "etcd-1.img") {
+		t.Errorf("image recorded as %q", m.Image)
+	}
+}

@@ -1,0 +1,165 @@
+package cluster
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"etcdimg/testvm"
+)
+
+// StateFile is a local cluster's record in its run directory: what
+// `etcdimg status`, `health`, `etcdctl`, `stop`, `start`, `replace`,
+// `roll` and `down` read. Every path in it is absolute, so that any
+// command from any working directory finds the same files and processes.
+const StateFile = "cluster.json"
+
+// lockFile, in the run directory, is held (flock) by every command that
+// changes a local cluster, so that two commands never race on its state.
+const lockFile = "lock"
+
+// MemberState is one member of a local cluster.
+type MemberState struct {
+	Name     string         `json:"name"`
+	IP       string         `json:"ip"`
+	QEMU     testvm.Process `json:"qemu"` // PID 0 when stopped
+	Client   int            `json:"clientPort"`
+	Metrics  int            `json:"metricsPort"`
+	Console  string         `json:"console"`
+	QMP      string         `json:"qmp"`
+	Image    string         `json:"image"`
+	DataDisk string         `json:"dataDisk"`
+}
+
+// Running reports whether the member's QEMU is the recorded process.
+func (m MemberState) Running() bool { return m.QEMU.Running() }
+
+// State is a local cluster: the LAN, its gateway and the members.
+type State struct {
+	RunDir       string         `json:"runDir"`
+	DiskDir      string         `json:"diskDir"`
+	Switch       testvm.Process `json:"switch"`
+	Gateway      testvm.Process `json:"gateway"`
+	SwitchSocket string         `json:"switchSocket"`
+	Accel        string         `json:"accel"`
+	MemoryMB     int            `json:"memoryMB"`
+	DataSize     int64          `json:"dataSize"`
+	Started      time.Time      `json:"started"`
+	Members      []MemberState  `json:"members"`
+}
+
+// ErrNotRunning is returned by LoadState when no cluster is recorded.
+var ErrNotRunning = errors.New("no cluster is running here (no " + StateFile + ")")
+
+// LoadState reads the state file of runDir.
+func LoadState(runDir string) (*State, error) {
+	b, err := os.ReadFile(filepath.Join(runDir, StateFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotRunning
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("cluster: %s: %w", StateFile, err)
+	}
+	return &st, nil
+}
+
+// save writes the state file through a temporary file of its own (never
+// a fixed name another process could share) and a rename.
+func (st *State) save() error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(st.RunDir, "."+StateFile+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(st.RunDir, StateFile)); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	return nil
+}
+
+// Member returns the member called name.
+func (st *State) Member(name string) (*MemberState, error) {
+	for i := range st.Members {
+		if st.Members[i].Name == name {
+			return &st.Members[i], nil
+		}
+	}
+	var names []string
+	for _, m := range st.Members {
+		names = append(names, m.Name)
+	}
+	return nil, fmt.Errorf("no member %q in this cluster; members: %s", name, strings.Join(names, ", "))
+}
+
+// Running reports the members whose QEMU is alive.
+func (st *State) Running() []MemberState {
+	var up []MemberState
+	for _, m := range st.Members {
+		if m.Running() {
+			up = append(up, m)
+		}
+	}
+	return up
+}
+
+// Lock is an exclusive hold on a run directory.
+type Lock struct{ f *os.File }
+
+// LockRunDir takes the run directory's lock, creating the directory if
+// needed. It does not wait: a second command on the same directory is
+// refused at once, naming the holder.
+func LockRunDir(runDir string) (*Lock, error) {
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	path := filepath.Join(runDir, lockFile)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another etcdimg command (%s) is changing the cluster in %s; wait for it to finish", strings.TrimSpace(string(holder)), filepath.Dir(runDir))
+		}
+		return nil, fmt.Errorf("cluster: lock %s: %w", path, err)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte("pid "+strconv.Itoa(os.Getpid())+"\n"), 0)
+	return &Lock{f: f}, nil
+}
+
+// Unlock releases the lock.
+func (l *Lock) Unlock() {
+	if l == nil || l.f == nil {
+		return
+	}
+	l.f.Truncate(0)
+	unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
+	l.f.Close()
+	l.f = nil
+}

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"etcdimg/cluster"
+	"etcdimg/outdir"
+	"etcdimg/spec"
+)
+
+// localCluster loads the state of the cluster under `up` in dir, under
+// the run directory's lock. It returns ErrNotRunning when there is none.
+func localCluster(dir outdir.Layout) (*cluster.State, *cluster.Lock, error) {
+	if _, err := cluster.LoadState(runDir(dir)); err != nil {
+		return nil, nil, err
+	}
+	lock, err := lockRun(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := cluster.LoadState(runDir(dir))
+	if err != nil {
+		lock.Unlock()
+		return nil, nil, err
+	}
+	return st, lock, nil
+}
+
+func stopCmd() *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "stop NAME",
+		Short: "Power one member off (ACPI) and keep its disks",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, dir, err := loadBuilt(out)
+			if err != nil {
+				return err
+			}
+			st, lock, err := localCluster(dir)
+			if err != nil {
+				return notLocal("stop", err)
+			}
+			defer lock.Unlock()
+			line, err := st.Stop(args[0], time.Minute)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), line)
+			return nil
+		},
+	}
+	outFlag(c, &out)
+	return c
+}
+
+func startCmd() *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "start NAME",
+		Short: "Boot one stopped member from its image and data disk",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, dir, err := loadBuilt(out)
+			if err != nil {
+				return err
+			}
+			st, lock, err := localCluster(dir)
+			if err != nil {
+				return notLocal("start", err)
+			}
+			defer lock.Unlock()
+			if err := st.Start(args[0]); err != nil {
+				return err
+			}
+			m, _ := st.Member(args[0])
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: booting %s (pid %d), console %s\n", m.Name, m.Image, m.QEMU.PID, m.Console)
+			return nil
+		},
+	}
+	outFlag(c, &out)
+	return c
+}
+
+// notLocal explains that a per-member power command needs a cluster
+// under `up`.
+func notLocal(what string, err error) error {
+	if errors.Is(err, cluster.ErrNotRunning) {
+		return fmt.Errorf("%s: no cluster runs here under `etcdimg up`; on real machines, power the member with your platform's tools", what)
+	}
+	return err
+}
+
+// lifecycleFlags are what replace and roll share.
+type lifecycleFlags struct {
+	spec    specFlags
+	boot    bootFlags
+	timeout time.Duration
+}
+
+func (f *lifecycleFlags) register(c *cobra.Command) {
+	f.spec.register(c)
+	f.boot.register(c)
+	c.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "how long a replaced member has to rejoin")
+}
+
+// lifecycle sets up a Lifecycle on the local cluster (holding its lock
+// until release) or, with none running, on the real deployment at the
+// spec's addresses. check runs before any image is built, so that a
+// refused command changes nothing; then the images are built from the
+// current spec and PKI, before any member goes down.
+func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, check func(context.Context, *cluster.Lifecycle) error) (l *cluster.Lifecycle, images map[string]string, release func(), err error) {
+	c, _, err := f.spec.load(cmd)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	dir := outdir.Layout(f.spec.out)
+	e, err := adminEtcd(c, dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	w := cmd.OutOrStdout()
+	l = &cluster.Lifecycle{
+		Etcd: e, Members: memberNames(c), Timeout: f.timeout,
+		Say: func(step string, took time.Duration) { fmt.Fprintf(w, "%-70s %6.1fs\n", step, took.Seconds()) },
+	}
+	release = func() {}
+	st, lock, err := localCluster(dir)
+	switch {
+	case err == nil:
+		l.Driver = &cluster.LocalDriver{State: st}
+		release = lock.Unlock
+	case errors.Is(err, cluster.ErrNotRunning):
+		addr := map[string]string{}
+		for _, m := range c.Members {
+			addr[m.Name] = m.IP
+		}
+		l.Driver = &cluster.ManualDriver{Out: w, Addr: addr, Etcd: e}
+	default:
+		return nil, nil, nil, err
+	}
+	if err := check(cmd.Context(), l); err != nil {
+		release()
+		return nil, nil, nil, err
+	}
+	if _, _, images, err = buildImages(cmd, &f.spec, &f.boot); err != nil {
+		release()
+		return nil, nil, nil, err
+	}
+	return l, images, release, nil
+}
+
+func memberNames(c *spec.Cluster) []string {
+	var names []string
+	for _, m := range c.Members {
+		names = append(names, m.Name)
+	}
+	return names
+}
+
+func replaceCmd() *cobra.Command {
+	var f lifecycleFlags
+	var keepDisk bool
+	c := &cobra.Command{
+		Use:   "replace NAME",
+		Short: "Rebuild NAME's image, power it off, swap its OS disk (and its data disk for a blank one), boot it, wait until it is a voter again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, images, release, err := f.lifecycle(cmd, func(ctx context.Context, l *cluster.Lifecycle) error {
+				return l.CheckReplace(ctx, args[0])
+			})
+			if err != nil {
+				return err
+			}
+			defer release()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			start := time.Now()
+			if err := l.Replace(ctx, args[0], cluster.ReplaceOptions{Image: images[args[0]], KeepDisk: keepDisk}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "replaced %s in %.1fs\n", args[0], time.Since(start).Seconds())
+			return nil
+		},
+	}
+	f.register(c)
+	c.Flags().BoolVar(&keepDisk, "keep-disk", false, "keep the member's data disk (and its identity) instead of giving it a blank one")
+	return c
+}
+
+func rollCmd() *cobra.Command {
+	var f lifecycleFlags
+	var keepDisks bool
+	c := &cobra.Command{
+		Use:   "roll",
+		Short: "Replace every member in turn, followers first, the leader last; refuses unless all are healthy",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, images, release, err := f.lifecycle(cmd, func(ctx context.Context, l *cluster.Lifecycle) error { return l.CheckRoll(ctx) })
+			if err != nil {
+				return err
+			}
+			defer release()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			start := time.Now()
+			if err := l.Roll(ctx, images, keepDisks); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "rolled %d members in %.1fs\n", len(images), time.Since(start).Seconds())
+			return nil
+		},
+	}
+	f.register(c)
+	c.Flags().BoolVar(&keepDisks, "keep-disks", false, "keep every member's data disk instead of giving each a blank one")
+	return c
+}
