@@ -1,7 +1,6 @@
 package firstboot
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"os"
 	"slices"
@@ -84,40 +83,6 @@ func TestParseNetworkFileTheRenderedOne(t *testing.T) {
 	}
 	if _, err := ParseNetworkFile([]byte("[Match]\nName=eth0\n")); err == nil {
 		t.Error("a file without Address= was accepted")
-	}
-}
-
-// TestClassifyNeverCallsDataBlank: only an all-zero head and tail is
-// blank; ext4 is recognised; anything else is refused, named if known.
-func TestClassifyNeverCallsDataBlank(t *testing.T) {
-	zero := func() []byte { return make([]byte, 1<<20) }
-	noTail := func() ([]byte, error) { return zero(), nil }
-	ext4 := zero()
-	binary.LittleEndian.PutUint16(ext4[1080:], 0xEF53)
-	gpt := zero()
-	copy(gpt[512:], "EFI PART")
-	fat := zero()
-	copy(fat[82:], "FAT32   ")
-	junk := zero()
-	junk[123456] = 1
-	for _, tc := range []struct {
-		name string
-		head []byte
-		tail func() ([]byte, error)
-		want string
-		err  string
-	}{
-		{"blank", zero(), noTail, contentBlank, ""},
-		{"ext4", ext4, noTail, contentExt4, ""},
-		{"gpt", gpt, noTail, "", "GPT"},
-		{"fat", fat, noTail, "", "FAT"},
-		{"one stray byte", junk, noTail, "", "unknown data"},
-		{"backup gpt at the end", zero(), func() ([]byte, error) { b := zero(); b[len(b)-100] = 1; return b, nil }, "", "last MiB"},
-	} {
-		got, err := classify(tc.head, tc.tail)
-		if got != tc.want || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
-			t.Errorf("%s: got %q, %v; want %q, %q", tc.name, got, err, tc.want, tc.err)
-		}
 	}
 }
 

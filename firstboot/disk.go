@@ -1,21 +1,13 @@
 package firstboot
 
 import (
-	"bytes"
-	"encoding/binary"
-	"errors"
 	"etcdimg/layout"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
-
-	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/filesystem/ext4"
-	"golang.org/x/sys/unix"
 )
 
 // deviceWait bounds how long firstboot waits for block devices to appear
@@ -138,145 +130,4 @@ func isDiskName(n string) bool {
 		}
 	}
 	return false
-}
-
-// Disk contents, as firstboot classifies them.
-const (
-	contentBlank = "blank"
-	contentExt4  = "ext4"
-)
-
-// inspect classifies what dev holds: blank (its first and last MiB are
-// zero), ext4, or something else, which firstboot never touches.
-func inspect(dev string) (string, error) {
-	f, err := os.Open(dev)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return "", err
-	}
-	const window = 1 << 20
-	head := make([]byte, min(window, size))
-	if _, err := f.ReadAt(head, 0); err != nil {
-		return "", err
-	}
-	return classify(head, func() ([]byte, error) {
-		tail := make([]byte, min(window, size))
-		_, err := f.ReadAt(tail, size-int64(len(tail)))
-		return tail, err
-	})
-}
-
-func classify(head []byte, tail func() ([]byte, error)) (string, error) {
-	if len(head) >= 1082 && binary.LittleEndian.Uint16(head[1080:1082]) == 0xEF53 {
-		return contentExt4, nil
-	}
-	if !allZero(head) {
-		return "", fmt.Errorf("it holds data that is not an ext4 file system (%s)", describe(head))
-	}
-	t, err := tail()
-	if err != nil {
-		return "", err
-	}
-	if !allZero(t) {
-		return "", errors.New("its first MiB is blank but its last MiB is not (a backup partition table?)")
-	}
-	return contentBlank, nil
-}
-
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if binary.LittleEndian.Uint64(b) != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// describe names common signatures, for the message that refuses a disk.
-func describe(head []byte) string {
-	at := func(off int, sig string) bool {
-		return len(head) >= off+len(sig) && bytes.Equal(head[off:off+len(sig)], []byte(sig))
-	}
-	switch {
-	case at(512, "EFI PART"):
-		return "a GPT partition table"
-	case at(0, "XFSB"):
-		return "XFS"
-	case at(65600, "_BHRfS_M"):
-		return "btrfs"
-	case at(0, "LUKS\xba\xbe"):
-		return "LUKS"
-	case at(82, "FAT32") || at(54, "FAT1"):
-		return "FAT"
-	case at(4086, "SWAPSPACE2"):
-		return "swap"
-	case at(510, "\x55\xaa"):
-		return "an MBR partition table"
-	}
-	return "unknown data"
-}
-
-// prepareDataDisk finds the data disk, formats it only if blank, and
-// mounts it at dir.
-func prepareDataDisk(dir string) (dev, detail string, err error) {
-	dev, err = findDataDisk()
-	if err != nil {
-		return "", "", err
-	}
-	content, err := inspect(dev)
-	if err != nil {
-		return "", "", fmt.Errorf("data disk %s: %w; not formatting it", dev, err)
-	}
-	action := "existing ext4"
-	if content == contentBlank {
-		start := time.Now()
-		if err := formatExt4(dev); err != nil {
-			return "", "", fmt.Errorf("format %s: %w", dev, err)
-		}
-		action = fmt.Sprintf("blank, formatted ext4 in %s", time.Since(start).Round(time.Millisecond))
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", "", err
-	}
-	if err := unix.Mount(dev, dir, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
-		return "", "", fmt.Errorf("mount %s on %s: %w", dev, dir, err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return "", "", err
-	}
-	return dev, fmt.Sprintf("%s: %s, mounted on %s", dev, action, dir), nil
-}
-
-// dataInodeRatio is one inode per 64 KiB: etcd keeps tens of files (the
-// bolt db, WAL segments, snapshots), so the default 8 KiB ratio only adds
-// inode table to write at first boot (64 MiB written on 1 GiB, against 36).
-const dataInodeRatio = 64 << 10
-
-// formatExt4 writes an ext4 file system labelled etcd-data over the whole
-// of dev, with go-diskfs (the appliance ships no mkfs).
-func formatExt4(dev string) error {
-	d, err := diskfs.Open(dev, diskfs.WithOpenMode(diskfs.ReadWriteExclusive))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if _, err := ext4.Create(d.Backend, d.Size, 0, d.LogicalBlocksize, &ext4.Params{VolumeName: layout.DataLabel, InodeRatio: dataInodeRatio}); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }

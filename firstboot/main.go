@@ -1,6 +1,7 @@
 package firstboot
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -34,11 +35,16 @@ type node struct {
 	services []*service
 	dataDev  string // mounted at the data dir, or ""
 	power    chan string
+	// ctx ends when power-off is requested, so that a boot step that
+	// waits (for peers, say) gives way to the power button.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // Main is /init. It never returns: the machine ends powered off.
 func Main() {
 	n := &node{power: make(chan string, 1)}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.watchSignals()
 	defer func() {
 		if r := recover(); r != nil {
@@ -47,6 +53,13 @@ func Main() {
 		}
 	}()
 	logf("etcdimg appliance starting (pid %d)", os.Getpid())
+	// Ctrl-Alt-Del would otherwise reboot at once, without stopping etcd
+	// or syncing; with it off, the kernel sends PID 1 SIGINT, which is a
+	// power-off like the ACPI button.
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF); err != nil {
+		logf("ctrl-alt-del: %v", err)
+	}
+	startReaper()
 	if err := n.boot(); err != nil {
 		n.stopped(err)
 	}
@@ -112,14 +125,62 @@ func (n *node) boot() error {
 	if err := step("configure network", configureNetwork); err != nil {
 		return err
 	}
+	me, err := readSelf("/")
+	if err != nil {
+		return fmt.Errorf("read member identity: %w", err)
+	}
+	var formatted bool
 	if err := step("prepare data disk", func() (string, error) {
-		dev, what, err := prepareDataDisk(layout.DataDir)
+		dev, what, f, err := prepareDataDisk(layout.DataDir, intent{Cluster: me.Cluster, Member: me.Name})
 		if err == nil {
 			n.mu.Lock()
 			n.dataDev = dev
 			n.mu.Unlock()
+			formatted = f
 		}
 		return what, err
+	}); err != nil {
+		return err
+	}
+	var hasData bool
+	if err := step("check data disk", func() (string, error) {
+		var detail string
+		var err error
+		if hasData, detail, err = claimDisk(me); err != nil {
+			return "", err
+		}
+		if formatted {
+			// The new file system is mounted and marked: the first
+			// format is over, and no longer to be redone.
+			if err := clearIntent(n.dataDev); err != nil {
+				return "", fmt.Errorf("clear the first-format record: %w", err)
+			}
+		}
+		return detail, nil
+	}); err != nil {
+		return err
+	}
+	var plan *joinPlan
+	if err := step("decide cluster state", func() (string, error) {
+		if hasData {
+			plan = &joinPlan{Detail: "this member's etcd data is on the disk: etcd restarts from it"}
+		} else {
+			var err error
+			if plan, err = me.bootstrapOrJoin(n.ctx); err != nil {
+				return "", err
+			}
+		}
+		env := plan.Env
+		if quota, total, err := fitQuota(layout.DataDir, me.Quota); err == nil && quota < me.Quota {
+			env = append(env, fmt.Sprintf("ETCD_QUOTA_BACKEND_BYTES=%d", quota))
+			logf("backend quota %d MiB lowered to %d MiB: the data disk holds %d MiB, and keeps %d MiB for the WAL and snapshots", me.Quota>>20, quota>>20, total>>20, quotaReserve>>20)
+		}
+		if len(env) > 0 {
+			if err := writeRuntimeEnv(env); err != nil {
+				return "", err
+			}
+		}
+		return plan.Detail, nil
 	}); err != nil {
 		return err
 	}
@@ -130,6 +191,12 @@ func (n *node) boot() error {
 		n.mu.Unlock()
 		if err := step("start "+u.Name, s.start); err != nil {
 			return err
+		}
+		if u.Name == ign.EtcdUnitName {
+			if plan.Learner != 0 {
+				goSafe("promote", func() { me.promote(n.ctx, plan.Learner) })
+			}
+			goSafe("record cluster ID", func() { me.recordClusterID(n.ctx) })
 		}
 	}
 	return nil
@@ -207,6 +274,7 @@ func (n *node) requestPower(reason string) {
 	case n.power <- reason:
 	default:
 	}
+	n.cancel()
 }
 
 // goSafe runs fn in a goroutine that cannot take PID 1 down: a panic is

@@ -24,15 +24,17 @@ const notifyDir = "/run/etcdimg"
 type service struct {
 	unit *Unit
 
-	mu       sync.Mutex
-	cmd      *exec.Cmd
-	exited   chan struct{} // closed when the current process has exited
-	stopping bool
-	ready    bool
-	starts   int
+	mu        sync.Mutex
+	cmd       *exec.Cmd
+	exited    chan struct{} // closed when the current process has exited
+	startedAt time.Time
+	stopping  bool
+	wake      chan struct{} // closed by stop, to end a restart delay
+	ready     bool
+	starts    int
 }
 
-func newService(u *Unit) *service { return &service{unit: u} }
+func newService(u *Unit) *service { return &service{unit: u, wake: make(chan struct{})} }
 
 // start launches the unit and supervises it in the background. It does
 // not wait for readiness: an etcd member reports ready only once the
@@ -59,8 +61,24 @@ func (s *service) start() (string, error) {
 	if err := s.spawn(env); err != nil {
 		return "", err
 	}
+	pid := s.pid()
+	s.mu.Lock()
+	exited := s.exited
+	s.mu.Unlock()
 	goSafe(s.unit.Name, func() { s.supervise(env) })
-	return fmt.Sprintf("pid %d: %s", s.pid(), strings.Join(s.unit.ExecStart, " ")), nil
+	if s.unit.Type == "oneshot" {
+		// A oneshot unit is done when its process is: the next unit
+		// starts only after it, as systemd orders them.
+		<-exited
+		s.mu.Lock()
+		state := s.cmd.ProcessState
+		s.mu.Unlock()
+		if state == nil || !state.Success() {
+			return "", fmt.Errorf("pid %d: %s", pid, state)
+		}
+		return fmt.Sprintf("pid %d: %s: finished", pid, strings.Join(s.unit.ExecStart, " ")), nil
+	}
+	return fmt.Sprintf("pid %d: %s", pid, strings.Join(s.unit.ExecStart, " ")), nil
 }
 
 func (s *service) environment() ([]string, error) {
@@ -94,7 +112,14 @@ func (s *service) spawn(env []string) error {
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = pw, pw
+	// The reaper must not take this child's exit status from Wait: it
+	// waits until the child is recorded as ours.
+	reaper.mu.Lock()
 	err = cmd.Start()
+	if err == nil {
+		reaper.own[cmd.Process.Pid] = true
+	}
+	reaper.mu.Unlock()
 	pw.Close()
 	if err != nil {
 		pr.Close()
@@ -102,9 +127,15 @@ func (s *service) spawn(env []string) error {
 	}
 	exited := make(chan struct{})
 	s.mu.Lock()
-	s.cmd, s.exited = cmd, exited
+	s.cmd, s.exited, s.startedAt = cmd, exited, time.Now()
 	s.starts++
 	s.mu.Unlock()
+	goSafe(s.unit.Name+" forget", func() {
+		<-exited
+		reaper.mu.Lock()
+		delete(reaper.own, cmd.Process.Pid)
+		reaper.mu.Unlock()
+	})
 	goSafe(s.unit.Name+" output", func() {
 		relay(strings.TrimSuffix(s.unit.Name, ".service"), pr)
 		pr.Close()
@@ -112,11 +143,20 @@ func (s *service) spawn(env []string) error {
 	return nil
 }
 
-// supervise waits for the process and restarts it as Restart= says.
+// Restart backoff: RestartSec doubles after each failure in a row, up to
+// maxBackoff; a run that lasted stableAfter resets it.
+const (
+	maxBackoff  = time.Minute
+	stableAfter = 30 * time.Second
+)
+
+// supervise waits for the process and restarts it as Restart= says, with
+// backoff, until stop. Each process is waited for exactly once.
 func (s *service) supervise(env []string) {
+	delay := s.unit.RestartSec
 	for {
 		s.mu.Lock()
-		cmd, exited := s.cmd, s.exited
+		cmd, exited, started := s.cmd, s.exited, s.startedAt
 		s.mu.Unlock()
 		err := cmd.Wait()
 		close(exited)
@@ -138,20 +178,38 @@ func (s *service) supervise(env []string) {
 			logf("%s: exited (%s); Restart=%s, not restarting", s.unit.Name, exitText(err), s.unit.Restart)
 			return
 		}
-		logf("%s: exited (%s); restarting in %s", s.unit.Name, exitText(err), s.unit.RestartSec)
-		time.Sleep(s.unit.RestartSec)
-		s.mu.Lock()
-		stopping = s.stopping
-		s.mu.Unlock()
-		if stopping {
-			return
+		if time.Since(started) >= stableAfter {
+			delay = s.unit.RestartSec
 		}
-		if err := s.spawn(env); err != nil {
-			logf("%s: restart failed: %v; retrying in %s", s.unit.Name, err, s.unit.RestartSec)
-			time.Sleep(s.unit.RestartSec)
-			continue
+		// Respawn until a process runs: a failed spawn is retried with the
+		// same backoff, and never waited for.
+		for {
+			logf("%s: exited (%s); restarting in %s", s.unit.Name, exitText(err), delay)
+			if !s.sleep(delay) {
+				return
+			}
+			delay = min(max(2*delay, 100*time.Millisecond), maxBackoff)
+			if err = s.spawn(env); err == nil {
+				break
+			}
+			logf("%s: restart failed: %v", s.unit.Name, err)
 		}
 	}
+}
+
+// sleep waits d, or less if the service is stopped meanwhile; it reports
+// whether to go on.
+func (s *service) sleep(d time.Duration) bool {
+	s.mu.Lock()
+	wake := s.wake
+	s.mu.Unlock()
+	select {
+	case <-time.After(d):
+	case <-wake:
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.stopping
 }
 
 func exitText(err error) string {
@@ -174,7 +232,10 @@ func (s *service) pid() int {
 // timeout it sends SIGKILL.
 func (s *service) stop(timeout time.Duration) {
 	s.mu.Lock()
-	s.stopping = true
+	if !s.stopping {
+		s.stopping = true
+		close(s.wake)
+	}
 	cmd, exited := s.cmd, s.exited
 	s.mu.Unlock()
 	if cmd == nil || cmd.Process == nil {
@@ -231,12 +292,33 @@ func (s *service) listenNotify() (string, error) {
 	return path, nil
 }
 
+// console is where service output goes: the serial console.
+var console io.Writer = os.Stdout
+
+// maxLine is the longest line relayed whole; a longer one is cut, and
+// the rest of it dropped, but the relay never stops reading: a service
+// whose output is not read would block, or die of SIGPIPE.
+const maxLine = 64 << 10
+
 // relay copies a service's output to the console, one prefixed line at a
-// time.
+// time, until EOF.
 func relay(prefix string, r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fmt.Fprintf(os.Stdout, "%s: %s\n", prefix, sc.Text())
+	br := bufio.NewReaderSize(r, maxLine)
+	for {
+		line, isPrefix, err := br.ReadLine()
+		if len(line) > 0 || (err == nil && !isPrefix) {
+			cut := ""
+			if isPrefix {
+				cut = " [line cut at 64 KiB]"
+			}
+			fmt.Fprintf(console, "%s: %s%s\n", prefix, line, cut)
+		}
+		for isPrefix && err == nil {
+			_, isPrefix, err = br.ReadLine()
+		}
+		if err != nil {
+			io.Copy(io.Discard, r)
+			return
+		}
 	}
 }

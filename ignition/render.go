@@ -184,6 +184,7 @@ Wants=network-online.target
 [Service]
 Type=notify
 EnvironmentFile=` + ign.EtcdConfPath + `
+EnvironmentFile=-` + layout.RuntimeEnvPath + `
 ExecStart=` + ign.EtcdBinary + `
 Restart=on-failure
 RestartSec=5

@@ -48,8 +48,10 @@ const (
 	MetricsPort = 2381
 )
 
-// JoinEnvPath is the environment file firstboot writes when a member with
-// a blank disk joins an existing cluster (ETCD_INITIAL_CLUSTER_STATE and
-// ETCD_INITIAL_CLUSTER). etcd.service names it optional, after etcd.conf,
-// so it overrides; on a host that is not the appliance it never exists.
-const JoinEnvPath = "/run/etcdimg/join.env"
+// RuntimeEnvPath is the environment file firstboot writes for what it
+// decides at boot: ETCD_INITIAL_CLUSTER_STATE and ETCD_INITIAL_CLUSTER
+// when a member with a blank disk joins an existing cluster, and
+// ETCD_QUOTA_BACKEND_BYTES when the data disk is too small for the
+// spec's quota. etcd.service names it optional, after etcd.conf, so it
+// overrides; on a host that is not the appliance it never exists.
+const RuntimeEnvPath = "/run/etcdimg/etcd.env"

@@ -1,0 +1,444 @@
+package firstboot
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"etcdimg/ignition/ign"
+	"etcdimg/layout"
+)
+
+// Bootstrap or join, decided here with nothing from outside the cluster:
+//
+//   - a member whose data disk holds etcd data starts etcd from it;
+//   - a member with a blank disk asks every peer of the spec, over mTLS
+//     with its own certificate, whether it holds data: a peer running etcd
+//     answers on its client port; a peer that is itself blank and deciding
+//     answers on its peer port (etcd is not there yet) with "blank";
+//   - only when every peer says blank does it bootstrap a new cluster (the
+//     spec's first boot): all of them then start `new` with the same
+//     initial cluster, which is consistent;
+//   - when etcd answers anywhere, the cluster exists: the member removes
+//     its stale entry (its old self, forgotten vote and log), adds itself
+//     as a learner, starts `existing`, and promotes itself once caught up;
+//   - otherwise it waits and says whom for. It never starts `new` while
+//     any peer may hold data.
+
+// probePath is where a blank, deciding member answers its peers.
+const probePath = "/etcdimg/v1/disk"
+
+// probeReply is a deciding member's answer.
+type probeReply struct {
+	Cluster string `json:"cluster"`
+	Member  string `json:"member"`
+	Disk    string `json:"disk"` // "blank"
+}
+
+// self is this member as etcd.conf describes it.
+type self struct {
+	Name, Cluster string
+	IP            string
+	PeerURL       string
+	Peers         []peer // the other members of the spec
+	Quota         int64
+	tls           *tls.Config // our certificate as a client, the CA as the trust
+	serverTLS     *tls.Config // our certificate as a server, clients must have the CA's
+}
+
+// peer is another member of the spec.
+type peer struct {
+	Name, PeerURL, ClientURL string
+}
+
+// readSelf reads the applied etcd.conf.
+func readSelf(root string) (*self, error) {
+	data, err := os.ReadFile(filepath.Join(root, ign.EtcdConfPath))
+	if err != nil {
+		return nil, err
+	}
+	vars, err := ParseEnvFile(data)
+	if err != nil {
+		return nil, err
+	}
+	env := map[string]string{}
+	for _, kv := range vars {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	s := &self{Name: env["ETCD_NAME"], Cluster: env["ETCD_INITIAL_CLUSTER_TOKEN"], PeerURL: env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]}
+	if s.Name == "" || s.Cluster == "" || s.PeerURL == "" {
+		return nil, fmt.Errorf("%s lacks ETCD_NAME, ETCD_INITIAL_CLUSTER_TOKEN or ETCD_INITIAL_ADVERTISE_PEER_URLS", ign.EtcdConfPath)
+	}
+	u, err := url.Parse(s.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("ETCD_INITIAL_ADVERTISE_PEER_URLS: %w", err)
+	}
+	s.IP = u.Hostname()
+	if q := env["ETCD_QUOTA_BACKEND_BYTES"]; q != "" {
+		s.Quota, _ = strconv.ParseInt(q, 10, 64)
+	}
+	for _, m := range strings.Split(env["ETCD_INITIAL_CLUSTER"], ",") {
+		name, purl, ok := strings.Cut(m, "=")
+		if !ok || name == s.Name {
+			continue
+		}
+		pu, err := url.Parse(purl)
+		if err != nil {
+			return nil, fmt.Errorf("ETCD_INITIAL_CLUSTER: %w", err)
+		}
+		s.Peers = append(s.Peers, peer{Name: name, PeerURL: purl, ClientURL: "https://" + net.JoinHostPort(pu.Hostname(), strconv.Itoa(layout.ClientPort))})
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(root, env["ETCD_PEER_CERT_FILE"]), filepath.Join(root, env["ETCD_PEER_KEY_FILE"]))
+	if err != nil {
+		return nil, fmt.Errorf("member certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(root, env["ETCD_PEER_TRUSTED_CA_FILE"]))
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("CA certificate: no certificate in it")
+	}
+	s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
+	s.serverTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
+	return s, nil
+}
+
+// peerState is what one peer said.
+type peerState struct {
+	Name      string
+	State     string // "etcd", "blank", "starting", "unreachable"
+	ClusterID uint64
+	Detail    string
+}
+
+// observe asks one peer what it holds.
+func (s *self) observe(ctx context.Context, p peer) peerState {
+	st := peerState{Name: p.Name, State: "unreachable"}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.ClientURL}, TLS: s.tls, DialTimeout: 2 * time.Second, Logger: zap.NewNop()}); err == nil {
+		r, err := cli.Status(cctx, p.ClientURL)
+		cli.Close()
+		if err == nil {
+			st.State, st.ClusterID = "etcd", r.Header.ClusterId
+			return st
+		}
+		st.Detail = oneLine(err.Error())
+	}
+	hc := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: s.tls, DisableKeepAlives: true}}
+	resp, err := hc.Get(strings.TrimSuffix(p.PeerURL, "/") + probePath)
+	if err != nil {
+		return st
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	var r probeReply
+	switch {
+	case resp.StatusCode == http.StatusOK && json.Unmarshal(body, &r) == nil && r.Disk == "blank" && r.Cluster == s.Cluster && r.Member == p.Name:
+		st.State = "blank"
+	case resp.StatusCode == http.StatusOK:
+		st.State, st.Detail = "starting", "answered "+oneLine(string(body))
+	default:
+		// etcd's own peer handler: etcd is starting there.
+		st.State, st.Detail = "starting", resp.Status
+	}
+	return st
+}
+
+// observeAll asks every peer, in parallel.
+func (s *self) observeAll(ctx context.Context) []peerState {
+	out := make([]peerState, len(s.Peers))
+	var wg sync.WaitGroup
+	for i, p := range s.Peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = s.observe(ctx, p)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// Decisions of decide.
+const (
+	decideNew  = "new"
+	decideJoin = "join"
+	decideWait = "wait"
+)
+
+// decide is the rule: join when etcd answers anywhere, new only when
+// every peer is blank, else wait.
+func decide(states []peerState) string {
+	blank := 0
+	for _, st := range states {
+		switch st.State {
+		case "etcd":
+			return decideJoin
+		case "blank":
+			blank++
+		}
+	}
+	if blank == len(states) {
+		return decideNew
+	}
+	return decideWait
+}
+
+// serveProbe answers peers that this member is blank and deciding, on
+// its peer address, until the returned stop is called.
+func (s *self) serveProbe() (stop func(), err error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(s.IP, strconv.Itoa(layout.PeerPort)))
+	if err != nil {
+		return nil, err
+	}
+	reply, _ := json.Marshal(probeReply{Cluster: s.Cluster, Member: s.Name, Disk: "blank"})
+	mux := http.NewServeMux()
+	mux.HandleFunc(probePath, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(reply)
+	})
+	srv := &http.Server{Handler: mux, TLSConfig: s.serverTLS, ReadHeaderTimeout: 5 * time.Second, ErrorLog: nil}
+	done := make(chan struct{})
+	goSafe("join probe", func() {
+		defer close(done)
+		srv.Serve(tls.NewListener(ln, s.serverTLS))
+	})
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		srv.Close()
+		<-done
+	}, nil
+}
+
+// joinPlan is the outcome of the join step.
+type joinPlan struct {
+	Env     []string // ETCD_* overrides for etcd.service
+	Learner uint64   // our member ID when we joined as a learner
+	Detail  string
+}
+
+// bootstrapOrJoin runs the rule for a member with a blank disk. It returns
+// only with a decision, or when ctx ends.
+func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
+	if len(s.Peers) == 0 {
+		return &joinPlan{Detail: "a one-member cluster: new"}, nil
+	}
+	stop, err := s.serveProbe()
+	if err != nil {
+		return nil, fmt.Errorf("answer peers on %s:%d: %w", s.IP, layout.PeerPort, err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			stop()
+		}
+	}()
+	lastSaid := time.Time{}
+	for {
+		states := s.observeAll(ctx)
+		switch decide(states) {
+		case decideNew:
+			stop()
+			stopped = true
+			return &joinPlan{Detail: "every member of the spec reports a blank disk: bootstrapping a new cluster"}, nil
+		case decideJoin:
+			plan, err := s.join(ctx, states)
+			if err == nil {
+				return plan, nil
+			}
+			if time.Since(lastSaid) > 10*time.Second {
+				logf("join: the cluster exists but cannot take this member yet: %v; retrying", err)
+				lastSaid = time.Now()
+			}
+		default:
+			if time.Since(lastSaid) > 10*time.Second {
+				var waiting []string
+				for _, st := range states {
+					if st.State != "blank" {
+						waiting = append(waiting, fmt.Sprintf("%s (%s)", st.Name, st.State))
+					}
+				}
+				logf("join: blank data disk; waiting for %s before deciding: a new cluster starts only when every member reports a blank disk", strings.Join(waiting, ", "))
+				lastSaid = time.Now()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// join makes room for this member in the running cluster: it removes its
+// stale entry, adds itself as a learner (or finds itself already added),
+// and returns the environment etcd starts `existing` with. The probe
+// server stays up until then; etcd takes the peer port after.
+func (s *self) join(ctx context.Context, states []peerState) (*joinPlan, error) {
+	var eps []string
+	for i, st := range states {
+		if st.State == "etcd" {
+			eps = append(eps, s.Peers[i].ClientURL)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, TLS: s.tls, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	list, err := cli.MemberList(cctx)
+	if err != nil {
+		return nil, fmt.Errorf("member list: %w", err)
+	}
+	var mine *memberEntry
+	for _, m := range list.Members {
+		if slices.Contains(m.PeerURLs, s.PeerURL) {
+			mine = &memberEntry{ID: m.ID, Name: m.Name, Started: len(m.ClientURLs) > 0, Learner: m.IsLearner}
+		}
+	}
+	detail := ""
+	if mine != nil && mine.Started {
+		if _, err := cli.MemberRemove(cctx, mine.ID); err != nil && !errors.Is(err, rpctypes.ErrMemberNotFound) {
+			return nil, fmt.Errorf("remove the stale member %x: %w", mine.ID, err)
+		}
+		logf("join: removed this member's stale entry %x (%s): its data is gone", mine.ID, mine.Name)
+		detail = fmt.Sprintf("stale member %x removed; ", mine.ID)
+		mine = nil
+	}
+	members := list.Members
+	if mine == nil {
+		resp, err := cli.MemberAddAsLearner(cctx, []string{s.PeerURL})
+		if err != nil {
+			return nil, fmt.Errorf("add this member as a learner: %w", err)
+		}
+		mine = &memberEntry{ID: resp.Member.ID, Learner: true}
+		members = resp.Members
+		detail += fmt.Sprintf("added as learner %x", mine.ID)
+	} else {
+		detail += fmt.Sprintf("already added as %x (learner %v)", mine.ID, mine.Learner)
+	}
+	byURL := map[string]string{s.PeerURL: s.Name}
+	for _, p := range s.Peers {
+		byURL[p.PeerURL] = p.Name
+	}
+	var initial []string
+	for _, m := range members {
+		for _, u := range m.PeerURLs {
+			name := m.Name
+			if m.ID == mine.ID || name == "" {
+				name = byURL[u]
+			}
+			if name == "" {
+				name = fmt.Sprintf("member-%x", m.ID)
+			}
+			initial = append(initial, name+"="+u)
+		}
+	}
+	sort.Strings(initial)
+	plan := &joinPlan{
+		Env:    []string{"ETCD_INITIAL_CLUSTER_STATE=existing", "ETCD_INITIAL_CLUSTER=" + strings.Join(initial, ",")},
+		Detail: fmt.Sprintf("cluster %x exists: %s", list.Header.ClusterId, detail),
+	}
+	if mine.Learner {
+		plan.Learner = mine.ID
+	}
+	return plan, nil
+}
+
+type memberEntry struct {
+	ID      uint64
+	Name    string
+	Started bool
+	Learner bool
+}
+
+// promote makes learner id a voter once etcd accepts it (it refuses
+// until the learner has caught up with the leader), retrying until it is
+// done or ctx ends.
+func (s *self) promote(ctx context.Context, id uint64) {
+	var eps []string
+	for _, p := range s.Peers {
+		eps = append(eps, p.ClientURL)
+	}
+	eps = append(eps, "https://"+net.JoinHostPort(s.IP, strconv.Itoa(layout.ClientPort)))
+	start := time.Now()
+	lastSaid := time.Now()
+	for {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: eps, TLS: s.tls, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err = cli.MemberPromote(cctx, id)
+			cancel()
+			cli.Close()
+			if err == nil || errors.Is(err, rpctypes.ErrMemberNotLearner) {
+				logf("join: promoted %x from learner to voter after %s", id, time.Since(start).Round(time.Millisecond))
+				return
+			}
+		}
+		if time.Since(lastSaid) > 15*time.Second {
+			logf("join: learner %x not promoted yet: %v; retrying", id, err)
+			lastSaid = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// recordClusterID waits for etcd to answer locally and writes the
+// cluster ID it reports into the data disk's marker.
+func (s *self) recordClusterID(ctx context.Context) {
+	local := "https://" + net.JoinHostPort(s.IP, strconv.Itoa(layout.ClientPort))
+	for {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{local}, TLS: s.tls, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			r, err := cli.Status(cctx, local)
+			cancel()
+			cli.Close()
+			if err == nil && r.Header.ClusterId != 0 {
+				id := fmt.Sprintf("%x", r.Header.ClusterId)
+				if err := recordClusterID(id); err != nil {
+					logf("marker: %v", err)
+				}
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}

@@ -1,0 +1,225 @@
+package firstboot
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockedBuffer is a console the relay can write to from its goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func captureConsole(t *testing.T) *lockedBuffer {
+	t.Helper()
+	buf := &lockedBuffer{}
+	old := console
+	console = buf
+	t.Cleanup(func() { console = old })
+	return buf
+}
+
+func script(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func unit(t *testing.T, name, body string) *Unit {
+	t.Helper()
+	u, err := ParseUnit(name, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func (s *service) startCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.starts
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestServiceRestartsAfterAFailedRespawn: when a restart cannot even
+// start the program (it is missing for a moment), the supervisor keeps
+// trying, and restarts it once it is back; it never waits twice for one
+// process.
+func TestServiceRestartsAfterAFailedRespawn(t *testing.T) {
+	dir := t.TempDir()
+	// Each run fails, and takes the program away as it goes: the respawn
+	// after it cannot start it until the test puts it back.
+	prog := script(t, dir, "prog", "mv \"$0\" \"$0.away\"\nexit 1\n")
+	s := newService(unit(t, "flaky.service", "[Service]\nExecStart="+prog+"\nRestart=on-failure\nRestartSec=50ms\n"))
+	if _, err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.stop(5 * time.Second)
+	waitUntil(t, 5*time.Second, "the program to take itself away", func() bool {
+		_, err := os.Stat(prog + ".away")
+		return err == nil
+	})
+	time.Sleep(300 * time.Millisecond) // respawns fail meanwhile
+	if n := s.startCount(); n != 1 {
+		t.Fatalf("%d starts while the program was missing", n)
+	}
+	if err := os.Rename(prog+".away", prog); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "a restart after the program came back", func() bool { return s.startCount() >= 2 })
+}
+
+// TestCrashLoopBacksOff: a program that fails at once is restarted with
+// a growing delay, not every RestartSec forever.
+func TestCrashLoopBacksOff(t *testing.T) {
+	s := newService(unit(t, "crash.service", "[Service]\nExecStart=/bin/false\nRestart=always\nRestartSec=50ms\n"))
+	if _, err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	s.stop(5 * time.Second)
+	// Without backoff: ~60 starts in 3 s. With it: 50+100+200+400+800+1600 ms.
+	if n := s.startCount(); n > 8 || n < 4 {
+		t.Errorf("%d starts in 3 s; want the 4 to 8 of a doubling delay", n)
+	}
+}
+
+// TestLongOutputLineDoesNotKillTheService: a line over a MiB is cut on
+// the console, the relay keeps reading, the lines after it arrive, and
+// the service is not killed by SIGPIPE.
+func TestLongOutputLineDoesNotKillTheService(t *testing.T) {
+	out := captureConsole(t)
+	dir := t.TempDir()
+	prog := script(t, dir, "talk", "head -c 2097152 /dev/zero | tr '\\0' x; echo; echo after-the-long-line; sleep 0.5; echo still-alive\n")
+	s := newService(unit(t, "talk.service", "[Service]\nExecStart="+prog+"\n"))
+	if _, err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	exited, cmd := s.exited, s.cmd
+	s.mu.Unlock()
+	select {
+	case <-exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the service did not finish")
+	}
+	if !cmd.ProcessState.Success() {
+		t.Errorf("the service died: %v", cmd.ProcessState)
+	}
+	waitUntil(t, 5*time.Second, "the relay to print the last line", func() bool { return strings.Contains(out.String(), "talk: still-alive") })
+	if !strings.Contains(out.String(), "talk: after-the-long-line") || !strings.Contains(out.String(), "[line cut at 64 KiB]") {
+		t.Errorf("console lacks the lines after the long one, or the cut mark")
+	}
+}
+
+// TestOneshotBlocksTheNextUnit: start of a Type=oneshot unit returns
+// only when its process has finished, and fails when it fails.
+func TestOneshotBlocksTheNextUnit(t *testing.T) {
+	dir := t.TempDir()
+	done := filepath.Join(dir, "done")
+	prog := script(t, dir, "setup", "sleep 0.5; touch "+done+"\n")
+	if _, err := newService(unit(t, "setup.service", "[Service]\nType=oneshot\nExecStart="+prog+"\n")).start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(done); err != nil {
+		t.Errorf("start returned before the oneshot finished: %v", err)
+	}
+	if _, err := newService(unit(t, "bad.service", "[Service]\nType=oneshot\nExecStart=/bin/false\n")).start(); err == nil {
+		t.Error("a failing oneshot started fine")
+	}
+}
+
+// TestOrphansAreReaped: a service's grandchild whose parent exits is
+// re-parented to PID 1 (here, the test process made a subreaper) and is
+// reaped, while the services' own processes keep their exit status for
+// their supervisors.
+func TestOrphansAreReaped(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("subreaper: %v", err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "orphan.pid")
+	prog := script(t, dir, "fork", "sleep 0.2 &\necho $! > "+pidFile+"\nexit 0\n")
+	s := newService(unit(t, "fork.service", "[Service]\nType=oneshot\nExecStart="+prog+"\n"))
+	if _, err := s.start(); err != nil {
+		t.Fatalf("the service lost its own exit status: %v", err)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan := strings.TrimSpace(string(b))
+	zombie := func() bool {
+		st, err := os.ReadFile("/proc/" + orphan + "/stat")
+		return err == nil && strings.Contains(string(st), ") Z ")
+	}
+	waitUntil(t, 5*time.Second, "the orphan to exit", zombie)
+	reaped := reapOrphans()
+	if zombie() {
+		t.Fatalf("orphan %s is still a zombie after reaping (reaped %v)", orphan, reaped)
+	}
+}
+
+// TestDecideNeverBootstrapsBesideData: new only when every peer reports
+// a blank disk; any etcd answering means join; anything unknown means
+// wait.
+func TestDecideNeverBootstrapsBesideData(t *testing.T) {
+	p := func(states ...string) []peerState {
+		var out []peerState
+		for i, s := range states {
+			out = append(out, peerState{Name: string(rune('a' + i)), State: s})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		states []peerState
+		want   string
+	}{
+		{p(), decideNew}, // one member
+		{p("blank", "blank"), decideNew},
+		{p("blank", "unreachable"), decideWait},
+		{p("unreachable", "unreachable"), decideWait},
+		{p("blank", "starting"), decideWait},
+		{p("etcd", "unreachable"), decideJoin},
+		{p("blank", "etcd"), decideJoin},
+		{p("etcd", "etcd"), decideJoin},
+	} {
+		if got := decide(tc.states); got != tc.want {
+			t.Errorf("%v: %s, want %s", tc.states, got, tc.want)
+		}
+	}
+}
