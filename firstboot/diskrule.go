@@ -26,8 +26,10 @@ import (
 // Blank means no known signature (partition tables, primary and backup;
 // ext2/3/4, XFS, btrfs, LUKS, LVM, swap, FAT, NTFS, ISO 9660, squashfs)
 // at the disk's start or at any usual partition start, and zeros over the
-// first and last 16 MiB and the first 4 KiB of every MiB between: where
-// every file system and volume manager keeps its headers and their copies.
+// first and last 16 MiB and the first 4 KiB of every 16 MiB between:
+// where file systems and volume managers keep their headers and copies
+// (ext4's block groups are 128 MiB, btrfs mirrors at 64 MiB and 256 GiB,
+// XFS allocation groups are larger still).
 //
 // A first format writes an intent record into the disk's last MiB
 // (outside the file system) before it writes anything else, and clears it
@@ -45,7 +47,7 @@ const (
 const (
 	mib          = 1 << 20
 	zeroWindow   = 16 * mib // read whole at each end of the disk
-	sampleStride = mib      // and 4 KiB at every MiB between
+	sampleStride = 16 * mib // and 4 KiB at every 16 MiB between
 	sampleSize   = 4096
 	// intentSpace is left outside the file system at the end of the disk
 	// for the intent record.

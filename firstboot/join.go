@@ -128,7 +128,11 @@ func readSelf(root string) (*self, error) {
 // peerState is what one peer said.
 type peerState struct {
 	Name      string
-	State     string // "etcd", "blank", "starting", "unreachable"
+	// "etcd" (answers clients), "blank" (deciding, no data),
+	// "bootstrapping" (started a new cluster, no quorum yet), "data"
+	// (etcd with a cluster version, not answering clients yet),
+	// "unreachable".
+	State     string
 	ClusterID uint64
 	Detail    string
 }
@@ -148,23 +152,45 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 		st.Detail = oneLine(err.Error())
 	}
 	hc := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: s.tls, DisableKeepAlives: true}}
-	resp, err := hc.Get(strings.TrimSuffix(p.PeerURL, "/") + probePath)
+	get := func(path string) (int, []byte, error) {
+		resp, err := hc.Get(strings.TrimSuffix(p.PeerURL, "/") + path)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return resp.StatusCode, body, nil
+	}
+	code, body, err := get(probePath)
 	if err != nil {
 		return st
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	var r probeReply
-	switch {
-	case resp.StatusCode == http.StatusOK && json.Unmarshal(body, &r) == nil && r.Disk == "blank" && r.Cluster == s.Cluster && r.Member == p.Name:
+	if code == http.StatusOK && json.Unmarshal(body, &r) == nil && r.Disk == "blank" && r.Cluster == s.Cluster && r.Member == p.Name {
 		st.State = "blank"
-	case resp.StatusCode == http.StatusOK:
-		st.State, st.Detail = "starting", "answered "+oneLine(string(body))
-	default:
-		// etcd's own peer handler: etcd is starting there.
-		st.State, st.Detail = "starting", resp.Status
+		return st
+	}
+	// Not a deciding member: etcd's own peer handler. Its /version says
+	// whether the cluster it is in has ever decided a version, which a
+	// member restarted from data always has, and a member still
+	// bootstrapping a new cluster (waiting for a quorum) never has.
+	st.State, st.Detail = "data", fmt.Sprintf("etcd on the peer port, not answering clients (%s)", oneLine(err2s(err)))
+	if code, body, err := get("/version"); err == nil && code == http.StatusOK {
+		var v struct {
+			Cluster string `json:"etcdcluster"`
+		}
+		if json.Unmarshal(body, &v) == nil && v.Cluster == "not_decided" {
+			st.State, st.Detail = "bootstrapping", "bootstrapping a new cluster"
+		}
 	}
 	return st
+}
+
+func err2s(err error) string {
+	if err == nil {
+		return "no error"
+	}
+	return err.Error()
 }
 
 // observeAll asks every peer, in parallel.
@@ -189,15 +215,16 @@ const (
 	decideWait = "wait"
 )
 
-// decide is the rule: join when etcd answers anywhere, new only when
-// every peer is blank, else wait.
+// decide is the rule: join when etcd answers anywhere; new only when
+// every peer is blank, or has itself just started a new cluster (which it
+// did only because every member was blank); else wait.
 func decide(states []peerState) string {
 	blank := 0
 	for _, st := range states {
 		switch st.State {
 		case "etcd":
 			return decideJoin
-		case "blank":
+		case "blank", "bootstrapping":
 			blank++
 		}
 	}
@@ -265,7 +292,7 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 		case decideNew:
 			stop()
 			stopped = true
-			return &joinPlan{Detail: "every member of the spec reports a blank disk: bootstrapping a new cluster"}, nil
+			return &joinPlan{Detail: "every member of the spec has a blank disk: bootstrapping a new cluster"}, nil
 		case decideJoin:
 			plan, err := s.join(ctx, states)
 			if err == nil {

@@ -1,0 +1,343 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"etcdimg/cluster"
+)
+
+// writer is an independent client that writes keys through every
+// endpoint of a cluster under up and records each acknowledged write and
+// each failure, in order.
+type writer struct {
+	prefix string
+	cli    *clientv3.Client
+	mu     sync.Mutex
+	acked  map[string]string
+	log    []bool // true: acknowledged
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func startWriter(t testing.TB, u *upCluster, prefix string) *writer {
+	t.Helper()
+	var eps []string
+	for _, m := range u.state.Members {
+		eps = append(eps, fmt.Sprintf("https://127.0.0.1:%d", m.Client))
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, TLS: u.admin, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &writer{prefix: prefix, cli: cli, acked: map[string]string{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for i := 0; ; i++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			k, v := fmt.Sprintf("%s/%06d", prefix, i), fmt.Sprintf("v%d", i)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			_, err := cli.Put(ctx, k, v)
+			cancel()
+			w.mu.Lock()
+			if err == nil {
+				w.acked[k] = v
+			}
+			w.log = append(w.log, err == nil)
+			w.mu.Unlock()
+			if err != nil {
+				time.Sleep(100 * time.Millisecond)
+			} else {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}()
+	t.Cleanup(w.Stop)
+	return w
+}
+
+// Stop ends the writes; it may be called more than once.
+func (w *writer) Stop() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+	w.cli.Close()
+}
+
+// outages counts the runs of failed writes; acked is the number of
+// acknowledged ones.
+func (w *writer) outages() (runs, acked, failed int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	prev := true
+	for _, ok := range w.log {
+		if ok {
+			acked++
+		} else {
+			failed++
+			if prev {
+				runs++
+			}
+		}
+		prev = ok
+	}
+	return runs, acked, failed
+}
+
+// checkAcked waits until every member holds every acknowledged write,
+// read locally (serializable) from each member's own endpoint.
+func checkAcked(t *testing.T, u *upCluster, w *writer) {
+	t.Helper()
+	w.mu.Lock()
+	acked := make(map[string]string, len(w.acked))
+	for k, v := range w.acked {
+		acked[k] = v
+	}
+	w.mu.Unlock()
+	if len(acked) == 0 {
+		t.Fatal("no write was acknowledged")
+	}
+	for i, m := range u.state.Members {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			resp, err := u.client(t, i, u.admin).Get(ctx, w.prefix+"/", clientv3.WithPrefix(), clientv3.WithSerializable())
+			cancel()
+			missing := 0
+			if err == nil {
+				have := map[string]string{}
+				for _, kv := range resp.Kvs {
+					have[string(kv.Key)] = string(kv.Value)
+				}
+				for k, v := range acked {
+					if have[k] != v {
+						missing++
+					}
+				}
+			}
+			if err == nil && missing == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s lacks %d of %d acknowledged writes (%v)", m.Name, missing, len(acked), err)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+}
+
+// membersByName returns the member list as name → ID, and the cluster ID.
+func membersByName(t *testing.T, u *upCluster) (map[string]uint64, uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := u.client(t, 0, u.admin).MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]uint64{}
+	for _, m := range list.Members {
+		if m.IsLearner {
+			t.Errorf("member %x (%s) is still a learner", m.ID, m.Name)
+		}
+		out[m.Name] = m.ID
+	}
+	return out, list.Header.ClusterId
+}
+
+// raftTerm is the highest raft term any member reports.
+func raftTerm(t *testing.T, u *upCluster) uint64 {
+	t.Helper()
+	var term uint64
+	for i, m := range u.state.Members {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := u.client(t, i, u.admin).Status(ctx, fmt.Sprintf("https://127.0.0.1:%d", m.Client))
+		cancel()
+		if err == nil {
+			term = max(term, st.RaftTerm)
+		}
+	}
+	return term
+}
+
+func (u *upCluster) reload(t *testing.T) {
+	t.Helper()
+	st, err := cluster.LoadState(filepath.Join(u.out, "run"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.state = st
+}
+
+func consoleOf(u *upCluster, name string) string {
+	for _, m := range u.state.Members {
+		if m.Name == name {
+			b, _ := os.ReadFile(m.Console)
+			return string(b)
+		}
+	}
+	return ""
+}
+
+// TestReplaceRollAndRejoinKeepEveryWrite is the README's lifecycle: one
+// member replaced with a blank data disk under write load, every member
+// rolled under write load, a roll refused while a member is stopped, and
+// a whole-cluster power-off with one data disk swapped for a blank one.
+// An independent client writes through every endpoint all along; no
+// acknowledged write is ever lost, and the cluster stays one cluster.
+func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
+	u := upThree(t)
+	before, clusterID := membersByName(t, u)
+
+	// replace etcd-2 under write load.
+	w := startWriter(t, u, "/load/replace")
+	time.Sleep(2 * time.Second)
+	stdout, stderr, code := etcdimg(t, u.work, "replace", "etcd-2", "--out", u.out, "--timeout", "4m")
+	t.Logf("replace etcd-2:\n%s", stdout)
+	if code != 0 {
+		t.Fatalf("replace: exit %d: %s", code, stderr)
+	}
+	time.Sleep(2 * time.Second)
+	w.Stop()
+	u.reload(t)
+	runs, acked, failed := w.outages()
+	t.Logf("replace: %d writes acknowledged, %d failed in %d outages", acked, failed, runs)
+	checkAcked(t, u, w)
+	after, id := membersByName(t, u)
+	if id != clusterID || len(after) != 3 {
+		t.Fatalf("after replace: cluster %x (was %x), members %v", id, clusterID, after)
+	}
+	if after["etcd-2"] == before["etcd-2"] || after["etcd-1"] != before["etcd-1"] || after["etcd-3"] != before["etcd-3"] {
+		t.Errorf("member IDs before %v, after %v: want only etcd-2's new", before, after)
+	}
+	if c := consoleOf(u, "etcd-2"); !strings.Contains(c, "added as learner") || !strings.Contains(c, "from learner to voter") {
+		t.Errorf("etcd-2 did not join as a learner and get promoted; console tail:\n%s", lastLines(c, 30))
+	}
+	old, _ := filepath.Glob(filepath.Join(u.out, "disks", "old", "etcd-2-data-*.img"))
+	if len(old) != 1 {
+		t.Errorf("the old data disk of etcd-2 was not kept aside: %v", old)
+	}
+
+	// A roll is refused while a member is stopped, before anything
+	// changes: no image is rebuilt, no member touched.
+	if _, stderr, code := etcdimg(t, u.work, "stop", "etcd-1", "--out", u.out); code != 0 {
+		t.Fatalf("stop etcd-1: %s", stderr)
+	}
+	images := tree(t, filepath.Join(u.out, "images"))
+	_, stderr, code = etcdimg(t, u.work, "roll", "--out", u.out)
+	if code != 1 || !strings.Contains(stderr, "refused, etcd-1 is not running") {
+		t.Errorf("roll with etcd-1 stopped: exit %d: %s", code, stderr)
+	}
+	if after := tree(t, filepath.Join(u.out, "images")); fmt.Sprint(after) != fmt.Sprint(images) {
+		t.Errorf("a refused roll changed the images")
+	}
+	if _, stderr, code := etcdimg(t, u.work, "start", "etcd-1", "--out", u.out); code != 0 {
+		t.Fatalf("start etcd-1: %s", stderr)
+	}
+	u.reload(t)
+	waitHealthy(t, u)
+
+	// roll every member under write load: at most one election each.
+	before, _ = membersByName(t, u)
+	term := raftTerm(t, u)
+	w = startWriter(t, u, "/load/roll")
+	time.Sleep(2 * time.Second)
+	stdout, stderr, code = etcdimg(t, u.work, "roll", "--out", u.out, "--timeout", "4m")
+	t.Logf("roll:\n%s", stdout)
+	if code != 0 {
+		t.Fatalf("roll: exit %d: %s", code, stderr)
+	}
+	time.Sleep(2 * time.Second)
+	w.Stop()
+	u.reload(t)
+	runs, acked, failed = w.outages()
+	t.Logf("roll: %d writes acknowledged, %d failed in %d outages", acked, failed, runs)
+	checkAcked(t, u, w)
+	after, id = membersByName(t, u)
+	if id != clusterID || len(after) != 3 {
+		t.Fatalf("after roll: cluster %x (was %x), members %v", id, clusterID, after)
+	}
+	for n, old := range before {
+		if after[n] == old {
+			t.Errorf("%s kept member ID %x through a roll with blank disks", n, old)
+		}
+	}
+	if d := raftTerm(t, u) - term; d > 3 {
+		t.Errorf("the roll took %d elections (raft term %d → %d); want at most one per member", d, term, term+d)
+	}
+
+	// The whole cluster powered off; etcd-3's data disk swapped for a
+	// blank one; all started again: no second cluster forms, etcd-3
+	// rejoins as a learner and is promoted, every write is there.
+	w = startWriter(t, u, "/load/powercut")
+	time.Sleep(3 * time.Second)
+	w.Stop()
+	before, _ = membersByName(t, u)
+	if _, stderr, code := etcdimg(t, u.work, "down", "--out", u.out); code != 0 {
+		t.Fatalf("down: %s", stderr)
+	}
+	disk := filepath.Join(u.out, "disks", "etcd-3-data.img")
+	if err := os.Rename(disk, disk+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	u.up(t)
+	after, id = membersByName(t, u)
+	if id != clusterID || len(after) != 3 {
+		t.Fatalf("after the power-off with a blank disk: cluster %x (was %x), members %v", id, clusterID, after)
+	}
+	if after["etcd-3"] == before["etcd-3"] || after["etcd-1"] != before["etcd-1"] {
+		t.Errorf("member IDs before %v, after %v: want only etcd-3's new", before, after)
+	}
+	for i, m := range u.state.Members {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := u.client(t, i, u.admin).Status(ctx, fmt.Sprintf("https://127.0.0.1:%d", m.Client))
+		cancel()
+		if err != nil || st.Header.ClusterId != clusterID {
+			t.Errorf("%s: cluster %v, want %x (%v)", m.Name, st, clusterID, err)
+		}
+	}
+	c := consoleOf(u, "etcd-3")
+	if !strings.Contains(c, "removed this member's stale entry") || !strings.Contains(c, "from learner to voter") {
+		t.Errorf("etcd-3 did not rejoin as a learner; console tail:\n%s", lastLines(c, 30))
+	}
+	checkAcked(t, u, w)
+}
+
+func waitHealthy(t *testing.T, u *upCluster) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		_, _, code := etcdimg(t, u.work, "health", "--out", u.out)
+		if code == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cluster did not become healthy again")
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
