@@ -222,16 +222,16 @@ func (s *Snapshot) Healthy(name string) error {
 	return nil
 }
 
-// Unhealthy lists, one reason each, the named members that are not
-// healthy.
-func (s *Snapshot) Unhealthy(names []string) []string {
+// Unhealthy lists, one reason each, the members of check that are not
+// healthy, and any member that is not in spec at all.
+func (s *Snapshot) Unhealthy(check, spec []string) []string {
 	var bad []string
-	for _, n := range names {
+	for _, n := range check {
 		if err := s.Healthy(n); err != nil {
 			bad = append(bad, err.Error())
 		}
 	}
-	if extra := s.strangers(names); len(extra) > 0 {
+	if extra := s.strangers(spec); len(extra) > 0 {
 		bad = append(bad, "members not in the spec: "+strings.Join(extra, ", "))
 	}
 	return bad

@@ -90,7 +90,7 @@ func (l *Lifecycle) checkReplace(ctx context.Context, member string) (*Snapshot,
 		return nil, nil, fmt.Errorf("replace %s: the cluster does not answer: %w", member, err)
 	}
 	others := slices.DeleteFunc(slices.Clone(l.Members), func(n string) bool { return n == member })
-	if bad := snap.Unhealthy(others); len(bad) > 0 {
+	if bad := snap.Unhealthy(others, l.Members); len(bad) > 0 {
 		return nil, nil, fmt.Errorf("replace %s: refused, the rest of the cluster is not healthy: %s", member, strings.Join(bad, "; "))
 	}
 	return snap, others, nil
@@ -225,7 +225,7 @@ func (l *Lifecycle) checkRoll(ctx context.Context) (*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("roll: refused, the cluster does not answer: %w", err)
 	}
-	if bad := snap.Unhealthy(l.Members); len(bad) > 0 {
+	if bad := snap.Unhealthy(l.Members, l.Members); len(bad) > 0 {
 		return nil, fmt.Errorf("roll: refused, the cluster is not healthy: %s", strings.Join(bad, "; "))
 	}
 	return snap, nil

@@ -378,8 +378,24 @@ func TestBuildBootsHealthyMember(t *testing.T) {
 	if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "survives" {
 		t.Errorf("after reboot: %v %v", got, err)
 	}
-	if err := m2.vm.Shutdown(time.Minute); err != nil {
-		t.Error(err)
+
+	// Ctrl-Alt-Del is a clean power-off, not a reboot without sync:
+	// etcd stops, the data disk is unmounted, and (with -no-reboot) QEMU
+	// exits.
+	if err := m2.vm.CtrlAltDel(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.vm.Wait(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.vm.WaitConsole("unmounted /var/lib/etcd", time.Second); err != nil {
+		t.Errorf("ctrl-alt-del: %v", err)
+	}
+	if err := m2.vm.WaitConsole("powering off (signal interrupt)", time.Second); err != nil {
+		t.Errorf("ctrl-alt-del: %v", err)
+	}
+	if out, err := exec.Command("e2fsck", "-fn", data).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck -fn after ctrl-alt-del: %v\n%s", err, out)
 	}
 }
 
@@ -414,7 +430,8 @@ func TestRefusedBootLeavesTheDataDiskAlone(t *testing.T) {
 	}{
 		{"invalid Ignition", []byte(`{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"etc/relative"}]}}`), ext4Disk, "invalid config"},
 		{"unsupported unit directive", bytes.Replace(rendered, []byte(`LimitNOFILE=65536`), []byte(`User=etcd`), 1), ext4Disk, "[Service] User= is not supported"},
-		{"data disk that is not ext4", nil, fatDisk, "holds data that is not an ext4 file system (FAT)"},
+		{"data disk that is not ext4", nil, fatDisk, "it holds FAT at its start; not formatting it"},
+		{"ext4 data disk of someone else", nil, ext4Disk, `labelled "precious", not "etcd-data"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

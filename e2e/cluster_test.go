@@ -157,7 +157,7 @@ func health(ip string) error {
 	return nil
 }
 
-func tlsConfig(t *testing.T, ca, cert, key string) *tls.Config {
+func tlsConfig(t testing.TB, ca, cert, key string) *tls.Config {
 	t.Helper()
 	cfg, err := transport.TLSInfo{TrustedCAFile: ca, CertFile: cert, KeyFile: key}.ClientConfig()
 	if err != nil {

@@ -38,7 +38,7 @@ type upCluster struct {
 // The cluster is taken down at the end of the test, by `etcdimg down` and
 // then by PID for anything left; the consoles' tails are printed if the
 // test failed.
-func upThree(t *testing.T) *upCluster {
+func upThree(t testing.TB) *upCluster {
 	t.Helper()
 	work := t.TempDir()
 	out := filepath.Join(work, "out")
@@ -68,7 +68,7 @@ func upThree(t *testing.T) *upCluster {
 	return u
 }
 
-func (u *upCluster) up(t *testing.T) {
+func (u *upCluster) up(t testing.TB) {
 	t.Helper()
 	// A port base of its own, so that a cluster an operator left running
 	// with `make up` (base 40000) does not stop the test.
@@ -227,7 +227,9 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 
 	// A peer with a certificate from another CA cannot join: a fourth
 	// member from a foreign build boots onto the same LAN and tries to
-	// reach the three; they reject its certificate and stay three.
+	// reach the three; they reject its certificate and stay three, and it
+	// never starts a cluster of its own beside them: with a blank disk it
+	// waits until it can see every member of its spec.
 	if _, stderr, code := etcdimg(t, u.work, "build", "--out", foreignOut); code != 0 {
 		t.Fatal(stderr)
 	}
@@ -241,7 +243,7 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(intruder.Kill)
-	if err := intruder.WaitConsole("start etcd.service", bootTimeout); err != nil {
+	if err := intruder.WaitConsole("TLS refused: is its certificate from this cluster's CA?", bootTimeout); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(bootTimeout)
@@ -261,6 +263,9 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	}
 	if list, err := u.client(t, 1, u.admin).MemberList(ctx); err != nil || len(list.Members) != 3 {
 		t.Errorf("after the intruder: %v %v", list, err)
+	}
+	if b, _ := os.ReadFile(intruder.Console); strings.Contains(string(b), "start etcd.service") {
+		t.Errorf("the intruder started etcd beside a cluster it cannot see")
 	}
 	intruder.Kill()
 

@@ -302,8 +302,17 @@ func (v *VM) Powerdown() error {
 // QMPPath is the VM's QMP socket.
 func (v *VM) QMPPath() string { return v.qmp }
 
+// CtrlAltDel presses Ctrl-Alt-Del on the guest's keyboard.
+func (v *VM) CtrlAltDel() error {
+	keys := []map[string]string{{"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"}}
+	return QMPArgs(v.qmp, "send-key", map[string]any{"keys": keys})
+}
+
 // QMP runs one command on the QMP socket at path.
-func QMP(path, cmd string) error {
+func QMP(path, cmd string) error { return QMPArgs(path, cmd, nil) }
+
+// QMPArgs runs one command with arguments on the QMP socket at path.
+func QMPArgs(path, cmd string, args any) error {
 	c, err := net.DialTimeout("unix", path, 5*time.Second)
 	if err != nil {
 		return fmt.Errorf("testvm: qmp: %w", err)
@@ -315,7 +324,11 @@ func QMP(path, cmd string) error {
 		return fmt.Errorf("testvm: qmp greeting: %w", err)
 	}
 	for _, ex := range []string{"qmp_capabilities", cmd} {
-		req, _ := json.Marshal(map[string]string{"execute": ex})
+		msg := map[string]any{"execute": ex}
+		if ex == cmd && args != nil {
+			msg["arguments"] = args
+		}
+		req, _ := json.Marshal(msg)
 		if _, err := c.Write(append(req, '\n')); err != nil {
 			return fmt.Errorf("testvm: qmp %s: %w", ex, err)
 		}
