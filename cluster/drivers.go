@@ -64,9 +64,10 @@ func (d *LocalDriver) Swap(ctx context.Context, member, image string, keepDisk b
 // the member to come back by itself (firstboot rejoins a blank member
 // with nothing from the host).
 type ManualDriver struct {
-	Out  io.Writer
-	Addr map[string]string // member name → address, for the instructions
-	Etcd *Etcd             // to see the member go down
+	Out     io.Writer
+	Addr    map[string]string // member name → address, for the instructions
+	Etcd    *Etcd             // to see the member go down
+	Timeout time.Duration     // how long the operator has to take it down
 }
 
 func (d *ManualDriver) Running(string) (bool, error) { return true, nil }
@@ -82,6 +83,9 @@ func (d *ManualDriver) Swap(ctx context.Context, member, image string, keepDisk 
 	// can its return be told from its old self.
 	start := time.Now()
 	for {
+		if d.Timeout > 0 && time.Since(start) > d.Timeout {
+			return fmt.Errorf("%s still answers after %s; was its machine replaced?", member, d.Timeout)
+		}
 		st := d.Etcd.Statuses(ctx, 3*time.Second)
 		down := true
 		for _, s := range st {

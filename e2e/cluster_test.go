@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -28,6 +29,7 @@ import (
 type member struct {
 	name, ip string
 	root     string // the config applied here, as firstboot applies it to /
+	env      []string
 	log      string
 	cmd      *exec.Cmd
 	done     chan struct{}
@@ -72,20 +74,29 @@ func startMember(t *testing.T, ignPath, name, ip string) *member {
 		}
 	}
 	m.log = filepath.Join(t.TempDir(), name+".log")
-	logf, err := os.Create(m.log)
+	m.env = append(base, env...)
+	m.run(t)
+	t.Cleanup(func() { m.stop(t) })
+	return m
+}
+
+// run starts etcd from the member's root and data, again after a stop.
+func (m *member) run(t *testing.T) {
+	t.Helper()
+	logf, err := os.OpenFile(m.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.done = make(chan struct{})
 	m.cmd = exec.Command(bin.etcd)
-	m.cmd.Env = append(base, env...)
+	m.cmd.Env = m.env
 	m.cmd.Stdout, m.cmd.Stderr = logf, logf
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { m.cmd.Wait(); logf.Close(); close(m.done) }()
-	t.Cleanup(func() { m.stop(t) })
-	return m
+	done := m.done
+	go func() { m.cmd.Wait(); logf.Close(); close(done) }()
 }
 
 // stop ends the member by its PID: SIGTERM, then SIGKILL after 10 s.
@@ -271,6 +282,58 @@ network: {cidr: 127.0.0.0/8}
 	if err != nil || len(resp.Kvs) != 0 {
 		t.Errorf("intruder key: %v %v", resp, err)
 	}
+
+	// On a deployment etcdimg does not run (no `up` here), replace says
+	// what to do by hand, waits for the member to go down, and then for
+	// it to come back a healthy voter: here the operator's part is played
+	// by stopping etcd-2 and starting it again on its own data.
+	repl := exec.Command(bin.etcdimg, "replace", "etcd-2", "--keep-disk", "--out", out, "--timeout", "2m")
+	repl.Dir = work
+	stdout, err := repl.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	repl.Stderr = &stderr
+	if err := repl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { repl.Process.Kill() })
+	sc := bufio.NewScanner(stdout)
+	var said strings.Builder
+	for sc.Scan() {
+		said.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "waiting for etcd-2 to rejoin") {
+			break
+		}
+	}
+	if !strings.Contains(said.String(), "now, by hand: power off the machine of etcd-2 (127.0.0.52)") || !strings.Contains(said.String(), "reattach its current data volume") {
+		t.Fatalf("replace on a real deployment said:\n%s%s", said.String(), stderr.String())
+	}
+	members[1].stop(t)
+	for sc.Scan() {
+		said.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "etcd-2: down") {
+			break
+		}
+	}
+	members[1].run(t)
+	copied := make(chan struct{})
+	go func() { io.Copy(&said, stdout); close(copied) }()
+	<-copied
+	if err := repl.Wait(); err != nil {
+		t.Fatalf("replace on a real deployment: %v\n%s%s", err, said.String(), stderr.String())
+	}
+	if !strings.Contains(said.String(), "etcd-2 is a voter again and caught up: same member ID") {
+		t.Errorf("replace on a real deployment said:\n%s", said.String())
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel2()
+	list, err = client(members[0].ip, admin).MemberList(ctx2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkMembers(t, list, 3, "https://127.0.0.5")
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Fatal("test ran out of time")
 	}

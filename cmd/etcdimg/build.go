@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -62,7 +63,7 @@ func buildCmd() *cobra.Command {
 		Short: "Render, then write a bootable disk image per member to OUT/images",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, _, _, err := buildImages(cmd, &f, &bf)
+			_, _, _, err := buildImages(cmd, &f, &bf, nil)
 			return err
 		},
 	}
@@ -71,10 +72,11 @@ func buildCmd() *cobra.Command {
 	return c
 }
 
-// buildImages is `build`: render, then one image per member, reporting
-// both. replace and roll run it too, so that every image they boot is
-// made from the current spec and PKI before any member goes down.
-func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags) (*spec.Cluster, outdir.Layout, map[string]string, error) {
+// buildImages is `build`: render, then one image per member (or only
+// those named in only), reporting both. replace and roll run it too, so
+// that every image they boot is made from the current spec and PKI
+// before any member goes down.
+func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags, only []string) (*spec.Cluster, outdir.Layout, map[string]string, error) {
 	// The spec, then the image inputs, are read and checked before
 	// anything is written: a bad package fails a build that has not
 	// touched the output directory.
@@ -97,7 +99,9 @@ func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags) (*spec.Cluster
 	}
 	var names []string
 	for _, m := range c.Members {
-		names = append(names, m.Name)
+		if only == nil || slices.Contains(only, m.Name) {
+			names = append(names, m.Name)
+		}
 	}
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "boot     kernel %s, %d modules, initramfs %.1f MiB (%.1f MiB unpacked)\n",

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,10 +36,28 @@ func localCluster(dir outdir.Layout) (*cluster.State, *cluster.Lock, error) {
 }
 
 func stopCmd() *cobra.Command {
+	return memberCmd("stop NAME", "Power one member off (ACPI) and keep its disks", func(st *cluster.State, name string) (string, error) {
+		return st.Stop(name, time.Minute)
+	})
+}
+
+func startCmd() *cobra.Command {
+	return memberCmd("start NAME", "Boot one stopped member from its image and data disk", func(st *cluster.State, name string) (string, error) {
+		if err := st.Start(name); err != nil {
+			return "", err
+		}
+		m, _ := st.Member(name)
+		return fmt.Sprintf("%s: booting %s (pid %d), console %s", m.Name, m.Image, m.QEMU.PID, m.Console), nil
+	})
+}
+
+// memberCmd is a command on one member of the local cluster, run under
+// the run directory's lock.
+func memberCmd(use, short string, do func(*cluster.State, string) (string, error)) *cobra.Command {
 	var out string
 	c := &cobra.Command{
-		Use:   "stop NAME",
-		Short: "Power one member off (ACPI) and keep its disks",
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_, dir, err := loadBuilt(out)
@@ -47,42 +66,14 @@ func stopCmd() *cobra.Command {
 			}
 			st, lock, err := localCluster(dir)
 			if err != nil {
-				return notLocal("stop", err)
+				return notLocal(strings.Fields(use)[0], err)
 			}
 			defer lock.Unlock()
-			line, err := st.Stop(args[0], time.Minute)
+			line, err := do(st, args[0])
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), line)
-			return nil
-		},
-	}
-	outFlag(c, &out)
-	return c
-}
-
-func startCmd() *cobra.Command {
-	var out string
-	c := &cobra.Command{
-		Use:   "start NAME",
-		Short: "Boot one stopped member from its image and data disk",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			_, dir, err := loadBuilt(out)
-			if err != nil {
-				return err
-			}
-			st, lock, err := localCluster(dir)
-			if err != nil {
-				return notLocal("start", err)
-			}
-			defer lock.Unlock()
-			if err := st.Start(args[0]); err != nil {
-				return err
-			}
-			m, _ := st.Member(args[0])
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: booting %s (pid %d), console %s\n", m.Name, m.Image, m.QEMU.PID, m.Console)
 			return nil
 		},
 	}
@@ -117,7 +108,7 @@ func (f *lifecycleFlags) register(c *cobra.Command) {
 // spec's addresses. check runs before any image is built, so that a
 // refused command changes nothing; then the images are built from the
 // current spec and PKI, before any member goes down.
-func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, check func(context.Context, *cluster.Lifecycle) error) (l *cluster.Lifecycle, images map[string]string, release func(), err error) {
+func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func(context.Context, *cluster.Lifecycle) error) (l *cluster.Lifecycle, images map[string]string, release func(), err error) {
 	c, _, err := f.spec.load(cmd)
 	if err != nil {
 		return nil, nil, nil, err
@@ -143,7 +134,7 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, check func(context.Contex
 		for _, m := range c.Members {
 			addr[m.Name] = m.IP
 		}
-		l.Driver = &cluster.ManualDriver{Out: w, Addr: addr, Etcd: e}
+		l.Driver = &cluster.ManualDriver{Out: w, Addr: addr, Etcd: e, Timeout: f.timeout}
 	default:
 		return nil, nil, nil, err
 	}
@@ -151,7 +142,7 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, check func(context.Contex
 		release()
 		return nil, nil, nil, err
 	}
-	if _, _, images, err = buildImages(cmd, &f.spec, &f.boot); err != nil {
+	if _, _, images, err = buildImages(cmd, &f.spec, &f.boot, only); err != nil {
 		release()
 		return nil, nil, nil, err
 	}
@@ -174,7 +165,7 @@ func replaceCmd() *cobra.Command {
 		Short: "Rebuild NAME's image, power it off, swap its OS disk (and its data disk for a blank one), boot it, wait until it is a voter again",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, images, release, err := f.lifecycle(cmd, func(ctx context.Context, l *cluster.Lifecycle) error {
+			l, images, release, err := f.lifecycle(cmd, args[:1], func(ctx context.Context, l *cluster.Lifecycle) error {
 				return l.CheckReplace(ctx, args[0])
 			})
 			if err != nil {
@@ -204,7 +195,7 @@ func rollCmd() *cobra.Command {
 		Short: "Replace every member in turn, followers first, the leader last; refuses unless all are healthy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, images, release, err := f.lifecycle(cmd, func(ctx context.Context, l *cluster.Lifecycle) error { return l.CheckRoll(ctx) })
+			l, images, release, err := f.lifecycle(cmd, nil, func(ctx context.Context, l *cluster.Lifecycle) error { return l.CheckRoll(ctx) })
 			if err != nil {
 				return err
 			}
