@@ -127,7 +127,7 @@ func readSelf(root string) (*self, error) {
 
 // peerState is what one peer said.
 type peerState struct {
-	Name      string
+	Name string
 	// "etcd" (answers clients), "blank" (deciding, no data),
 	// "bootstrapping" (started a new cluster, no quorum yet), "data"
 	// (etcd with a cluster version, not answering clients yet),
