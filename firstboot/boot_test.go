@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"etcdimg/ignition"
+	"etcdimg/layout"
 	"etcdimg/spec"
 )
 
@@ -20,7 +21,10 @@ func TestParseUnitTheRunbooksEtcdService(t *testing.T) {
 	if u.Type != "notify" || u.Restart != "on-failure" || u.RestartSec != 5*time.Second || u.LimitNOFILE != 65536 {
 		t.Errorf("parsed %+v", u)
 	}
-	if !slices.Equal(u.ExecStart, []string{"/usr/bin/etcd"}) || len(u.EnvironmentFile) != 1 || u.EnvironmentFile[0].Path != "/etc/etcd/etcd.conf" {
+	// etcd.conf, then firstboot's runtime overrides, optional (a host that
+	// is not the appliance never has them), read last so that they win.
+	want := []envFile{{Path: "/etc/etcd/etcd.conf"}, {Path: layout.RuntimeEnvPath, Optional: true}}
+	if !slices.Equal(u.ExecStart, []string{"/usr/bin/etcd"}) || !slices.Equal(u.EnvironmentFile, want) {
 		t.Errorf("parsed %+v", u)
 	}
 }

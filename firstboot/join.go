@@ -157,26 +157,42 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return resp.StatusCode, body, nil
 	}
-	code, body, err := get(probePath)
-	if err != nil {
-		st.Detail = oneLine(err.Error())
-		return st
+	// etcd's Status on the client port is asked at the same time: each
+	// TLS handshake costs about half a second under emulation.
+	type status struct {
+		clusterID uint64
+		err       error
 	}
+	sc := make(chan status, 1)
+	go func() {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.ClientURL}, TLS: s.tls, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			sc <- status{err: err}
+			return
+		}
+		defer cli.Close()
+		r, err := cli.Status(cctx, p.ClientURL)
+		if err != nil {
+			sc <- status{err: err}
+			return
+		}
+		sc <- status{clusterID: r.Header.ClusterId}
+	}()
+	code, body, perr := get(probePath)
 	var r probeReply
-	if code == http.StatusOK && json.Unmarshal(body, &r) == nil && r.Disk == "blank" && r.Cluster == s.Cluster && r.Member == p.Name {
+	if perr == nil && code == http.StatusOK && json.Unmarshal(body, &r) == nil && r.Disk == "blank" && r.Cluster == s.Cluster && r.Member == p.Name {
 		st.State = "blank"
 		return st
 	}
-	// Not a deciding member: etcd's own peer handler.
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.ClientURL}, TLS: s.tls, DialTimeout: 2 * time.Second, Logger: zap.NewNop()}); err == nil {
-		r, err := cli.Status(cctx, p.ClientURL)
-		cli.Close()
-		if err == nil {
-			st.State, st.ClusterID = "etcd", r.Header.ClusterId
-			return st
-		}
+	if res := <-sc; res.err == nil {
+		st.State, st.ClusterID = "etcd", res.clusterID
+		return st
+	}
+	if perr != nil {
+		st.Detail = oneLine(perr.Error())
+		return st
 	}
 	// etcd that does not answer clients yet. Its /version says whether
 	// its cluster has ever decided a version, which a member restarted
