@@ -336,10 +336,13 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 				lastSaid = time.Now()
 			}
 		}
+		// A round already waits up to 2 s for a peer that is not there;
+		// between rounds a short pause, so that the last member to come
+		// up is seen soon after it answers.
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
