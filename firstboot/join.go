@@ -494,3 +494,39 @@ func (s *self) recordClusterID(ctx context.Context) {
 		}
 	}
 }
+
+// foreignCluster says why the disk's data must not serve, if a peer runs
+// etcd in a cluster whose ID is not want.
+func foreignCluster(want string, states []peerState) string {
+	for _, st := range states {
+		if st.State == "etcd" && st.ClusterID != 0 {
+			if got := fmt.Sprintf("%x", st.ClusterID); got != want {
+				return fmt.Sprintf("this data disk holds cluster %s, but %s runs cluster %s: the cluster was rebuilt without this disk; etcd stopped, the disk left as it is. Attach a blank disk to rejoin", want, st.Name, got)
+			}
+		}
+	}
+	return ""
+}
+
+// watchClusterID compares the cluster ID on the data disk with the one
+// the peers run, until one answers or a minute has passed.
+func (s *self) watchClusterID(ctx context.Context, want string) string {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		states := s.observeAll(ctx)
+		if why := foreignCluster(want, states); why != "" {
+			return why
+		}
+		for _, st := range states {
+			if st.State == "etcd" {
+				return ""
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ""
+		case <-time.After(time.Second):
+		}
+	}
+	return ""
+}

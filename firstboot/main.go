@@ -143,10 +143,11 @@ func (n *node) boot() error {
 		return err
 	}
 	var hasData bool
+	var owner marker
 	if err := step("check data disk", func() (string, error) {
 		var detail string
 		var err error
-		if hasData, detail, err = claimDisk(me); err != nil {
+		if hasData, owner, detail, err = claimDisk(me); err != nil {
 			return "", err
 		}
 		if formatted {
@@ -197,6 +198,18 @@ func (n *node) boot() error {
 				goSafe("promote", func() { me.promote(n.ctx, plan.Learner) })
 			}
 			goSafe("record cluster ID", func() { me.recordClusterID(n.ctx) })
+			if hasData && owner.ClusterID != "" {
+				// Checked beside etcd's start, not before it, so that a
+				// cluster's restart does not wait on peers that are down:
+				// etcd on data of another cluster cannot reach a quorum
+				// (its peers refuse it), so it serves nothing meanwhile.
+				goSafe("check cluster ID", func() {
+					if why := me.watchClusterID(n.ctx, owner.ClusterID); why != "" {
+						logf("%s %s", MsgStopped, why)
+						s.stop(30 * time.Second)
+					}
+				})
+			}
 		}
 	}
 	return nil

@@ -30,30 +30,29 @@ func hasEtcdData(dir string) bool {
 // claimDisk checks that the mounted data disk belongs to this member of
 // this cluster and records it if it has no owner yet. Data of another
 // cluster or member is refused: etcd never starts on it.
-func claimDisk(s *self) (hasData bool, detail string, err error) {
+func claimDisk(s *self) (hasData bool, m marker, detail string, err error) {
 	hasData = hasEtcdData(layout.DataDir)
 	b, err := os.ReadFile(layout.MarkerFile)
-	var m marker
 	switch {
 	case err == nil:
 		if err := json.Unmarshal(b, &m); err != nil {
-			return false, "", fmt.Errorf("%s is not readable (%v); not starting etcd on a disk of unknown owner", layout.MarkerFile, err)
+			return false, m, "", fmt.Errorf("%s is not readable (%v); not starting etcd on a disk of unknown owner", layout.MarkerFile, err)
 		}
 		if m.Cluster != s.Cluster || m.Member != s.Name {
-			return false, "", fmt.Errorf("the data disk belongs to member %s of cluster %s, not %s of %s: not using it; attach this member's own disk or a blank one", m.Member, m.Cluster, s.Name, s.Cluster)
+			return false, m, "", fmt.Errorf("the data disk belongs to member %s of cluster %s, not %s of %s: not using it; attach this member's own disk or a blank one", m.Member, m.Cluster, s.Name, s.Cluster)
 		}
 		detail = fmt.Sprintf("disk of %s/%s", m.Cluster, m.Member)
 	case errors.Is(err, fs.ErrNotExist):
 		m = marker{Cluster: s.Cluster, Member: s.Name}
 		if err := writeMarker(m); err != nil {
-			return false, "", err
+			return false, m, "", err
 		}
 		detail = "claimed for " + s.Cluster + "/" + s.Name
 		if hasData {
 			detail += " (etcd data written before disks were marked)"
 		}
 	default:
-		return false, "", err
+		return false, m, "", err
 	}
 	if m.ClusterID != "" {
 		detail += ", cluster ID " + m.ClusterID
@@ -63,7 +62,7 @@ func claimDisk(s *self) (hasData bool, detail string, err error) {
 	} else {
 		detail += "; no etcd data"
 	}
-	return hasData, detail, nil
+	return hasData, m, detail, nil
 }
 
 // writeMarker writes the marker durably: temporary file, sync, rename,

@@ -226,3 +226,20 @@ func TestDecideNeverBootstrapsBesideData(t *testing.T) {
 		}
 	}
 }
+
+// TestForeignClusterIsNamed: a peer running another cluster ID than the
+// one the data disk recorded stops this member; the same ID, or peers
+// not answering, do not.
+func TestForeignClusterIsNamed(t *testing.T) {
+	same := []peerState{{Name: "etcd-2", State: "etcd", ClusterID: 0x826b}, {Name: "etcd-3", State: "unreachable"}}
+	if why := foreignCluster("826b", same); why != "" {
+		t.Errorf("same cluster refused: %s", why)
+	}
+	other := []peerState{{Name: "etcd-2", State: "etcd", ClusterID: 0x1234}}
+	if why := foreignCluster("826b", other); !strings.Contains(why, "etcd-2 runs cluster 1234") {
+		t.Errorf("another cluster: %q", why)
+	}
+	if why := foreignCluster("826b", []peerState{{Name: "etcd-2", State: "data"}}); why != "" {
+		t.Errorf("a peer without an answer: %q", why)
+	}
+}
