@@ -306,6 +306,11 @@ func TestClusterCommandsRefuseWhatTheyCannotDo(t *testing.T) {
 		{"up before build", []string{"up", "--out", out}, 1, "images/etcd-1.img is missing; run `etcdimg build"},
 		{"up with too little memory", []string{"up", "--out", out, "--memory", "64"}, 2, "--memory 64"},
 		{"status when not running", []string{"status", "--out", out}, 1, "not running"},
+		{"stop when not running", []string{"stop", "etcd-1", "--out", out}, 1, "no cluster runs here under `etcdimg up`"},
+		{"start when not running", []string{"start", "etcd-1", "--out", out}, 1, "no cluster runs here under `etcdimg up`"},
+		{"up with a data disk too small", []string{"up", "--out", out, "--data-size", "100MiB"}, 2, "--data-size 100MiB"},
+		{"replace of a member not in the spec", []string{"replace", "etcd-9", "--out", out}, 1, `no member "etcd-9" in the spec`},
+		{"roll of a cluster that does not answer", []string{"roll", "--out", out, "--timeout", "5s"}, 1, "roll: refused, the cluster does not answer"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, stderr, code := etcdimg(t, work, tc.args...)
