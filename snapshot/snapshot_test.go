@@ -1,0 +1,143 @@
+package snapshot
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	csnap "go.etcd.io/etcd/client/v3/snapshot"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+func freeURL(t *testing.T) url.URL {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	u, _ := url.Parse("http://" + l.Addr().String())
+	return *u
+}
+
+// realSnapshot runs a real etcd (embedded), writes 100 keys and deletes
+// 10 of them, and saves a snapshot as etcdctl does.
+func realSnapshot(t *testing.T) string {
+	t.Helper()
+	cfg := embed.NewConfig()
+	cfg.Dir = t.TempDir()
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cu, pu := freeURL(t), freeURL(t)
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		t.Fatal("embedded etcd did not become ready")
+	}
+	cc := clientv3.Config{Endpoints: []string{cu.String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	cli, err := clientv3.New(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 100 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("/k/%03d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		if _, err := cli.Delete(ctx, fmt.Sprintf("/k/%03d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "snap.db")
+	if _, err := csnap.SaveWithVersion(ctx, zap.NewNop(), cc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestVerifyReadsARealSnapshot: a snapshot from a real etcd verifies, with
+// its revision (1 + 100 puts + 10 deletes) and its 90 live keys.
+func TestVerifyReadsARealSnapshot(t *testing.T) {
+	path := realSnapshot(t)
+	info, err := Verify(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.HasHash || info.Revision != 111 || info.TotalKeys != 90 || len(info.SHA256) != 64 || info.Version == "" {
+		t.Errorf("info %+v", info)
+	}
+	var b strings.Builder
+	Table(&b, info)
+	if !strings.Contains(b.String(), " 111 ") || !strings.Contains(b.String(), "TOTAL KEYS") {
+		t.Errorf("table:\n%s", b.String())
+	}
+}
+
+// TestVerifyRefusesBrokenSnapshots: each kind of damage is refused with
+// its own reason.
+func TestVerifyRefusesBrokenSnapshots(t *testing.T) {
+	good, err := os.ReadFile(realSnapshot(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	random := make([]byte, len(good))
+	rand.Read(random)
+	flipped := append([]byte(nil), good...)
+	flipped[len(flipped)/3] ^= 0x40
+	noHash := good[:len(good)-32]
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name     string
+		data     []byte
+		skipHash bool
+		want     string
+	}{
+		{"one byte flipped", flipped, false, "fails etcd's integrity hash"},
+		{"truncated", good[:len(good)-100], false, "has no integrity hash"},
+		{"truncated to a hashed size", good[:len(good)-512], false, "fails etcd's integrity hash"},
+		{"empty", nil, false, "is empty"},
+		{"random bytes", random, false, "fails etcd's integrity hash"},
+		{"random bytes, hash check skipped", random[:len(random)-32], true, "does not open as etcd's database"},
+		{"a text file", []byte("not a snapshot\n"), false, "has no integrity hash"},
+		{"a database without its hash", noHash, false, "pass --skip-hash-check"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+			os.WriteFile(p, tc.data, 0o600)
+			_, err := Verify(p, tc.skipHash)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an error with %q", err, tc.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "\n") {
+				t.Errorf("error is not one line: %q", err)
+			}
+		})
+	}
+	// A database copied from a member's disk has no hash: accepted when
+	// asked to skip the check.
+	p := filepath.Join(dir, "member-db")
+	os.WriteFile(p, noHash, 0o600)
+	if info, err := Verify(p, true); err != nil || info.HasHash || info.TotalKeys != 90 {
+		t.Errorf("db without hash, skip-hash-check: %+v %v", info, err)
+	}
+}
