@@ -77,7 +77,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 		"pki/admin-key.pem", "pki/admin.pem", "pki/ca-config.json",
 		"pki/etcd-1-key.pem", "pki/etcd-1.pem", "pki/etcd-2-key.pem", "pki/etcd-2.pem", "pki/etcd-3-key.pem", "pki/etcd-3.pem",
 		"pki/etcd-ca-key.pem", "pki/etcd-ca.pem",
-		"prometheus.yml",
+		"prometheus-rules.yml", "prometheus.yml",
 	}
 	if strings.Join(files, " ") != strings.Join(want, " ") {
 		t.Errorf("files:\n%v\nwant\n%v", files, want)
@@ -129,7 +129,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("rerun: exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 20 unchanged") {
+	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 21 unchanged") {
 		t.Errorf("rerun output:\n%s", stdout)
 	}
 	after := tree(t, out)

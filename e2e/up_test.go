@@ -419,7 +419,23 @@ func prometheusScrapes(t *testing.T, u *upCluster) {
 		}
 		return out, nil
 	}
-	deadline := time.Now().Add(2 * time.Minute)
+	// The alert rules that prometheus.yml names are loaded.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/rules", port))
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), `"name":"EtcdMemberDown"`) && strings.Contains(string(b), `"name":"EtcdDatabaseNearQuota"`) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus did not load the alert rules\n%s", testvm.TailFile(filepath.Join(dir, "prometheus.log"), 15))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	deadline = time.Now().Add(2 * time.Minute)
 	for {
 		up, err1 := query("up")
 		leader, err2 := query("etcd_server_has_leader")

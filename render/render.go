@@ -151,7 +151,13 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	files = append(files, outdir.File{Path: rel(dir.Prometheus()), Data: prom, Mode: 0o644})
+	rules, err := Rules(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	files = append(files,
+		outdir.File{Path: rel(dir.Prometheus()), Data: prom, Mode: 0o644},
+		outdir.File{Path: RulesFile, Data: rules, Mode: 0o644})
 	for _, f := range files {
 		if f.Path != rel(dir.PKIFile(pki.CAKeyFile)) && pki.ContainsKey(f.Data, set.CAKey) {
 			return nil, nil, fmt.Errorf("render: %s would hold the CA private key; refusing to write it", f.Path)
@@ -207,8 +213,9 @@ func Prometheus(c *spec.Cluster, ep Endpoint) ([]byte, error) {
 		Global struct {
 			ScrapeInterval string `yaml:"scrape_interval"`
 		} `yaml:"global"`
+		RuleFiles     []string       `yaml:"rule_files"`
 		ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
-	}{}
+	}{RuleFiles: []string{RulesFile}}
 	doc.Global.ScrapeInterval = "10s"
 	job := scrapeConfig{JobName: "etcd"}
 	for _, m := range c.Members {

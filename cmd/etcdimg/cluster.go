@@ -119,9 +119,14 @@ func writeLocalToolConfigs(c *spec.Cluster, dir outdir.Layout) error {
 	if err != nil {
 		return err
 	}
+	rules, err := render.Rules(c)
+	if err != nil {
+		return err
+	}
 	_, err = outdir.Write(runDir(dir), []outdir.File{
 		{Path: filepath.Base(localEtcdctlEnv(dir)), Data: render.EtcdctlEnv(c, outdir.Layout(abs), ep), Mode: 0o644},
 		{Path: filepath.Base(localPrometheus(dir)), Data: prom, Mode: 0o644},
+		{Path: render.RulesFile, Data: rules, Mode: 0o644},
 	})
 	return err
 }
@@ -289,6 +294,7 @@ func downAndReport(w io.Writer, dir outdir.Layout) {
 	}
 	os.Remove(localEtcdctlEnv(dir))
 	os.Remove(localPrometheus(dir))
+	os.Remove(filepath.Join(runDir(dir), render.RulesFile))
 }
 
 func downCmd() *cobra.Command {

@@ -137,6 +137,6 @@ func printRender(w io.Writer, c *spec.Cluster, from string, dir outdir.Layout, r
 		fmt.Fprintf(w, "member   %-8s %-15s cert %-6s  %s (%d bytes, %s)\n", m.Name, m.IP, cert, dir.Ignition(m.Name), st.Size(), state(rel))
 	}
 	fmt.Fprintf(w, "etcdctl  source %s\n", dir.EtcdctlEnv())
-	fmt.Fprintf(w, "metrics  %s\n", dir.Prometheus())
+	fmt.Fprintf(w, "metrics  %s (alert rules in %s)\n", dir.Prometheus(), render.RulesFile)
 	fmt.Fprintf(w, "%d files, %d written, %d unchanged\n", len(res.Files), len(res.Changed), len(res.Files)-len(res.Changed))
 }

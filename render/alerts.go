@@ -1,0 +1,76 @@
+package render
+
+import (
+	"bytes"
+	"fmt"
+
+	"gopkg.in/yaml.v3"
+
+	"etcdimg/spec"
+)
+
+// RulesFile is the alert rules' file name, beside prometheus.yml, which
+// names it in rule_files (Prometheus reads it relative to its config).
+const RulesFile = "prometheus-rules.yml"
+
+// Alert is one Prometheus alerting rule.
+type Alert struct {
+	Alert       string            `yaml:"alert"`
+	Expr        string            `yaml:"expr"`
+	For         string            `yaml:"for"`
+	Labels      map[string]string `yaml:"labels"`
+	Annotations map[string]string `yaml:"annotations"`
+}
+
+// Alerts are the rules an operator of the cluster expects, on metrics
+// every member exports today. Backup age and certificate expiry join
+// them when the members export those.
+func Alerts(c *spec.Cluster) []Alert {
+	sel := fmt.Sprintf(`job="etcd",cluster=%q`, c.Name)
+	return []Alert{
+		{
+			Alert: "EtcdMemberDown",
+			Expr:  fmt.Sprintf(`up{%s} == 0`, sel),
+			For:   "1m", Labels: map[string]string{"severity": "critical"},
+			Annotations: map[string]string{"summary": "etcd member {{ $labels.member }} of {{ $labels.cluster }} has not answered a scrape for a minute"},
+		},
+		{
+			Alert: "EtcdNoLeader",
+			Expr:  fmt.Sprintf(`etcd_server_has_leader{%s} == 0`, sel),
+			For:   "1m", Labels: map[string]string{"severity": "critical"},
+			Annotations: map[string]string{"summary": "etcd member {{ $labels.member }} of {{ $labels.cluster }} has had no leader for a minute: it cannot serve writes"},
+		},
+		{
+			Alert: "EtcdDatabaseNearQuota",
+			Expr:  fmt.Sprintf(`etcd_mvcc_db_total_size_in_bytes{%[1]s} / etcd_server_quota_backend_bytes{%[1]s} > 0.8`, sel),
+			For:   "10m", Labels: map[string]string{"severity": "warning"},
+			Annotations: map[string]string{"summary": "etcd member {{ $labels.member }} of {{ $labels.cluster }}: the database is {{ $value | humanizePercentage }} of its quota; compact and defragment, or raise etcd.backendQuota, before writes stop with NOSPACE"},
+		},
+		{
+			Alert: "EtcdFrequentLeaderChanges",
+			Expr:  fmt.Sprintf(`increase(etcd_server_leader_changes_seen_total{%s}[15m]) > 3`, sel),
+			For:   "5m", Labels: map[string]string{"severity": "warning"},
+			Annotations: map[string]string{"summary": "etcd member {{ $labels.member }} of {{ $labels.cluster }} saw more than 3 leader changes in 15 minutes: the network or the disks are too slow for the election timeout"},
+		},
+	}
+}
+
+// Rules is prometheus-rules.yml.
+func Rules(c *spec.Cluster) ([]byte, error) {
+	type group struct {
+		Name  string  `yaml:"name"`
+		Rules []Alert `yaml:"rules"`
+	}
+	doc := struct {
+		Groups []group `yaml:"groups"`
+	}{Groups: []group{{Name: "etcd-" + c.Name, Rules: Alerts(c)}}}
+	var b bytes.Buffer
+	b.WriteString("# Alert rules for the etcd cluster " + c.Name + ", written by etcdimg; prometheus.yml loads them.\n")
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
+		return nil, fmt.Errorf("render: encode %s: %w", RulesFile, err)
+	}
+	enc.Close()
+	return b.Bytes(), nil
+}

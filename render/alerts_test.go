@@ -1,0 +1,119 @@
+package render
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"etcdimg/spec"
+)
+
+// ruleTests are promtool unit tests of every alert: each fires on the
+// series that should raise it, after its "for", and not on a healthy
+// cluster's.
+const ruleTests = `rule_files: [prometheus-rules.yml]
+evaluation_interval: 30s
+tests:
+  - interval: 30s
+    input_series:
+      - series: 'up{job="etcd",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '1x20'
+      - series: 'up{job="etcd",cluster="etcd-cluster-1",member="etcd-2"}'
+        values: '1 1 0x20'
+      - series: 'etcd_server_has_leader{job="etcd",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '1x20'
+      - series: 'etcd_server_has_leader{job="etcd",cluster="etcd-cluster-1",member="etcd-3"}'
+        values: '1 1 1 0x20'
+    alert_rule_test:
+      - eval_time: 30s
+        alertname: EtcdMemberDown
+        exp_alerts: []
+      - eval_time: 3m
+        alertname: EtcdMemberDown
+        exp_alerts:
+          - exp_labels: {severity: critical, job: etcd, cluster: etcd-cluster-1, member: etcd-2}
+            exp_annotations:
+              summary: "etcd member etcd-2 of etcd-cluster-1 has not answered a scrape for a minute"
+      - eval_time: 1m
+        alertname: EtcdNoLeader
+        exp_alerts: []
+      - eval_time: 3m
+        alertname: EtcdNoLeader
+        exp_alerts:
+          - exp_labels: {severity: critical, job: etcd, cluster: etcd-cluster-1, member: etcd-3}
+            exp_annotations:
+              summary: "etcd member etcd-3 of etcd-cluster-1 has had no leader for a minute: it cannot serve writes"
+  - interval: 1m
+    input_series:
+      - series: 'etcd_mvcc_db_total_size_in_bytes{job="etcd",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '1700000000x20'
+      - series: 'etcd_server_quota_backend_bytes{job="etcd",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '2000000000x20'
+      - series: 'etcd_mvcc_db_total_size_in_bytes{job="etcd",cluster="etcd-cluster-1",member="etcd-2"}'
+        values: '1000000000x20'
+      - series: 'etcd_server_quota_backend_bytes{job="etcd",cluster="etcd-cluster-1",member="etcd-2"}'
+        values: '2000000000x20'
+      - series: 'etcd_server_leader_changes_seen_total{job="etcd",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1'
+      - series: 'etcd_server_leader_changes_seen_total{job="etcd",cluster="etcd-cluster-1",member="etcd-2"}'
+        values: '1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: EtcdDatabaseNearQuota
+        exp_alerts: []
+      - eval_time: 12m
+        alertname: EtcdDatabaseNearQuota
+        exp_alerts:
+          - exp_labels: {severity: warning, job: etcd, cluster: etcd-cluster-1, member: etcd-1}
+            exp_annotations:
+              summary: "etcd member etcd-1 of etcd-cluster-1: the database is 85% of its quota; compact and defragment, or raise etcd.backendQuota, before writes stop with NOSPACE"
+      - eval_time: 15m
+        alertname: EtcdFrequentLeaderChanges
+        exp_alerts:
+          - exp_labels: {severity: warning, job: etcd, cluster: etcd-cluster-1, member: etcd-2}
+            exp_annotations:
+              summary: "etcd member etcd-2 of etcd-cluster-1 saw more than 3 leader changes in 15 minutes: the network or the disks are too slow for the election timeout"
+`
+
+// TestAlertRulesPassPromtool checks the rendered rules and the scrape
+// config that loads them with Debian's promtool, and runs promtool's own
+// unit tests of every alert.
+func TestAlertRulesPassPromtool(t *testing.T) {
+	if _, err := exec.LookPath("promtool"); err != nil {
+		t.Fatal("promtool is missing: `make deps` installs Debian's prometheus")
+	}
+	c := spec.Default(3)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	rules, err := Rules(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom, err := Prometheus(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, RulesFile), rules, 0o644)
+	os.WriteFile(filepath.Join(dir, "prometheus.yml"), prom, 0o644)
+	os.WriteFile(filepath.Join(dir, "tests.yml"), []byte(ruleTests), 0o644)
+	for _, args := range [][]string{
+		{"check", "rules", RulesFile},
+		{"check", "config", "prometheus.yml"},
+		{"test", "rules", "tests.yml"},
+	} {
+		cmd := exec.Command("promtool", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	for _, a := range Alerts(c) {
+		if !strings.Contains(ruleTests, "alertname: "+a.Alert) {
+			t.Errorf("alert %s has no promtool test", a.Alert)
+		}
+	}
+}
