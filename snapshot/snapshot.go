@@ -15,8 +15,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/olekukonko/tablewriter"
+	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 	"go.uber.org/zap"
 )
@@ -83,12 +85,15 @@ func Verify(path string, skipHash bool) (info Info, err error) {
 		}
 	}
 	info.SHA256 = hex.EncodeToString(whole.Sum(nil))
+	// What makes a database etcd's is its buckets (a cluster that never
+	// stored a key has no revision to show); checked first, as etcd's
+	// status code assumes them.
+	if err := etcdBuckets(path); err != nil {
+		return info, fmt.Errorf("snapshot: %s is not an etcd snapshot: %w", path, err)
+	}
 	st2, err := status(path)
 	if err != nil {
 		return info, fmt.Errorf("snapshot: %s does not open as etcd's database: %w", path, err)
-	}
-	if st2.Revision < 1 {
-		return info, fmt.Errorf("snapshot: %s is a database without etcd's keys (no revision): not an etcd snapshot", path)
 	}
 	info.Hash, info.Revision, info.TotalKeys, info.TotalSize, info.Version = st2.Hash, st2.Revision, st2.TotalKey, st2.TotalSize, st2.Version
 	return info, nil
@@ -108,6 +113,24 @@ func status(path string) (st snapshot.Status, err error) {
 		return st, errors.New(oneLine(err.Error()))
 	}
 	return st, nil
+}
+
+// etcdBuckets checks that the database has the buckets every etcd
+// keeps: "meta" (its consistent index) and "key" (the keyspace).
+func etcdBuckets(path string) error {
+	db, err := bolt.Open(path, 0o400, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.View(func(tx *bolt.Tx) error {
+		for _, b := range []string{"meta", "key"} {
+			if tx.Bucket([]byte(b)) == nil {
+				return fmt.Errorf("a database without etcd's %q bucket", b)
+			}
+		}
+		return nil
+	})
 }
 
 func oneLine(s string) string { return string(bytes.Join(bytes.Fields([]byte(s)), []byte(" "))) }

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"net"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	csnap "go.etcd.io/etcd/client/v3/snapshot"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -31,7 +33,11 @@ func freeURL(t *testing.T) url.URL {
 
 // realSnapshot runs a real etcd (embedded), writes 100 keys and deletes
 // 10 of them, and saves a snapshot as etcdctl does.
-func realSnapshot(t *testing.T) string {
+func realSnapshot(t *testing.T) string { return snapshotOf(t, 100, 10) }
+
+// snapshotOf saves a snapshot of a real etcd after puts keys written and
+// deletes of them deleted.
+func snapshotOf(t *testing.T, puts, deletes int) string {
 	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
@@ -58,12 +64,12 @@ func realSnapshot(t *testing.T) string {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for i := range 100 {
+	for i := range puts {
 		if _, err := cli.Put(ctx, fmt.Sprintf("/k/%03d", i), "v"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i := range 10 {
+	for i := range deletes {
 		if _, err := cli.Delete(ctx, fmt.Sprintf("/k/%03d", i)); err != nil {
 			t.Fatal(err)
 		}
@@ -93,6 +99,16 @@ func TestVerifyReadsARealSnapshot(t *testing.T) {
 	}
 }
 
+// TestVerifyAcceptsAnEmptyCluster: a cluster that never stored a key has
+// no revision in its key bucket, and its snapshot is still etcd's (found
+// by `snapshot save` on a fresh cluster).
+func TestVerifyAcceptsAnEmptyCluster(t *testing.T) {
+	info, err := Verify(snapshotOf(t, 0, 0), false)
+	if err != nil || info.TotalKeys != 0 {
+		t.Fatalf("empty cluster: %+v %v", info, err)
+	}
+}
+
 // TestVerifyRefusesBrokenSnapshots: each kind of damage is refused with
 // its own reason.
 func TestVerifyRefusesBrokenSnapshots(t *testing.T) {
@@ -117,7 +133,7 @@ func TestVerifyRefusesBrokenSnapshots(t *testing.T) {
 		{"truncated to a hashed size", good[:len(good)-512], false, "fails etcd's integrity hash"},
 		{"empty", nil, false, "is empty"},
 		{"random bytes", random, false, "fails etcd's integrity hash"},
-		{"random bytes, hash check skipped", random[:len(random)-32], true, "does not open as etcd's database"},
+		{"random bytes, hash check skipped", random[:len(random)-32], true, "is not an etcd snapshot"},
 		{"a text file", []byte("not a snapshot\n"), false, "has no integrity hash"},
 		{"a database without its hash", noHash, false, "pass --skip-hash-check"},
 	} {
@@ -139,5 +155,26 @@ func TestVerifyRefusesBrokenSnapshots(t *testing.T) {
 	os.WriteFile(p, noHash, 0o600)
 	if info, err := Verify(p, true); err != nil || info.HasHash || info.TotalKeys != 90 {
 		t.Errorf("db without hash, skip-hash-check: %+v %v", info, err)
+	}
+}
+
+// TestVerifyRefusesAForeignDatabase: a bbolt database that is not etcd's,
+// even with a correct hash at its end, is refused.
+func TestVerifyRefusesAForeignDatabase(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "other.db")
+	db, err := bolt.Open(p, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucket([]byte("something-else"))
+		return err
+	})
+	db.Close()
+	b, _ := os.ReadFile(p)
+	sum := sha256.Sum256(b)
+	os.WriteFile(p, append(b, sum[:]...), 0o600)
+	if _, err := Verify(p, false); err == nil || !strings.Contains(err.Error(), `without etcd's "meta" bucket`) {
+		t.Errorf("a foreign database: %v", err)
 	}
 }
