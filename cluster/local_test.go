@@ -111,6 +111,14 @@ func TestProcessMatchesTheExactCommandLine(t *testing.T) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	p := testvm.Process{PID: cmd.Process.Pid, Args: cmd.Args}
+	// The parent of a vfork resumes before the kernel has set the new
+	// program's argument area: wait (bounded) until the command line is
+	// readable at all.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID)); len(b) > 0 {
+			break
+		}
+	}
 	if !p.Running() {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
 		t.Fatalf("the recorded process is not seen running: %q vs %q", b, p.Args)
