@@ -52,9 +52,6 @@ type ReplaceOptions struct {
 // healthy first; the member itself may be down or gone. If it leads, the
 // leadership is moved away before it goes down.
 func (l *Lifecycle) Replace(ctx context.Context, member string, o ReplaceOptions) error {
-	if !slices.Contains(l.Members, member) {
-		return fmt.Errorf("no member %q in the spec; members: %s", member, strings.Join(l.Members, ", "))
-	}
 	start := time.Now()
 	snap, others, err := l.checkReplace(ctx, member)
 	if err != nil {

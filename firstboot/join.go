@@ -125,6 +125,16 @@ func readSelf(root string) (*self, error) {
 	return s, nil
 }
 
+// client is an etcd client with this member's certificate.
+func (s *self) client(dial time.Duration, endpoints ...string) (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: s.tls, DialTimeout: dial, Logger: zap.NewNop()})
+}
+
+// localURL is this member's own client URL.
+func (s *self) localURL() string {
+	return "https://" + net.JoinHostPort(s.IP, strconv.Itoa(layout.ClientPort))
+}
+
 // peerState is what one peer said.
 type peerState struct {
 	Name string
@@ -167,7 +177,7 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 	go func() {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.ClientURL}, TLS: s.tls, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		cli, err := s.client(2*time.Second, p.ClientURL)
 		if err != nil {
 			sc <- status{err: err}
 			return
@@ -358,7 +368,7 @@ func (s *self) join(ctx context.Context, states []peerState) (*joinPlan, error) 
 			eps = append(eps, s.Peers[i].ClientURL)
 		}
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, TLS: s.tls, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+	cli, err := s.client(3*time.Second, eps...)
 	if err != nil {
 		return nil, err
 	}
@@ -439,11 +449,11 @@ func (s *self) promote(ctx context.Context, id uint64) {
 	for _, p := range s.Peers {
 		eps = append(eps, p.ClientURL)
 	}
-	eps = append(eps, "https://"+net.JoinHostPort(s.IP, strconv.Itoa(layout.ClientPort)))
+	eps = append(eps, s.localURL())
 	start := time.Now()
 	lastSaid := time.Now()
 	for {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: eps, TLS: s.tls, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+		cli, err := s.client(3*time.Second, eps...)
 		if err == nil {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_, err = cli.MemberPromote(cctx, id)
@@ -471,9 +481,9 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 // recordClusterID waits for etcd to answer locally and writes the
 // cluster ID it reports into the data disk's marker.
 func (s *self) recordClusterID(ctx context.Context) {
-	local := "https://" + net.JoinHostPort(s.IP, strconv.Itoa(layout.ClientPort))
+	local := s.localURL()
 	for {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{local}, TLS: s.tls, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+		cli, err := s.client(3*time.Second, local)
 		if err == nil {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			r, err := cli.Status(cctx, local)

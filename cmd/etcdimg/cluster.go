@@ -95,6 +95,15 @@ func adminEtcd(c *spec.Cluster, dir outdir.Layout) (*cluster.Etcd, error) {
 	return &cluster.Etcd{Endpoints: endpoints(c, dir), TLS: tlsCfg}, nil
 }
 
+// builtEtcd is adminEtcd on the output directory that `build` wrote.
+func builtEtcd(out string) (*cluster.Etcd, error) {
+	c, dir, err := loadBuilt(out)
+	if err != nil {
+		return nil, err
+	}
+	return adminEtcd(c, dir)
+}
+
 // outFlag registers --out, the output directory every command reads.
 func outFlag(c *cobra.Command, out *string) {
 	c.Flags().StringVar(out, "out", outdir.Default, "output directory")
@@ -204,17 +213,16 @@ func upCmd() *cobra.Command {
 				fmt.Fprintf(w, "member   %-8s %-15s pid %-7d client https://127.0.0.1:%d  metrics http://127.0.0.1:%d  console %s\n",
 					m.Name, m.IP, m.QEMU.PID, m.Client, m.Metrics, m.Console)
 			}
-			tlsCfg, err := health.TLS(dir.PKIFile(pki.CACertFile), dir.PKIFile(pki.AdminCert), dir.PKIFile(pki.AdminKey))
+			e, err := adminEtcd(c, dir)
 			if err != nil {
 				return err
 			}
-			eps := endpoints(c, dir)
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			var rs []health.Result
 			deadline := time.Now().Add(timeout)
 			for {
-				rs = health.Check(ctx, eps, tlsCfg, 2*time.Second)
+				rs = health.Check(ctx, e.Endpoints, e.TLS, 2*time.Second)
 				if health.Healthy(rs) || time.Now().After(deadline) || ctx.Err() != nil {
 					break
 				}
@@ -375,11 +383,7 @@ func healthCmd() *cobra.Command {
 		Short: "Check every member over mTLS; print ENDPOINT, HEALTH, TOOK, ERROR; exit 1 if any is unhealthy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dir, err := loadBuilt(out)
-			if err != nil {
-				return err
-			}
-			e, err := adminEtcd(c, dir)
+			e, err := builtEtcd(out)
 			if err != nil {
 				return err
 			}

@@ -28,11 +28,7 @@ func snapshotSaveCmd() *cobra.Command {
 		Short: "Save a snapshot from the healthiest member over mTLS, verify it, then write FILE",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, dir, err := loadBuilt(out)
-			if err != nil {
-				return err
-			}
-			e, err := adminEtcd(c, dir)
+			e, err := builtEtcd(out)
 			if err != nil {
 				return err
 			}
