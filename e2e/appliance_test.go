@@ -345,7 +345,7 @@ func TestBuildBootsHealthyMember(t *testing.T) {
 	if err := m.vm.Shutdown(time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.vm.WaitConsole("unmounted /var/lib/etcd", time.Second); err != nil {
+	if err := m.vm.WaitConsole("unmounted "+layout.DataMount, time.Second); err != nil {
 		t.Error(err)
 	}
 	if out, err := exec.Command("e2fsck", "-fn", data).CombinedOutput(); err != nil {
@@ -388,7 +388,7 @@ func TestBuildBootsHealthyMember(t *testing.T) {
 	if err := m2.vm.Wait(time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if err := m2.vm.WaitConsole("unmounted /var/lib/etcd", time.Second); err != nil {
+	if err := m2.vm.WaitConsole("unmounted "+layout.DataMount, time.Second); err != nil {
 		t.Errorf("ctrl-alt-del: %v", err)
 	}
 	if err := m2.vm.WaitConsole("powering off (signal interrupt)", time.Second); err != nil {

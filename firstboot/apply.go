@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"etcdimg/ignition/ign"
+	"etcdimg/layout"
 )
 
 // UnitDir is where applied units are written, as on a systemd host.
@@ -106,7 +107,7 @@ func supported(cfg ign.Config) error {
 	case len(s.Disks) > 0:
 		return errors.New("firstboot: storage.disks is not supported; the appliance finds and formats its data disk itself")
 	case len(s.Filesystems) > 0:
-		return errors.New("firstboot: storage.filesystems is not supported; the appliance mounts its data disk at /var/lib/etcd itself")
+		return errors.New("firstboot: storage.filesystems is not supported; the appliance mounts its data disk at " + layout.DataMount + " itself")
 	case len(s.Raid) > 0 || len(s.Luks) > 0:
 		return errors.New("firstboot: storage.raid and storage.luks are not supported; remove them")
 	case len(cfg.Passwd.Users) > 0 || len(cfg.Passwd.Groups) > 0:

@@ -26,6 +26,7 @@ import (
 
 	"etcdimg/ignition/ign"
 	"etcdimg/layout"
+	"etcdimg/snapshot"
 )
 
 // Bootstrap or join, decided here with nothing from outside the cluster:
@@ -61,8 +62,16 @@ type self struct {
 	PeerURL       string
 	Peers         []peer // the other members of the spec
 	Quota         int64
-	tls           *tls.Config // our certificate as a client, the CA as the trust
-	serverTLS     *tls.Config // our certificate as a server, clients must have the CA's
+	// InitialCluster is etcd.conf's ETCD_INITIAL_CLUSTER, and WantID the
+	// cluster ID that it and the token give: the only cluster this member
+	// may ever join.
+	InitialCluster string
+	WantID         uint64
+	// Restore, when the image carries a snapshot, is what a new cluster
+	// starts from instead of an empty keyspace.
+	Restore   *ign.RestoreConfig
+	tls       *tls.Config // our certificate as a client, the CA as the trust
+	serverTLS *tls.Config // our certificate as a server, clients must have the CA's
 }
 
 // peer is another member of the spec.
@@ -94,6 +103,18 @@ func readSelf(root string) (*self, error) {
 		return nil, fmt.Errorf("ETCD_INITIAL_ADVERTISE_PEER_URLS: %w", err)
 	}
 	s.IP = u.Hostname()
+	if b, err := os.ReadFile(filepath.Join(root, layout.RestoreConfigPath)); err == nil {
+		s.Restore = &ign.RestoreConfig{}
+		if err := json.Unmarshal(b, s.Restore); err != nil || s.Restore.Size <= 0 || len(s.Restore.SHA256) != 64 {
+			return nil, fmt.Errorf("%s: not a restore config (%v); rebuild the images with `etcdimg restore`", layout.RestoreConfigPath, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	s.InitialCluster = env["ETCD_INITIAL_CLUSTER"]
+	if s.WantID, err = snapshot.ClusterID(s.Cluster, s.InitialCluster); err != nil {
+		return nil, err
+	}
 	if q := env["ETCD_QUOTA_BACKEND_BYTES"]; q != "" {
 		s.Quota, _ = strconv.ParseInt(q, 10, 64)
 	}
@@ -154,6 +175,7 @@ type peerState struct {
 func (s *self) observe(ctx context.Context, p peer) peerState {
 	st := peerState{Name: p.Name, State: "unreachable"}
 	hc := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: s.tls, DisableKeepAlives: true}}
+	var header http.Header
 	get := func(path string) (int, []byte, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(p.PeerURL, "/")+path, nil)
 		if err != nil {
@@ -164,7 +186,8 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 			return 0, nil, err
 		}
 		defer resp.Body.Close()
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		header = resp.Header
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		return resp.StatusCode, body, nil
 	}
 	// etcd's Status on the client port is asked at the same time: each
@@ -215,6 +238,27 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 		}
 		if json.Unmarshal(body, &v) == nil && v.Cluster == "not_decided" {
 			st.State, st.Detail = "bootstrapping", "bootstrapping a new cluster"
+			return st
+		}
+	}
+	// A peer restored from a snapshot has decided a version (the
+	// snapshot's) but, until a quorum of restored members forms, no
+	// member of its cluster has ever published a client URL. Such a peer
+	// of this very cluster is starting it, as a bootstrapping one is.
+	if code, body, err := get("/members"); err == nil && code == http.StatusOK {
+		var members []struct {
+			ClientURLs []string `json:"clientURLs"`
+		}
+		id, _ := strconv.ParseUint(header.Get("X-Etcd-Cluster-ID"), 16, 64)
+		st.ClusterID = id
+		served := false
+		if json.Unmarshal(body, &members) == nil {
+			for _, m := range members {
+				served = served || len(m.ClientURLs) > 0
+			}
+			if !served && id != 0 && id == s.WantID {
+				st.State, st.Detail = "restored", "restored from the snapshot, waiting for a quorum"
+			}
 		}
 	}
 	return st
@@ -243,15 +287,16 @@ const (
 )
 
 // decide is the rule: join when etcd answers anywhere; new only when
-// every peer is blank, or has itself just started a new cluster (which it
-// did only because every member was blank); else wait.
+// every peer is blank, or has itself just started this new cluster
+// (which it did only because every member was blank) or restored it from
+// the image's snapshot; else wait.
 func decide(states []peerState) string {
 	blank := 0
 	for _, st := range states {
 		switch st.State {
 		case "etcd":
 			return decideJoin
-		case "blank", "bootstrapping":
+		case "blank", "bootstrapping", "restored":
 			blank++
 		}
 	}
@@ -293,6 +338,7 @@ func (s *self) serveProbe() (stop func(), err error) {
 type joinPlan struct {
 	Env     []string // ETCD_* overrides for etcd.service
 	Learner uint64   // our member ID when we joined as a learner
+	New     bool     // the member starts the cluster (or restores it)
 	Detail  string
 }
 
@@ -300,7 +346,7 @@ type joinPlan struct {
 // only with a decision, or when ctx ends.
 func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 	if len(s.Peers) == 0 {
-		return &joinPlan{Detail: "a one-member cluster: new"}, nil
+		return &joinPlan{Detail: "a one-member cluster: new", New: true}, nil
 	}
 	stop, err := s.serveProbe()
 	if err != nil {
@@ -315,11 +361,17 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 	lastSaid := time.Time{}
 	for {
 		states := s.observeAll(ctx)
+		if why := s.foreignPeers(states); why != "" {
+			return nil, errors.New(why)
+		}
 		switch decide(states) {
 		case decideNew:
 			stop()
 			stopped = true
-			return &joinPlan{Detail: "every member of the spec has a blank disk: bootstrapping a new cluster"}, nil
+			if s.Restore != nil {
+				return &joinPlan{Detail: "every member of the spec has a blank disk or is restoring: restoring this member from the image's snapshot", New: true}, nil
+			}
+			return &joinPlan{Detail: "every member of the spec has a blank disk: bootstrapping a new cluster", New: true}, nil
 		case decideJoin:
 			plan, err := s.join(ctx, states)
 			if err == nil {
@@ -503,6 +555,19 @@ func (s *self) recordClusterID(ctx context.Context) {
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// foreignPeers says why this member must not join, if a peer of the
+// spec runs a cluster other than the one this image belongs to: an image
+// of a cluster that was since rebuilt (restored with a new token, say)
+// never joins the new one, even with a blank disk and the same CA.
+func (s *self) foreignPeers(states []peerState) string {
+	for _, st := range states {
+		if st.ClusterID != 0 && st.ClusterID != s.WantID {
+			return fmt.Sprintf("%s runs cluster %x, but this image belongs to cluster %x (token %s): refusing to join another cluster; boot this member from an image of the running cluster (`etcdimg build` in its directory)", st.Name, st.ClusterID, s.WantID, s.Cluster)
+		}
+	}
+	return ""
 }
 
 // foreignCluster says why the disk's data must not serve, if a peer runs

@@ -131,7 +131,7 @@ func (n *node) boot() error {
 	}
 	var formatted bool
 	if err := step("prepare data disk", func() (string, error) {
-		dev, what, f, err := prepareDataDisk(layout.DataDir, intent{Cluster: me.Cluster, Member: me.Name})
+		dev, what, f, err := prepareDataDisk(layout.DataMount, intent{Cluster: me.Cluster, Member: me.Name})
 		if err == nil {
 			n.mu.Lock()
 			n.dataDev = dev
@@ -170,9 +170,16 @@ func (n *node) boot() error {
 			if plan, err = me.bootstrapOrJoin(n.ctx); err != nil {
 				return "", err
 			}
+			if plan.New && me.Restore != nil {
+				what, err := me.restoreFromImage()
+				if err != nil {
+					return "", err
+				}
+				plan.Detail += "; " + what
+			}
 		}
 		env := plan.Env
-		if quota, total, err := fitQuota(layout.DataDir, me.Quota); err == nil && quota < me.Quota {
+		if quota, total, err := fitQuota(layout.DataMount, me.Quota); err == nil && quota < me.Quota {
 			env = append(env, fmt.Sprintf("ETCD_QUOTA_BACKEND_BYTES=%d", quota))
 			logf("backend quota %d MiB lowered to %d MiB: the data disk holds %d MiB, and keeps %d MiB for the WAL and snapshots", me.Quota>>20, quota>>20, total>>20, quotaReserve>>20)
 		}
@@ -253,11 +260,11 @@ func (n *node) shutdown(reason string) {
 	}
 	unix.Sync()
 	if dev != "" {
-		if err := unix.Unmount(layout.DataDir, 0); err != nil {
-			logf("unmount %s: %v; remounting read-only", layout.DataDir, err)
-			unix.Mount("", layout.DataDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+		if err := unix.Unmount(layout.DataMount, 0); err != nil {
+			logf("unmount %s: %v; remounting read-only", layout.DataMount, err)
+			unix.Mount("", layout.DataMount, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
 		} else {
-			logf("unmounted %s (%s)", layout.DataDir, dev)
+			logf("unmounted %s (%s)", layout.DataMount, dev)
 		}
 	}
 	unix.Sync()

@@ -31,6 +31,13 @@ func hasEtcdData(dir string) bool {
 // this cluster and records it if it has no owner yet. Data of another
 // cluster or member is refused: etcd never starts on it.
 func claimDisk(s *self) (hasData bool, m marker, detail string, err error) {
+	moved, err := adoptLegacyLayout(layout.LegacyMemberDir, layout.DataDir)
+	if err != nil {
+		return false, m, "", fmt.Errorf("move etcd's data into %s: %w", layout.DataDir, err)
+	}
+	if err := os.MkdirAll(layout.BackupDir, 0o700); err != nil {
+		return false, m, "", err
+	}
 	hasData = hasEtcdData(layout.DataDir)
 	b, err := os.ReadFile(layout.MarkerFile)
 	switch {
@@ -39,7 +46,11 @@ func claimDisk(s *self) (hasData bool, m marker, detail string, err error) {
 			return false, m, "", fmt.Errorf("%s is not readable (%v); not starting etcd on a disk of unknown owner", layout.MarkerFile, err)
 		}
 		if m.Cluster != s.Cluster || m.Member != s.Name {
-			return false, m, "", fmt.Errorf("the data disk belongs to member %s of cluster %s, not %s of %s: not using it; attach this member's own disk or a blank one", m.Member, m.Cluster, s.Name, s.Cluster)
+			why := fmt.Errorf("the data disk belongs to member %s of cluster %s, not %s of %s: not using it; attach this member's own disk or a blank one", m.Member, m.Cluster, s.Name, s.Cluster)
+			if s.Restore != nil {
+				why = fmt.Errorf("%w (this image restores its snapshot onto a blank disk only; nothing on this disk was changed)", why)
+			}
+			return false, m, "", why
 		}
 		detail = fmt.Sprintf("disk of %s/%s", m.Cluster, m.Member)
 	case errors.Is(err, fs.ErrNotExist):
@@ -57,12 +68,44 @@ func claimDisk(s *self) (hasData bool, m marker, detail string, err error) {
 	if m.ClusterID != "" {
 		detail += ", cluster ID " + m.ClusterID
 	}
+	if moved {
+		detail += "; etcd's data moved from the disk's root into " + layout.DataDir
+	}
 	if hasData {
 		detail += "; holds etcd data"
 	} else {
 		detail += "; no etcd data"
 	}
 	return hasData, m, detail, nil
+}
+
+// adoptLegacyLayout moves the member directory of a disk written when
+// etcd's data directory was the disk's root (legacy) into dataDir, by one
+// rename on the same file system: nothing is copied, nothing deleted. A
+// disk interrupted between the mkdir and the rename is finished next boot.
+func adoptLegacyLayout(legacy, dataDir string) (bool, error) {
+	if _, err := os.Stat(legacy); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	target := filepath.Join(dataDir, "member")
+	if _, err := os.Stat(target); err == nil {
+		return false, fmt.Errorf("both %s and %s exist; not choosing between them: move one aside", legacy, target)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return false, err
+	}
+	if err := os.Rename(legacy, target); err != nil {
+		return false, err
+	}
+	for _, d := range []string{dataDir, filepath.Dir(legacy)} {
+		if f, err := os.Open(d); err == nil {
+			f.Sync()
+			f.Close()
+		}
+	}
+	return true, nil
 }
 
 // writeMarker writes the marker durably: temporary file, sync, rename,
@@ -81,7 +124,7 @@ func writeMarker(m marker) error {
 	if err := os.Rename(tmp, layout.MarkerFile); err != nil {
 		return err
 	}
-	if d, err := os.Open(layout.DataDir); err == nil {
+	if d, err := os.Open(layout.DataMount); err == nil {
 		d.Sync()
 		d.Close()
 	}

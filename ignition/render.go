@@ -14,6 +14,7 @@ package ignition
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -46,20 +47,39 @@ type Config struct {
 	Ignition []byte // the .ign it translates to
 }
 
+// Options are what a member's config holds beyond the spec and its
+// certificates.
+type Options struct {
+	// Token is the initial-cluster token; "" means the spec's name. A
+	// restore picks a new one, so that no member of the old cluster can
+	// ever join the new.
+	Token string
+	// Restore, when set, makes the member's config name the snapshot its
+	// image carries (layout.RestoreConfigPath).
+	Restore *ign.RestoreConfig
+}
+
+func (o Options) token(c *spec.Cluster) string {
+	if o.Token != "" {
+		return o.Token
+	}
+	return c.Name
+}
+
 // Render builds member m's config. c must be validated.
-func Render(c *spec.Cluster, m spec.Member, certs Certs) (Config, error) {
+func Render(c *spec.Cluster, m spec.Member, certs Certs, o Options) (Config, error) {
 	doc := butaneConfig{
 		Variant: butaneVariant,
 		Version: butaneVersion,
 		Storage: butaneStorage{
 			Directories: []butaneDir{
 				{Path: ign.CertDir, Mode: 0o700},
-				{Path: layout.DataDir, Mode: 0o700},
+				{Path: layout.DataMount, Mode: 0o700},
 			},
 			Files: []butaneFile{
 				file(ign.HostnamePath, 0o644, m.Name+"\n"),
 				file(ign.HostsPath, 0o644, string(Hosts(c))),
-				file(ign.EtcdConfPath, 0o644, string(EtcdConf(c, m))),
+				file(ign.EtcdConfPath, 0o644, string(EtcdConf(c, m, o.token(c)))),
 				file(ign.CACertPath, 0o644, string(certs.CA)),
 				file(ign.CertPath, 0o644, string(certs.Cert)),
 				file(ign.KeyPath, 0o600, string(certs.Key)),
@@ -69,6 +89,13 @@ func Render(c *spec.Cluster, m spec.Member, certs Certs) (Config, error) {
 		Systemd: butaneSystemd{Units: []butaneUnit{
 			{Name: ign.EtcdUnitName, Enabled: true, Contents: EtcdUnit()},
 		}},
+	}
+	if o.Restore != nil {
+		b, err := json.Marshal(o.Restore)
+		if err != nil {
+			return Config{}, fmt.Errorf("ignition: %s: %w", m.Name, err)
+		}
+		doc.Storage.Files = append(doc.Storage.Files, file(layout.RestoreConfigPath, 0o644, string(b)+"\n"))
 	}
 	var bu bytes.Buffer
 	fmt.Fprintf(&bu, "# Butane source of %s's Ignition config, written by etcdimg.\n", m.Name)
@@ -99,7 +126,7 @@ func Render(c *spec.Cluster, m spec.Member, certs Certs) (Config, error) {
 // EtcdConf is the member's /etc/etcd/etcd.conf: the runbook's ETCD_*
 // environment file, with mTLS on both ports and plain-HTTP metrics and
 // health on MetricsPort.
-func EtcdConf(c *spec.Cluster, m spec.Member) []byte {
+func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 	ip := m.IP
 	url := func(scheme, host string, port int) string { return fmt.Sprintf("%s://%s:%d", scheme, host, port) }
 	// Loopback is added so tools on the member reach it without its
@@ -129,7 +156,7 @@ func EtcdConf(c *spec.Cluster, m spec.Member) []byte {
 		{"ETCD_INITIAL_ADVERTISE_PEER_URLS", url("https", ip, layout.PeerPort)},
 		{"ETCD_INITIAL_CLUSTER_STATE", "new"},
 		{"ETCD_INITIAL_CLUSTER", strings.Join(initial, ",")},
-		{"ETCD_INITIAL_CLUSTER_TOKEN", c.Name},
+		{"ETCD_INITIAL_CLUSTER_TOKEN", token},
 		{"ETCD_ADVERTISE_CLIENT_URLS", url("https", ip, layout.ClientPort)},
 		{"ETCD_CLIENT_CERT_AUTH", "true"},
 		{"ETCD_CERT_FILE", ign.CertPath},

@@ -47,7 +47,7 @@ func golden(t *testing.T, name string, got []byte) {
 func TestRenderGolden(t *testing.T) {
 	c := spec.Default(3)
 	c.Network.DNS = []string{"192.168.2.1"}
-	cfg, err := Render(c, c.Members[0], fixedCerts)
+	cfg, err := Render(c, c.Members[0], fixedCerts, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 			}
 			for _, m := range c.Members {
 				certs := Certs{CA: set.CACert, Cert: set.Members[m.Name].Cert, Key: set.Members[m.Name].Key}
-				cfg, err := Render(c, m, certs)
+				cfg, err := Render(c, m, certs, Options{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -88,7 +88,7 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 					t.Errorf("version %s", parsed.Ignition.Version)
 				}
 				for path, want := range map[string][]byte{
-					ign.EtcdConfPath: EtcdConf(c, m),
+					ign.EtcdConfPath: EtcdConf(c, m, c.Name),
 					ign.HostnamePath: []byte(m.Name + "\n"),
 					ign.HostsPath:    Hosts(c),
 					ign.NetworkPath:  NetworkFile(c, m),
@@ -138,10 +138,10 @@ func decodedFiles(t *testing.T, cfg ign.Config) []byte {
 
 func TestEtcdConf(t *testing.T) {
 	c := spec.Default(3)
-	got := string(EtcdConf(c, c.Members[1]))
+	got := string(EtcdConf(c, c.Members[1], c.Name))
 	for _, line := range []string{
 		`ETCD_NAME="etcd-2"`,
-		`ETCD_DATA_DIR="/var/lib/etcd"`,
+		`ETCD_DATA_DIR="/var/lib/etcdimg/etcd"`,
 		`ETCD_HEARTBEAT_INTERVAL="100"`,
 		`ETCD_ELECTION_TIMEOUT="1000"`,
 		`ETCD_SNAPSHOT_COUNT="5000"`,
@@ -163,7 +163,7 @@ func TestEtcdConf(t *testing.T) {
 	// A loopback member does not also claim 127.0.0.1.
 	c.Network.CIDR, c.Network.Gateway = "127.0.0.0/8", ""
 	c.Members[0].IP = "127.0.0.51"
-	if got := string(EtcdConf(c, c.Members[0])); !strings.Contains(got, `ETCD_LISTEN_CLIENT_URLS="https://127.0.0.51:2379"`+"\n") {
+	if got := string(EtcdConf(c, c.Members[0], c.Name)); !strings.Contains(got, `ETCD_LISTEN_CLIENT_URLS="https://127.0.0.51:2379"`+"\n") {
 		t.Errorf("loopback member:\n%s", got)
 	}
 }

@@ -124,6 +124,10 @@ func readLoader(debPath string) ([]byte, error) {
 type Member struct {
 	Cluster, Name string
 	Ignition      []byte
+	// Restore, when set, is the path of a verified snapshot the image
+	// carries in a partition of its own (layout.RestoreLabel) after the
+	// ESP: it is too large for the config, which names its SHA-256.
+	Restore string
 }
 
 // Write writes member's image to path: built under a temporary name in the
@@ -193,7 +197,21 @@ func build(f *os.File, b *Boot, m Member) error {
 		content += int64(len(data))
 	}
 	espSize := max(minESPSize, roundUp(content+content/8+4*mib, mib))
-	diskSize := espSize + 2*mib // 1 MiB before for the GPT and alignment, 1 MiB after for the backup GPT
+	var snap *os.File
+	var restoreSize int64
+	if m.Restore != "" {
+		var err error
+		if snap, err = os.Open(m.Restore); err != nil {
+			return fmt.Errorf("restore snapshot: %w", err)
+		}
+		defer snap.Close()
+		st, err := snap.Stat()
+		if err != nil {
+			return fmt.Errorf("restore snapshot: %w", err)
+		}
+		restoreSize = roundUp(st.Size(), mib)
+	}
+	diskSize := espSize + restoreSize + 2*mib // 1 MiB before for the GPT and alignment, 1 MiB after for the backup GPT
 
 	if os.Getenv("SOURCE_DATE_EPOCH") == "" {
 		os.Setenv("SOURCE_DATE_EPOCH", sourceDateEpoch)
@@ -219,8 +237,24 @@ func build(f *os.File, b *Boot, m Member) error {
 			GUID:  guid(m.Cluster, m.Name, "esp"),
 		}},
 	}
+	if snap != nil {
+		start := mib + espSize
+		table.Partitions = append(table.Partitions, &gpt.Partition{
+			Index: 2,
+			Start: uint64(start / sector),
+			End:   uint64((start+restoreSize)/sector - 1),
+			Type:  gpt.LinuxFilesystem,
+			Name:  layout.RestoreLabel,
+			GUID:  guid(m.Cluster, m.Name, "restore"),
+		})
+	}
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("write GPT: %w", err)
+	}
+	if snap != nil {
+		if _, err := io.Copy(io.NewOffsetWriter(f, mib+espSize), snap); err != nil {
+			return fmt.Errorf("write the restore partition: %w", err)
+		}
 	}
 	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 1, FSType: filesystem.TypeFat32, VolumeLabel: "ETCDIMG", Reproducible: true})
 	if err != nil {
@@ -280,7 +314,9 @@ type Built struct {
 // image that differs from the one already at its path does not destroy
 // it: the old one is moved to dir/previous/, stamped with the time, so
 // that a member can be booted from it again.
-func WriteAll(dir, cluster string, members []string, configs map[string][]byte, b *Boot) ([]Built, error) {
+//
+// restore, when not "", is a verified snapshot every image carries.
+func WriteAll(dir, cluster string, members []string, configs map[string][]byte, b *Boot, restore string) ([]Built, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
@@ -304,7 +340,7 @@ func WriteAll(dir, cluster string, members []string, configs map[string][]byte, 
 				return out, fmt.Errorf("image: keep the previous %s: %w", p, err)
 			}
 		}
-		if err := Write(p, b, Member{Cluster: cluster, Name: name, Ignition: configs[name]}); err != nil {
+		if err := Write(p, b, Member{Cluster: cluster, Name: name, Ignition: configs[name], Restore: restore}); err != nil {
 			if hadOld {
 				os.Remove(prev) // p is untouched
 			}

@@ -1,13 +1,18 @@
 package image
 
 import (
+	"bytes"
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"etcdimg/layout"
 )
 
 // fakeBoot is enough for the disk writer: it stores bytes, it does not
@@ -48,7 +53,7 @@ func TestImagesArePrivateFromTheFirstByte(t *testing.T) {
 			time.Sleep(200 * time.Microsecond)
 		}
 	}()
-	built, err := WriteAll(dir, "c", []string{"etcd-1"}, map[string][]byte{"etcd-1": []byte("{}")}, fakeBoot())
+	built, err := WriteAll(dir, "c", []string{"etcd-1"}, map[string][]byte{"etcd-1": []byte("{}")}, fakeBoot(), "")
 	close(stop)
 	<-done
 	if err != nil {
@@ -75,11 +80,11 @@ func TestImagesArePrivateFromTheFirstByte(t *testing.T) {
 func TestRebuildKeepsThePreviousImage(t *testing.T) {
 	dir := t.TempDir()
 	cfg := map[string][]byte{"etcd-1": []byte(`{"a":1}`)}
-	first, err := WriteAll(dir, "c", []string{"etcd-1"}, cfg, fakeBoot())
+	first, err := WriteAll(dir, "c", []string{"etcd-1"}, cfg, fakeBoot(), "")
 	if err != nil || !first[0].New || first[0].Previous != "" {
 		t.Fatalf("first build: %+v %v", first, err)
 	}
-	same, err := WriteAll(dir, "c", []string{"etcd-1"}, cfg, fakeBoot())
+	same, err := WriteAll(dir, "c", []string{"etcd-1"}, cfg, fakeBoot(), "")
 	if err != nil || same[0].New || same[0].Previous != "" {
 		t.Fatalf("same inputs: %+v %v", same, err)
 	}
@@ -88,12 +93,69 @@ func TestRebuildKeepsThePreviousImage(t *testing.T) {
 	}
 	oldBytes, _ := os.ReadFile(first[0].Path)
 	cfg["etcd-1"] = []byte(`{"a":2}`)
-	changed, err := WriteAll(dir, "c", []string{"etcd-1"}, cfg, fakeBoot())
+	changed, err := WriteAll(dir, "c", []string{"etcd-1"}, cfg, fakeBoot(), "")
 	if err != nil || !changed[0].New || changed[0].Previous == "" {
 		t.Fatalf("new inputs: %+v %v", changed, err)
 	}
 	kept, err := os.ReadFile(changed[0].Previous)
 	if err != nil || string(kept) != string(oldBytes) {
 		t.Errorf("the previous image was not kept whole at %s: %v", changed[0].Previous, err)
+	}
+}
+
+// TestRestorePartitionCarriesTheSnapshot: an image made with a snapshot
+// has a second GPT partition, named etcd-restore, after the ESP, whose
+// first bytes are the snapshot's, as sfdisk reads the table; the ESP
+// still passes fsck.vfat.
+func TestRestorePartitionCarriesTheSnapshot(t *testing.T) {
+	for _, tool := range []string{"sfdisk", "fsck.vfat"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is missing: run `make deps`", tool)
+		}
+	}
+	dir := t.TempDir()
+	snap := filepath.Join(dir, "snap.db")
+	data := make([]byte, 3<<20+12345)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	os.WriteFile(snap, data, 0o600)
+	built, err := WriteAll(filepath.Join(dir, "images"), "c", []string{"etcd-1"}, map[string][]byte{"etcd-1": []byte("{}")}, fakeBoot(), snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("sfdisk", "--json", built[0].Path).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table struct {
+		PartitionTable struct {
+			SectorSize int64 `json:"sectorsize"`
+			Partitions []struct {
+				Start, Size int64
+				Name        string
+			}
+		} `json:"partitiontable"`
+	}
+	if err := json.Unmarshal(out, &table); err != nil {
+		t.Fatal(err)
+	}
+	parts := table.PartitionTable.Partitions
+	if len(parts) != 2 || parts[1].Name != layout.RestoreLabel || parts[1].Start != parts[0].Start+parts[0].Size {
+		t.Fatalf("partitions: %s", out)
+	}
+	if got := parts[1].Size * 512; got < int64(len(data)) {
+		t.Fatalf("restore partition holds %d bytes, snapshot is %d", got, len(data))
+	}
+	img, _ := os.ReadFile(built[0].Path)
+	off := parts[1].Start * 512
+	if !bytes.Equal(img[off:off+int64(len(data))], data) {
+		t.Error("the restore partition does not start with the snapshot's bytes")
+	}
+	espOff, espLen := parts[0].Start*512, parts[0].Size*512
+	esp := filepath.Join(dir, "esp.img")
+	os.WriteFile(esp, img[espOff:espOff+espLen], 0o600)
+	if out, err := exec.Command("fsck.vfat", "-n", esp).CombinedOutput(); err != nil {
+		t.Errorf("fsck.vfat: %v\n%s", err, out)
 	}
 }

@@ -17,7 +17,7 @@ import (
 var (
 	moduleDir       = strings.TrimPrefix(layout.ModuleDir, "/")
 	moduleOrderFile = strings.TrimPrefix(layout.ModuleOrder, "/")
-	dataDir         = strings.TrimPrefix(layout.DataDir, "/")
+	dataDir         = strings.TrimPrefix(layout.DataMount, "/")
 )
 
 // InitPath is where the kernel finds PID 1.
@@ -45,7 +45,7 @@ func Initramfs(node []byte, modules []*Module) (compressed, raw []byte, err erro
 		switch d {
 		case "tmp":
 			mode = 0o1777
-		case "var/lib/etcd":
+		case dataDir:
 			mode = 0o700
 		}
 		recs = append(recs, cpio.Directory(d, mode))

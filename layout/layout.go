@@ -28,16 +28,45 @@ const (
 	ModuleOrder = ModuleDir + "/load-order"
 )
 
-// The data disk.
+// The data disk. It is mounted at DataMount and holds etcd's data
+// directory, the node's backups and the marker side by side, so that
+// neither backups nor the marker sit inside the directory etcd owns.
 const (
 	// DataLabel is both the GPT partition name that marks a data partition
 	// and the ext4 volume label of a data file system etcdimg made.
 	DataLabel = "etcd-data"
-	// DataDir is where the data disk is mounted and etcd keeps its data.
-	DataDir = "/var/lib/etcd"
+	// DataMount is where the data disk is mounted.
+	DataMount = "/var/lib/etcdimg"
+	// DataDir is etcd's data directory (ETCD_DATA_DIR) on the data disk.
+	DataDir = DataMount + "/etcd"
+	// LegacyMemberDir is where disks written before DataDir moved into a
+	// subdirectory keep etcd's member directory; firstboot moves it into
+	// DataDir on the first boot that finds it.
+	LegacyMemberDir = DataMount + "/member"
+	// BackupDir holds the node's verified backups and their manifests.
+	BackupDir = DataMount + "/backups"
 	// MarkerFile, on the data disk's root, records which cluster and
 	// member the disk belongs to.
-	MarkerFile = DataDir + "/etcdimg.json"
+	MarkerFile = DataMount + "/etcdimg.json"
+)
+
+// The snapshot a restored cluster starts from travels in a partition of
+// its own on the boot disk, beside the ESP; the member's config names
+// its size and SHA-256 (RestoreConfigPath).
+const (
+	RestoreLabel      = "etcd-restore"
+	RestoreConfigPath = "/etc/etcdimg/restore.json"
+)
+
+// The backup service's configuration, from the member's config. The S3
+// credentials travel like the member key: in this member's config only,
+// mode 0600.
+const (
+	BackupConfigPath  = "/etc/etcdimg/backup.json"
+	S3CredentialsPath = "/etc/etcdimg/s3-credentials"
+	S3CAPath          = "/etc/etcdimg/s3-ca.pem"
+	BackupUnitName    = "etcd-backup.service"
+	BackupBinary      = "/usr/bin/etcd-backup"
 )
 
 // Ports every member serves. They are fixed so that a member's address is
@@ -46,6 +75,12 @@ const (
 	ClientPort  = 2379
 	PeerPort    = 2380
 	MetricsPort = 2381
+	// NodeMetricsPort serves the appliance's own metrics (backups,
+	// certificate expiry) over plain HTTP, like MetricsPort.
+	NodeMetricsPort = 2382
+	// BackupPort serves the node's backups (list and download) over
+	// mTLS: a client certificate from the cluster's CA is required.
+	BackupPort = 2383
 )
 
 // RuntimeEnvPath is the environment file firstboot writes for what it

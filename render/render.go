@@ -22,6 +22,7 @@ import (
 	"etcdimg/layout"
 	"etcdimg/outdir"
 	"etcdimg/pki"
+	"etcdimg/restore"
 	"etcdimg/spec"
 )
 
@@ -130,9 +131,18 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 	for _, f := range set.Files() {
 		files = append(files, outdir.File{Path: rel(dir.PKIFile(f.Name)), Data: f.Data, Mode: f.Mode})
 	}
+	// A restored cluster's members carry its token and name its snapshot.
+	plan, err := restore.Load(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var opts ignition.Options
+	if plan != nil {
+		opts.Token, opts.Restore = plan.Token, plan.Config()
+	}
 	for _, m := range c.Members {
 		p := set.Members[m.Name]
-		cfg, err := ignition.Render(c, m, ignition.Certs{CA: set.CACert, Cert: p.Cert, Key: p.Key})
+		cfg, err := ignition.Render(c, m, ignition.Certs{CA: set.CACert, Cert: p.Cert, Key: p.Key}, opts)
 		if err != nil {
 			return nil, nil, err
 		}

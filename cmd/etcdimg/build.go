@@ -12,6 +12,7 @@ import (
 	"etcdimg/deb"
 	"etcdimg/image"
 	"etcdimg/outdir"
+	"etcdimg/restore"
 	"etcdimg/spec"
 )
 
@@ -106,7 +107,16 @@ func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags, only []string)
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "boot     kernel %s, %d modules, initramfs %.1f MiB (%.1f MiB unpacked)\n",
 		boot.KernelVersion, len(boot.Modules), mib(int64(len(boot.Initrd))), mib(int64(len(boot.InitrdRaw))))
-	built, err := image.WriteAll(dir.ImagesDir(), c.Name, names, res.Ignition, boot)
+	plan, err := restore.Load(dir)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	var snap string
+	if plan != nil {
+		snap = plan.SnapshotPath(dir)
+		fmt.Fprintf(w, "restore  every image carries %s (%.1f MiB, revision %d, %d keys) for the new cluster %s\n", snap, mib(plan.Size), plan.Revision, plan.TotalKeys, plan.Token)
+	}
+	built, err := image.WriteAll(dir.ImagesDir(), c.Name, names, res.Ignition, boot, snap)
 	if err != nil {
 		return nil, "", nil, err
 	}

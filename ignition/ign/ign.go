@@ -96,3 +96,13 @@ func FileContents(cfg Config, path string) ([]byte, error) {
 	}
 	return Contents(f)
 }
+
+// RestoreConfig is the member's layout.RestoreConfigPath: the snapshot a
+// restored cluster's image carries in its layout.RestoreLabel partition,
+// which firstboot checks against it before restoring.
+type RestoreConfig struct {
+	SHA256        string `json:"sha256"` // of the snapshot's Size bytes
+	Size          int64  `json:"size"`
+	Revision      int64  `json:"revision"`
+	SkipHashCheck bool   `json:"skipHashCheck,omitempty"` // a database copied from a member's disk
+}
