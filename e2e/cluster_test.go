@@ -57,7 +57,7 @@ func startMember(t *testing.T, ignPath, name, ip string) *member {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env, err := firstboot.ParseEnvFile(conf)
+	env, err := ign.ParseEnvFile(conf)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 )
 
 func TestParseEnvFile(t *testing.T) {
-	got, err := ParseEnvFile([]byte(`# comment
+	got, err := ign.ParseEnvFile([]byte(`# comment
 ; also a comment
 ETCD_NAME="etcd-1"
   SPACED = bare value
@@ -27,7 +27,7 @@ EMPTY=
 		t.Errorf("got %q\nwant %q", got, want)
 	}
 	for _, bad := range []string{"NOEQUALS\n", "1BAD=x\n", "K=\"open\n", `K="a"b"` + "\n"} {
-		if _, err := ParseEnvFile([]byte(bad)); err == nil {
+		if _, err := ign.ParseEnvFile([]byte(bad)); err == nil {
 			t.Errorf("accepted %q", bad)
 		}
 	}

@@ -85,7 +85,7 @@ func readSelf(root string) (*self, error) {
 	if err != nil {
 		return nil, err
 	}
-	vars, err := ParseEnvFile(data)
+	vars, err := ign.ParseEnvFile(data)
 	if err != nil {
 		return nil, err
 	}

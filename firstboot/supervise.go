@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"etcdimg/ignition/ign"
 )
 
 // notifyDir holds the sd_notify sockets of Type=notify services.
@@ -91,7 +93,7 @@ func (s *service) environment() ([]string, error) {
 			}
 			return nil, fmt.Errorf("EnvironmentFile=%s: %w", f.Path, err)
 		}
-		vars, err := ParseEnvFile(data)
+		vars, err := ign.ParseEnvFile(data)
 		if err != nil {
 			return nil, fmt.Errorf("EnvironmentFile=%s: %w", f.Path, err)
 		}

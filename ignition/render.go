@@ -57,6 +57,9 @@ type Options struct {
 	// Restore, when set, makes the member's config name the snapshot its
 	// image carries (layout.RestoreConfigPath).
 	Restore *ign.RestoreConfig
+	// S3Credentials and S3CA are the contents of the spec's
+	// backup.s3.credentialsFile and caFile, read by the caller.
+	S3Credentials, S3CA []byte
 }
 
 func (o Options) token(c *spec.Cluster) string {
@@ -90,6 +93,18 @@ func Render(c *spec.Cluster, m spec.Member, certs Certs, o Options) (Config, err
 			{Name: ign.EtcdUnitName, Enabled: true, Contents: EtcdUnit()},
 		}},
 	}
+	backup, err := json.Marshal(BackupConfig(c, o))
+	if err != nil {
+		return Config{}, fmt.Errorf("ignition: %s: %w", m.Name, err)
+	}
+	doc.Storage.Files = append(doc.Storage.Files, file(layout.BackupConfigPath, 0o644, string(backup)+"\n"))
+	if c.Backup.S3 != nil {
+		doc.Storage.Files = append(doc.Storage.Files, file(layout.S3CredentialsPath, 0o600, string(o.S3Credentials)))
+		if len(o.S3CA) > 0 {
+			doc.Storage.Files = append(doc.Storage.Files, file(layout.S3CAPath, 0o644, string(o.S3CA)))
+		}
+	}
+	doc.Systemd.Units = append(doc.Systemd.Units, butaneUnit{Name: layout.BackupUnitName, Enabled: true, Contents: BackupUnit()})
 	if o.Restore != nil {
 		b, err := json.Marshal(o.Restore)
 		if err != nil {
@@ -216,6 +231,39 @@ ExecStart=` + ign.EtcdBinary + `
 Restart=on-failure
 RestartSec=5
 LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+`
+}
+
+// BackupConfig is the member's backup.json.
+func BackupConfig(c *spec.Cluster, o Options) ign.BackupConfig {
+	b := ign.BackupConfig{
+		Cluster:         c.Name,
+		IntervalSeconds: int64(c.Backup.Interval.D().Seconds()),
+		Retain:          c.Backup.Retain,
+		MaxAgeSeconds:   int64(c.Backup.MaxAge.D().Seconds()),
+	}
+	if s3 := c.Backup.S3; s3 != nil {
+		b.S3 = &ign.S3Target{Endpoint: s3.Endpoint, Bucket: s3.Bucket, Prefix: s3.Prefix, Region: s3.Region, CA: len(o.S3CA) > 0}
+	}
+	return b
+}
+
+// BackupUnit runs the node's backup service after etcd, supervised like
+// it: one snapshot per interval for the cluster, verified, kept on the
+// data disk and uploaded when S3 is set.
+func BackupUnit() string {
+	return `[Unit]
+Description=etcd backups: verified snapshots on the data disk and in S3
+After=` + ign.EtcdUnitName + `
+
+[Service]
+Type=simple
+ExecStart=` + layout.BackupBinary + `
+Restart=always
+RestartSec=10
 
 [Install]
 WantedBy=multi-user.target

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"etcdimg/ignition/ign"
+	"etcdimg/layout"
 	"etcdimg/pki"
 	"etcdimg/spec"
 )
@@ -108,8 +109,12 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 				if key.Mode == nil || *key.Mode != 0o600 {
 					t.Errorf("%s: key mode %v", m.Name, key.Mode)
 				}
-				if u := parsed.Systemd.Units; len(u) != 1 || u[0].Name != ign.EtcdUnitName || !*u[0].Enabled {
+				if u := parsed.Systemd.Units; len(u) != 2 || u[0].Name != ign.EtcdUnitName || !*u[0].Enabled || u[1].Name != layout.BackupUnitName || !*u[1].Enabled {
 					t.Errorf("%s: units %+v", m.Name, u)
+				}
+				var bc ign.BackupConfig
+				if b, err := ign.FileContents(parsed, layout.BackupConfigPath); err != nil || json.Unmarshal(b, &bc) != nil || bc.IntervalSeconds != 3600 || bc.Retain != 24 || bc.S3 != nil {
+					t.Errorf("%s: backup config %+v (%v)", m.Name, bc, err)
 				}
 				for _, raw := range [][]byte{cfg.Ignition, cfg.Butane, decodedFiles(t, parsed)} {
 					if pki.ContainsKey(raw, set.CAKey) {

@@ -8,6 +8,7 @@ package render
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -19,6 +20,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"etcdimg/ignition"
+	"etcdimg/ignition/ign"
 	"etcdimg/layout"
 	"etcdimg/outdir"
 	"etcdimg/pki"
@@ -140,6 +142,19 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 	if plan != nil {
 		opts.Token, opts.Restore = plan.Token, plan.Config()
 	}
+	if s3 := c.Backup.S3; s3 != nil {
+		if opts.S3Credentials, err = S3Credentials(s3.CredentialsFile); err != nil {
+			return nil, nil, err
+		}
+		if s3.CAFile != "" {
+			if opts.S3CA, err = os.ReadFile(s3.CAFile); err != nil {
+				return nil, nil, fmt.Errorf("spec: backup.s3.caFile: %w; name the PEM file of the CA that signed the endpoint's certificate", err)
+			}
+			if !x509.NewCertPool().AppendCertsFromPEM(opts.S3CA) {
+				return nil, nil, fmt.Errorf("spec: backup.s3.caFile %s holds no PEM certificate; name the CA's certificate file", s3.CAFile)
+			}
+		}
+	}
 	for _, m := range c.Members {
 		p := set.Members[m.Name]
 		cfg, err := ignition.Render(c, m, ignition.Certs{CA: set.CACert, Cert: p.Cert, Key: p.Key}, opts)
@@ -174,6 +189,25 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 		}
 	}
 	return files, set, nil
+}
+
+// S3Credentials reads backup.s3.credentialsFile and checks that it names
+// both keys. Its bytes go into each member's config as they are.
+func S3Credentials(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("spec: backup.s3.credentialsFile: %w; name a file with AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines", err)
+	}
+	env, err := ign.EnvMap(b)
+	if err != nil {
+		return nil, fmt.Errorf("spec: backup.s3.credentialsFile %s: %w; write KEY=VALUE lines", path, err)
+	}
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
+		if env[k] == "" {
+			return nil, fmt.Errorf("spec: backup.s3.credentialsFile %s has no %s=; add it", path, k)
+		}
+	}
+	return b, nil
 }
 
 // Endpoint maps a member to the host:port its client (or metrics) port is

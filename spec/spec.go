@@ -53,10 +53,31 @@ type Etcd struct {
 	BackendQuota      Size     `yaml:"backendQuota"`
 }
 
-// Backup is the schedule of the member's own snapshots.
+// Backup is the schedule of the cluster's backups: one verified snapshot
+// per interval for the whole cluster, taken by whichever member holds the
+// backup lock, kept on that member's data disk and, when S3 is set, in a
+// bucket.
 type Backup struct {
 	Interval Duration `yaml:"interval"`
-	Retain   int      `yaml:"retain"`
+	// Retain is how many backups each place keeps; MaxAge, when set,
+	// also drops older ones. The newest verified backup is always kept.
+	Retain int      `yaml:"retain"`
+	MaxAge Duration `yaml:"maxAge,omitempty"`
+	S3     *S3      `yaml:"s3,omitempty"`
+}
+
+// S3 is an S3-compatible bucket backups are uploaded to.
+type S3 struct {
+	Endpoint string `yaml:"endpoint"` // http(s)://host[:port], as the members reach it
+	Bucket   string `yaml:"bucket"`
+	Prefix   string `yaml:"prefix,omitempty"`
+	Region   string `yaml:"region,omitempty"`
+	// CredentialsFile, on the machine that renders, holds
+	// AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines. It is copied
+	// into each member's config (mode 0600), never into the spec.
+	CredentialsFile string `yaml:"credentialsFile"`
+	// CAFile, when set, is the CA that signed the endpoint's certificate.
+	CAFile string `yaml:"caFile,omitempty"`
 }
 
 // PKI sets the keys and lifetimes of the CA and the certificates.

@@ -129,6 +129,11 @@ func TestBadSpecsAreRefused(t *testing.T) {
 		{"gateway outside", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.0/24, gateway: 10.0.1.1}\n", "network.gateway 10.0.1.1 is outside"},
 		{"bad dns", three + "network: {cidr: 192.168.2.0/24, dns: [resolver]}\n", `network.dns[0] "resolver"`},
 		{"zero backup retain", three + "backup: {retain: 0}\n", "backup.retain 0"},
+		{"max age under interval", three + "backup: {interval: 1h, maxAge: 30m}\n", "backup.maxAge 30m is shorter"},
+		{"s3 endpoint not a URL", three + "backup:\n  s3: {endpoint: s3.example.net, bucket: etcd, credentialsFile: c}\n", `backup.s3.endpoint "s3.example.net"`},
+		{"s3 bad bucket", three + "backup:\n  s3: {endpoint: https://s3.example.net, bucket: Etcd_Backups, credentialsFile: c}\n", `backup.s3.bucket "Etcd_Backups"`},
+		{"s3 no credentials", three + "backup:\n  s3: {endpoint: https://s3.example.net, bucket: etcd}\n", "backup.s3.credentialsFile is empty"},
+		{"s3 unknown field", three + "backup:\n  s3: {endpoint: https://s3.example.net, bucket: etcd, secret: x}\n", "unknown field backup.s3.secret"},
 		{"quota too small", three + "etcd: {backendQuota: 1MiB}\n", "etcd.backendQuota 1MiB is under 16MiB"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

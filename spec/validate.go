@@ -3,7 +3,9 @@ package spec
 import (
 	"fmt"
 	"net/netip"
+	"net/url"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -87,7 +89,32 @@ func (c *Cluster) Validate() error {
 	if c.Backup.Retain < 1 {
 		return fmt.Errorf("spec: backup.retain %d must be at least 1; it is how many snapshots each member keeps", c.Backup.Retain)
 	}
+	if d := c.Backup.MaxAge.D(); d != 0 && d < c.Backup.Interval.D() {
+		return fmt.Errorf("spec: backup.maxAge %s is shorter than backup.interval %s; keep backups at least one interval (or leave maxAge out)", c.Backup.MaxAge, c.Backup.Interval)
+	}
+	if s3 := c.Backup.S3; s3 != nil {
+		if err := s3.validate(); err != nil {
+			return err
+		}
+	}
 	return c.PKI.validate()
+}
+
+var bucketName = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+
+func (s *S3) validate() error {
+	u, err := url.Parse(s.Endpoint)
+	switch {
+	case s.Endpoint == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/"):
+		return fmt.Errorf("spec: backup.s3.endpoint %q must be http(s)://host[:port] as the members reach it (e.g. https://s3.example.net)", s.Endpoint)
+	case !bucketName.MatchString(s.Bucket):
+		return fmt.Errorf("spec: backup.s3.bucket %q is not an S3 bucket name; use 3-63 lowercase letters, digits, '.' and '-'", s.Bucket)
+	case strings.HasPrefix(s.Prefix, "/"):
+		return fmt.Errorf("spec: backup.s3.prefix %q must not start with '/'; object keys are relative (e.g. etcd/)", s.Prefix)
+	case s.CredentialsFile == "":
+		return fmt.Errorf("spec: backup.s3.credentialsFile is empty; name a file with AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines")
+	}
+	return nil
 }
 
 func (e Etcd) validate() error {

@@ -106,3 +106,23 @@ type RestoreConfig struct {
 	Revision      int64  `json:"revision"`
 	SkipHashCheck bool   `json:"skipHashCheck,omitempty"` // a database copied from a member's disk
 }
+
+// BackupConfig is the member's layout.BackupConfigPath: the spec's backup
+// section as the node's backup service reads it. The S3 credentials are
+// not in it: they sit in layout.S3CredentialsPath, mode 0600.
+type BackupConfig struct {
+	Cluster         string    `json:"cluster"` // the spec's name, in object keys and metrics
+	IntervalSeconds int64     `json:"intervalSeconds"`
+	Retain          int       `json:"retain"`
+	MaxAgeSeconds   int64     `json:"maxAgeSeconds,omitempty"`
+	S3              *S3Target `json:"s3,omitempty"`
+}
+
+// S3Target is where backups are uploaded.
+type S3Target struct {
+	Endpoint string `json:"endpoint"`
+	Bucket   string `json:"bucket"`
+	Prefix   string `json:"prefix,omitempty"`
+	Region   string `json:"region,omitempty"`
+	CA       bool   `json:"ca,omitempty"` // layout.S3CAPath holds the endpoint's CA
+}

@@ -1,4 +1,4 @@
-package firstboot
+package ign
 
 import (
 	"bufio"
@@ -49,4 +49,18 @@ func ParseEnvFile(data []byte) ([]string, error) {
 		env = append(env, key+"="+val)
 	}
 	return env, sc.Err()
+}
+
+// EnvMap is ParseEnvFile as a map; a later line wins, as in systemd.
+func EnvMap(data []byte) (map[string]string, error) {
+	vars, err := ParseEnvFile(data)
+	if err != nil {
+		return nil, err
+	}
+	env := map[string]string{}
+	for _, kv := range vars {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	return env, nil
 }
