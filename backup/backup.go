@@ -98,9 +98,18 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("backup: %w", err)
 	}
 	s.metrics.started = time.Now()
+	var said string
+	var saidAt time.Time
 	for {
+		// An error is printed when it changes, or once a minute: etcd
+		// that is still starting must not flood the console.
 		if err := s.Once(ctx); err != nil && ctx.Err() == nil {
-			s.Log("backup: %v", err)
+			if err.Error() != said || time.Since(saidAt) > time.Minute {
+				s.Log("backup: %v", err)
+				said, saidAt = err.Error(), time.Now()
+			}
+		} else {
+			said = ""
 		}
 		select {
 		case <-ctx.Done():

@@ -143,7 +143,12 @@ func (s *S3) Delete(ctx context.Context, name string) error {
 
 // Get downloads backup name's snapshot into w.
 func (s *S3) Get(ctx context.Context, name string, w io.Writer) error {
-	obj, err := s.client.GetObject(ctx, s.target.Bucket, s.Key(name), minio.GetObjectOptions{})
+	return s.GetKey(ctx, s.Key(name), w)
+}
+
+// GetKey downloads the object at key (any key of the bucket) into w.
+func (s *S3) GetKey(ctx context.Context, key string, w io.Writer) error {
+	obj, err := s.client.GetObject(ctx, s.target.Bucket, key, minio.GetObjectOptions{})
 	if err != nil {
 		return err
 	}
@@ -151,3 +156,6 @@ func (s *S3) Get(ctx context.Context, name string, w io.Writer) error {
 	_, err = io.Copy(w, obj)
 	return err
 }
+
+// Bucket is the bucket's name.
+func (s *S3) Bucket() string { return s.target.Bucket }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -38,11 +39,30 @@ type LocalOptions struct {
 	// cluster outlives the command that started it); its last argument
 	// is followed by the socket path.
 	SwitchCommand []string
+	// HostServices are services of the host the members reach at an
+	// address of the LAN (an S3 endpoint, say); RelayCommand, followed
+	// by the host address, relays one connection over standard input
+	// and output.
+	HostServices []HostService
+	RelayCommand []string
+}
+
+// HostService maps an address of the LAN that no member has to a TCP
+// address of the host.
+type HostService struct {
+	LAN  netip.AddrPort
+	Host string
 }
 
 // Ports returns member i's (from 1) client and metrics ports on the host.
 func Ports(base, i int) (client, metrics int) {
 	return base + 100*i + 79, base + 100*i + 81
+}
+
+// NodePorts returns member i's (from 1) node-metrics and backup ports on
+// the host.
+func NodePorts(base, i int) (nodeMetrics, backup int) {
+	return base + 100*i + 82, base + 100*i + 83
 }
 
 // Up boots every member on one LAN. Each QEMU runs in its own process
@@ -70,9 +90,20 @@ func Up(o LocalOptions) (*State, error) {
 	}
 	for i := range o.Members {
 		c, m := Ports(o.PortBase, i+1)
-		for _, p := range []int{c, m} {
+		nm, b := NodePorts(o.PortBase, i+1)
+		for _, p := range []int{c, m, nm, b} {
 			if err := portFree(p); err != nil {
 				return nil, fmt.Errorf("port %d for %s: %w; stop what uses it or pass another --port-base", p, o.Members[i].Name, err)
+			}
+		}
+	}
+	for _, hs := range o.HostServices {
+		if !o.Network.Contains(hs.LAN.Addr()) || hs.LAN.Addr() == o.Network.Addr() {
+			return nil, fmt.Errorf("host service %s is not an address of the LAN %s", hs.LAN, o.Network)
+		}
+		for _, m := range o.Members {
+			if m.IP == hs.LAN.Addr() {
+				return nil, fmt.Errorf("host service %s is %s's address; give it an address no member has", hs.LAN, m.Name)
 			}
 		}
 	}
@@ -98,11 +129,21 @@ func Up(o LocalOptions) (*State, error) {
 		return st, err
 	}
 	gwOpts := testvm.GatewayOptions{Dir: o.RunDir, LAN: st.SwitchSocket, Network: o.Network, HostIP: gw[0], DNSIP: gw[1]}
+	for _, hs := range o.HostServices {
+		gwOpts.Guest = append(gwOpts.Guest, testvm.GuestForward{LAN: hs.LAN, Command: strings.Join(append(slices.Clone(o.RelayCommand), hs.Host), " ")})
+		if st.HostServices == nil {
+			st.HostServices = map[string]string{}
+		}
+		st.HostServices[hs.LAN.String()] = hs.Host
+	}
 	for i, m := range o.Members {
 		client, metrics := Ports(o.PortBase, i+1)
+		nodeMetrics, backup := NodePorts(o.PortBase, i+1)
 		gwOpts.Forwards = append(gwOpts.Forwards,
 			testvm.GatewayForward{Host: client, Guest: m.IP, Port: layout.ClientPort},
-			testvm.GatewayForward{Host: metrics, Guest: m.IP, Port: layout.MetricsPort})
+			testvm.GatewayForward{Host: metrics, Guest: m.IP, Port: layout.MetricsPort},
+			testvm.GatewayForward{Host: nodeMetrics, Guest: m.IP, Port: layout.NodeMetricsPort},
+			testvm.GatewayForward{Host: backup, Guest: m.IP, Port: layout.BackupPort})
 	}
 	if st.Gateway, err = testvm.StartGateway(gwOpts); err != nil {
 		return st, err
@@ -112,8 +153,9 @@ func Up(o LocalOptions) (*State, error) {
 	}
 	for i, m := range o.Members {
 		client, metrics := Ports(o.PortBase, i+1)
+		nodeMetrics, backup := NodePorts(o.PortBase, i+1)
 		st.Members = append(st.Members, MemberState{
-			Name: m.Name, IP: m.IP.String(), Client: client, Metrics: metrics, Image: m.Image,
+			Name: m.Name, IP: m.IP.String(), Client: client, Metrics: metrics, NodeMetrics: nodeMetrics, Backup: backup, Image: m.Image,
 			DataDisk: filepath.Join(o.DiskDir, m.Name+"-data.img"),
 		})
 		if err := st.boot(&st.Members[i]); err != nil {
@@ -269,6 +311,9 @@ func gatewayAddrs(o LocalOptions) ([]netip.Addr, error) {
 	}
 	for _, m := range o.Members {
 		used[m.IP] = true
+	}
+	for _, hs := range o.HostServices {
+		used[hs.LAN.Addr()] = true
 	}
 	var out []netip.Addr
 	last := o.Network.Addr()

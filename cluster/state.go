@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"etcdimg/layout"
 	"etcdimg/testvm"
 )
 
@@ -28,15 +29,19 @@ const lockFile = "lock"
 
 // MemberState is one member of a local cluster.
 type MemberState struct {
-	Name     string         `json:"name"`
-	IP       string         `json:"ip"`
-	QEMU     testvm.Process `json:"qemu"` // PID 0 when stopped
-	Client   int            `json:"clientPort"`
-	Metrics  int            `json:"metricsPort"`
-	Console  string         `json:"console"`
-	QMP      string         `json:"qmp"`
-	Image    string         `json:"image"`
-	DataDisk string         `json:"dataDisk"`
+	Name    string         `json:"name"`
+	IP      string         `json:"ip"`
+	QEMU    testvm.Process `json:"qemu"` // PID 0 when stopped
+	Client  int            `json:"clientPort"`
+	Metrics int            `json:"metricsPort"`
+	// NodeMetrics and Backup forward the appliance's own metrics and
+	// its backups API (layout.NodeMetricsPort, layout.BackupPort).
+	NodeMetrics int    `json:"nodeMetricsPort,omitempty"`
+	Backup      int    `json:"backupPort,omitempty"`
+	Console     string `json:"console"`
+	QMP         string `json:"qmp"`
+	Image       string `json:"image"`
+	DataDisk    string `json:"dataDisk"`
 }
 
 // Running reports whether the member's QEMU is the recorded process.
@@ -54,6 +59,9 @@ type State struct {
 	DataSize     int64          `json:"dataSize"`
 	Started      time.Time      `json:"started"`
 	Members      []MemberState  `json:"members"`
+	// HostServices are the host's services on the LAN: LAN address →
+	// host address.
+	HostServices map[string]string `json:"hostServices,omitempty"`
 }
 
 // ErrNotRunning is returned by LoadState when no cluster is recorded.
@@ -98,6 +106,21 @@ func (st *State) save() error {
 		return fmt.Errorf("cluster: %w", err)
 	}
 	return nil
+}
+
+// HostPort is where the host reaches the member's guest port, or 0.
+func (m MemberState) HostPort(guest int) int {
+	switch guest {
+	case layout.ClientPort:
+		return m.Client
+	case layout.MetricsPort:
+		return m.Metrics
+	case layout.NodeMetricsPort:
+		return m.NodeMetrics
+	case layout.BackupPort:
+		return m.Backup
+	}
+	return 0
 }
 
 // Member returns the member called name.

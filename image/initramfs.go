@@ -25,7 +25,7 @@ const InitPath = "init"
 
 // Programs are the names the multi-call binary answers to, linked in
 // /usr/bin.
-var Programs = []string{"etcd", "etcdctl", "etcdutl"}
+var Programs = []string{"etcd", "etcdctl", "etcdutl", path.Base(layout.BackupBinary)}
 
 // Initramfs builds the appliance's root file system: the node binary as
 // /init with links for etcd's programs, the modules with their load order,

@@ -22,11 +22,11 @@ type Alert struct {
 	Annotations map[string]string `yaml:"annotations"`
 }
 
-// Alerts are the rules an operator of the cluster expects, on metrics
-// every member exports today. Backup age and certificate expiry join
-// them when the members export those.
+// Alerts are the rules an operator of the cluster expects: on etcd's
+// metrics, and on the appliance's (backups, certificates).
 func Alerts(c *spec.Cluster) []Alert {
 	sel := fmt.Sprintf(`job="etcd",cluster=%q`, c.Name)
+	node := fmt.Sprintf(`job=%q,cluster=%q`, NodeJob, c.Name)
 	return []Alert{
 		{
 			Alert: "EtcdMemberDown",
@@ -51,6 +51,20 @@ func Alerts(c *spec.Cluster) []Alert {
 			Expr:  fmt.Sprintf(`increase(etcd_server_leader_changes_seen_total{%s}[15m]) > 3`, sel),
 			For:   "5m", Labels: map[string]string{"severity": "warning"},
 			Annotations: map[string]string{"summary": "etcd member {{ $labels.member }} of {{ $labels.cluster }} saw more than 3 leader changes in 15 minutes: the network or the disks are too slow for the election timeout"},
+		},
+		{
+			// Every member reports the cluster's last backup; the newest
+			// any member reports is the cluster's.
+			Alert: "EtcdBackupTooOld",
+			Expr:  fmt.Sprintf(`time() - max by (cluster) (etcdimg_backup_last_success_timestamp_seconds{%[1]s}) > 2 * max by (cluster) (etcdimg_backup_interval_seconds{%[1]s})`, node),
+			For:   "5m", Labels: map[string]string{"severity": "critical"},
+			Annotations: map[string]string{"summary": "the last verified backup of {{ $labels.cluster }} is {{ $value | humanizeDuration }} old, over two backup intervals: see the members' consoles and etcdimg_backup_failures_total"},
+		},
+		{
+			Alert: "EtcdCertificateExpiring",
+			Expr:  fmt.Sprintf(`etcdimg_certificate_expiry_timestamp_seconds{%s} - time() < 30 * 86400`, node),
+			For:   "1h", Labels: map[string]string{"severity": "warning"},
+			Annotations: map[string]string{"summary": "the {{ $labels.certificate }} certificate of {{ $labels.member }} ({{ $labels.cluster }}) expires within 30 days: rotate it and roll the images"},
 		},
 	}
 }

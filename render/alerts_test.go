@@ -75,6 +75,42 @@ tests:
           - exp_labels: {severity: warning, job: etcd, cluster: etcd-cluster-1, member: etcd-2}
             exp_annotations:
               summary: "etcd member etcd-2 of etcd-cluster-1 saw more than 3 leader changes in 15 minutes: the network or the disks are too slow for the election timeout"
+  - interval: 5m
+    input_series:
+      - series: 'etcdimg_backup_last_success_timestamp_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '0x40'
+      - series: 'etcdimg_backup_last_success_timestamp_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-2"}'
+        values: '0x40'
+      - series: 'etcdimg_backup_interval_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '3600x40'
+      - series: 'etcdimg_backup_interval_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-2"}'
+        values: '3600x40'
+    alert_rule_test:
+      - eval_time: 1h
+        alertname: EtcdBackupTooOld
+        exp_alerts: []
+      - eval_time: 2h20m
+        alertname: EtcdBackupTooOld
+        exp_alerts:
+          - exp_labels: {severity: critical, cluster: etcd-cluster-1}
+            exp_annotations:
+              summary: "the last verified backup of etcd-cluster-1 is 2h 20m 0s old, over two backup intervals: see the members' consoles and etcdimg_backup_failures_total"
+  - interval: 1m
+    input_series:
+      - series: 'etcdimg_certificate_expiry_timestamp_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-1",certificate="member"}'
+        values: '2000000x100'
+      - series: 'etcdimg_certificate_expiry_timestamp_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-1",certificate="ca"}'
+        values: '1000000000x100'
+    alert_rule_test:
+      - eval_time: 30m
+        alertname: EtcdCertificateExpiring
+        exp_alerts: []
+      - eval_time: 70m
+        alertname: EtcdCertificateExpiring
+        exp_alerts:
+          - exp_labels: {severity: warning, job: etcdimg, cluster: etcd-cluster-1, member: etcd-1, certificate: member}
+            exp_annotations:
+              summary: "the member certificate of etcd-1 (etcd-cluster-1) expires within 30 days: rotate it and roll the images"
 `
 
 // TestAlertRulesPassPromtool checks the rendered rules and the scrape

@@ -242,8 +242,12 @@ func EtcdctlEnv(c *spec.Cluster, dir outdir.Layout, ep Endpoint) []byte {
 	return b.Bytes()
 }
 
+// NodeJob is the Prometheus job of the appliance's own metrics.
+const NodeJob = "etcdimg"
+
 // Prometheus is prometheus.yml: the runbook's 10 s scrape of every
-// member's plain-HTTP metrics port, one static target per member.
+// member's plain-HTTP metrics port, one static target per member, and
+// the same of the appliance's own metrics port (job NodeJob).
 func Prometheus(c *spec.Cluster, ep Endpoint) ([]byte, error) {
 	type staticConfig struct {
 		Targets []string          `yaml:"targets"`
@@ -261,14 +265,20 @@ func Prometheus(c *spec.Cluster, ep Endpoint) ([]byte, error) {
 		ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
 	}{RuleFiles: []string{RulesFile}}
 	doc.Global.ScrapeInterval = "10s"
-	job := scrapeConfig{JobName: "etcd"}
-	for _, m := range c.Members {
-		job.StaticConfigs = append(job.StaticConfigs, staticConfig{
-			Targets: []string{hostPort(ep, m, layout.MetricsPort)},
-			Labels:  map[string]string{"cluster": c.Name, "member": m.Name},
-		})
+	// etcd's own metrics, and the appliance's (backups, certificates).
+	for _, j := range []struct {
+		name string
+		port int
+	}{{"etcd", layout.MetricsPort}, {NodeJob, layout.NodeMetricsPort}} {
+		job := scrapeConfig{JobName: j.name}
+		for _, m := range c.Members {
+			job.StaticConfigs = append(job.StaticConfigs, staticConfig{
+				Targets: []string{hostPort(ep, m, j.port)},
+				Labels:  map[string]string{"cluster": c.Name, "member": m.Name},
+			})
+		}
+		doc.ScrapeConfigs = append(doc.ScrapeConfigs, job)
 	}
-	doc.ScrapeConfigs = []scrapeConfig{job}
 	var b bytes.Buffer
 	b.WriteString("# Prometheus scrape config for the etcd cluster " + c.Name + ", written by etcdimg.\n")
 	enc := yaml.NewEncoder(&b)

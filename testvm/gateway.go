@@ -2,11 +2,15 @@ package testvm
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 )
 
 // GatewayForward maps 127.0.0.1:Host to Guest:Port on the LAN.
@@ -14,6 +18,14 @@ type GatewayForward struct {
 	Host  int
 	Guest netip.Addr
 	Port  int
+}
+
+// GuestForward lets members reach a service of the host: a connection
+// to LAN (an address of the LAN that no member has) runs Command, whose
+// standard input and output are the connection (QEMU's guestfwd "cmd:").
+type GuestForward struct {
+	LAN     netip.AddrPort
+	Command string
 }
 
 // Gateway gives the host a way onto the LAN without root: a QEMU with no
@@ -28,6 +40,7 @@ type GatewayOptions struct {
 	HostIP   netip.Addr
 	DNSIP    netip.Addr
 	Forwards []GatewayForward
+	Guest    []GuestForward
 }
 
 // Args returns the gateway QEMU's arguments.
@@ -35,6 +48,10 @@ func (g GatewayOptions) Args() []string {
 	user := fmt.Sprintf("user,id=host0,net=%s,host=%s,dns=%s,restrict=on,ipv6=off", g.Network, g.HostIP, g.DNSIP)
 	for _, f := range g.Forwards {
 		user += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-%s:%d", f.Host, f.Guest, f.Port)
+	}
+	for _, f := range g.Guest {
+		// QEMU's option parser reads ",," as a literal comma.
+		user += fmt.Sprintf(",guestfwd=tcp:%s-cmd:%s", f.LAN, strings.ReplaceAll(f.Command, ",", ",,"))
 	}
 	return []string{
 		"-name", "etcdimg-gateway",
@@ -61,4 +78,27 @@ func StartGateway(g GatewayOptions) (Process, error) {
 	}
 	go cmd.Wait()
 	return Process{PID: cmd.Process.Pid, Args: cmd.Args}, nil
+}
+
+// Relay copies between this process's standard input and output (a
+// guest's connection, under GuestForward) and a TCP connection to addr,
+// until both directions end.
+func Relay(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	done := make(chan struct{})
+	go func() {
+		io.Copy(conn, os.Stdin)
+		conn.(*net.TCPConn).CloseWrite()
+		close(done)
+	}()
+	io.Copy(os.Stdout, conn)
+	// Standard input and output are one socket: shut its sending half,
+	// so the guest sees the server's end of the stream.
+	syscall.Shutdown(int(os.Stdout.Fd()), syscall.SHUT_WR)
+	<-done
+	return nil
 }

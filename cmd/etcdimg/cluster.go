@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -44,14 +45,14 @@ func loadBuilt(out string) (*spec.Cluster, outdir.Layout, error) {
 
 // forwarded returns the local cluster's loopback ports by member, or nil
 // when no cluster runs from dir under `up`.
-func forwarded(dir outdir.Layout) map[string][2]int {
+func forwarded(dir outdir.Layout) map[string]cluster.MemberState {
 	st, err := cluster.LoadState(runDir(dir))
 	if err != nil {
 		return nil
 	}
-	ports := map[string][2]int{}
+	ports := map[string]cluster.MemberState{}
 	for _, m := range st.Members {
-		ports[m.Name] = [2]int{m.Client, m.Metrics}
+		ports[m.Name] = m
 	}
 	return ports
 }
@@ -64,11 +65,7 @@ func reach(dir outdir.Layout) render.Endpoint {
 		return nil
 	}
 	return func(m spec.Member, port int) string {
-		p := ports[m.Name][0]
-		if port == layout.MetricsPort {
-			p = ports[m.Name][1]
-		}
-		return "127.0.0.1:" + strconv.Itoa(p)
+		return "127.0.0.1:" + strconv.Itoa(ports[m.Name].HostPort(port))
 	}
 }
 
@@ -184,6 +181,7 @@ func upCmd() *cobra.Command {
 			if gw, err := netip.ParseAddr(c.Network.Gateway); err == nil {
 				reserved = append(reserved, gw)
 			}
+			services := lanServices(c)
 			lock, err := lockRun(dir)
 			if err != nil {
 				return err
@@ -194,8 +192,12 @@ func upCmd() *cobra.Command {
 				Network: c.Prefix(), Reserved: reserved, Members: members,
 				MemoryMB: memory, Accel: accel, PortBase: portBase, DataSize: int64(dataSize),
 				SwitchCommand: []string{exe, "lan", "--socket"},
+				HostServices:  services, RelayCommand: []string{exe, "lan", "--relay"},
 			})
 			w := cmd.OutOrStdout()
+			for _, hs := range services {
+				fmt.Fprintf(w, "lan      %s (backup.s3.endpoint) is this host's %s\n", hs.LAN, hs.Host)
+			}
 			if err != nil {
 				if st != nil {
 					st.Down(30 * time.Second)
@@ -337,7 +339,7 @@ func statusCmd() *cobra.Command {
 		Short: "List the members, their QEMU PIDs, ports and console logs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, dir, err := loadBuilt(out)
+			c, dir, err := loadBuilt(out)
 			if err != nil {
 				return err
 			}
@@ -365,6 +367,7 @@ func statusCmd() *cobra.Command {
 				fmt.Fprintf(w, "%-8s %-15s %-8s %-8s %-24s %-24s %s\n", m.Name, m.IP, pid, state,
 					fmt.Sprintf("https://127.0.0.1:%d", m.Client), fmt.Sprintf("http://127.0.0.1:%d", m.Metrics), m.Console)
 			}
+			fmt.Fprintln(w, lastBackupLine(c, dir))
 			if down > 0 {
 				return fmt.Errorf("status: %d of %d members are not running", down, len(st.Members))
 			}
@@ -373,6 +376,23 @@ func statusCmd() *cobra.Command {
 	}
 	outFlag(c, &out)
 	return c
+}
+
+// lastBackupLine says when the cluster's last verified backup was taken,
+// from the record the members keep in etcd.
+func lastBackupLine(c *spec.Cluster, dir outdir.Layout) string {
+	e, err := adminEtcd(c, dir)
+	if err != nil {
+		return "last backup: unknown (" + err.Error() + ")"
+	}
+	m, err := e.LastBackup(context.Background())
+	switch {
+	case err != nil:
+		return "last backup: unknown (etcd: " + err.Error() + ")"
+	case m == nil:
+		return fmt.Sprintf("last backup: none yet (one every %s for the cluster)", c.Backup.Interval)
+	}
+	return fmt.Sprintf("last backup: %s, %s ago, by %s: revision %d, %d keys, %.1f MiB, verified, in %s", m.Name, time.Since(m.Time).Round(time.Second), m.Member, m.Revision, m.Keys, float64(m.Size)/(1<<20), strings.Join(m.Targets, " and "))
 }
 
 func healthCmd() *cobra.Command {
@@ -443,15 +463,48 @@ func etcdctlCmd() *cobra.Command {
 	return c
 }
 
-// lanCmd runs the virtual LAN's switch; `up` starts it as its own process.
+// lanServices are the spec's endpoints that a local cluster's LAN hands
+// to the host: an S3 endpoint at an address of the LAN that no member
+// has is the same port on the host's loopback (where a test, or the
+// operator, runs the S3 server).
+func lanServices(c *spec.Cluster) []cluster.HostService {
+	if c.Backup.S3 == nil {
+		return nil
+	}
+	u, err := url.Parse(c.Backup.S3.Endpoint)
+	if err != nil {
+		return nil
+	}
+	ip, err := netip.ParseAddr(u.Hostname())
+	if err != nil || !c.Prefix().Contains(ip) {
+		return nil
+	}
+	for _, m := range c.Members {
+		if m.Addr() == ip {
+			return nil
+		}
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	p, _ := strconv.Atoi(port)
+	return []cluster.HostService{{LAN: netip.AddrPortFrom(ip, uint16(p)), Host: "127.0.0.1:" + port}}
+}
+
+// lanCmd runs the virtual LAN's switch; `up` starts it as its own
+// process. With --relay it is one connection of a host service instead.
 func lanCmd() *cobra.Command {
-	var socket string
+	var socket, relay string
 	c := &cobra.Command{
 		Use:    "lan --socket PATH",
 		Short:  "Run the virtual LAN switch (started by up)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if relay != "" {
+				return testvm.Relay(relay)
+			}
 			sw, err := testvm.ListenSwitch(socket)
 			if err != nil {
 				return err
@@ -463,5 +516,6 @@ func lanCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&socket, "socket", "", "unix socket to listen on")
+	c.Flags().StringVar(&relay, "relay", "", "relay standard input and output to this TCP address")
 	return c
 }

@@ -27,7 +27,7 @@ of them.`,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(initCmd(), renderCmd(), buildCmd(), upCmd(), downCmd(), statusCmd(), healthCmd(), etcdctlCmd(),
-		stopCmd(), startCmd(), replaceCmd(), rollCmd(), snapshotCmd(), restoreCmd(), lanCmd())
+		stopCmd(), startCmd(), replaceCmd(), rollCmd(), snapshotCmd(), backupsCmd(), restoreCmd(), lanCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)
 		var ue usageError

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,7 +19,7 @@ import (
 func restoreCmd() *cobra.Command {
 	var f specFlags
 	var bf bootFlags
-	var from string
+	var from, endpoint string
 	var skipHash bool
 	c := &cobra.Command{
 		Use:   "restore --snapshot FILE",
@@ -34,15 +35,27 @@ data disk; then run ` + "`etcdimg up`" + `.`,
 			if from == "" {
 				return fmt.Errorf("--snapshot is required: a file from `etcdimg snapshot save` or `etcdctl snapshot save`")
 			}
-			if strings.Contains(from, "://") {
-				return fmt.Errorf("--snapshot %s: only local files are restored yet; fetch the object first", from)
+			dir := outdir.Layout(f.out)
+			local := from
+			if rest, ok := strings.CutPrefix(from, "s3://"); ok {
+				// Downloaded outside the directory, so that a bad object
+				// writes nothing there.
+				tmp, err := fetchS3(cmd, &f, dir, rest, endpoint)
+				if tmp != "" {
+					defer os.Remove(tmp)
+				}
+				if err != nil {
+					return fmt.Errorf("--snapshot %s: %w", from, err)
+				}
+				local = tmp
+			} else if strings.Contains(from, "://") {
+				return fmt.Errorf("--snapshot %s: give a file or s3://bucket/key", from)
 			}
 			// The snapshot is checked before anything else is touched,
 			// the run directory's lock file included.
-			if _, err := snapshot.Verify(from, skipHash); err != nil {
+			if _, err := snapshot.Verify(local, skipHash); err != nil {
 				return err
 			}
-			dir := outdir.Layout(f.out)
 			if _, err := os.Stat(dir.Spec()); err != nil && f.config == "" {
 				return fmt.Errorf("%s has no cluster spec (%s); restore rebuilds a directory's cluster: pass --out of that directory, or --config with a spec", dir.Dir(), dir.Spec())
 			}
@@ -64,7 +77,7 @@ data disk; then run ` + "`etcdimg up`" + `.`,
 			if _, err := bf.inputs(); err != nil {
 				return err
 			}
-			abs, _ := filepath.Abs(from)
+			abs, _ := filepath.Abs(local)
 			res, err := restore.Prepare(dir, c.Name, abs, from, skipHash, time.Now())
 			if err != nil {
 				return err
@@ -84,7 +97,42 @@ data disk; then run ` + "`etcdimg up`" + `.`,
 	}
 	f.register(c)
 	bf.register(c)
-	c.Flags().StringVar(&from, "snapshot", "", "the snapshot to restore (a file)")
+	c.Flags().StringVar(&from, "snapshot", "", "the snapshot to restore: a file, or s3://bucket/key in backup.s3's endpoint")
+	c.Flags().StringVar(&endpoint, "s3-endpoint", "", "reach the bucket here instead of at backup.s3.endpoint")
 	c.Flags().BoolVar(&skipHash, "skip-hash-check", false, "accept a database without etcd's integrity hash (copied from a dead member's data directory)")
 	return c
+}
+
+// fetchS3 downloads s3://BUCKET/KEY (rest is BUCKET/KEY) from the spec's
+// S3 endpoint with its credentials into a temporary file outside the
+// output directory and returns its path.
+func fetchS3(cmd *cobra.Command, f *specFlags, dir outdir.Layout, rest, endpoint string) (string, error) {
+	bkt, key, ok := strings.Cut(rest, "/")
+	if !ok || bkt == "" || key == "" {
+		return "", fmt.Errorf("want s3://bucket/key")
+	}
+	c, _, err := f.load(cmd)
+	if err != nil {
+		return "", err
+	}
+	if c.Backup.S3 != nil && c.Backup.S3.Bucket != bkt {
+		s3 := *c.Backup.S3
+		s3.Bucket = bkt
+		c.Backup.S3 = &s3
+	}
+	b, err := bucket(c, dir, endpoint)
+	if err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp("", "etcdimg-restore-*.db")
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	err = b.GetKey(ctx, key, tmp)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	return tmp.Name(), err
 }

@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/pkg/v3/cobrautl"
 	"go.etcd.io/etcd/server/v3/etcdmain"
 
+	"etcdimg/backup"
 	"etcdimg/firstboot"
 )
 
@@ -26,6 +27,8 @@ var programs = map[string]func(args []string){
 	"etcd":    etcdmain.Main,
 	"etcdctl": func(args []string) { os.Args = args; ctlv3.MustStart() },
 	"etcdutl": runEtcdutl,
+	// etcd-backup is the backup service (layout.BackupBinary).
+	"etcd-backup": func([]string) { backup.Main() },
 }
 
 func main() {
@@ -36,7 +39,7 @@ func main() {
 	}
 	run, ok := programs[name]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "etcdnode: run me as init, etcd, etcdctl or etcdutl (a link or the first argument), not %q\n", name)
+		fmt.Fprintf(os.Stderr, "etcdnode: run me as init, etcd, etcdctl, etcdutl or etcd-backup (a link or the first argument), not %q\n", name)
 		os.Exit(2)
 	}
 	run(args)

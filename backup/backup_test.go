@@ -1,0 +1,173 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"etcdimg/ignition/ign"
+	"etcdimg/snapshot"
+)
+
+func freeURL(t *testing.T) url.URL {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	u, _ := url.Parse("http://" + l.Addr().String())
+	return *u
+}
+
+// startEtcd runs a real etcd (embedded) and returns its client URL.
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	cfg := embed.NewConfig()
+	cfg.Dir = t.TempDir()
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cu, pu := freeURL(t), freeURL(t)
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		t.Fatal("embedded etcd did not become ready")
+	}
+	return cu.String()
+}
+
+func service(t *testing.T, name, endpoint string, retain int) *Service {
+	return &Service{
+		Member: name, Endpoint: endpoint,
+		Client: clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()},
+		Config: ign.BackupConfig{Cluster: "c1", IntervalSeconds: 60, Retain: retain},
+		Dir:    t.TempDir(),
+		Log:    t.Logf,
+	}
+}
+
+// TestOneBackupPerIntervalForTheCluster: two members' services against
+// one real etcd take one backup between them per interval; it is
+// verified, named in the record, and its metrics pass promtool.
+func TestOneBackupPerIntervalForTheCluster(t *testing.T) {
+	ep := startEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	for i := range 50 {
+		cli.Put(ctx, fmt.Sprintf("/k/%d", i), "v")
+	}
+	a, b := service(t, "etcd-1", ep, 2), service(t, "etcd-2", ep, 2)
+	for _, s := range []*Service{a, b, a, b} {
+		if err := s.Once(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	la, _ := List(a.Dir)
+	lb, _ := List(b.Dir)
+	if len(la)+len(lb) != 1 {
+		t.Fatalf("%d + %d backups in one interval, want 1", len(la), len(lb))
+	}
+	m := append(la, lb...)[0]
+	last, err := LastBackup(ctx, cli)
+	if err != nil || last == nil || last.Name != m.Name || last.Keys != 51 { // 50 keys and the backup lock
+		t.Fatalf("record %+v (%v), backup %+v", last, err, m)
+	}
+	dir := a.Dir
+	if len(lb) == 1 {
+		dir = b.Dir
+	}
+	info, err := snapshot.Verify(filepath.Join(dir, m.Name+".db"), false)
+	if err != nil || info.SHA256 != m.SHA256 || info.Revision != m.Revision {
+		t.Fatalf("stored backup: %+v %v", info, err)
+	}
+
+	// Metrics: every member reports the cluster's last backup.
+	var out bytes.Buffer
+	b.WriteMetrics(&out, Certificates{})
+	if !strings.Contains(out.String(), fmt.Sprintf("etcdimg_backup_last_success_timestamp_seconds %d\n", m.Time.Unix())) ||
+		!strings.Contains(out.String(), "etcdimg_backup_last_revision ") {
+		t.Errorf("metrics:\n%s", out.String())
+	}
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool is missing: run `make deps`")
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = &out
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, b)
+	}
+}
+
+// TestRetentionNeverDropsTheNewest: by count and by age, the newest
+// verified backup is always kept.
+func TestRetentionNeverDropsTheNewest(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	var ms []Manifest
+	for i := range 5 {
+		ms = append(ms, Manifest{Name: fmt.Sprint(i), Time: now.Add(time.Duration(i-5) * time.Hour)})
+	}
+	names := func(ms []Manifest) string {
+		var s []string
+		for _, m := range ms {
+			s = append(s, m.Name)
+		}
+		return strings.Join(s, ",")
+	}
+	for _, tc := range []struct {
+		name   string
+		retain int
+		maxAge time.Duration
+		want   string
+	}{
+		{"count", 2, 0, "0,1,2"},
+		{"count above all", 9, 0, ""},
+		{"age", 9, 150 * time.Minute, "0,1,2"},
+		{"age drops all but newest", 9, time.Minute, "0,1,2,3"},
+		{"count one", 1, 0, "0,1,2,3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := names(Expired(ms, tc.retain, tc.maxAge, now)); got != tc.want {
+				t.Errorf("expired %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestListSkipsWhatIsNotVerified: a snapshot without its manifest (a
+// backup cut short) is not listed, nor is a temporary file.
+func TestListSkipsWhatIsNotVerified(t *testing.T) {
+	dir := t.TempDir()
+	writeManifest(dir, Manifest{Name: "good", Time: time.Now()})
+	os.WriteFile(filepath.Join(dir, "good.db"), []byte("x"), 0o600)
+	os.WriteFile(filepath.Join(dir, "orphan.db"), []byte("x"), 0o600)
+	writeManifest(dir, Manifest{Name: "no-db", Time: time.Now()})
+	os.WriteFile(filepath.Join(dir, ".snapshot-1.tmp"), []byte("x"), 0o600)
+	ms, err := List(dir)
+	if err != nil || len(ms) != 1 || ms[0].Name != "good" {
+		t.Fatalf("list %+v %v", ms, err)
+	}
+}

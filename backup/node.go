@@ -1,0 +1,171 @@
+package backup
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"etcdimg/ignition/ign"
+	"etcdimg/layout"
+)
+
+// APIPrefix is where a member serves its backups over mTLS on
+// layout.BackupPort: GET APIPrefix lists them (JSON manifests), GET
+// APIPrefix+NAME sends one.
+const APIPrefix = "/etcdimg/v1/backups/"
+
+// Main is the etcd-backup program inside the appliance: the service for
+// this member, from the files its config wrote.
+func Main() {
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "etcd-backup: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	s, tlsCfg, ip, err := Load("/")
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	certs := Certificates{"member": ign.CertPath, "ca": ign.CACertPath}
+	for _, addr := range []string{ip, "127.0.0.1"} {
+		ln, err := net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(layout.NodeMetricsPort)))
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", s.MetricsHandler(certs))
+		go (&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}).Serve(ln)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(layout.BackupPort)))
+	if err != nil {
+		return fmt.Errorf("backup API: %w", err)
+	}
+	server := tlsCfg.Clone()
+	server.ClientCAs, server.RootCAs = server.RootCAs, nil
+	server.ClientAuth = tls.RequireAndVerifyClientCert
+	go (&http.Server{Handler: APIHandler(s.Dir), ReadHeaderTimeout: 5 * time.Second}).Serve(tls.NewListener(ln, server))
+	where := "the data disk"
+	if s.S3 != nil {
+		where += " and " + s.S3.Where()
+	}
+	s.Log("backup: every %s for the cluster, keeping %d, to %s; metrics on :%d, backups over mTLS on :%d", time.Duration(s.Config.IntervalSeconds)*time.Second, s.Config.Retain, where, layout.NodeMetricsPort, layout.BackupPort)
+	return s.Run(ctx)
+}
+
+// Load builds the service from a member's files under root: etcd.conf
+// for its name, address and certificate, backup.json, and the S3
+// credentials and CA. It returns the member's client TLS config and IP
+// too.
+func Load(root string) (*Service, *tls.Config, string, error) {
+	conf, err := os.ReadFile(filepath.Join(root, ign.EtcdConfPath))
+	if err != nil {
+		return nil, nil, "", err
+	}
+	env, err := ign.EnvMap(conf)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("%s: %w", ign.EtcdConfPath, err)
+	}
+	var cfg ign.BackupConfig
+	b, err := os.ReadFile(filepath.Join(root, layout.BackupConfigPath))
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil || cfg.IntervalSeconds < 1 {
+		return nil, nil, "", fmt.Errorf("%s: not a backup config (%v)", layout.BackupConfigPath, err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(root, env["ETCD_CERT_FILE"]), filepath.Join(root, env["ETCD_KEY_FILE"]))
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("member certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(root, env["ETCD_TRUSTED_CA_FILE"]))
+	if err != nil {
+		return nil, nil, "", err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, nil, "", errors.New("CA certificate: no certificate in it")
+	}
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
+	u, err := url.Parse(strings.Split(env["ETCD_ADVERTISE_CLIENT_URLS"], ",")[0])
+	if err != nil || u.Host == "" {
+		return nil, nil, "", fmt.Errorf("ETCD_ADVERTISE_CLIENT_URLS %q: %v", env["ETCD_ADVERTISE_CLIENT_URLS"], err)
+	}
+	s := &Service{
+		Member:   env["ETCD_NAME"],
+		Endpoint: u.String(),
+		Client:   clientv3.Config{Endpoints: []string{u.String()}, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()},
+		Config:   cfg,
+		Dir:      filepath.Join(root, layout.BackupDir),
+		Log:      func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
+	}
+	if cfg.S3 != nil {
+		creds, err := os.ReadFile(filepath.Join(root, layout.S3CredentialsPath))
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("s3 credentials: %w", err)
+		}
+		var ca []byte
+		if cfg.S3.CA {
+			if ca, err = os.ReadFile(filepath.Join(root, layout.S3CAPath)); err != nil {
+				return nil, nil, "", fmt.Errorf("s3 CA: %w", err)
+			}
+		}
+		up, err := NewS3(*cfg.S3, cfg.Cluster, creds, ca)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		s.S3 = up
+	}
+	return s, tlsCfg, u.Hostname(), nil
+}
+
+// APIHandler serves the backups in dir: the list, and each snapshot.
+func APIHandler(dir string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name, ok := strings.CutPrefix(r.URL.Path, APIPrefix)
+		if !ok || r.Method != http.MethodGet {
+			http.NotFound(w, r)
+			return
+		}
+		if name == "" {
+			ms, err := List(dir)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(ms)
+			return
+		}
+		f, m, err := Open(dir, name)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.FormatInt(m.Size, 10))
+		w.Header().Set("X-Etcdimg-Sha256", m.SHA256)
+		io.Copy(w, f)
+	})
+}
