@@ -19,7 +19,7 @@ HOST_FILES := /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
 DEB_CACHE := .cache/deb
 export ETCDIMG_DEB_CACHE := $(CURDIR)/$(DEB_CACHE)
 
-.PHONY: all build up test bench deps host-packages debs clean
+.PHONY: all build up test bench deps host-packages debs test-tools clean
 ## all (plain `make`): the image packages and both binaries.
 all: debs build
 
@@ -67,12 +67,29 @@ up: deps build
 	@if bin/etcdimg status --out $(OUT) >/dev/null 2>&1; then bin/etcdimg health --out $(OUT); \
 	else bin/etcdimg up --detach --out $(OUT); fi
 
+## test-tools: the real S3 server the backup tests upload to (Versity's
+## S3 gateway, Apache-2.0), built once from the module proxy into .cache/bin.
+## Debian's etcd 3.4 (etcd-server, etcd-client) makes the snapshot that
+## the restore test takes from "another etcd".
+VERSITYGW := .cache/bin/versitygw
+TEST_DEBS := .cache/test-deb
+test-tools: $(VERSITYGW)
+	@mkdir -p $(TEST_DEBS)
+	@cd $(TEST_DEBS) && if ! ls etcd-server_3.4*.deb etcd-client_3.4*.deb >/dev/null 2>&1; then \
+		echo "make: downloading etcd-server etcd-client (Debian's etcd 3.4) into $(TEST_DEBS)"; \
+		apt-get download -qq etcd-server etcd-client 2>/dev/null || { apt-get update -qq; apt-get download -qq etcd-server etcd-client 2>&1 | grep -v "^W: Download is performed unsandboxed" || true; }; \
+		ls etcd-server_3.4*.deb etcd-client_3.4*.deb >/dev/null; \
+	fi
+$(VERSITYGW):
+	@echo "make: building versitygw (the S3 server of the backup tests) into .cache/bin"
+	GOBIN=$(CURDIR)/.cache/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+
 ## test: every test, unit and end to end.
-test: deps
+test: deps test-tools
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 25m ./...
+	$(GO) test -count=1 -timeout 40m ./...
 
 ## bench: build time, image size and boot-to-healthy for one member under TCG.
 bench: deps

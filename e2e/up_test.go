@@ -40,9 +40,15 @@ type upCluster struct {
 // test failed.
 func upThree(t testing.TB) *upCluster {
 	t.Helper()
-	work := t.TempDir()
+	return upBuilt(t, t.TempDir(), "--nodes", "3")
+}
+
+// upBuilt is upThree with other build arguments (a --config, say), in
+// the work directory work.
+func upBuilt(t testing.TB, work string, buildArgs ...string) *upCluster {
+	t.Helper()
 	out := filepath.Join(work, "out")
-	if _, stderr, code := etcdimg(t, work, "build", "--nodes", "3", "--out", out); code != 0 {
+	if _, stderr, code := etcdimg(t, work, append([]string{"build", "--out", out}, buildArgs...)...); code != 0 {
 		t.Fatalf("build: %s", stderr)
 	}
 	u := &upCluster{work: work, out: out}
@@ -366,13 +372,25 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 // prometheusScrapes runs Debian's prometheus on loopback with the
 // cluster's prometheus.yml and waits until it reports up == 1 and
 // etcd_server_has_leader == 1 for every member. It is stopped by PID.
+// promQuery runs a query and returns each series' value by member.
+type promQuery func(q string) (map[string]string, error)
+
 func prometheusScrapes(t *testing.T, u *upCluster) {
+	t.Helper()
+	query, port, dir, stop := startPrometheus(t, u)
+	defer stop()
+	checkScrapes(t, u, query, port, dir)
+}
+
+// startPrometheus runs Debian's prometheus on the run directory's
+// prometheus.yml, on loopback.
+func startPrometheus(t *testing.T, u *upCluster) (query promQuery, port int, dir string, stop func()) {
 	t.Helper()
 	port, err := testvm.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	dir = t.TempDir()
 	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
 	defer logf.Close()
 	cmd := exec.Command("prometheus",
@@ -386,7 +404,7 @@ func prometheusScrapes(t *testing.T, u *upCluster) {
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	defer func() {
+	stop = func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		select {
 		case <-done:
@@ -394,8 +412,8 @@ func prometheusScrapes(t *testing.T, u *upCluster) {
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-done
 		}
-	}()
-	query := func(q string) (map[string]string, error) {
+	}
+	query = func(q string) (map[string]string, error) {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/query?query=%s", port, url.QueryEscape(q)))
 		if err != nil {
 			return nil, err
@@ -419,6 +437,11 @@ func prometheusScrapes(t *testing.T, u *upCluster) {
 		}
 		return out, nil
 	}
+	return query, port, dir, stop
+}
+
+func checkScrapes(t *testing.T, u *upCluster, query promQuery, port int, dir string) {
+	t.Helper()
 	// The alert rules that prometheus.yml names are loaded.
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -437,17 +460,19 @@ func prometheusScrapes(t *testing.T, u *upCluster) {
 	}
 	deadline = time.Now().Add(2 * time.Minute)
 	for {
-		up, err1 := query("up")
+		up, err1 := query(`up{job="etcd"}`)
 		leader, err2 := query("etcd_server_has_leader")
-		ok := err1 == nil && err2 == nil && len(up) == 3 && len(leader) == 3
+		// Every member's backup service is scraped too (job etcdimg).
+		node, err3 := query(`etcdimg_backup_interval_seconds{job="etcdimg"}`)
+		ok := err1 == nil && err2 == nil && err3 == nil && len(up) == 3 && len(leader) == 3 && len(node) == 3
 		for _, m := range u.state.Members {
-			ok = ok && up[m.Name] == "1" && leader[m.Name] == "1"
+			ok = ok && up[m.Name] == "1" && leader[m.Name] == "1" && node[m.Name] == "3600"
 		}
 		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("prometheus: up=%v has_leader=%v (%v %v)\n%s", up, leader, err1, err2, testvm.TailFile(filepath.Join(dir, "prometheus.log"), 15))
+			t.Fatalf("prometheus: up=%v has_leader=%v backup interval=%v (%v %v %v)\n%s", up, leader, node, err1, err2, err3, testvm.TailFile(filepath.Join(dir, "prometheus.log"), 15))
 		}
 		time.Sleep(time.Second)
 	}
