@@ -60,6 +60,10 @@ type Manifest struct {
 	Targets     []string  `json:"targets"` // where it was stored: local, s3
 }
 
+// walReserve is what backups leave free on the data disk beside the
+// database's quota: WAL segments and etcd's own snapshots.
+const walReserve = 256 << 20
+
 // Service is one member's backup service.
 type Service struct {
 	Member   string
@@ -67,6 +71,7 @@ type Service struct {
 	Client   clientv3.Config  // TLS and endpoint for that URL
 	Config   ign.BackupConfig // interval, retention, S3
 	Dir      string           // the data disk's backup directory
+	Quota    int64            // etcd's backend quota, which backups leave room for
 	S3       Uploader         // nil without S3
 	Log      func(format string, args ...any)
 
@@ -181,6 +186,9 @@ func (s *Service) Once(ctx context.Context) error {
 	if err := writeManifest(s.Dir, *m); err != nil {
 		return err
 	}
+	// Retention runs before the record is written: a round is over, for
+	// whoever reads the record, once its old backups are gone too.
+	s.retain(ctx)
 	b, _ := json.Marshal(m)
 	if _, err := cli.Put(ctx, RecordKey, string(b)); err != nil {
 		return fmt.Errorf("record the backup: %w", err)
@@ -191,7 +199,6 @@ func (s *Service) Once(ctx context.Context) error {
 		where += " and in " + s.S3.Where()
 	}
 	s.Log("backup: %s: revision %d, %d keys, %.1f MiB, verified in %.1fs, kept %s", m.Name, m.Revision, m.Keys, float64(m.Size)/(1<<20), m.Seconds, where)
-	s.retain(ctx)
 	return nil
 }
 
@@ -204,8 +211,12 @@ func (s *Service) take(ctx context.Context, cli *clientv3.Client) (*Manifest, er
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
-	if free, err := freeBytes(s.Dir); err == nil && free < 2*st.DbSize+64<<20 {
-		return nil, fmt.Errorf("the data disk has %d MiB free, a backup of a %d MiB database needs %d MiB: lower backup.retain or grow the disk", free>>20, st.DbSize>>20, (2*st.DbSize+64<<20)>>20)
+	// Backups never take the room etcd's database may still grow into
+	// (up to its quota), nor a reserve for the WAL.
+	if need := st.DbSize + max(s.Quota-st.DbSize, 0) + walReserve; s.Quota > 0 {
+		if free, err := freeBytes(s.Dir); err == nil && free < need {
+			return nil, fmt.Errorf("the data disk has %d MiB free; a backup of the %d MiB database must leave room for the database to grow to its %d MiB quota and %d MiB for the WAL (%d MiB in all): lower backup.retain or grow the data disk", free>>20, st.DbSize>>20, s.Quota>>20, walReserve>>20, need>>20)
+		}
 	}
 	tmp, err := os.CreateTemp(s.Dir, ".snapshot-*.tmp")
 	if err != nil {
@@ -237,6 +248,9 @@ func (s *Service) take(ctx context.Context, cli *clientv3.Client) (*Manifest, er
 	return m, nil
 }
 
+// readRecord reads the cluster's last backup record. A record of
+// another cluster (one this cluster was restored from) does not count:
+// a restored cluster backs itself up at once.
 func readRecord(ctx context.Context, cli *clientv3.Client) (*Manifest, error) {
 	r, err := cli.Get(ctx, RecordKey)
 	if err != nil {
@@ -248,6 +262,9 @@ func readRecord(ctx context.Context, cli *clientv3.Client) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(r.Kvs[0].Value, &m); err != nil {
 		return nil, nil // a damaged record is overwritten by the next backup
+	}
+	if m.ClusterID != fmt.Sprintf("%x", r.Header.ClusterId) {
+		return nil, nil
 	}
 	return &m, nil
 }

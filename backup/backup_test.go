@@ -237,3 +237,46 @@ func TestS3StoresVerifiedBackupsWithTheirMetadata(t *testing.T) {
 		t.Errorf("disk after a failed upload: %v", local)
 	}
 }
+
+// TestBackupLeavesEtcdItsRoom: a backup that would take the room the
+// database may grow into (its quota) is refused, counted, and leaves
+// nothing on the disk.
+func TestBackupLeavesEtcdItsRoom(t *testing.T) {
+	s := service(t, "etcd-1", startEtcd(t), 2)
+	s.Quota = 1 << 50
+	err := s.Once(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "must leave room for the database to grow") {
+		t.Fatalf("backup with no room: %v", err)
+	}
+	if entries, _ := os.ReadDir(s.Dir); len(entries) != 0 {
+		t.Errorf("a refused backup left %d files", len(entries))
+	}
+	var m bytes.Buffer
+	s.WriteMetrics(&m, Certificates{})
+	if !strings.Contains(m.String(), `etcdimg_backup_failures_total{target="local"} 1`) {
+		t.Errorf("failure not counted:\n%s", m.String())
+	}
+}
+
+// TestARestoredClusterBacksUpAtOnce: a record left by the cluster a
+// snapshot came from (another cluster ID) does not delay the restored
+// cluster's first backup.
+func TestARestoredClusterBacksUpAtOnce(t *testing.T) {
+	ep := startEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	old := fmt.Sprintf(`{"name":"old","clusterID":"deadbeef","time":%q}`, time.Now().Format(time.RFC3339))
+	if _, err := cli.Put(context.Background(), RecordKey, old); err != nil {
+		t.Fatal(err)
+	}
+	s := service(t, "etcd-1", ep, 2)
+	if err := s.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if ms, _ := List(s.Dir); len(ms) != 1 {
+		t.Fatalf("backups after a foreign record: %v", ms)
+	}
+}

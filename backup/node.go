@@ -86,6 +86,15 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("%s: %w", ign.EtcdConfPath, err)
 	}
+	// firstboot's runtime overrides (a lowered quota) win, as for etcd.
+	if b, err := os.ReadFile(filepath.Join(root, layout.RuntimeEnvPath)); err == nil {
+		if over, err := ign.EnvMap(b); err == nil {
+			for k, v := range over {
+				env[k] = v
+			}
+		}
+	}
+	quota, _ := strconv.ParseInt(env["ETCD_QUOTA_BACKEND_BYTES"], 10, 64)
 	var cfg ign.BackupConfig
 	b, err := os.ReadFile(filepath.Join(root, layout.BackupConfigPath))
 	if err != nil {
@@ -117,6 +126,7 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 		Client:   clientv3.Config{Endpoints: []string{u.String()}, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()},
 		Config:   cfg,
 		Dir:      filepath.Join(root, layout.BackupDir),
+		Quota:    quota,
 		Log:      func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
 	}
 	if cfg.S3 != nil {

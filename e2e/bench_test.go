@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"compress/gzip"
+	"context"
 	"etcdimg/cluster"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // BenchmarkOneMember measures, for a one-member cluster under TCG: the
@@ -197,4 +199,51 @@ func BenchmarkReplaceAndRoll(b *testing.B) {
 	b.ReportMetric(replace.Seconds(), "replace-s")
 	b.ReportMetric(roll.Seconds(), "roll-s")
 	fmt.Printf("  replace of one member → voter again: %.1fs (target 30 s)\n  roll of three members: %.1fs (target 90 s)\n", replace.Seconds(), roll.Seconds())
+}
+
+// BenchmarkSnapshotAndRestore times, on a three-member cluster under TCG
+// holding 100,000 keys (100-byte values): `snapshot save` (from the
+// healthiest member, verified) and its size; then `restore` of that
+// snapshot plus `up` until the restored cluster is healthy, from blank
+// data disks (target 30 s on this machine).
+func BenchmarkSnapshotAndRestore(b *testing.B) {
+	u := upThree(b)
+	cli := u.client(b, 0, u.admin)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	value := strings.Repeat("v", 100)
+	for i := 0; i < 100000; i += 500 {
+		var ops []clientv3.Op
+		for j := i; j < i+500; j++ {
+			ops = append(ops, clientv3.OpPut(fmt.Sprintf("/bench/%06d", j), value))
+		}
+		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	snap := filepath.Join(u.work, "bench.db")
+	start := time.Now()
+	if out, stderr, code := etcdimg(b, u.work, "snapshot", "save", snap, "--out", u.out); code != 0 {
+		b.Fatalf("snapshot save: %s%s", out, stderr)
+	}
+	save := time.Since(start)
+	st, _ := os.Stat(snap)
+	if _, stderr, code := etcdimg(b, u.work, "down", "--out", u.out); code != 0 {
+		b.Fatalf("down: %s", stderr)
+	}
+	start = time.Now()
+	if out, stderr, code := etcdimg(b, u.work, "restore", "--snapshot", snap, "--out", u.out); code != 0 {
+		b.Fatalf("restore: %s%s", out, stderr)
+	}
+	restoreCmd := time.Since(start)
+	_, stderr, code := etcdimg(b, u.work, "up", "--out", u.out, "--detach", "--accel", "tcg", "--timeout", "4m", "--port-base", fmt.Sprint(freePortBase(b, 3)))
+	if code != 0 {
+		b.Fatalf("up: %s", stderr)
+	}
+	restored := time.Since(start)
+	b.ReportMetric(save.Seconds(), "snapshot-save-s")
+	b.ReportMetric(float64(st.Size())/(1<<20), "snapshot-MiB")
+	b.ReportMetric(restored.Seconds(), "restore-to-healthy-s")
+	fmt.Printf("\n100,000 keys, 100-byte values, three members, TCG\n  snapshot save: %.1fs, %.1f MiB\n  restore (verify, set aside, build images): %.1fs; restore + up → healthy: %.1fs (target 30 s)\n",
+		save.Seconds(), float64(st.Size())/(1<<20), restoreCmd.Seconds(), restored.Seconds())
 }

@@ -123,7 +123,7 @@ func pids(st *cluster.State) []int {
 	return p
 }
 
-func (u *upCluster) client(t *testing.T, i int, tc *tls.Config) *clientv3.Client {
+func (u *upCluster) client(t testing.TB, i int, tc *tls.Config) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints: []string{fmt.Sprintf("https://127.0.0.1:%d", u.state.Members[i].Client)},

@@ -503,7 +503,12 @@ func lanCmd() *cobra.Command {
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if relay != "" {
-				return testvm.Relay(relay)
+				// Standard output and error are the guest's connection:
+				// an error must not be written into its stream.
+				if err := testvm.Relay(relay); err != nil {
+					os.Exit(1)
+				}
+				return nil
 			}
 			sw, err := testvm.ListenSwitch(socket)
 			if err != nil {
