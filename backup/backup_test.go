@@ -280,3 +280,27 @@ func TestARestoredClusterBacksUpAtOnce(t *testing.T) {
 		t.Fatalf("backups after a foreign record: %v", ms)
 	}
 }
+
+// TestS3TrustsTheCAItIsGiven: an HTTPS endpoint signed by a private CA
+// is reached with backup.s3.caFile's CA, and refused without it.
+func TestS3TrustsTheCAItIsGiven(t *testing.T) {
+	srv := s3test.StartTLS(t)
+	target := ign.S3Target{Endpoint: "https://" + srv.Addr, Bucket: "tls-backups", Region: "us-east-1"}
+	with, err := NewS3(target, "c1", s3test.Credentials(), srv.CAPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := with.client.MakeBucket(context.Background(), "tls-backups", minio.MakeBucketOptions{}); err != nil {
+		t.Fatalf("with the CA: %v", err)
+	}
+	if _, err := with.List(context.Background()); err != nil {
+		t.Fatalf("list with the CA: %v", err)
+	}
+	without, err := NewS3(target, "c1", s3test.Credentials(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := without.List(context.Background()); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("without the CA: %v, want a certificate error", err)
+	}
+}

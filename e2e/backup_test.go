@@ -77,6 +77,16 @@ func TestBackupsReachTheNodesAndTheBucket(t *testing.T) {
 		t.Errorf("object metadata %v (%v), want sha256 %s and cluster %x", st.UserMetadata, err, info.SHA256, clusterID)
 	}
 
+	// restore reads s3:// objects: this one downloads and verifies, and
+	// is then refused because the cluster runs; a missing one is one
+	// clear error.
+	if _, stderr, code := etcdimg(t, work, "restore", "--snapshot", "s3://etcd-backups/"+objects()[0], "--out", u.out); code != 1 || !strings.Contains(stderr, "is running") {
+		t.Errorf("restore from the bucket while running: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := etcdimg(t, work, "restore", "--snapshot", "s3://etcd-backups/e2e/none.db", "--out", u.out); code != 1 || !strings.Contains(stderr, "--snapshot s3://etcd-backups/e2e/none.db") {
+		t.Errorf("restore of a missing object: exit %d: %s", code, stderr)
+	}
+
 	// The same backup on a member's data disk, fetched over mTLS.
 	stdout, stderr, code = etcdimg(t, work, "backups", "list", "--out", u.out)
 	t.Logf("backups list:\n%s", stdout)

@@ -3,10 +3,12 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -93,6 +95,10 @@ func TestRestoreRebuildsTheClusterFromASnapshot(t *testing.T) {
 	if err := os.Rename(filepath.Join(u.out, "images", "etcd-3.img"), oldImage); err != nil {
 		t.Fatal(err)
 	}
+	oldDisk := filepath.Join(u.work, "old-etcd-3-data.img")
+	if out, err := exec.Command("cp", "--sparse=always", filepath.Join(u.out, "disks", "etcd-3-data.img"), oldDisk).CombinedOutput(); err != nil {
+		t.Fatalf("keep etcd-3's old disk: %v %s", err, out)
+	}
 	for _, d := range []string{"images", "disks"} {
 		if err := os.RemoveAll(filepath.Join(u.out, d)); err != nil {
 			t.Fatal(err)
@@ -158,25 +164,34 @@ func TestRestoreRebuildsTheClusterFromASnapshot(t *testing.T) {
 		}
 	}
 
-	// An image of the old cluster, booted on the new LAN in etcd-3's
-	// place with a blank disk, refuses to join the new cluster.
+	// In etcd-3's place on the new LAN: an image of the old cluster with
+	// a blank disk refuses to join the new cluster; the new image with
+	// the old cluster's data disk refuses the disk and leaves it as it is.
 	if _, stderr, code := etcdimg(t, u.work, "stop", "etcd-3", "--out", u.out); code != 0 {
 		t.Fatalf("stop etcd-3: %s", stderr)
 	}
 	u.reload(t)
 	m3, _ := u.state.Member("etcd-3")
-	vm, err := testvm.Start(testvm.Options{
-		Name: "old-etcd-3", Dir: u.work, Image: oldImage, DataDisk: filepath.Join(u.work, "old-etcd-3-data.img"),
-		DataSize: 1 << 30, MemoryMB: u.state.MemoryMB, Accel: "tcg", GuestIP: netip.MustParseAddr(m3.IP), LAN: u.state.SwitchSocket,
-	})
-	if err != nil {
-		t.Fatal(err)
+	diskFiles := ext4Files(t, oldDisk, "/etcdimg.json", "/etcd/member/snap/db")
+	for _, tc := range []struct{ name, image, disk, want string }{
+		{"old-image", oldImage, filepath.Join(u.work, "blank-data.img"), "refusing to join another cluster"},
+		{"old-disk", m3.Image, oldDisk, "restores its snapshot onto a blank disk only"},
+	} {
+		vm, err := testvm.Start(testvm.Options{
+			Name: tc.name, Dir: u.work, Image: tc.image, DataDisk: tc.disk,
+			DataSize: 1 << 30, MemoryMB: u.state.MemoryMB, Accel: "tcg", GuestIP: netip.MustParseAddr(m3.IP), LAN: u.state.SwitchSocket,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := vm.WaitConsole(tc.want, 4*time.Minute); err != nil {
+			t.Errorf("%s: no %q: %v\n%s", tc.name, tc.want, err, vm.Tail(30))
+		}
+		vm.Kill()
 	}
-	defer vm.Kill()
-	if err := vm.WaitConsole("refusing to join another cluster", 4*time.Minute); err != nil {
-		t.Errorf("the old image did not refuse the new cluster: %v\n%s", err, vm.Tail(30))
+	if after := ext4Files(t, oldDisk, "/etcdimg.json", "/etcd/member/snap/db"); after != diskFiles {
+		t.Errorf("the refused old data disk's files changed:\nbefore %s\nafter  %s", diskFiles, after)
 	}
-	vm.Kill()
 	if after, _ := membersByName(t, u); len(after) != 3 || after["etcd-3"] != members["etcd-3"] {
 		t.Errorf("members after the old image's boot: %v, want %v", after, members)
 	}
@@ -185,4 +200,20 @@ func TestRestoreRebuildsTheClusterFromASnapshot(t *testing.T) {
 	}
 	u.reload(t)
 	waitHealthy(t, u)
+}
+
+// ext4Files reads files from an ext4 disk image with e2fsprogs' debugfs
+// and returns their SHA-256s: what a mount's own bookkeeping (mount
+// count, times) does not change.
+func ext4Files(t *testing.T, disk string, paths ...string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, p := range paths {
+		out, err := exec.Command("debugfs", "-R", "cat "+p, disk).Output()
+		if err != nil || len(out) == 0 {
+			t.Fatalf("debugfs cat %s: %v", p, err)
+		}
+		fmt.Fprintf(&b, "%s=%x ", p, sha256.Sum256(out))
+	}
+	return b.String()
 }

@@ -220,9 +220,31 @@ func TestDecideNeverBootstrapsBesideData(t *testing.T) {
 		{p("etcd", "unreachable"), decideJoin},
 		{p("blank", "etcd"), decideJoin},
 		{p("etcd", "etcd"), decideJoin},
+		// Peers that restored the image's snapshot and wait for a quorum
+		// are starting this cluster, as bootstrapping ones are.
+		{p("restored", "blank"), decideNew},
+		{p("restored", "restored"), decideNew},
+		{p("restored", "unreachable"), decideWait},
+		{p("restored", "data"), decideWait},
+		{p("restored", "etcd"), decideJoin},
 	} {
 		if got := decide(tc.states); got != tc.want {
 			t.Errorf("%v: %s, want %s", tc.states, got, tc.want)
+		}
+	}
+}
+
+// TestForeignPeersStopAJoin: a member whose image names another cluster
+// (another token, or initial cluster) than its peers run never joins
+// them; peers of its own cluster, or not answering, do not stop it.
+func TestForeignPeersStopAJoin(t *testing.T) {
+	s := &self{Cluster: "c-new", WantID: 0x826b}
+	if why := s.foreignPeers([]peerState{{Name: "etcd-2", State: "etcd", ClusterID: 0x826b}, {Name: "etcd-3", State: "unreachable"}}); why != "" {
+		t.Errorf("own cluster refused: %s", why)
+	}
+	for _, st := range []string{"etcd", "data"} {
+		if why := s.foreignPeers([]peerState{{Name: "etcd-2", State: st, ClusterID: 0x1234}}); !strings.Contains(why, "etcd-2 runs cluster 1234, but this image belongs to cluster 826b (token c-new): refusing to join another cluster") {
+			t.Errorf("%s peer of another cluster: %q", st, why)
 		}
 	}
 }

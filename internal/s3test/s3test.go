@@ -5,7 +5,14 @@ package s3test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -27,10 +34,12 @@ const (
 
 // Server is a running versitygw.
 type Server struct {
-	Addr string // 127.0.0.1:port
-	Dir  string
-	cmd  *exec.Cmd
-	log  string
+	Addr  string // 127.0.0.1:port
+	Dir   string
+	CAPEM []byte // with TLS: the CA of the server's certificate
+	cmd   *exec.Cmd
+	log   string
+	tls   []string // --cert, --key arguments
 }
 
 // Binary finds versitygw: $ETCDIMG_VERSITYGW, else .cache/bin at the
@@ -48,9 +57,39 @@ func Binary(t testing.TB) string {
 	return p
 }
 
+// StartTLS is Start serving HTTPS, with a certificate for 127.0.0.1
+// from a CA of its own (CAPEM).
+func StartTLS(t testing.TB) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "s3test CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return start(t, 0, []string{"--cert", certPath, "--key", keyPath}, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
+}
+
 // Start runs versitygw on a free loopback port (or port, when not 0)
 // over a new directory, and stops it when the test ends.
 func Start(t testing.TB, port int) *Server {
+	t.Helper()
+	return start(t, port, nil, nil)
+}
+
+func start(t testing.TB, port int, tlsArgs []string, caPEM []byte) *Server {
 	t.Helper()
 	if port == 0 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -60,7 +99,7 @@ func Start(t testing.TB, port int) *Server {
 		port = l.Addr().(*net.TCPAddr).Port
 		l.Close()
 	}
-	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: t.TempDir()}
+	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: t.TempDir(), tls: tlsArgs, CAPEM: caPEM}
 	s.log = filepath.Join(t.TempDir(), "versitygw.log")
 	s.Restart(t)
 	t.Cleanup(func() { s.Stop() })
@@ -79,7 +118,8 @@ func (s *Server) Restart(t testing.TB) {
 	defer logf.Close()
 	data := filepath.Join(s.Dir, "data")
 	os.MkdirAll(data, 0o700)
-	s.cmd = exec.Command(Binary(t), "--access", AccessKey, "--secret", SecretKey, "--port", s.Addr, "posix", "--sidecar", side, data)
+	args := append([]string{"--access", AccessKey, "--secret", SecretKey, "--port", s.Addr}, s.tls...)
+	s.cmd = exec.Command(Binary(t), append(args, "posix", "--sidecar", side, data)...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
