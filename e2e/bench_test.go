@@ -212,9 +212,9 @@ func BenchmarkSnapshotAndRestore(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	value := strings.Repeat("v", 100)
-	for i := 0; i < 100000; i += 500 {
+	for i := 0; i < 100000; i += 100 {
 		var ops []clientv3.Op
-		for j := i; j < i+500; j++ {
+		for j := i; j < i+100; j++ {
 			ops = append(ops, clientv3.OpPut(fmt.Sprintf("/bench/%06d", j), value))
 		}
 		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
