@@ -72,8 +72,10 @@ type Service struct {
 	Config   ign.BackupConfig // interval, retention, S3
 	Dir      string           // the data disk's backup directory
 	Quota    int64            // etcd's backend quota, which backups leave room for
-	S3       Uploader         // nil without S3
-	Log      func(format string, args ...any)
+	// FirstDelay is how long Run waits before its first round.
+	FirstDelay time.Duration
+	S3         Uploader // nil without S3
+	Log        func(format string, args ...any)
 
 	mu      sync.Mutex
 	metrics metrics
@@ -103,6 +105,13 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("backup: %w", err)
 	}
 	s.metrics.started = time.Now()
+	// The first round waits a little: at boot, etcd is starting and
+	// the CPU is better spent there.
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-time.After(s.FirstDelay):
+	}
 	var said string
 	var saidAt time.Time
 	for {

@@ -127,7 +127,9 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 		Config:   cfg,
 		Dir:      filepath.Join(root, layout.BackupDir),
 		Quota:    quota,
-		Log:      func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
+		// etcd needs the CPU while it starts; a backup can wait.
+		FirstDelay: 15 * time.Second,
+		Log:        func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
 	}
 	if cfg.S3 != nil {
 		creds, err := os.ReadFile(filepath.Join(root, layout.S3CredentialsPath))

@@ -241,6 +241,16 @@ func BenchmarkSnapshotAndRestore(b *testing.B) {
 		b.Fatalf("up: %s", stderr)
 	}
 	restored := time.Since(start)
+	u.reload(b)
+	for _, m := range u.state.Members {
+		c, _ := os.ReadFile(m.Console)
+		fmt.Printf("  %s:\n", m.Name)
+		for _, line := range strings.Split(string(c), "\n") {
+			if strings.Contains(line, "firstboot: ") && (strings.Contains(line, "appliance starting") || strings.Contains(line, "prepare data disk") || strings.Contains(line, "decide cluster state") || strings.Contains(line, "etcd.service: ready")) {
+				fmt.Printf("    %.200s\n", line)
+			}
+		}
+	}
 	b.ReportMetric(save.Seconds(), "snapshot-save-s")
 	b.ReportMetric(float64(st.Size())/(1<<20), "snapshot-MiB")
 	b.ReportMetric(restored.Seconds(), "restore-to-healthy-s")

@@ -176,7 +176,7 @@ func raftTerm(t *testing.T, u *upCluster) uint64 {
 	return term
 }
 
-func (u *upCluster) reload(t *testing.T) {
+func (u *upCluster) reload(t testing.TB) {
 	t.Helper()
 	st, err := cluster.LoadState(filepath.Join(u.out, "run"))
 	if err != nil {

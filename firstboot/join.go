@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -52,7 +53,7 @@ const probePath = "/etcdimg/v1/disk"
 type probeReply struct {
 	Cluster string `json:"cluster"`
 	Member  string `json:"member"`
-	Disk    string `json:"disk"` // "blank"
+	Disk    string `json:"disk"` // "blank", or "starting" once it decided to start the new cluster
 }
 
 // self is this member as etcd.conf describes it.
@@ -215,8 +216,8 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 	}()
 	code, body, perr := get(probePath)
 	var r probeReply
-	if perr == nil && code == http.StatusOK && json.Unmarshal(body, &r) == nil && r.Disk == "blank" && r.Cluster == s.Cluster && r.Member == p.Name {
-		st.State = "blank"
+	if perr == nil && code == http.StatusOK && json.Unmarshal(body, &r) == nil && (r.Disk == "blank" || r.Disk == "starting") && r.Cluster == s.Cluster && r.Member == p.Name {
+		st.State = r.Disk
 		return st
 	}
 	if res := <-sc; res.err == nil {
@@ -296,7 +297,7 @@ func decide(states []peerState) string {
 		switch st.State {
 		case "etcd":
 			return decideJoin
-		case "blank", "bootstrapping", "restored":
+		case "blank", "bootstrapping", "restored", "starting":
 			blank++
 		}
 	}
@@ -306,18 +307,48 @@ func decide(states []peerState) string {
 	return decideWait
 }
 
+// probe is this member's answer to its peers while it decides, and then
+// while it prepares to start the new cluster (restoring a snapshot can
+// take seconds): "blank", then "starting".
+type probe struct {
+	stop  func()
+	reply atomic.Value // []byte
+}
+
+func (p *probe) set(s *self, disk string) {
+	b, _ := json.Marshal(probeReply{Cluster: s.Cluster, Member: s.Name, Disk: disk})
+	p.reply.Store(b)
+}
+
+// markStarters remembers the peers that said they are starting the new
+// cluster, and keeps them starters while their peer port is silent or
+// their etcd loads its data (of this cluster) without serving yet.
+func markStarters(states []peerState, starting map[string]bool, want uint64) {
+	for i, st := range states {
+		switch {
+		case st.State == "starting":
+			starting[st.Name] = true
+		case st.State == "blank":
+			delete(starting, st.Name) // it rebooted before starting
+		case starting[st.Name] && (st.State == "unreachable" || (st.State == "data" && (st.ClusterID == 0 || st.ClusterID == want))):
+			states[i].State = "starting"
+		}
+	}
+}
+
 // serveProbe answers peers that this member is blank and deciding, on
-// its peer address, until the returned stop is called.
-func (s *self) serveProbe() (stop func(), err error) {
+// its peer address, until its stop is called.
+func (s *self) serveProbe() (*probe, error) {
 	ln, err := net.Listen("tcp", net.JoinHostPort(s.IP, strconv.Itoa(layout.PeerPort)))
 	if err != nil {
 		return nil, err
 	}
-	reply, _ := json.Marshal(probeReply{Cluster: s.Cluster, Member: s.Name, Disk: "blank"})
+	p := &probe{}
+	p.set(s, "blank")
 	mux := http.NewServeMux()
 	mux.HandleFunc(probePath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		w.Write(reply)
+		w.Write(p.reply.Load().([]byte))
 	})
 	srv := &http.Server{Handler: mux, TLSConfig: s.serverTLS, ReadHeaderTimeout: 5 * time.Second, ErrorLog: nil}
 	done := make(chan struct{})
@@ -325,13 +356,14 @@ func (s *self) serveProbe() (stop func(), err error) {
 		defer close(done)
 		srv.Serve(tls.NewListener(ln, s.serverTLS))
 	})
-	return func() {
+	p.stop = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
 		srv.Close()
 		<-done
-	}, nil
+	}
+	return p, nil
 }
 
 // joinPlan is the outcome of the join step.
@@ -340,6 +372,9 @@ type joinPlan struct {
 	Learner uint64   // our member ID when we joined as a learner
 	New     bool     // the member starts the cluster (or restores it)
 	Detail  string
+	// Release, when set, ends the probe that tells peers this member
+	// is starting the new cluster; call it just before etcd starts.
+	Release func()
 }
 
 // bootstrapOrJoin runs the rule for a member with a blank disk. It returns
@@ -348,30 +383,39 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 	if len(s.Peers) == 0 {
 		return &joinPlan{Detail: "a one-member cluster: new", New: true}, nil
 	}
-	stop, err := s.serveProbe()
+	pr, err := s.serveProbe()
 	if err != nil {
 		return nil, fmt.Errorf("answer peers on %s:%d: %w", s.IP, layout.PeerPort, err)
 	}
-	stopped := false
+	handedOver := false
 	defer func() {
-		if !stopped {
-			stop()
+		if !handedOver {
+			pr.stop()
 		}
 	}()
+	// A peer that said it is starting the new cluster saw every member
+	// blank, this one included: it stays a starter while it restores and
+	// while its etcd loads (its peer port silent), unless it answers
+	// otherwise.
+	starting := map[string]bool{}
 	lastSaid := time.Time{}
 	for {
 		states := s.observeAll(ctx)
+		markStarters(states, starting, s.WantID)
 		if why := s.foreignPeers(states); why != "" {
 			return nil, errors.New(why)
 		}
 		switch decide(states) {
 		case decideNew:
-			stop()
-			stopped = true
+			// The probe now says "starting" until etcd is about to
+			// take the port.
+			pr.set(s, "starting")
+			handedOver = true
+			plan := &joinPlan{Detail: "every member of the spec has a blank disk: bootstrapping a new cluster", New: true, Release: pr.stop}
 			if s.Restore != nil {
-				return &joinPlan{Detail: "every member of the spec has a blank disk or is restoring: restoring this member from the image's snapshot", New: true}, nil
+				plan.Detail = "every member of the spec has a blank disk or is restoring: restoring this member from the image's snapshot"
 			}
-			return &joinPlan{Detail: "every member of the spec has a blank disk: bootstrapping a new cluster", New: true}, nil
+			return plan, nil
 		case decideJoin:
 			plan, err := s.join(ctx, states)
 			if err == nil {

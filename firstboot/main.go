@@ -173,9 +173,15 @@ func (n *node) boot() error {
 			if plan.New && me.Restore != nil {
 				what, err := me.restoreFromImage()
 				if err != nil {
+					if plan.Release != nil {
+						plan.Release()
+					}
 					return "", err
 				}
 				plan.Detail += "; " + what
+			}
+			if plan.Release != nil {
+				plan.Release()
 			}
 		}
 		env := plan.Env

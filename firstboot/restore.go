@@ -14,9 +14,9 @@ import (
 
 // restoreFromImage starts this member of a restored cluster: it copies
 // the snapshot from the boot disk's restore partition onto the data disk,
-// checks it against the SHA-256 in the config and with snapshot.Verify,
-// and only then lets etcd's restore code write the data directory, which
-// must not exist yet. It is called only for a blank data disk.
+// checks it against the SHA-256 in the config
+// (the bytes `etcdimg restore` verified), and only then lets etcd's
+// restore code write the data directory, which must not exist yet. It is called only for a blank data disk.
 func (s *self) restoreFromImage() (string, error) {
 	rc := s.Restore
 	dev, err := waitForPartition(layout.RestoreLabel)
@@ -28,13 +28,15 @@ func (s *self) restoreFromImage() (string, error) {
 	if err := copySnapshot(dev, copyPath, rc.Size, rc.SHA256); err != nil {
 		return "", fmt.Errorf("restore: %w", err)
 	}
-	info, err := snapshot.Restore(copyPath, rc.SkipHashCheck, snapshot.Member{
+	// The bytes are the ones `etcdimg restore` verified (same SHA-256):
+	// etcd's restore code checks its integrity hash again as it writes.
+	err = snapshot.RestoreChecked(copyPath, rc.SkipHashCheck, snapshot.Member{
 		Name: s.Name, PeerURL: s.PeerURL, InitialCluster: s.InitialCluster, Token: s.Cluster,
 	}, layout.DataDir)
 	if err != nil {
 		return "", fmt.Errorf("restore: %w", err)
 	}
-	return fmt.Sprintf("restored %d keys at revision %d (bumped by %d, marked compacted) from the image's snapshot %.12s…", info.TotalKeys, info.Revision, snapshot.RevisionBump, rc.SHA256), nil
+	return fmt.Sprintf("restored %d keys at revision %d (bumped by %d, marked compacted) from the image's snapshot %.12s…", rc.Keys, rc.Revision, snapshot.RevisionBump, rc.SHA256), nil
 }
 
 // copySnapshot copies the first size bytes of dev to path (0600),

@@ -227,9 +227,40 @@ func TestDecideNeverBootstrapsBesideData(t *testing.T) {
 		{p("restored", "unreachable"), decideWait},
 		{p("restored", "data"), decideWait},
 		{p("restored", "etcd"), decideJoin},
+		// A peer that said it is starting the new cluster counts as one.
+		{p("starting", "blank"), decideNew},
+		{p("starting", "unreachable"), decideWait},
 	} {
 		if got := decide(tc.states); got != tc.want {
 			t.Errorf("%v: %s, want %s", tc.states, got, tc.want)
+		}
+	}
+}
+
+// TestStartersStayStarters: a peer that said it is starting the new
+// cluster stays one while silent or loading this cluster's data; not
+// when it shows another cluster's data, serves etcd, or says blank again
+// (rebooted); a peer never heard starting gets no such credit.
+func TestStartersStayStarters(t *testing.T) {
+	starting := map[string]bool{}
+	markStarters([]peerState{{Name: "a", State: "starting"}, {Name: "b", State: "blank"}}, starting, 0x826b)
+	for _, tc := range []struct {
+		in   peerState
+		want string
+	}{
+		{peerState{Name: "a", State: "unreachable"}, "starting"},
+		{peerState{Name: "a", State: "data"}, "starting"},
+		{peerState{Name: "a", State: "data", ClusterID: 0x826b}, "starting"},
+		{peerState{Name: "a", State: "data", ClusterID: 0x1234}, "data"},
+		{peerState{Name: "a", State: "etcd", ClusterID: 0x826b}, "etcd"},
+		{peerState{Name: "b", State: "unreachable"}, "unreachable"},
+		{peerState{Name: "a", State: "blank"}, "blank"},
+		{peerState{Name: "a", State: "unreachable"}, "unreachable"}, // rebooted blank: no longer a starter
+	} {
+		states := []peerState{tc.in}
+		markStarters(states, starting, 0x826b)
+		if states[0].State != tc.want {
+			t.Errorf("%+v: %s, want %s", tc.in, states[0].State, tc.want)
 		}
 	}
 }

@@ -68,7 +68,7 @@ func (p *Plan) SnapshotPath(dir outdir.Layout) string { return filepath.Join(dir
 
 // Config is what each member's config says of the snapshot.
 func (p *Plan) Config() *ign.RestoreConfig {
-	return &ign.RestoreConfig{SHA256: p.SHA256, Size: p.Size, Revision: p.Revision, SkipHashCheck: p.SkipHashCheck}
+	return &ign.RestoreConfig{SHA256: p.SHA256, Size: p.Size, Revision: p.Revision, Keys: p.TotalKeys, SkipHashCheck: p.SkipHashCheck}
 }
 
 // Token is a new initial-cluster token for cluster name: the name, the

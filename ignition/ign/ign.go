@@ -104,6 +104,7 @@ type RestoreConfig struct {
 	SHA256        string `json:"sha256"` // of the snapshot's Size bytes
 	Size          int64  `json:"size"`
 	Revision      int64  `json:"revision"`
+	Keys          int    `json:"keys"`
 	SkipHashCheck bool   `json:"skipHashCheck,omitempty"` // a database copied from a member's disk
 }
 
