@@ -220,6 +220,23 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 		st.State = r.Disk
 		return st
 	}
+	// etcd is on the peer port. Its /version says whether its cluster
+	// has ever decided a version, which a member restarted from data
+	// always has, and a member still bootstrapping a new cluster
+	// (waiting for a quorum) never has: that one is known at once,
+	// without waiting out the client port's timeout (its etcd does not
+	// serve clients before a quorum).
+	if perr == nil {
+		if code, body, err := get("/version"); err == nil && code == http.StatusOK {
+			var v struct {
+				Cluster string `json:"etcdcluster"`
+			}
+			if json.Unmarshal(body, &v) == nil && v.Cluster == "not_decided" {
+				st.State, st.Detail = "bootstrapping", "bootstrapping a new cluster"
+				return st
+			}
+		}
+	}
 	if res := <-sc; res.err == nil {
 		st.State, st.ClusterID = "etcd", res.clusterID
 		return st
@@ -228,20 +245,8 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 		st.Detail = oneLine(perr.Error())
 		return st
 	}
-	// etcd that does not answer clients yet. Its /version says whether
-	// its cluster has ever decided a version, which a member restarted
-	// from data always has, and a member still bootstrapping a new
-	// cluster (waiting for a quorum) never has.
+	// etcd that does not answer clients yet, with data.
 	st.State, st.Detail = "data", "etcd on the peer port, not answering clients yet"
-	if code, body, err := get("/version"); err == nil && code == http.StatusOK {
-		var v struct {
-			Cluster string `json:"etcdcluster"`
-		}
-		if json.Unmarshal(body, &v) == nil && v.Cluster == "not_decided" {
-			st.State, st.Detail = "bootstrapping", "bootstrapping a new cluster"
-			return st
-		}
-	}
 	// A peer restored from a snapshot has decided a version (the
 	// snapshot's) but, until a quorum of restored members forms, no
 	// member of its cluster has ever published a client URL. Such a peer
