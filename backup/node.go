@@ -3,9 +3,7 @@ package backup
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -41,7 +39,7 @@ func Main() {
 }
 
 func run() error {
-	s, tlsCfg, ip, err := Load("/")
+	s, serverTLS, ip, err := Load("/")
 	if err != nil {
 		return err
 	}
@@ -61,10 +59,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("backup API: %w", err)
 	}
-	server := tlsCfg.Clone()
-	server.ClientCAs, server.RootCAs = server.RootCAs, nil
-	server.ClientAuth = tls.RequireAndVerifyClientCert
-	go (&http.Server{Handler: APIHandler(s.Dir), ReadHeaderTimeout: 5 * time.Second}).Serve(tls.NewListener(ln, server))
+	go (&http.Server{Handler: APIHandler(s.Dir), ReadHeaderTimeout: 5 * time.Second}).Serve(tls.NewListener(ln, serverTLS))
 	where := "the data disk"
 	if s.S3 != nil {
 		where += " and " + s.S3.Where()
@@ -75,8 +70,8 @@ func run() error {
 
 // Load builds the service from a member's files under root: etcd.conf
 // for its name, address and certificate, backup.json, and the S3
-// credentials and CA. It returns the member's client TLS config and IP
-// too.
+// credentials and CA. It returns the member's server TLS config (for the
+// backups API, client certificates from the CA required) and IP too.
 func Load(root string) (*Service, *tls.Config, string, error) {
 	conf, err := os.ReadFile(filepath.Join(root, ign.EtcdConfPath))
 	if err != nil {
@@ -103,19 +98,10 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 	if err := json.Unmarshal(b, &cfg); err != nil || cfg.IntervalSeconds < 1 {
 		return nil, nil, "", fmt.Errorf("%s: not a backup config (%v)", layout.BackupConfigPath, err)
 	}
-	cert, err := tls.LoadX509KeyPair(filepath.Join(root, env["ETCD_CERT_FILE"]), filepath.Join(root, env["ETCD_KEY_FILE"]))
-	if err != nil {
-		return nil, nil, "", fmt.Errorf("member certificate: %w", err)
-	}
-	caPEM, err := os.ReadFile(filepath.Join(root, env["ETCD_TRUSTED_CA_FILE"]))
+	tlsCfg, serverTLS, err := ign.MemberTLS(root, env["ETCD_CERT_FILE"], env["ETCD_KEY_FILE"], env["ETCD_TRUSTED_CA_FILE"])
 	if err != nil {
 		return nil, nil, "", err
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, nil, "", errors.New("CA certificate: no certificate in it")
-	}
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
 	u, err := url.Parse(strings.Split(env["ETCD_ADVERTISE_CLIENT_URLS"], ",")[0])
 	if err != nil || u.Host == "" {
 		return nil, nil, "", fmt.Errorf("ETCD_ADVERTISE_CLIENT_URLS %q: %v", env["ETCD_ADVERTISE_CLIENT_URLS"], err)
@@ -148,7 +134,7 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 		}
 		s.S3 = up
 	}
-	return s, tlsCfg, u.Hostname(), nil
+	return s, serverTLS, u.Hostname(), nil
 }
 
 // APIHandler serves the backups in dir: the list, and each snapshot.

@@ -3,7 +3,6 @@ package firstboot
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -86,14 +85,9 @@ func readSelf(root string) (*self, error) {
 	if err != nil {
 		return nil, err
 	}
-	vars, err := ign.ParseEnvFile(data)
+	env, err := ign.EnvMap(data)
 	if err != nil {
 		return nil, err
-	}
-	env := map[string]string{}
-	for _, kv := range vars {
-		k, v, _ := strings.Cut(kv, "=")
-		env[k] = v
 	}
 	s := &self{Name: env["ETCD_NAME"], Cluster: env["ETCD_INITIAL_CLUSTER_TOKEN"], PeerURL: env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]}
 	if s.Name == "" || s.Cluster == "" || s.PeerURL == "" {
@@ -130,20 +124,9 @@ func readSelf(root string) (*self, error) {
 		}
 		s.Peers = append(s.Peers, peer{Name: name, PeerURL: purl, ClientURL: "https://" + net.JoinHostPort(pu.Hostname(), strconv.Itoa(layout.ClientPort))})
 	}
-	cert, err := tls.LoadX509KeyPair(filepath.Join(root, env["ETCD_PEER_CERT_FILE"]), filepath.Join(root, env["ETCD_PEER_KEY_FILE"]))
-	if err != nil {
-		return nil, fmt.Errorf("member certificate: %w", err)
+	if s.tls, s.serverTLS, err = ign.MemberTLS(root, env["ETCD_PEER_CERT_FILE"], env["ETCD_PEER_KEY_FILE"], env["ETCD_PEER_TRUSTED_CA_FILE"]); err != nil {
+		return nil, err
 	}
-	caPEM, err := os.ReadFile(filepath.Join(root, env["ETCD_PEER_TRUSTED_CA_FILE"]))
-	if err != nil {
-		return nil, fmt.Errorf("CA certificate: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, errors.New("CA certificate: no certificate in it")
-	}
-	s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
-	s.serverTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
 	return s, nil
 }
 
