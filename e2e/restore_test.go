@@ -160,10 +160,24 @@ func TestRestoreRebuildsTheClusterFromASnapshot(t *testing.T) {
 	if newID == oldID || len(members) != 3 {
 		t.Errorf("cluster ID %x (old %x), members %v", newID, oldID, members)
 	}
+	// A quorum restores the snapshot and starts the new cluster; a member
+	// that boots after that quorum already serves takes its never-used
+	// seat in the restored membership instead (the leader sends it the
+	// data), which is as good: the test's three members race under TCG.
+	restored := 0
 	for _, m := range u.state.Members {
-		if c := consoleOf(u, m.Name); !strings.Contains(c, fmt.Sprintf("restored %d keys at revision %d", info.TotalKeys, info.Revision)) {
-			t.Errorf("%s did not restore the snapshot; console tail:\n%s", m.Name, lastLines(c, 20))
+		c := consoleOf(u, m.Name)
+		switch {
+		case strings.Contains(c, fmt.Sprintf("restored %d keys at revision %d", info.TotalKeys, info.Revision)):
+			restored++
+		case strings.Contains(c, fmt.Sprintf("cluster %x exists: already added as %x (learner false)", newID, members[m.Name])):
+			t.Logf("%s booted after the restored quorum served, and took its seat in it", m.Name)
+		default:
+			t.Errorf("%s neither restored the snapshot nor took its seat in the restored cluster; console tail:\n%s", m.Name, lastLines(c, 20))
 		}
+	}
+	if restored < 2 {
+		t.Errorf("%d members restored the snapshot, want a quorum (2)", restored)
 	}
 
 	// In etcd-3's place on the new LAN: an image of the old cluster with
