@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
@@ -128,7 +129,15 @@ type Member struct {
 	// carries in a partition of its own (layout.RestoreLabel) after the
 	// ESP: it is too large for the config, which names its SHA-256.
 	Restore string
+	// Platform is written on the kernel command line (layout.PlatformArg)
+	// for firstboot; "" writes none (firstboot then reads fw_cfg, then
+	// the ESP, as on qemu and metal).
+	Platform string
 }
+
+// Generic reports whether the image carries no member's config: a cloud
+// image, whose config is each instance's user-data.
+func (m Member) Generic() bool { return m.Ignition == nil }
 
 // Write writes member's image to path: built under a temporary name in the
 // same directory and renamed into place when complete. The image holds the
@@ -155,14 +164,8 @@ func Write(path string, b *Boot, m Member) error {
 	if err := os.Chmod(tmpName, 0o600); err != nil {
 		return fmt.Errorf("image: %w", err)
 	}
-	f, err := os.Open(tmpName)
-	if err != nil {
-		return fmt.Errorf("image: %w", err)
-	}
-	err = f.Sync()
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("image: sync: %w", err)
+	if err := syncFile(tmpName); err != nil {
+		return err
 	}
 	if err := os.Rename(tmpName, path); err != nil {
 		return fmt.Errorf("image: %w", err)
@@ -179,15 +182,26 @@ const (
 // Files returns the ESP's files for m, by path.
 func (b *Boot) Files(m Member) map[string][]byte {
 	loaderConf := "timeout 0\ndefault etcdimg.conf\neditor no\nrandom-seed-mode off\n"
-	entry := fmt.Sprintf("title etcdimg %s (%s)\nlinux %s\ninitrd %s\noptions %s\n", m.Name, m.Cluster, KernelPath, InitrdPath, KernelCmdline)
-	return map[string][]byte{
-		LoaderPath:        b.Loader,
-		LoaderConf:        []byte(loaderConf),
-		EntryPath:         []byte(entry),
-		KernelPath:        b.Kernel,
-		InitrdPath:        b.Initrd,
-		layout.ConfigPath: m.Ignition,
+	entry := fmt.Sprintf("title etcdimg %s (%s)\nlinux %s\ninitrd %s\noptions %s\n", m.Name, m.Cluster, KernelPath, InitrdPath, m.Cmdline())
+	files := map[string][]byte{
+		LoaderPath: b.Loader,
+		LoaderConf: []byte(loaderConf),
+		EntryPath:  []byte(entry),
+		KernelPath: b.Kernel,
+		InitrdPath: b.Initrd,
 	}
+	if !m.Generic() {
+		files[layout.ConfigPath] = m.Ignition
+	}
+	return files
+}
+
+// Cmdline is the kernel command line of m's image.
+func (m Member) Cmdline() string {
+	if m.Platform == "" {
+		return KernelCmdline
+	}
+	return KernelCmdline + " " + layout.PlatformArg + "=" + m.Platform
 }
 
 func build(f *os.File, b *Boot, m Member) error {
@@ -296,9 +310,10 @@ func guid(parts ...string) string {
 
 func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }
 
-// Built describes one written image.
+// Built describes one written image file.
 type Built struct {
-	Member    string
+	Member    string // the member, or the generic image's name
+	Format    string
 	Path      string
 	Size      int64  // apparent
 	Allocated int64  // blocks on disk
@@ -306,17 +321,25 @@ type Built struct {
 	Previous  string // where the image it replaced was moved, if any
 }
 
-// WriteAll writes one image per member into dir, each from the member's
-// rendered Ignition config. Members are written one after another, each
-// atomically.
+// FileName is where image m in format f is written in dir: a member's raw
+// image is NAME.img (what `etcdimg up` boots), every other file
+// NAME + the format's extension.
+func FileName(dir string, m Member, f Format) string {
+	if f.Name == "raw" && !m.Generic() {
+		return filepath.Join(dir, m.Name+".img")
+	}
+	return filepath.Join(dir, m.Name+f.Ext)
+}
+
+// WriteAll writes each image in each format into dir: the raw disk first,
+// under a temporary name, then every format from it, each file renamed
+// into place when complete. Images are written one after another.
 //
-// dir is made 0700 (an existing one too: images hold private keys). An
-// image that differs from the one already at its path does not destroy
-// it: the old one is moved to dir/previous/, stamped with the time, so
-// that a member can be booted from it again.
-//
-// restore, when not "", is a verified snapshot every image carries.
-func WriteAll(dir, cluster string, members []string, configs map[string][]byte, b *Boot, restore string) ([]Built, error) {
+// dir is made 0700 (an existing one too: member images hold private
+// keys). A file that differs from the one already at its path does not
+// destroy it: the old one is moved to dir/previous/, stamped with the
+// time, so that a member can be booted from it again.
+func WriteAll(dir string, images []Member, b *Boot, formats []Format, o FormatOptions) ([]Built, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
@@ -324,44 +347,127 @@ func WriteAll(dir, cluster string, members []string, configs map[string][]byte, 
 		return nil, fmt.Errorf("image: %w", err)
 	}
 	var out []Built
-	for _, name := range members {
-		p := filepath.Join(dir, name+".img")
-		oldSum, hadOld := fileSum(p)
-		if hadOld {
-			// Keep a hard link to the old image while the new one is
-			// renamed over it; drop it if the bytes did not change.
-			if err := os.MkdirAll(filepath.Join(dir, "previous"), 0o700); err != nil {
-				return out, fmt.Errorf("image: %w", err)
-			}
-		}
-		prev := filepath.Join(dir, "previous", fmt.Sprintf("%s-%s.img", name, time.Now().UTC().Format("20060102T150405.000")))
-		if hadOld {
-			if err := os.Link(p, prev); err != nil {
-				return out, fmt.Errorf("image: keep the previous %s: %w", p, err)
-			}
-		}
-		if err := Write(p, b, Member{Cluster: cluster, Name: name, Ignition: configs[name], Restore: restore}); err != nil {
-			if hadOld {
-				os.Remove(prev) // p is untouched
-			}
+	for _, m := range images {
+		raw, err := writeTemp(dir, m.Name+".raw", func(tmp string) error { return Write(tmp, b, m) })
+		if err != nil {
 			return out, err
 		}
-		st, err := os.Stat(p)
-		if err != nil {
-			return out, fmt.Errorf("image: %w", err)
-		}
-		bt := Built{Member: name, Path: p, Size: st.Size(), Allocated: allocated(st), New: true}
-		if hadOld {
-			if newSum, _ := fileSum(p); newSum == oldSum {
-				os.Remove(prev)
-				bt.New = false
+		for _, f := range formats {
+			tmp := raw
+			if f.write != nil {
+				if tmp, err = writeTemp(dir, m.Name+f.Ext, func(tmp string) error { return f.write(raw, tmp, o) }); err != nil {
+					os.Remove(raw)
+					return out, fmt.Errorf("image: %s: %s: %w", m.Name, f.Name, err)
+				}
 			} else {
-				bt.Previous = prev
+				// The raw disk itself is the raw format: it is renamed
+				// into place, and the other formats need a copy.
+				if tmp, err = writeTemp(dir, m.Name+f.Ext, func(tmp string) error { return os.Link(raw, tmp) }); err != nil {
+					os.Remove(raw)
+					return out, err
+				}
 			}
+			bt, err := install(tmp, FileName(dir, m, f))
+			if err != nil {
+				os.Remove(tmp)
+				os.Remove(raw)
+				return out, err
+			}
+			bt.Member, bt.Format = m.Name, f.Name
+			out = append(out, bt)
 		}
-		out = append(out, bt)
+		os.Remove(raw)
 	}
 	return out, nil
+}
+
+// writeTemp runs write on a fresh temporary path in dir (a 0600 file that
+// write may replace) and returns the path, or removes it on failure.
+func writeTemp(dir, base string, write func(tmp string) error) (string, error) {
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return "", fmt.Errorf("image: %w", err)
+	}
+	tmp := f.Name()
+	f.Close()
+	os.Remove(tmp)
+	if err := write(tmp); err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+// finalName is the base name a temporary file of writeTemp is renamed to.
+func finalName(tmp string) string {
+	base := filepath.Base(tmp)
+	if i := strings.LastIndex(base, ".tmp-"); i > 0 {
+		return strings.TrimPrefix(base[:i], ".")
+	}
+	return base
+}
+
+// install renames the finished file tmp to path, keeping a different file
+// that was there in dir/previous/.
+func install(tmp, path string) (Built, error) {
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return Built{}, fmt.Errorf("image: %w", err)
+	}
+	if err := syncFile(tmp); err != nil {
+		return Built{}, err
+	}
+	dir := filepath.Dir(path)
+	oldSum, hadOld := fileSum(path)
+	prev := ""
+	if hadOld {
+		// Keep a hard link to the old file while the new one is renamed
+		// over it; drop it if the bytes did not change.
+		if err := os.MkdirAll(filepath.Join(dir, "previous"), 0o700); err != nil {
+			return Built{}, fmt.Errorf("image: %w", err)
+		}
+		base := filepath.Base(path)
+		ext := filepath.Ext(base)
+		if strings.HasSuffix(base, ".tar.gz") {
+			ext = ".tar.gz"
+		}
+		prev = filepath.Join(dir, "previous", fmt.Sprintf("%s-%s%s", strings.TrimSuffix(base, ext), time.Now().UTC().Format("20060102T150405.000"), ext))
+		if err := os.Link(path, prev); err != nil {
+			return Built{}, fmt.Errorf("image: keep the previous %s: %w", path, err)
+		}
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		if prev != "" {
+			os.Remove(prev)
+		}
+		return Built{}, fmt.Errorf("image: %w", err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return Built{}, fmt.Errorf("image: %w", err)
+	}
+	bt := Built{Path: path, Size: st.Size(), Allocated: allocated(st), New: true}
+	if hadOld {
+		if newSum, _ := fileSum(path); newSum == oldSum {
+			os.Remove(prev)
+			bt.New = false
+		} else {
+			bt.Previous = prev
+		}
+	}
+	return bt, nil
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	err = f.Sync()
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("image: sync: %w", err)
+	}
+	return nil
 }
 
 // fileSum is the SHA-256 of the file at path, and whether it exists.

@@ -21,6 +21,12 @@ func fakeBoot() *Boot {
 	return &Boot{Loader: []byte("MZ loader"), Kernel: make([]byte, 3<<20), Initrd: make([]byte, 2<<20)}
 }
 
+// writeMember writes member etcd-1's raw image with config cfg.
+func writeMember(dir string, cfg []byte, restore string) ([]Built, error) {
+	raw, _ := FormatNamed("raw")
+	return WriteAll(dir, []Member{{Cluster: "c", Name: "etcd-1", Ignition: cfg, Restore: restore}}, fakeBoot(), []Format{raw}, FormatOptions{})
+}
+
 // TestImagesArePrivateFromTheFirstByte: an image holds the member's key,
 // so even with a permissive umask its temporary file is never readable by
 // others, the images directory is made 0700 even when it existed with
@@ -53,7 +59,7 @@ func TestImagesArePrivateFromTheFirstByte(t *testing.T) {
 			time.Sleep(200 * time.Microsecond)
 		}
 	}()
-	built, err := WriteAll(dir, "c", []string{"etcd-1"}, map[string][]byte{"etcd-1": []byte("{}")}, fakeBoot(), "")
+	built, err := writeMember(dir, []byte("{}"), "")
 	close(stop)
 	<-done
 	if err != nil {
@@ -79,12 +85,12 @@ func TestImagesArePrivateFromTheFirstByte(t *testing.T) {
 // previous/, never deleted.
 func TestRebuildKeepsThePreviousImage(t *testing.T) {
 	dir := t.TempDir()
-	cfg := map[string][]byte{"etcd-1": []byte(`{"a":1}`)}
-	first, err := WriteAll(dir, "c", []string{"etcd-1"}, cfg, fakeBoot(), "")
+	cfg := []byte(`{"a":1}`)
+	first, err := writeMember(dir, cfg, "")
 	if err != nil || !first[0].New || first[0].Previous != "" {
 		t.Fatalf("first build: %+v %v", first, err)
 	}
-	same, err := WriteAll(dir, "c", []string{"etcd-1"}, cfg, fakeBoot(), "")
+	same, err := writeMember(dir, cfg, "")
 	if err != nil || same[0].New || same[0].Previous != "" {
 		t.Fatalf("same inputs: %+v %v", same, err)
 	}
@@ -92,8 +98,8 @@ func TestRebuildKeepsThePreviousImage(t *testing.T) {
 		t.Errorf("an identical image was kept aside: %v", prev)
 	}
 	oldBytes, _ := os.ReadFile(first[0].Path)
-	cfg["etcd-1"] = []byte(`{"a":2}`)
-	changed, err := WriteAll(dir, "c", []string{"etcd-1"}, cfg, fakeBoot(), "")
+	cfg = []byte(`{"a":2}`)
+	changed, err := writeMember(dir, cfg, "")
 	if err != nil || !changed[0].New || changed[0].Previous == "" {
 		t.Fatalf("new inputs: %+v %v", changed, err)
 	}
@@ -120,7 +126,7 @@ func TestRestorePartitionCarriesTheSnapshot(t *testing.T) {
 		data[i] = byte(i * 7)
 	}
 	os.WriteFile(snap, data, 0o600)
-	built, err := WriteAll(filepath.Join(dir, "images"), "c", []string{"etcd-1"}, map[string][]byte{"etcd-1": []byte("{}")}, fakeBoot(), snap)
+	built, err := writeMember(filepath.Join(dir, "images"), []byte("{}"), snap)
 	if err != nil {
 		t.Fatal(err)
 	}

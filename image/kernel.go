@@ -36,7 +36,9 @@ var ApplianceModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_rng",
 	"qemu_fw_cfg", "button", "evdev",
 	"vfat", "nls_cp437", "nls_ascii", "nls_utf8",
-	"ena", "gve",
+	"sd_mod", "nvme", "ena", "gve",
+	"hv_vmbus", "hv_storvsc", "hv_netvsc", "hv_utils",
+	"sr_mod", "isofs", "af_packet",
 }
 
 // ReadKernel reads the kernel image and its modules from a Debian kernel

@@ -90,3 +90,31 @@ const (
 // spec's quota. etcd.service names it optional, after etcd.conf, so it
 // overrides; on a host that is not the appliance it never exists.
 const RuntimeEnvPath = "/run/etcdimg/etcd.env"
+
+// Platforms. The image builder writes the platform on the kernel command
+// line (PlatformArg=NAME, as Ignition's ignition.platform.id); firstboot
+// reads it there to pick where the config comes from and how the network
+// comes up. qemu and metal images embed each member's config and use the
+// static address it names; a cloud image is one generic image for every
+// member, whose config is the instance's user-data, fetched after DHCP.
+const (
+	PlatformArg = "etcdimg.platform"
+
+	PlatformQEMU      = "qemu"
+	PlatformMetal     = "metal"
+	PlatformAWS       = "aws"
+	PlatformGCP       = "gcp"
+	PlatformAzure     = "azure"
+	PlatformOpenStack = "openstack"
+
+	// MetadataAddr is the link-local address of every cloud's metadata
+	// service (AWS IMDS, GCP's metadata server, Azure IMDS, OpenStack's
+	// metadata service).
+	MetadataAddr = "169.254.169.254"
+	// AzureWireServer is Azure's wire server, to which an image without
+	// the Azure agent reports that it is ready.
+	AzureWireServer = "168.63.129.16"
+	// ConfigDriveLabel is the file system label of OpenStack's config
+	// drive, which holds openstack/latest/user_data.
+	ConfigDriveLabel = "config-2"
+)

@@ -5,12 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"etcdimg/deb"
 	"etcdimg/image"
+	"etcdimg/layout"
 	"etcdimg/outdir"
 	"etcdimg/restore"
 	"etcdimg/spec"
@@ -56,20 +58,60 @@ func (f *bootFlags) inputs() (image.Inputs, error) {
 	return in, nil
 }
 
+// outputFlags choose what `build` writes: the platform and the formats.
+// Commands that boot the images here (up, replace, roll, restore) write
+// the default: a raw image per member for QEMU.
+type outputFlags struct {
+	formats, platform string
+	compress          bool
+}
+
+func (o *outputFlags) register(c *cobra.Command) {
+	c.Flags().StringVar(&o.formats, "format", "raw", "output formats, comma-separated: "+formatHelp())
+	c.Flags().StringVar(&o.platform, "platform", layout.PlatformQEMU, "where the images boot: qemu or metal (an image per member, its config inside), or aws, gcp, azure, openstack (one image for every member; each member's config is its instance's user-data)")
+	c.Flags().BoolVar(&o.compress, "compress", false, "compress qcow2 images")
+}
+
+func formatHelp() string {
+	var parts []string
+	for _, f := range image.Formats {
+		parts = append(parts, fmt.Sprintf("%s (%s)", f.Name, f.For))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// platforms are --platform's values; the cloud ones get a generic image.
+var platforms = map[string]bool{
+	layout.PlatformQEMU: false, layout.PlatformMetal: false,
+	layout.PlatformAWS: true, layout.PlatformGCP: true, layout.PlatformAzure: true, layout.PlatformOpenStack: true,
+}
+
+// check validates the flags before any work.
+func (o *outputFlags) check() ([]image.Format, bool, error) {
+	cloud, ok := platforms[o.platform]
+	if !ok {
+		return nil, false, fmt.Errorf("--platform: unknown platform %q; use qemu, metal, aws, gcp, azure or openstack", o.platform)
+	}
+	formats, err := image.ParseFormats(o.formats)
+	return formats, cloud, err
+}
+
 func buildCmd() *cobra.Command {
 	var f specFlags
 	var bf bootFlags
+	var of outputFlags
 	c := &cobra.Command{
 		Use:   "build",
 		Short: "Render, then write a bootable disk image per member to OUT/images",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, _, _, err := buildImages(cmd, &f, &bf, nil)
+			_, _, _, err := buildImages(cmd, &f, &bf, &of, nil)
 			return err
 		},
 	}
 	f.register(c)
 	bf.register(c)
+	of.register(c)
 	return c
 }
 
@@ -77,10 +119,17 @@ func buildCmd() *cobra.Command {
 // those named in only), reporting both. replace and roll run it too, so
 // that every image they boot is made from the current spec and PKI
 // before any member goes down.
-func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags, only []string) (*spec.Cluster, outdir.Layout, map[string]string, error) {
-	// The spec, then the image inputs, are read and checked before
-	// anything is written: a bad package fails a build that has not
-	// touched the output directory.
+func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags, of *outputFlags, only []string) (*spec.Cluster, outdir.Layout, map[string]string, error) {
+	// The flags, the spec, then the image inputs, are read and checked
+	// before anything is written: a bad package fails a build that has
+	// not touched the output directory.
+	if of == nil {
+		of = &outputFlags{formats: "raw", platform: layout.PlatformQEMU}
+	}
+	formats, cloud, err := of.check()
+	if err != nil {
+		return nil, "", nil, err
+	}
 	c, from, err := f.load(cmd)
 	if err != nil {
 		return nil, "", nil, err
@@ -98,12 +147,6 @@ func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags, only []string)
 	if err != nil {
 		return nil, "", nil, err
 	}
-	var names []string
-	for _, m := range c.Members {
-		if only == nil || slices.Contains(only, m.Name) {
-			names = append(names, m.Name)
-		}
-	}
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "boot     kernel %s, %d modules, initramfs %.1f MiB (%.1f MiB unpacked)\n",
 		boot.KernelVersion, len(boot.Modules), mib(int64(len(boot.Initrd))), mib(int64(len(boot.InitrdRaw))))
@@ -116,7 +159,17 @@ func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags, only []string)
 		snap = plan.SnapshotPath(dir)
 		fmt.Fprintf(w, "restore  every image carries %s (%.1f MiB, revision %d, %d keys) for the new cluster %s\n", snap, mib(plan.Size), plan.Revision, plan.TotalKeys, plan.Token)
 	}
-	built, err := image.WriteAll(dir.ImagesDir(), c.Name, names, res.Ignition, boot, snap)
+	var images []image.Member
+	if cloud {
+		images = append(images, image.Member{Cluster: c.Name, Name: "etcdimg-" + of.platform, Restore: snap, Platform: of.platform})
+	} else {
+		for _, m := range c.Members {
+			if only == nil || slices.Contains(only, m.Name) {
+				images = append(images, image.Member{Cluster: c.Name, Name: m.Name, Ignition: res.Ignition[m.Name], Restore: snap, Platform: of.platform})
+			}
+		}
+	}
+	built, err := image.WriteAll(dir.ImagesDir(), images, boot, formats, image.FormatOptions{Compress: of.compress})
 	if err != nil {
 		return nil, "", nil, err
 	}
@@ -130,9 +183,17 @@ func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags, only []string)
 			state = "new"
 		}
 		fmt.Fprintf(w, "image    %-8s %s (%.0f MiB, %.1f MiB allocated, %s)\n", b.Member, b.Path, mib(b.Size), mib(b.Allocated), state)
-		paths[b.Member] = b.Path
+		if b.Format == "raw" && !cloud {
+			paths[b.Member] = b.Path
+		}
 	}
-	fmt.Fprintf(w, "built %d images in %.1fs\n", len(built), time.Since(start).Seconds())
+	if cloud {
+		for _, m := range c.Members {
+			fmt.Fprintf(w, "user-data %-8s %-15s %s\n", m.Name, m.IP, dir.Ignition(m.Name))
+		}
+		fmt.Fprintf(w, "boot one instance per member from the image, with that member's fixed private IP and its config as user-data\n")
+	}
+	fmt.Fprintf(w, "built %d image files in %.1fs\n", len(built), time.Since(start).Seconds())
 	return c, dir, paths, nil
 }
 

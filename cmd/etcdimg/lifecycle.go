@@ -142,7 +142,7 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 		release()
 		return nil, nil, nil, err
 	}
-	if _, _, images, err = buildImages(cmd, &f.spec, &f.boot, only); err != nil {
+	if _, _, images, err = buildImages(cmd, &f.spec, &f.boot, nil, only); err != nil {
 		release()
 		return nil, nil, nil, err
 	}
