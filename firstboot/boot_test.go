@@ -102,6 +102,8 @@ func TestPickDataDisk(t *testing.T) {
 		{"a disk with partitions is not ours", []blockDev{{Name: "vda"}, esp, {Name: "vdb"}, {Name: "vdb1", IsPart: true, Parent: "vdb"}}, ""},
 		{"only the boot disk", []blockDev{{Name: "vda"}, esp}, ""},
 		{"loop devices are not disks", []blockDev{{Name: "vda"}, esp, {Name: "loop0"}}, ""},
+		{"our data disk, whatever the probe order", []blockDev{{Name: "nvme0n1"}, {Name: "nvme1n1"}, {Name: "nvme2n1", FSType: "ext4", Label: "etcd-data"}, {Name: "nvme0n1p1", IsPart: true, Parent: "nvme0n1", Partname: "ESP"}}, "/dev/nvme2n1"},
+		{"a config drive is not a data disk", []blockDev{{Name: "vda"}, esp, {Name: "vdb", FSType: "vfat", Label: "config-2"}, {Name: "vdc"}}, "/dev/vdc"},
 		{"nvme", []blockDev{{Name: "nvme0n1"}, {Name: "nvme0n1p1", IsPart: true, Parent: "nvme0n1", Partname: "ESP"}, {Name: "nvme1n1"}}, "/dev/nvme1n1"},
 	} {
 		got, ok := pickDataDisk(tc.devs)

@@ -21,12 +21,6 @@ type Source interface {
 	Fetch() ([]byte, error)
 }
 
-// configSources are tried in order: QEMU's fw_cfg first, so that one base
-// image can serve every member; then the config embedded in the image.
-func configSources() []Source {
-	return []Source{fwCfg{}, espFile{}}
-}
-
 // readConfig takes the first config found and validates it with
 // Ignition's own parser.
 func readConfig(sources []Source) (ign.Config, string, error) {

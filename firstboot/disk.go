@@ -20,6 +20,10 @@ type blockDev struct {
 	Partname string // GPT partition name
 	IsPart   bool
 	Parent   string // for a partition, its disk
+	// FSType and Label, probed on whole disks only when picking the data
+	// disk: "ext4" "etcd-data" is a data disk this appliance formatted,
+	// a "config-2" label an OpenStack config drive.
+	FSType, Label string
 }
 
 func (b blockDev) Path() string { return "/dev/" + b.Name }
@@ -86,6 +90,11 @@ func findDataDisk() (string, error) {
 		if err != nil {
 			return "", err
 		}
+		for i, d := range devs {
+			if !d.IsPart && isDiskName(d.Name) {
+				devs[i].FSType, devs[i].Label = probeDevice(d.Name)
+			}
+		}
 		if dev, ok := pickDataDisk(devs); ok {
 			return dev, nil
 		}
@@ -100,6 +109,10 @@ func findDataDisk() (string, error) {
 	}
 }
 
+// pickDataDisk picks, whatever the bus and the probe order: a partition
+// named etcd-data; else a whole disk this appliance formatted (ext4
+// labelled etcd-data); else the first whole disk that is neither the
+// boot disk, nor partitioned, nor a config drive.
 func pickDataDisk(devs []blockDev) (string, bool) {
 	boot := map[string]bool{}
 	hasParts := map[string]bool{}
@@ -114,11 +127,18 @@ func pickDataDisk(devs []blockDev) (string, bool) {
 			}
 		}
 	}
+	var candidates []blockDev
 	for _, d := range devs {
-		if d.IsPart || boot[d.Name] || hasParts[d.Name] || !isDiskName(d.Name) {
+		if d.IsPart || boot[d.Name] || hasParts[d.Name] || !isDiskName(d.Name) || strings.EqualFold(d.Label, layout.ConfigDriveLabel) {
 			continue
 		}
-		return d.Path(), true
+		if d.FSType == "ext4" && d.Label == layout.DataLabel {
+			return d.Path(), true
+		}
+		candidates = append(candidates, d)
+	}
+	if len(candidates) > 0 {
+		return candidates[0].Path(), true
 	}
 	return "", false
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -28,6 +29,11 @@ const (
 	MsgReady    = "ready"
 	MsgPowerOff = "powering off"
 )
+
+// configWait bounds how long a cloud member asks its metadata service
+// for a config (or Azure's wire server for its goal state) before it
+// stops, having touched no disk.
+const configWait = 60 * time.Second
 
 // node is the state of the running appliance.
 type node struct {
@@ -90,11 +96,37 @@ func (n *node) boot() error {
 	if err := watchPowerButton(func() { n.requestPower("ACPI power button") }); err != nil {
 		logf("power button: %v; power off with a signal instead", err)
 	}
+	platform := platformFromCmdline(readCmdline())
+	cloud := isCloud(platform)
+	var leased netip.Addr
+	if cloud {
+		// A cloud instance learns its address by DHCP, and only then
+		// can it ask the metadata service for its config.
+		if err := step("configure network ("+platform+")", func() (string, error) {
+			var err error
+			var what string
+			leased, what, err = dhcpNetwork(n.ctx)
+			return what, err
+		}); err != nil {
+			return err
+		}
+	}
 	var cfg ign.Config
 	if err := step("read config", func() (string, error) {
+		if cloud {
+			raw, from, err := fetchWithRetry(n.ctx, configSources(platform), configWait, func(b []byte) error {
+				var err error
+				cfg, err = ign.Parse(b)
+				return err
+			})
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%s, %d bytes, Ignition %s", from, len(raw), cfg.Ignition.Version), nil
+		}
 		var err error
 		var from string
-		cfg, from, err = readConfig(configSources())
+		cfg, from, err = readConfig(configSources(platform))
 		return from, err
 	}); err != nil {
 		return err
@@ -122,7 +154,18 @@ func (n *node) boot() error {
 	if err := step("set hostname", setHostname); err != nil {
 		return err
 	}
-	if err := step("configure network", configureNetwork); err != nil {
+	if cloud {
+		if err := step("check address", func() (string, error) { return checkLeasedAddress(leased) }); err != nil {
+			return err
+		}
+		if platform == layout.PlatformAzure {
+			if err := step("report ready", func() (string, error) {
+				return azureReportReady(n.ctx, metadataClient(layout.AzureWireServer), configWait)
+			}); err != nil {
+				return err
+			}
+		}
+	} else if err := step("configure network", configureNetwork); err != nil {
 		return err
 	}
 	me, err := readSelf("/")

@@ -21,6 +21,7 @@ const NetworkDir = "/etc/systemd/network"
 // appliance applies: [Match] Name= globs, [Network] Address=, Gateway=,
 // DNS=.
 type NetworkFile struct {
+	Path    string
 	Names   []string
 	Address netip.Prefix
 	Gateway netip.Addr
@@ -87,25 +88,16 @@ func configureNetwork() (string, error) {
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return "", fmt.Errorf("loopback up: %w", err)
 	}
-	files, _ := filepath.Glob(filepath.Join(NetworkDir, "*.network"))
-	slices.Sort(files)
-	if len(files) == 0 {
-		return "", fmt.Errorf("no %s/*.network file in the config; the member needs its address", NetworkDir)
+	files, err := readNetworkFiles()
+	if err != nil {
+		return "", err
 	}
 	var done []string
 	var dns []netip.Addr
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return "", err
-		}
-		nf, err := ParseNetworkFile(data)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", f, err)
-		}
+	for _, nf := range files {
 		link, err := waitForLink(nf)
 		if err != nil {
-			return "", fmt.Errorf("%s: %w", f, err)
+			return "", fmt.Errorf("%s: %w", nf.Path, err)
 		}
 		name := link.Attrs().Name
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: nf.Address.Addr().AsSlice(), Mask: net.CIDRMask(nf.Address.Bits(), nf.Address.Addr().BitLen())}}
@@ -136,6 +128,29 @@ func configureNetwork() (string, error) {
 		}
 	}
 	return strings.Join(done, "; "), nil
+}
+
+// readNetworkFiles reads the config's .network files, in name order.
+func readNetworkFiles() ([]NetworkFile, error) {
+	paths, _ := filepath.Glob(filepath.Join(NetworkDir, "*.network"))
+	slices.Sort(paths)
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("no %s/*.network file in the config; the member needs its address", NetworkDir)
+	}
+	var out []NetworkFile
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		nf, err := ParseNetworkFile(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		nf.Path = p
+		out = append(out, nf)
+	}
+	return out, nil
 }
 
 func waitForLink(nf NetworkFile) (netlink.Link, error) {
