@@ -60,8 +60,8 @@ func TestLeaseFrom(t *testing.T) {
 func TestPlatformFromCmdline(t *testing.T) {
 	for in, want := range map[string]string{
 		"console=ttyS0 quiet etcdimg.platform=aws\n": "aws",
-		"console=ttyS0 quiet":                         "qemu",
-		"etcdimg.platform=gcp panic=-1":               "gcp",
+		"console=ttyS0 quiet":                        "qemu",
+		"etcdimg.platform=gcp panic=-1":              "gcp",
 	} {
 		if got := platformFromCmdline(in); got != want {
 			t.Errorf("%q: %q, want %q", in, got, want)
