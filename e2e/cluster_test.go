@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -170,7 +169,7 @@ func health(ip string) error {
 
 func tlsConfig(t testing.TB, ca, cert, key string) *tls.Config {
 	t.Helper()
-	cfg, err := transport.TLSInfo{TrustedCAFile: ca, CertFile: cert, KeyFile: key}.ClientConfig()
+	cfg, err := loadTLS(ca, cert, key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,10 @@ var bin struct {
 }
 
 func TestMain(m *testing.M) {
+	if c := os.Getenv(cloudCaseEnv); c != "" {
+		// Re-run inside a network namespace for one cloud boot.
+		os.Exit(cloudCaseMain(c))
+	}
 	dir, err := os.MkdirTemp("", "etcdimg-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

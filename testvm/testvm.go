@@ -64,6 +64,20 @@ type Options struct {
 	// is then on the members' shared segment instead of a user-mode
 	// network of its own, and the host reaches it through a Gateway.
 	LAN string
+
+	// Cloud-like machines. DHCP makes QEMU's user-mode network hand
+	// GuestIP out by DHCP and lets the guest reach any address the host
+	// reaches (a metadata service, say): only for a host side that is a
+	// network namespace of the test's own.
+	DHCP bool
+	// ImageFormat is the OS disk's format as QEMU names it (default raw).
+	ImageFormat string
+	// Bus is "virtio" (the default) or "nvme", as on AWS Nitro, for both
+	// the OS and the data disk.
+	Bus string
+	// ExtraDisks are attached read-only as raw virtio disks after the
+	// data disk (an OpenStack config drive, say).
+	ExtraDisks []string
 }
 
 // VM is one running QEMU.
@@ -144,6 +158,9 @@ func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
 		cpu, accel = "host", "kvm"
 	}
 	user := fmt.Sprintf("user,id=host0,net=%s,host=%s,restrict=on,ipv6=off", o.Network, o.HostIP)
+	if o.DHCP {
+		user = fmt.Sprintf("user,id=host0,net=%s,host=%s,dhcpstart=%s,restrict=off,ipv6=off", o.Network, o.HostIP, o.GuestIP)
+	}
 	for _, f := range o.Forwards {
 		user += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-%s:%d", f.Host, o.GuestIP, f.Guest)
 	}
@@ -166,9 +183,8 @@ func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-drive", "if=pflash,format=raw,readonly=on,file=" + OVMFCode,
 		"-drive", "if=pflash,format=raw,file=" + varsPath,
-		"-drive", "if=virtio,format=raw,readonly=on,file=" + o.Image,
-		"-drive", "if=virtio,format=raw,file=" + o.DataDisk,
 	}
+	args = append(args, o.diskArgs()...)
 	args = append(args, nic...)
 	args = append(args,
 		"-device", "virtio-rng-pci",
@@ -177,6 +193,33 @@ func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
 	)
 	if o.Config != "" {
 		args = append(args, "-fw_cfg", "name=opt/com.coreos/config,file="+o.Config)
+	}
+	return args
+}
+
+// diskArgs attach the OS disk (read-only: members share images), the
+// data disk and any extra disks.
+func (o Options) diskArgs() []string {
+	format := o.ImageFormat
+	if format == "" {
+		format = "raw"
+	}
+	if o.Bus == "nvme" {
+		// QEMU's NVMe controller needs a writable drive: the OS disk gets
+		// a temporary overlay instead, and the image is never written.
+		return []string{
+			"-drive", "if=none,id=osdisk,snapshot=on,format=" + format + ",file=" + o.Image,
+			"-device", "nvme,drive=osdisk,serial=etcdimg-os",
+			"-drive", "if=none,id=datadisk,format=raw,file=" + o.DataDisk,
+			"-device", "nvme,drive=datadisk,serial=etcdimg-data",
+		}
+	}
+	args := []string{
+		"-drive", "if=virtio,format=" + format + ",readonly=on,file=" + o.Image,
+		"-drive", "if=virtio,format=raw,file=" + o.DataDisk,
+	}
+	for _, d := range o.ExtraDisks {
+		args = append(args, "-drive", "if=virtio,format=raw,readonly=on,file="+d)
 	}
 	return args
 }
