@@ -43,6 +43,8 @@ type cloudCase struct {
 	UserData   string // the file the instance is started with, "" for none
 	Garbage    string // what the metadata service answers instead, if set
 	Silent     bool   // the metadata service accepts and never answers
+	RTCBase    string // the instance's hardware clock starts at this date
+	WantClock  string // the console line of the clock step
 	Encode     string // "gzip+base64" to pass the config so
 	DriveISO   string // an OpenStack config drive to attach
 	DHCPStart  string // the address the instance gets
@@ -106,7 +108,10 @@ func TestCloudImagesBootFromTheirPlatformsUserData(t *testing.T) {
 		Want: consoleReady, WantHealth: true, Format: "raw",
 	}
 	cases := []cloudCase{
-		{Name: "aws-nvme", Platform: "aws", Image: "etcdimg-aws.raw", Bus: "nvme"},
+		// The clock starts years behind: without AWS's time source the
+		// member would refuse the admin certificate as not yet valid.
+		{Name: "aws-nvme", Platform: "aws", Image: "etcdimg-aws.raw", Bus: "nvme", RTCBase: "2021-06-01",
+			WantClock: "sync clock: AWS Time Sync Service 169.254.169.123: stepped by"},
 		{Name: "gcp", Platform: "gcp", Image: "etcdimg-gcp.raw", Encode: "gzip+base64"},
 		{Name: "azure", Platform: "azure", Image: "etcdimg-azure.vhd", Format: "vpc", WantReady: true},
 		{Name: "openstack", Platform: "openstack", Image: "etcdimg-openstack.qcow2", Format: "qcow2", DriveISO: iso},
@@ -194,7 +199,7 @@ func cloudCaseRun(c cloudCase) error {
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return err
 	}
-	for _, a := range []string{layout.MetadataAddr, layout.AzureWireServer} {
+	for _, a := range []string{layout.MetadataAddr, layout.AzureWireServer, "169.254.169.123"} {
 		addr, _ := netlink.ParseAddr(a + "/32")
 		if err := netlink.AddrAdd(lo, addr); err != nil {
 			return fmt.Errorf("add %s to lo: %w", a, err)
@@ -225,6 +230,14 @@ func cloudCaseRun(c cloudCase) error {
 		}
 		go http.Serve(ln, h)
 	}
+	// AWS's Time Sync Service and GCP's metadata server answer NTP.
+	for _, a := range []string{"169.254.169.123", layout.MetadataAddr} {
+		pc, err := net.ListenPacket("udp", a+":123")
+		if err != nil {
+			return err
+		}
+		go cloudsim.ServeNTP(pc, 0)
+	}
 	client, err := testvm.FreePort()
 	if err != nil {
 		return err
@@ -236,6 +249,7 @@ func cloudCaseRun(c cloudCase) error {
 		GuestIP:    netip.MustParseAddr(c.DHCPStart),
 		Forwards:   []testvm.Forward{{Host: client, Guest: 2379}},
 		ExtraDisks: nonEmpty(c.DriveISO),
+		RTCBase:    c.RTCBase,
 	})
 	if err != nil {
 		return err
@@ -277,6 +291,9 @@ func cloudCaseRun(c cloudCase) error {
 	}
 	if r, err := cli.Get(ctx, "/cloud/"+c.Platform); err != nil || len(r.Kvs) != 1 {
 		return fmt.Errorf("get: %v %v", r, err)
+	}
+	if c.WantClock != "" && !strings.Contains(string(con), c.WantClock) {
+		return fmt.Errorf("no %q on the console", c.WantClock)
 	}
 	if c.WantReady {
 		if r := sim.Reports(); len(r) != 1 || r[0] != "Ready" {

@@ -168,6 +168,20 @@ func (n *node) boot() error {
 	} else if err := step("configure network", configureNetwork); err != nil {
 		return err
 	}
+	// Certificates and leases need the right time before etcd starts.
+	var ntp []netip.Addr
+	if files, err := readNetworkFiles(); err == nil {
+		for _, nf := range files {
+			ntp = append(ntp, nf.NTP...)
+		}
+	}
+	clocks := clockSources(platform, ntp)
+	if err := step("sync clock", func() (string, error) { return syncClock(clocks) }); err != nil {
+		return err
+	}
+	if len(clocks) > 0 {
+		goSafe("clock", func() { keepClock(n.ctx, clocks, 15*time.Minute) })
+	}
 	me, err := readSelf("/")
 	if err != nil {
 		return fmt.Errorf("read member identity: %w", err)

@@ -26,6 +26,7 @@ type NetworkFile struct {
 	Address netip.Prefix
 	Gateway netip.Addr
 	DNS     []netip.Addr
+	NTP     []netip.Addr
 }
 
 // ParseNetworkFile reads a .network file; directives outside the subset
@@ -46,8 +47,13 @@ func ParseNetworkFile(data []byte) (NetworkFile, error) {
 			if a, err = netip.ParseAddr(v); err == nil {
 				nf.DNS = append(nf.DNS, a)
 			}
+		case "Network.NTP":
+			var a netip.Addr
+			if a, err = netip.ParseAddr(v); err == nil {
+				nf.NTP = append(nf.NTP, a)
+			}
 		default:
-			return fmt.Errorf("line %d: [%s] %s= is not supported by the appliance (it applies [Match] Name, [Network] Address, Gateway, DNS)", n, section, k)
+			return fmt.Errorf("line %d: [%s] %s= is not supported by the appliance (it applies [Match] Name, [Network] Address, Gateway, DNS, NTP)", n, section, k)
 		}
 		if err != nil {
 			return fmt.Errorf("line %d: %s=%s: %w", n, k, v, err)

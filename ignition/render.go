@@ -213,6 +213,9 @@ func NetworkFile(c *spec.Cluster, m spec.Member) []byte {
 	for _, d := range c.Network.DNS {
 		fmt.Fprintf(&b, "DNS=%s\n", d)
 	}
+	for _, d := range c.Network.NTP {
+		fmt.Fprintf(&b, "NTP=%s\n", d)
+	}
 	return b.Bytes()
 }
 

@@ -43,6 +43,9 @@ type Network struct {
 	CIDR    string   `yaml:"cidr"`
 	Gateway string   `yaml:"gateway,omitempty"`
 	DNS     []string `yaml:"dns,omitempty"`
+	// NTP servers (IPv4 addresses) set the members' clocks before etcd
+	// starts; on AWS and GCP the platform's own time source comes first.
+	NTP []string `yaml:"ntp,omitempty"`
 }
 
 // Etcd holds the etcd settings the runbook tunes.

@@ -128,6 +128,7 @@ func TestBadSpecsAreRefused(t *testing.T) {
 		{"cidr with host bits", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.7/24}\n", "network.cidr 10.0.0.7/24 has host bits set"},
 		{"gateway outside", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.0/24, gateway: 10.0.1.1}\n", "network.gateway 10.0.1.1 is outside"},
 		{"bad dns", three + "network: {cidr: 192.168.2.0/24, dns: [resolver]}\n", `network.dns[0] "resolver"`},
+		{"bad ntp", three + "network: {cidr: 192.168.2.0/24, ntp: [pool.ntp]}\n", `network.ntp[0] "pool.ntp" is not an IPv4 address`},
 		{"zero backup retain", three + "backup: {retain: 0}\n", "backup.retain 0"},
 		{"max age under interval", three + "backup: {interval: 1h, maxAge: 30m}\n", "backup.maxAge 30m is shorter"},
 		{"s3 endpoint not a URL", three + "backup:\n  s3: {endpoint: s3.example.net, bucket: etcd, credentialsFile: c}\n", `backup.s3.endpoint "s3.example.net"`},

@@ -44,6 +44,11 @@ func (c *Cluster) Validate() error {
 			return fmt.Errorf("spec: network.dns[%d] %q is not an IPv4 address; write it like 192.168.2.1", i, d)
 		}
 	}
+	for i, d := range c.Network.NTP {
+		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
+			return fmt.Errorf("spec: network.ntp[%d] %q is not an IPv4 address; write the NTP server's address, like 192.168.2.1", i, d)
+		}
+	}
 
 	switch n := len(c.Members); {
 	case n == 0:

@@ -78,6 +78,9 @@ type Options struct {
 	// ExtraDisks are attached read-only as raw virtio disks after the
 	// data disk (an OpenStack config drive, say).
 	ExtraDisks []string
+	// RTCBase, when set, starts the guest's hardware clock at this date
+	// (2006-01-02) instead of now: a machine whose clock is wrong.
+	RTCBase string
 }
 
 // VM is one running QEMU.
@@ -191,6 +194,9 @@ func (o Options) Args(consolePath, qmpPath, varsPath string) []string {
 		"-serial", "file:"+consolePath,
 		"-qmp", "unix:"+qmpPath+",server=on,wait=off",
 	)
+	if o.RTCBase != "" {
+		args = append(args, "-rtc", "base="+o.RTCBase)
+	}
 	if o.Config != "" {
 		args = append(args, "-fw_cfg", "name=opt/com.coreos/config,file="+o.Config)
 	}

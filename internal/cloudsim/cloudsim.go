@@ -10,14 +10,17 @@ package cloudsim
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/xml"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/disk"
@@ -249,4 +252,37 @@ func ConfigDrive(path string, userData []byte, fstype string) error {
 		return iso.Finalize(iso9660.FinalizeOptions{RockRidge: true, VolumeIdentifier: "config-2"})
 	}
 	return nil
+}
+
+// ServeNTP answers NTP client requests on pc as a stratum-2 server whose
+// clock is this machine's plus offset (AWS's Time Sync Service at
+// 169.254.169.123, or GCP's metadata server, speak plain NTP), until pc
+// is closed.
+func ServeNTP(pc net.PacketConn, offset time.Duration) {
+	buf := make([]byte, 512)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		rx := time.Now().Add(offset)
+		if n < 48 || buf[0]&7 != 3 {
+			continue
+		}
+		resp := make([]byte, 48)
+		resp[0] = 0<<6 | 4<<3 | 4 // no leap warning, version 4, server
+		resp[1] = 2
+		resp[2], resp[3] = buf[2], 0xec
+		copy(resp[12:16], "SIM.")
+		binary.BigEndian.PutUint64(resp[16:], ntpTime(rx))
+		copy(resp[24:32], buf[40:48]) // originate: the client's transmit
+		binary.BigEndian.PutUint64(resp[32:], ntpTime(rx))
+		binary.BigEndian.PutUint64(resp[40:], ntpTime(time.Now().Add(offset)))
+		pc.WriteTo(resp, from)
+	}
+}
+
+func ntpTime(t time.Time) uint64 {
+	d := t.Sub(time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC))
+	return uint64(d/time.Second)<<32 | uint64(d%time.Second)<<32/uint64(time.Second)
 }
