@@ -151,7 +151,7 @@ func mergeCase(base, c cloudCase) cloudCase {
 // runCloudCase re-runs the test binary under `unshare -n` with the case
 // in its environment (TestMain hands it to cloudCaseMain), and kills the
 // case's QEMU by PID if the run ends any other way.
-func runCloudCase(t *testing.T, c cloudCase) {
+func runCloudCase(t testing.TB, c cloudCase) {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		t.Fatal(err)
 	}

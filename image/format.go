@@ -321,8 +321,8 @@ func chs(n int64) (uint16, uint8, uint8) {
 // copySparse copies n bytes, leaving holes where the source is zero, so
 // that a fixed VHD of a mostly empty disk takes little space.
 func copySparse(dst *os.File, src io.Reader, n int64) error {
-	buf := make([]byte, mib)
-	zero := make([]byte, mib)
+	buf := make([]byte, 64<<10)
+	zero := make([]byte, len(buf))
 	var off int64
 	for off < n {
 		k, err := io.ReadFull(src, buf[:min(int64(len(buf)), n-off)])
