@@ -70,7 +70,7 @@ func LoadSpec(src Source, dir outdir.Layout) (*spec.Cluster, string, error) {
 }
 
 func readSpec(path string) (*spec.Cluster, string, error) {
-	b, err := os.ReadFile(path)
+	b, err := spec.ReadFile(path)
 	if err != nil {
 		return nil, "", fmt.Errorf("spec: %w; pass an existing file to --config, or run `etcdimg init` to write one", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -12,10 +13,29 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
+// MaxSpecBytes bounds a spec file: a nine-member spec with every field
+// is under 2 KiB.
+const MaxSpecBytes = 1 << 20
+
+// ReadFile reads a spec file, at most MaxSpecBytes of it (plus one byte,
+// to tell a larger file), so that a path such as /dev/zero cannot fill
+// memory.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, MaxSpecBytes+1))
+}
+
 // Parse decodes etcdimg.yaml strictly (an unknown field is an error), fills
 // what it leaves out with the defaults, and validates the result. source
 // names the file in errors.
 func Parse(data []byte, source string) (*Cluster, error) {
+	if len(data) > MaxSpecBytes {
+		return nil, fmt.Errorf("spec: %s is over %d KiB; a spec is a few KiB: is it the right file?", source, MaxSpecBytes>>10)
+	}
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, fmt.Errorf("spec: %s is empty; run `etcdimg init` to write a starting spec", source)
 	}
@@ -30,6 +50,10 @@ func Parse(data []byte, source string) (*Cluster, error) {
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, decodeError(source, &root, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("spec: %s holds more than one YAML document (a second `---`); keep one spec per file", source)
 	}
 	if c.Network.CIDR == "" && c.Network.Gateway == "" && len(c.Network.DNS) == 0 {
 		c.Network = Default(0).Network

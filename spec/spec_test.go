@@ -23,7 +23,7 @@ func TestDefaultIsTheRunbookPlan(t *testing.T) {
 	if len(c.Warnings()) != 0 {
 		t.Errorf("three members warn: %v", c.Warnings())
 	}
-	if w := Default(4).Warnings(); len(w) != 1 || !strings.Contains(w[0], "even") {
+	if w := Default(4).Warnings(); len(w) != 1 || !strings.Contains(w[0], "4 members tolerate 1 failed member(s), as 3 do") {
 		t.Errorf("four members: warnings %v, want one about the even count", w)
 	}
 }
@@ -128,6 +128,14 @@ func TestBadSpecsAreRefused(t *testing.T) {
 		{"cidr with host bits", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.7/24}\n", "network.cidr 10.0.0.7/24 has host bits set"},
 		{"gateway outside", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.0/24, gateway: 10.0.1.1}\n", "network.gateway 10.0.1.1 is outside"},
 		{"bad dns", three + "network: {cidr: 192.168.2.0/24, dns: [resolver]}\n", `network.dns[0] "resolver"`},
+		{"gateway is the network address", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.0/24, gateway: 10.0.0.0}\n", "network.gateway 10.0.0.0 is the network or broadcast address"},
+		{"gateway is the broadcast address", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.0/24, gateway: 10.0.0.255}\n", "network.gateway 10.0.0.255 is the network or broadcast address"},
+		{"dns unspecified", three + "network: {cidr: 192.168.2.0/24, dns: [0.0.0.0]}\n", "network.dns[0] 0.0.0.0 is not a server's address"},
+		{"dns broadcast", three + "network: {cidr: 192.168.2.0/24, dns: [1.1.1.1, 255.255.255.255]}\n", "network.dns[1] 255.255.255.255 is not a server's address"},
+		{"snapshot count huge", three + "etcd: {snapshotCount: 18446744073709551615}\n", "etcd.snapshotCount 18446744073709551615 is over 10000000"},
+		{"days overflow", three + "pki: {caLifetime: 217154d}\n", `"217154d" is too long: at most 106751d`},
+		{"second document", three + "---\nmembers: []\n", "holds more than one YAML document"},
+		{"too large", three + "# " + strings.Repeat("x", MaxSpecBytes) + "\n", "is over 1024 KiB"},
 		{"bad ntp", three + "network: {cidr: 192.168.2.0/24, ntp: [pool.ntp]}\n", `network.ntp[0] "pool.ntp" is not an IPv4 address`},
 		{"zero backup retain", three + "backup: {retain: 0}\n", "backup.retain 0"},
 		{"max age under interval", three + "backup: {interval: 1h, maxAge: 30m}\n", "backup.maxAge 30m is shorter"},

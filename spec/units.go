@@ -16,6 +16,9 @@ type Duration time.Duration
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// maxDays is the most whole days a time.Duration holds.
+const maxDays = uint64(1<<63-1) / uint64(24*time.Hour)
+
 // ParseDuration parses "100ms", "1h30m" or "365d".
 func ParseDuration(s string) (Duration, error) {
 	s = strings.TrimSpace(s)
@@ -23,6 +26,9 @@ func ParseDuration(s string) (Duration, error) {
 		n, err := strconv.ParseUint(days, 10, 32)
 		if err != nil {
 			return 0, fmt.Errorf("%q is not a duration; write it like 100ms, 30m, 87600h or 3650d", s)
+		}
+		if n > maxDays {
+			return 0, fmt.Errorf("%q is too long: at most %dd (292 years) fit in a duration", s, maxDays)
 		}
 		return Duration(time.Duration(n) * 24 * time.Hour), nil
 	}

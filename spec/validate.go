@@ -38,14 +38,19 @@ func (c *Cluster) Validate() error {
 		if !prefix.Contains(gw) {
 			return fmt.Errorf("spec: network.gateway %s is outside network.cidr %s; pick an address inside it", gw, prefix)
 		}
+		if gw == prefix.Addr() || gw == broadcast(prefix) {
+			return fmt.Errorf("spec: network.gateway %s is the network or broadcast address of %s; pick a host address", gw, prefix)
+		}
 	}
 	for i, d := range c.Network.DNS {
 		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
 			return fmt.Errorf("spec: network.dns[%d] %q is not an IPv4 address; write it like 192.168.2.1", i, d)
+		} else if !usableHost(a) {
+			return fmt.Errorf("spec: network.dns[%d] %s is not a server's address (unspecified, broadcast or multicast); write the resolver's address", i, a)
 		}
 	}
 	for i, d := range c.Network.NTP {
-		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
+		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() || !usableHost(a) {
 			return fmt.Errorf("spec: network.ntp[%d] %q is not an IPv4 address; write the NTP server's address, like 192.168.2.1", i, d)
 		}
 	}
@@ -122,6 +127,15 @@ func (s *S3) validate() error {
 	return nil
 }
 
+// maxSnapshotCount bounds etcd.snapshotCount: etcd keeps up to this many
+// raft entries in memory between snapshots (its default is 10,000).
+const maxSnapshotCount = 10_000_000
+
+// usableHost reports whether a is an address a server can have.
+func usableHost(a netip.Addr) bool {
+	return !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
 func (e Etcd) validate() error {
 	hb, el := e.HeartbeatInterval.D(), e.ElectionTimeout.D()
 	switch {
@@ -135,6 +149,8 @@ func (e Etcd) validate() error {
 		return fmt.Errorf("spec: etcd.electionTimeout %s is over etcd's limit of 50s; lower it", e.ElectionTimeout)
 	case e.SnapshotCount == 0:
 		return fmt.Errorf("spec: etcd.snapshotCount must be at least 1 (the runbook uses 5000)")
+	case e.SnapshotCount > maxSnapshotCount:
+		return fmt.Errorf("spec: etcd.snapshotCount %d is over %d: etcd would keep that many raft entries in memory; the runbook uses 5000", e.SnapshotCount, maxSnapshotCount)
 	case e.BackendQuota < 16*MiB:
 		return fmt.Errorf("spec: etcd.backendQuota %s is under 16MiB; etcd's default is 2GiB", e.BackendQuota)
 	case e.BackendQuota > 100*GiB:
@@ -164,7 +180,7 @@ func (p PKI) validate() error {
 func (c *Cluster) Warnings() []string {
 	var w []string
 	if n := len(c.Members); n%2 == 0 {
-		w = append(w, fmt.Sprintf("spec: %d members tolerate no more failures than %d; an even count adds load, not fault tolerance", n, n-1))
+		w = append(w, fmt.Sprintf("spec: %d members tolerate %d failed member(s), as %d do; an even count adds load, not fault tolerance", n, (n-1)/2, n-1))
 	}
 	if c.Etcd.BackendQuota > 8*GiB {
 		w = append(w, fmt.Sprintf("spec: etcd.backendQuota %s is over the 8GiB etcd recommends", c.Etcd.BackendQuota))
