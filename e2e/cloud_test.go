@@ -67,7 +67,8 @@ const cloudCaseEnv = "ETCDIMG_E2E_CLOUD_CASE"
 // from a simulation of that platform's documented metadata interface at
 // 169.254.169.254 (Azure's wire server at 168.63.129.16), each in a
 // network namespace the test makes (unshare -n), so that those addresses
-// are the test's own. AWS boots from NVMe disks (Nitro); Azure from the
+// are the test's own. AWS boots from NVMe disks (Nitro), GCP from
+// virtio-SCSI disks; Azure from the
 // fixed VHD; OpenStack from qcow2 with a config drive. A metadata service
 // that answers garbage, one that never answers, and an instance given
 // another member's address stop the boot (the first two after a minute of
@@ -112,7 +113,7 @@ func TestCloudImagesBootFromTheirPlatformsUserData(t *testing.T) {
 		// member would refuse the admin certificate as not yet valid.
 		{Name: "aws-nvme", Platform: "aws", Image: "etcdimg-aws.raw", Bus: "nvme", RTCBase: "2021-06-01",
 			WantClock: "sync clock: AWS Time Sync Service 169.254.169.123: stepped by"},
-		{Name: "gcp", Platform: "gcp", Image: "etcdimg-gcp.raw", Encode: "gzip+base64"},
+		{Name: "gcp-scsi", Platform: "gcp", Image: "etcdimg-gcp.raw", Bus: "scsi", Encode: "gzip+base64"},
 		{Name: "azure", Platform: "azure", Image: "etcdimg-azure.vhd", Format: "vpc", WantReady: true},
 		{Name: "openstack", Platform: "openstack", Image: "etcdimg-openstack.qcow2", Format: "qcow2", DriveISO: iso},
 		{Name: "aws-garbage", Platform: "aws", Image: "etcdimg-aws.raw", Garbage: "<html>502 Bad Gateway</html>",

@@ -193,6 +193,10 @@ func TestBadInputIsRefusedAndNothingWritten(t *testing.T) {
 		{"unknown field", []string{"--config", write("unk.yaml", three+"etcd: {heartbeat: 100ms}\n")}, 1, "unknown field etcd.heartbeat"},
 		{"bad size", []string{"--config", write("size.yaml", three+"etcd: {backendQuota: lots}\n")}, 1, "etcd.backendQuota"},
 		{"bad name", []string{"--config", write("name.yaml", strings.Replace(three, "etcd-2", "etcd_2", 1))}, 1, `members[1].name "etcd_2"`},
+		{"endless spec", []string{"--config", "/dev/zero"}, 1, "spec: /dev/zero is over 1024 KiB"},
+		{"second document", []string{"--config", write("two.yaml", three+"---\n"+three)}, 1, "holds more than one YAML document"},
+		{"empty out", []string{"--out", ""}, 1, "--out is empty"},
+		{"out is a file", []string{"--out", write("a-file", "x")}, 1, "is a file, not a directory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(work, "out-"+strings.ReplaceAll(tc.name, " ", "-"))
@@ -248,6 +252,10 @@ func TestBadInputIsRefusedAndNothingWritten(t *testing.T) {
 
 func TestInitWritesTheDefaultSpecOnce(t *testing.T) {
 	work := t.TempDir()
+	// A bad member count is a bad value (exit 1), as render says it.
+	if _, stderr, code := etcdimg(t, work, "init", "--nodes", "0"); code != 1 || !strings.Contains(stderr, "--nodes 0: want 1 to 9") {
+		t.Errorf("init --nodes 0: exit %d, %q", code, stderr)
+	}
 	stdout, stderr, code := etcdimg(t, work, "init", "--nodes", "5")
 	if code != 0 {
 		t.Fatal(stderr)
@@ -267,7 +275,7 @@ func TestInitWritesTheDefaultSpecOnce(t *testing.T) {
 		t.Errorf("render of init's spec: %d %s %s", code, stdout, stderr)
 	}
 	// Four members render, with a warning.
-	if _, stderr, code := etcdimg(t, work, "render", "--out", "four", "--nodes", "4"); code != 0 || !strings.Contains(stderr, "warning: spec: 4 members") {
+	if _, stderr, code := etcdimg(t, work, "render", "--out", "four", "--nodes", "4"); code != 0 || !strings.Contains(stderr, "warning: spec: 4 members tolerate 1 failed member(s), as 3 do") {
 		t.Errorf("four members: %d %q", code, stderr)
 	}
 }

@@ -8,12 +8,15 @@ package outdir
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"syscall"
 )
 
 // Layout names the files under an output directory.
@@ -68,6 +71,9 @@ func Write(dir string, files []File) ([]string, error) {
 	case err != nil:
 		return nil, fmt.Errorf("outdir: %w", err)
 	}
+	if _, err := Recover(dir); err != nil {
+		return nil, err
+	}
 
 	var changed []File
 	for _, f := range files {
@@ -97,18 +103,171 @@ func Write(dir string, files []File) ([]string, error) {
 		}
 		staged = append(staged, tmp)
 	}
+	if err := commit(dir, changed, staged); err != nil {
+		cleanup()
+		return nil, err
+	}
 	var paths []string
-	for i, f := range changed {
-		if err := os.Rename(staged[i], filepath.Join(dir, f.Path)); err != nil {
-			cleanup()
-			return paths, fmt.Errorf("outdir: %w", err)
-		}
+	for _, f := range changed {
 		paths = append(paths, f.Path)
 	}
-	if err := syncDirs(dir, changed); err != nil {
-		return paths, err
-	}
 	return paths, nil
+}
+
+// journalName is the commit journal in the output directory: present
+// only while a commit's renames are under way.
+const journalName = ".etcdimg-commit.json"
+
+// journalEntry is one rename of a commit: the staged file, its
+// destination, and the hard link that keeps the destination's old bytes
+// ("" when the destination is new).
+type journalEntry struct {
+	Staged, Dest, Backup string
+}
+
+// crashAfter, in tests, stops a commit after that many renames as a
+// crash would (no undo, the journal left behind); -1 in production.
+var crashAfter = -1
+
+var errCrash = errors.New("outdir: simulated crash")
+
+// rename is os.Rename; tests make it fail.
+var rename = os.Rename
+
+// commit renames the staged files into place as one change: every old
+// destination is first hard-linked aside and the plan written to a
+// journal; if a rename fails, the ones done are undone; if the process
+// dies midway, the next Write finds the journal and undoes them. So the
+// directory holds either every new file or every old one (the spec, the
+// PKI and the configs never disagree).
+func commit(dir string, changed []File, staged []string) error {
+	var entries []journalEntry
+	undoLinks := func() {
+		for _, e := range entries {
+			if e.Backup != "" {
+				os.Remove(filepath.Join(dir, e.Backup))
+			}
+		}
+	}
+	for i, f := range changed {
+		e := journalEntry{Staged: mustRel(dir, staged[i]), Dest: f.Path}
+		dst := filepath.Join(dir, f.Path)
+		if _, err := os.Lstat(dst); err == nil {
+			e.Backup = filepath.Join(filepath.Dir(f.Path), "."+filepath.Base(f.Path)+".old")
+			os.Remove(filepath.Join(dir, e.Backup))
+			if err := os.Link(dst, filepath.Join(dir, e.Backup)); err != nil {
+				undoLinks()
+				return fmt.Errorf("outdir: keep %s while committing: %w", f.Path, err)
+			}
+		}
+		entries = append(entries, e)
+	}
+	j, _ := json.Marshal(entries)
+	if _, err := stageAs(dir, journalName, j); err != nil {
+		undoLinks()
+		return err
+	}
+	for i, e := range entries {
+		if i == crashAfter {
+			return errCrash
+		}
+		if err := rename(filepath.Join(dir, e.Staged), filepath.Join(dir, e.Dest)); err != nil {
+			rollBack(dir, entries)
+			undoLinks()
+			os.Remove(filepath.Join(dir, journalName))
+			return fmt.Errorf("outdir: %s: %w; nothing was changed", e.Dest, err)
+		}
+	}
+	if err := syncDirs(dir, changed); err != nil {
+		return err
+	}
+	undoLinks()
+	os.Remove(filepath.Join(dir, journalName))
+	return syncDir(dir)
+}
+
+// rollBack undoes the renames of entries: the old file comes back from
+// its link, a file that was new is removed.
+func rollBack(dir string, entries []journalEntry) error {
+	var errs []error
+	for _, e := range entries {
+		dst := filepath.Join(dir, e.Dest)
+		if e.Backup != "" {
+			if _, err := os.Lstat(filepath.Join(dir, e.Backup)); err == nil {
+				if err := os.Rename(filepath.Join(dir, e.Backup), dst); err != nil {
+					errs = append(errs, err)
+				}
+				// Renaming a link over another link of the same file
+				// does nothing (POSIX): the destination was never
+				// replaced, and the link goes.
+				os.Remove(filepath.Join(dir, e.Backup))
+			}
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(dir, e.Staged)); errors.Is(err, fs.ErrNotExist) {
+			// It was renamed into place: it is the new file.
+			if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, e := range entries {
+		os.Remove(filepath.Join(dir, e.Staged))
+	}
+	return errors.Join(errs...)
+}
+
+// Recover finishes what an interrupted commit left: with its journal
+// present, every rename it made is undone, so the directory is as it was
+// before that run. It reports whether there was anything to undo.
+func Recover(dir string) (bool, error) {
+	b, err := os.ReadFile(filepath.Join(dir, journalName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("outdir: %w", err)
+	}
+	var entries []journalEntry
+	if err := json.Unmarshal(b, &entries); err != nil {
+		return false, fmt.Errorf("outdir: %s is damaged (%v); restore the directory from a backup or remove the file after checking etcdimg.yaml, pki/ and ignition/ agree", journalName, err)
+	}
+	for _, e := range entries {
+		for _, p := range []string{e.Staged, e.Dest, e.Backup} {
+			if p != "" && !filepath.IsLocal(p) {
+				return false, fmt.Errorf("outdir: %s names %q, outside the directory; remove the journal by hand", journalName, p)
+			}
+		}
+	}
+	if err := rollBack(dir, entries); err != nil {
+		return false, fmt.Errorf("outdir: undo the interrupted commit: %w", err)
+	}
+	if err := os.Remove(filepath.Join(dir, journalName)); err != nil {
+		return false, fmt.Errorf("outdir: %w", err)
+	}
+	return true, syncDir(dir)
+}
+
+func mustRel(dir, path string) string {
+	r, err := filepath.Rel(dir, path)
+	if err != nil {
+		return path
+	}
+	return r
+}
+
+// stageAs writes data to dir/name through a synced temporary file.
+func stageAs(dir, name string, data []byte) (string, error) {
+	tmp, err := stage(dir, "."+name+".tmp-*", File{Path: name, Data: data, Mode: 0o600})
+	if err != nil {
+		return "", err
+	}
+	dst := filepath.Join(dir, name)
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("outdir: %w", err)
+	}
+	return dst, syncDir(dir)
 }
 
 func writeNew(dir string, files []File) ([]string, error) {
@@ -208,4 +367,87 @@ func syncDir(dir string) error {
 		return fmt.Errorf("outdir: sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// CheckFlag checks an --out value before anything reads or writes it.
+func CheckFlag(dir string) error {
+	if dir == "" {
+		return fmt.Errorf("--out is empty; name the output directory (default %s)", Default)
+	}
+	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
+		return fmt.Errorf("--out %s is a file, not a directory; name a directory (a new one is created)", dir)
+	}
+	return nil
+}
+
+// PrivateDirs hold private keys (pki), configs with keys (ignition) and
+// images with keys (images): owner-only.
+var PrivateDirs = []string{"pki", "ignition", "images"}
+
+// Guard checks the private directories of an existing output directory
+// before a run reads or writes them. A symlink to a directory that other
+// users can write, or that another user owns, is refused: the keys would
+// be written where others can replace them. A real directory open to
+// others is made 0700, and a private key file readable by others is made
+// 0600; both are reported, because what was readable may have been read.
+func Guard(dir string) (warnings []string, err error) {
+	for _, name := range PrivateDirs {
+		p := filepath.Join(dir, name)
+		lst, err := os.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return warnings, fmt.Errorf("outdir: %w", err)
+		}
+		st, err := os.Stat(p)
+		if err != nil {
+			return warnings, fmt.Errorf("outdir: %s: %w", p, err)
+		}
+		if !st.IsDir() {
+			return warnings, fmt.Errorf("outdir: %s is not a directory; move it aside", p)
+		}
+		owner := st.Sys().(*syscall.Stat_t).Uid
+		if lst.Mode()&fs.ModeSymlink != 0 {
+			target, _ := filepath.EvalSymlinks(p)
+			if st.Mode().Perm()&0o022 != 0 || owner != uint32(os.Getuid()) {
+				return warnings, fmt.Errorf("outdir: %s is a symlink to %s, a directory other users can write (mode %04o, owner uid %d); make %s a directory of your own", p, target, st.Mode().Perm(), owner, name)
+			}
+		}
+		if perm := st.Mode().Perm(); perm&0o077 != 0 {
+			if err := os.Chmod(p, dirMode); err != nil {
+				return warnings, fmt.Errorf("outdir: %w", err)
+			}
+			warnings = append(warnings, fmt.Sprintf("%s was mode %04o, open to other users; made 0700", p, perm))
+		}
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			return warnings, fmt.Errorf("outdir: %w", err)
+		}
+		for _, e := range entries {
+			if !e.Type().IsRegular() || !isPrivate(name, e.Name()) {
+				continue
+			}
+			info, err := e.Info()
+			if err != nil {
+				continue
+			}
+			if perm := info.Mode().Perm(); perm&0o077 != 0 {
+				fp := filepath.Join(p, e.Name())
+				if err := os.Chmod(fp, 0o600); err != nil {
+					return warnings, fmt.Errorf("outdir: %w", err)
+				}
+				warnings = append(warnings, fmt.Sprintf("%s was mode %04o, readable by other users; made 0600. If anyone else could read it, treat the key as exposed", fp, perm))
+			}
+		}
+	}
+	return warnings, nil
+}
+
+// isPrivate reports whether a file in one of the PrivateDirs holds a key.
+func isPrivate(dir, name string) bool {
+	if dir == "pki" {
+		return strings.HasSuffix(name, "-key.pem")
+	}
+	return true
 }

@@ -90,10 +90,16 @@ type Result struct {
 	// Ignition holds each member's config by name, as written: build
 	// puts these bytes in the images, never a re-read of the files.
 	Ignition map[string][]byte
+	// Warnings say what the run found open to other users and closed.
+	Warnings []string
 }
 
 // Run renders c into dir.
 func Run(c *spec.Cluster, dir outdir.Layout) (*Result, error) {
+	warnings, err := outdir.Guard(dir.Dir())
+	if err != nil {
+		return nil, err
+	}
 	files, set, err := Files(c, dir)
 	if err != nil {
 		return nil, err
@@ -102,7 +108,7 @@ func Run(c *spec.Cluster, dir outdir.Layout) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("render: %w", err)
 	}
-	r := &Result{Changed: changed, Issued: set.Issued, PKI: set, Ignition: map[string][]byte{}}
+	r := &Result{Changed: changed, Issued: set.Issued, PKI: set, Ignition: map[string][]byte{}, Warnings: warnings}
 	for _, f := range files {
 		r.Files = append(r.Files, f.Path)
 	}

@@ -72,8 +72,8 @@ type Options struct {
 	DHCP bool
 	// ImageFormat is the OS disk's format as QEMU names it (default raw).
 	ImageFormat string
-	// Bus is "virtio" (the default) or "nvme", as on AWS Nitro, for both
-	// the OS and the data disk.
+	// Bus is "virtio" (the default), "nvme" (as on AWS Nitro) or "scsi"
+	// (virtio-scsi, as on GCP), for both the OS and the data disk.
 	Bus string
 	// ExtraDisks are attached read-only as raw virtio disks after the
 	// data disk (an OpenStack config drive, say).
@@ -209,6 +209,15 @@ func (o Options) diskArgs() []string {
 	format := o.ImageFormat
 	if format == "" {
 		format = "raw"
+	}
+	if o.Bus == "scsi" {
+		return []string{
+			"-device", "virtio-scsi-pci,id=scsi0",
+			"-drive", "if=none,id=osdisk,readonly=on,format=" + format + ",file=" + o.Image,
+			"-device", "scsi-hd,drive=osdisk,bus=scsi0.0",
+			"-drive", "if=none,id=datadisk,format=raw,file=" + o.DataDisk,
+			"-device", "scsi-hd,drive=datadisk,bus=scsi0.0",
+		}
 	}
 	if o.Bus == "nvme" {
 		// QEMU's NVMe controller needs a writable drive: the OS disk gets

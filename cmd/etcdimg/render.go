@@ -30,6 +30,9 @@ func (f *specFlags) register(c *cobra.Command) {
 }
 
 func (f *specFlags) load(c *cobra.Command) (*spec.Cluster, string, error) {
+	if err := outdir.CheckFlag(f.out); err != nil {
+		return nil, "", err
+	}
 	return render.LoadSpec(render.Source{
 		ConfigPath: f.config,
 		Nodes:      f.nodes,
@@ -49,7 +52,7 @@ func initCmd() *cobra.Command {
 				return fmt.Errorf("init: %s already exists; edit it, or pass --config to write elsewhere", path)
 			}
 			if nodes < 1 || nodes > spec.MaxMembers {
-				return usageError{fmt.Errorf("--nodes %d: want 1 to %d members (3 or 5 tolerate failures)", nodes, spec.MaxMembers)}
+				return fmt.Errorf("--nodes %d: want 1 to %d members (3 or 5 tolerate failures)", nodes, spec.MaxMembers)
 			}
 			c := spec.Default(nodes)
 			b, err := spec.Marshal(c)
@@ -102,6 +105,9 @@ func (f *specFlags) renderLoaded(cmd *cobra.Command, c *spec.Cluster, from strin
 	res, err := render.Run(c, dir)
 	if err != nil {
 		return dir, nil, err
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintf(os.Stderr, "warning: %s\n", w)
 	}
 	printRender(cmd.OutOrStdout(), c, from, dir, res)
 	return dir, res, nil
