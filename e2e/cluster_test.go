@@ -282,6 +282,32 @@ network: {cidr: 127.0.0.0/8}
 		t.Errorf("intruder key: %v %v", resp, err)
 	}
 
+	// TLS policy, seen by OpenSSL's client with a member's certificate:
+	// on the client and the peer port, an AEAD suite over TLS 1.2 and
+	// TLS 1.3 are served; a CBC suite and TLS 1.1 are refused.
+	memberCert := []string{"-cert", filepath.Join(pkiDir, "etcd-1.pem"), "-key", filepath.Join(pkiDir, "etcd-1-key.pem"), "-CAfile", filepath.Join(pkiDir, "etcd-ca.pem")}
+	for _, m := range members {
+		for _, port := range []string{"2379", "2380"} {
+			addr := m.ip + ":" + port
+			for _, tc := range []struct {
+				what  string
+				args  []string
+				serve bool
+			}{
+				{"TLS 1.2 AES-GCM", []string{"-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"}, true},
+				{"TLS 1.3", []string{"-tls1_3"}, true},
+				{"TLS 1.2 AES-CBC-SHA1", []string{"-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"}, false},
+				{"TLS 1.2 AES-CBC-SHA256", []string{"-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256"}, false},
+				{"TLS 1.1", []string{"-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"}, false},
+			} {
+				out, err := sClient(addr, append(tc.args, memberCert...)...)
+				if served := err == nil; served != tc.serve {
+					t.Errorf("%s %s: served %v, want %v: %v\n%s", addr, tc.what, served, tc.serve, err, lastLines(out, 8))
+				}
+			}
+		}
+	}
+
 	// On a deployment etcdimg does not run (no `up` here), replace says
 	// what to do by hand, waits for the member to go down, and then for
 	// it to come back a healthy voter: here the operator's part is played
@@ -336,4 +362,19 @@ network: {cidr: 127.0.0.0/8}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Fatal("test ran out of time")
 	}
+}
+
+// sClient runs `openssl s_client` against addr and returns its output;
+// the error is set when no TLS session was established.
+func sClient(addr string, args ...string) (string, error) {
+	cmd := exec.Command("openssl", append([]string{"s_client", "-connect", addr, "-verify_return_error", "-brief"}, args...)...)
+	cmd.Stdin = strings.NewReader("")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), err
+	}
+	if !strings.Contains(string(out), "CONNECTION ESTABLISHED") {
+		return string(out), errors.New("no session")
+	}
+	return string(out), nil
 }

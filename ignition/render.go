@@ -181,6 +181,11 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 		{"ETCD_PEER_CERT_FILE", ign.CertPath},
 		{"ETCD_PEER_KEY_FILE", ign.KeyPath},
 		{"ETCD_PEER_TRUSTED_CA_FILE", ign.CACertPath},
+		{"ETCD_TLS_MIN_VERSION", "TLS" + c.PKI.TLSMinVersion},
+	}
+	if c.PKI.TLSMinVersion == "1.2" {
+		// TLS 1.3's suites are fixed (and etcd refuses a list with it).
+		kv = append(kv, [2]string{"ETCD_CIPHER_SUITES", strings.Join(ign.AEADCipherSuiteNames(), ",")})
 	}
 	var b bytes.Buffer
 	for _, p := range kv {

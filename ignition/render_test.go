@@ -160,10 +160,18 @@ func TestEtcdConf(t *testing.T) {
 		`ETCD_CLIENT_CERT_AUTH="true"`,
 		`ETCD_PEER_CLIENT_CERT_AUTH="true"`,
 		`ETCD_PEER_TRUSTED_CA_FILE="/etc/etcd/cert/etcd-ca.pem"`,
+		`ETCD_TLS_MIN_VERSION="TLS1.2"`,
+		`ETCD_CIPHER_SUITES="TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"`,
 	} {
 		if !strings.Contains(got, line+"\n") {
 			t.Errorf("etcd.conf lacks %s:\n%s", line, got)
 		}
+	}
+	// TLS 1.3 only: no suite list (etcd refuses one with TLS 1.3).
+	c13 := spec.Default(3)
+	c13.PKI.TLSMinVersion = "1.3"
+	if got := string(EtcdConf(c13, c13.Members[0], c13.Name)); !strings.Contains(got, `ETCD_TLS_MIN_VERSION="TLS1.3"`+"\n") || strings.Contains(got, "ETCD_CIPHER_SUITES") {
+		t.Errorf("tlsMinVersion 1.3:\n%s", got)
 	}
 	// A loopback member does not also claim 127.0.0.1.
 	c.Network.CIDR, c.Network.Gateway = "127.0.0.0/8", ""

@@ -88,6 +88,9 @@ type PKI struct {
 	KeyAlgorithm string   `yaml:"keyAlgorithm"`
 	CALifetime   Duration `yaml:"caLifetime"`
 	CertLifetime Duration `yaml:"certLifetime"`
+	// TLSMinVersion is "1.2" (with AEAD cipher suites only) or "1.3",
+	// on the client and peer ports.
+	TLSMinVersion string `yaml:"tlsMinVersion"`
 }
 
 // Default returns the runbook's plan with n members: etcd-1…etcd-n at
@@ -110,7 +113,8 @@ func Default(n int) *Cluster {
 		PKI: PKI{
 			KeyAlgorithm: KeyECDSAP256,
 			CALifetime:   Duration(87600 * time.Hour),
-			CertLifetime: Duration(87600 * time.Hour),
+			CertLifetime:  Duration(87600 * time.Hour),
+			TLSMinVersion: "1.2",
 		},
 	}
 	base := netip.MustParseAddr("192.168.2.51")

@@ -123,6 +123,7 @@ func TestBadSpecsAreRefused(t *testing.T) {
 		{"unknown top field", three + "nodes: 3\n", "unknown field nodes (line 5)"},
 		{"unknown member field", "members:\n  - {name: a, ip: 192.168.2.51, role: leader}\n", "unknown field members[0].role"},
 		{"unknown nested field", three + "pki:\n  keyAlgo: rsa\n", "unknown field pki.keyAlgo"},
+		{"bad tls version", three + "pki: {tlsMinVersion: \"1.1\"}\n", `pki.tlsMinVersion "1.1" is not supported`},
 		{"bad key algorithm", three + "pki: {keyAlgorithm: dsa}\n", `pki.keyAlgorithm "dsa" is not supported`},
 		{"cert outlives ca", three + "pki: {caLifetime: 8760h, certLifetime: 87600h}\n", "pki.certLifetime 87600h is longer than pki.caLifetime 8760h"},
 		{"cidr with host bits", "members:\n  - {name: a, ip: 10.0.0.9}\nnetwork: {cidr: 10.0.0.7/24}\n", "network.cidr 10.0.0.7/24 has host bits set"},

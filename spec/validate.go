@@ -172,6 +172,8 @@ func (p PKI) validate() error {
 		return fmt.Errorf("spec: pki.certLifetime %s is under a day; use something like 8760h (1 year)", p.CertLifetime)
 	case p.CertLifetime > p.CALifetime:
 		return fmt.Errorf("spec: pki.certLifetime %s is longer than pki.caLifetime %s; certificates cannot outlive their CA, shorten it", p.CertLifetime, p.CALifetime)
+	case p.TLSMinVersion != "1.2" && p.TLSMinVersion != "1.3":
+		return fmt.Errorf("spec: pki.tlsMinVersion %q is not supported; use \"1.2\" (AEAD cipher suites only) or \"1.3\"", p.TLSMinVersion)
 	}
 	return nil
 }

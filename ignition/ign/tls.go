@@ -26,7 +26,30 @@ func MemberTLS(root, certFile, keyFile, caFile string) (client, server *tls.Conf
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, nil, errors.New("CA certificate: no certificate in it")
 	}
-	client = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
-	server = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
+	client = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12, CipherSuites: AEADCipherSuites}
+	server = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12, CipherSuites: AEADCipherSuites}
 	return client, server, nil
+}
+
+// AEADCipherSuites are the TLS 1.2 suites every member's ports accept:
+// forward-secret key exchange and authenticated encryption only (no CBC,
+// no SHA-1 MACs, no RSA key exchange). TLS 1.3's suites are all AEAD and
+// not configurable.
+var AEADCipherSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// AEADCipherSuiteNames are AEADCipherSuites as etcd's --cipher-suites
+// names them.
+func AEADCipherSuiteNames() []string {
+	var out []string
+	for _, id := range AEADCipherSuites {
+		out = append(out, tls.CipherSuiteName(id))
+	}
+	return out
 }
