@@ -111,8 +111,8 @@ func Default(n int) *Cluster {
 		},
 		Backup: Backup{Interval: Duration(time.Hour), Retain: 24},
 		PKI: PKI{
-			KeyAlgorithm: KeyECDSAP256,
-			CALifetime:   Duration(87600 * time.Hour),
+			KeyAlgorithm:  KeyECDSAP256,
+			CALifetime:    Duration(87600 * time.Hour),
 			CertLifetime:  Duration(87600 * time.Hour),
 			TLSMinVersion: "1.2",
 		},
