@@ -282,6 +282,27 @@ network: {cidr: 127.0.0.0/8}
 		t.Errorf("intruder key: %v %v", resp, err)
 	}
 
+	// The peer port takes members only: a member's certificate is served
+	// there, the admin's (from the same CA, full access on 2379) is not.
+	memberTLS := tlsConfig(t, filepath.Join(pkiDir, "etcd-ca.pem"), filepath.Join(pkiDir, "etcd-2.pem"), filepath.Join(pkiDir, "etcd-2-key.pem"))
+	peerGet := func(ip string, tc *tls.Config) error {
+		c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+		resp, err := c.Get("https://" + ip + ":2380/version")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}
+	for _, m := range members {
+		if err := peerGet(m.ip, memberTLS); err != nil {
+			t.Errorf("%s: a member's certificate on the peer port: %v", m.name, err)
+		}
+		if err := peerGet(m.ip, admin); err == nil {
+			t.Errorf("%s: the admin certificate was served on the peer port", m.name)
+		}
+	}
+
 	// TLS policy, seen by OpenSSL's client with a member's certificate:
 	// on the client and the peer port, an AEAD suite over TLS 1.2 and
 	// TLS 1.3 are served; a CBC suite and TLS 1.1 are refused.

@@ -127,6 +127,10 @@ func readSelf(root string) (*self, error) {
 	if s.tls, s.serverTLS, err = ign.MemberTLS(root, env["ETCD_PEER_CERT_FILE"], env["ETCD_PEER_KEY_FILE"], env["ETCD_PEER_TRUSTED_CA_FILE"]); err != nil {
 		return nil, err
 	}
+	// The probe answers on the peer port: members only, as etcd there.
+	if cns := env["ETCD_PEER_CERT_ALLOWED_CN"]; cns != "" {
+		ign.AllowCNs(s.serverTLS, strings.Split(cns, ","))
+	}
 	return s, nil
 }
 

@@ -62,7 +62,7 @@ const (
 // AdminCN is the admin certificate's common name. etcd maps a client
 // certificate's CN to a user when auth is enabled; "root" makes the admin
 // certificate etcd's root user then.
-const AdminCN = "root"
+const AdminCN = spec.ReservedCN
 
 // renewBefore is how close to expiry a certificate is reissued.
 const renewBefore = 30 * 24 * time.Hour

@@ -32,6 +32,11 @@ type Cluster struct {
 	PKI     PKI      `yaml:"pki"`
 }
 
+// ReservedCN is the admin certificate's common name, etcd's root user:
+// no member may be called so, because a member's name is its
+// certificate's CN, and the peer port accepts members' CNs only.
+const ReservedCN = "root"
+
 // Member is one etcd member and the machine that runs it.
 type Member struct {
 	Name string `yaml:"name"`

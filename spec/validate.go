@@ -67,6 +67,9 @@ func (c *Cluster) Validate() error {
 		if !dnsLabel.MatchString(m.Name) {
 			return fmt.Errorf("spec: members[%d].name %q is not a valid member name; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit (it is the etcd name and the hostname)", i, m.Name)
 		}
+		if m.Name == ReservedCN {
+			return fmt.Errorf("spec: members[%d].name %q is the admin certificate's name (etcd's root user); pick another name", i, m.Name)
+		}
 		if j, dup := names[m.Name]; dup {
 			return fmt.Errorf("spec: members[%d].name %q is also members[%d].name; give every member its own name", i, m.Name, j)
 		}

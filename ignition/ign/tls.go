@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // MemberTLS loads the member's certificate and the CA that etcd.conf
@@ -52,4 +53,18 @@ func AEADCipherSuiteNames() []string {
 		out = append(out, tls.CipherSuiteName(id))
 	}
 	return out
+}
+
+// AllowCNs makes a server config accept only client certificates whose
+// common name is one of cns (after the chain is verified), as etcd's
+// --peer-cert-allowed-cn does on the peer port.
+func AllowCNs(server *tls.Config, cns []string) {
+	server.VerifyPeerCertificate = func(_ [][]byte, chains [][]*x509.Certificate) error {
+		for _, chain := range chains {
+			if len(chain) > 0 && slices.Contains(cns, chain[0].Subject.CommonName) {
+				return nil
+			}
+		}
+		return errors.New("the peer port takes members' certificates only")
+	}
 }
