@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -130,4 +131,42 @@ func Table(w io.Writer, rs []Result) {
 		t.Append(r.URL, fmt.Sprint(r.Healthy), took, r.Err)
 	}
 	t.Render()
+}
+
+// ExpiryWindow is how close to its end a certificate is warned about.
+const ExpiryWindow = 30 * 24 * time.Hour
+
+// Expiring dials every endpoint and reads the certificates it serves (its
+// own and, through verification, the CA's), and returns a warning for
+// each one that ends within the window. Unreachable endpoints are left
+// to the health check.
+func Expiring(ctx context.Context, eps []Endpoint, tc *tls.Config, now time.Time, within time.Duration) []string {
+	var out []string
+	for _, ep := range eps {
+		host := strings.TrimPrefix(ep.URL, "https://")
+		d := tls.Dialer{Config: tc, NetDialer: &net.Dialer{Timeout: 3 * time.Second}}
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		conn, err := d.DialContext(dctx, "tcp", host)
+		cancel()
+		if err != nil {
+			continue
+		}
+		st := conn.(*tls.Conn).ConnectionState()
+		conn.Close()
+		seen := map[string]bool{}
+		for _, chain := range st.VerifiedChains {
+			for _, c := range chain {
+				what := fmt.Sprintf("%s's certificate (CN %s)", ep.Member, c.Subject.CommonName)
+				if c.IsCA {
+					what = fmt.Sprintf("the CA (CN %s) that %s's certificate chains to", c.Subject.CommonName, ep.Member)
+				}
+				if seen[what] || c.NotAfter.Sub(now) >= within {
+					continue
+				}
+				seen[what] = true
+				out = append(out, fmt.Sprintf("%s ends on %s, in %d days", what, c.NotAfter.UTC().Format(time.DateOnly), int(c.NotAfter.Sub(now).Hours()/24)))
+			}
+		}
+	}
+	return out
 }

@@ -3,6 +3,9 @@ package health
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"etcdimg/pki"
+	"etcdimg/spec"
 	"net"
 	"strings"
 	"testing"
@@ -32,5 +35,48 @@ func TestUnreachableMemberIsUnhealthy(t *testing.T) {
 		if !strings.Contains(b.String(), col) {
 			t.Errorf("table lacks %q:\n%s", col, b.String())
 		}
+	}
+}
+
+// TestExpiringNamesTheServedCertificateAndItsCA serves a member
+// certificate from a CA that ends in 20 days (pki caps the leaf there)
+// and expects a warning for each; with a 10-day window, none.
+func TestExpiringNamesTheServedCertificateAndItsCA(t *testing.T) {
+	c := spec.Default(1)
+	c.PKI.CALifetime = spec.Duration(20 * 24 * time.Hour)
+	c.PKI.CertLifetime = c.PKI.CALifetime
+	set, err := pki.Ensure(c, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, err := tls.X509KeyPair(set.Members["etcd-1"].Cert, set.Members["etcd-1"].Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{serverCert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.(*tls.Conn).Handshake()
+			conn.Close()
+		}
+	}()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(set.CACert)
+	tc := &tls.Config{RootCAs: pool}
+	eps := []Endpoint{{Member: "etcd-1", URL: "https://" + ln.Addr().String()}}
+	w := Expiring(context.Background(), eps, tc, time.Now(), ExpiryWindow)
+	if len(w) != 2 || !strings.Contains(w[0], "etcd-1's certificate (CN etcd-1) ends on") || !strings.Contains(w[1], "the CA (CN etcd-ca)") || !strings.Contains(w[1], "in 19 days") {
+		t.Errorf("warnings %q", w)
+	}
+	if w := Expiring(context.Background(), eps, tc, time.Now(), 10*24*time.Hour); len(w) != 0 {
+		t.Errorf("10-day window: %q", w)
 	}
 }

@@ -86,6 +86,9 @@ type Set struct {
 	Admin    Pair
 	// Issued lists the files created by this call, for the operator.
 	Issued []string
+	// Warnings say what the spec asks that the kept CA cannot give, and
+	// when the CA is close to its end.
+	Warnings []string
 }
 
 // File is one file of the pki directory.
@@ -143,6 +146,7 @@ func Ensure(c *spec.Cluster, dir string) (*Set, error) {
 		}
 	default:
 		s.CACert, s.CAKey = certPEM, keyPEM
+		s.Warnings = caWarnings(c, ca, time.Now())
 	}
 	sgn, err := local.NewSigner(caKey, ca, signer.DefaultSigAlgo(caKey), policy.Signing)
 	if err != nil {
@@ -168,9 +172,9 @@ func Ensure(c *spec.Cluster, dir string) (*Set, error) {
 		})
 	}
 	for _, l := range leaves {
-		p, ok := existingLeaf(dir, l.certFile, l.keyFile, ca, l.want, c.PKI.KeyAlgorithm)
+		p, ok := existingLeaf(dir, l.certFile, l.keyFile, ca, l.want, c.PKI.KeyAlgorithm, c.PKI.CertLifetime.D())
 		if !ok {
-			if p, err = issue(sgn, l.want, c.PKI.KeyAlgorithm); err != nil {
+			if p, err = issue(sgn, ca, l.want, c.PKI.KeyAlgorithm, c.PKI.CertLifetime.D()); err != nil {
 				return nil, fmt.Errorf("pki: issue %s: %w", l.certFile, err)
 			}
 			s.Issued = append(s.Issued, l.certFile, l.keyFile)
@@ -213,7 +217,37 @@ func newCA(c *spec.Cluster) (cert, key []byte, err error) {
 	return cert, key, nil
 }
 
-func issue(s *local.Signer, l leaf, alg string) (Pair, error) {
+// caWarnings compares a kept CA with the spec: its key algorithm and its
+// lifetime are the CA's own (a CA is never replaced), and its end is
+// every certificate's end.
+func caWarnings(c *spec.Cluster, ca *x509.Certificate, now time.Time) []string {
+	var w []string
+	if alg := KeyAlgorithm(ca); alg != c.PKI.KeyAlgorithm {
+		w = append(w, fmt.Sprintf("pki: pki.keyAlgorithm is %s, but the existing CA is %s and is kept (a CA is never replaced): the certificates it signs use %s keys; to change the CA, move the pki directory aside and rebuild every member", c.PKI.KeyAlgorithm, alg, c.PKI.KeyAlgorithm))
+	}
+	if life := ca.NotAfter.Sub(ca.NotBefore); (life - c.PKI.CALifetime.D()).Abs() > 48*time.Hour {
+		w = append(w, fmt.Sprintf("pki: pki.caLifetime is %s, but the existing CA was made for %s and is kept, until %s", c.PKI.CALifetime, spec.Duration(life.Round(time.Hour)), ca.NotAfter.Format(time.DateOnly)))
+	}
+	if left := ca.NotAfter.Sub(now); left < renewBefore {
+		w = append(w, fmt.Sprintf("pki: the CA expires on %s, in %d days: every certificate it signed stops working then; make a new CA (move the pki directory aside) and rebuild and roll every member before that", ca.NotAfter.Format(time.DateOnly), int(left.Hours()/24)))
+	}
+	return w
+}
+
+// leafNotAfter is when a certificate issued now ends: its lifetime from
+// the spec, but never after its CA.
+func leafNotAfter(ca *x509.Certificate, lifetime time.Duration, now time.Time) time.Time {
+	return minTime(now.Add(lifetime), ca.NotAfter)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func issue(s *local.Signer, ca *x509.Certificate, l leaf, alg string, lifetime time.Duration) (Pair, error) {
 	req := &csr.CertificateRequest{
 		CN:         l.cn,
 		Names:      []csr.Name{{O: "etcdimg"}},
@@ -224,7 +258,7 @@ func issue(s *local.Signer, l leaf, alg string) (Pair, error) {
 	if err != nil {
 		return Pair{}, err
 	}
-	cert, err := s.Sign(signer.SignRequest{Hosts: l.hosts, Request: string(csrPEM), Profile: l.profile})
+	cert, err := s.Sign(signer.SignRequest{Hosts: l.hosts, Request: string(csrPEM), Profile: l.profile, NotAfter: leafNotAfter(ca, lifetime, time.Now())})
 	if err != nil {
 		return Pair{}, err
 	}
@@ -283,9 +317,9 @@ func parseCA(certPEM, keyPEM []byte) (*x509.Certificate, crypto.Signer, error) {
 
 // existingLeaf returns the pair already on disk if it still fits: it parses,
 // the key matches, it chains to ca for its profile's usages, it names the
-// same subject and hosts, uses the spec's key algorithm, and is not near
-// expiry.
-func existingLeaf(dir, certFile, keyFile string, ca *x509.Certificate, want leaf, alg string) (Pair, bool) {
+// same subject and hosts, uses the spec's key algorithm and lifetime,
+// ends no later than its CA, and is not near expiry.
+func existingLeaf(dir, certFile, keyFile string, ca *x509.Certificate, want leaf, alg string, lifetime time.Duration) (Pair, bool) {
 	certPEM, err1 := os.ReadFile(filepath.Join(dir, certFile))
 	keyPEM, err2 := os.ReadFile(filepath.Join(dir, keyFile))
 	if err1 != nil || err2 != nil {
@@ -312,7 +346,13 @@ func existingLeaf(dir, certFile, keyFile string, ca *x509.Certificate, want leaf
 	if cert.Subject.CommonName != want.cn || !sameHosts(cert, want.hosts) {
 		return Pair{}, false
 	}
-	if time.Until(cert.NotAfter) < renewBefore {
+	if time.Until(cert.NotAfter) < renewBefore || cert.NotAfter.After(ca.NotAfter) {
+		return Pair{}, false
+	}
+	// A changed pki.certLifetime reissues, unless the certificate ends
+	// with its CA (it could not be given more).
+	capped := cert.NotAfter.Sub(ca.NotAfter).Abs() < time.Hour
+	if life := cert.NotAfter.Sub(cert.NotBefore); !capped && (life-lifetime).Abs() > 48*time.Hour {
 		return Pair{}, false
 	}
 	return Pair{Cert: certPEM, Key: keyPEM}, true

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cloudflare/cfssl/config"
 	"github.com/cloudflare/cfssl/helpers"
@@ -250,5 +251,63 @@ func TestContainsKey(t *testing.T) {
 	}
 	if ContainsKey(s.Members["etcd-1"].Key, s.CAKey) || ContainsKey(s.CACert, s.CAKey) {
 		t.Error("false positive")
+	}
+}
+
+// TestSpecChangesReachTheCertificates: a changed certLifetime reissues
+// the leaves; a kept CA that ends sooner than the spec asks caps every
+// leaf at its own end and says so; a keyAlgorithm the kept CA does not
+// have gives leaves of that algorithm and a warning; a CA within 30 days
+// of its end is warned about.
+func TestSpecChangesReachTheCertificates(t *testing.T) {
+	dir := t.TempDir()
+	c := spec.Default(1)
+	c.PKI.CALifetime = spec.Duration(40 * 24 * time.Hour)
+	c.PKI.CertLifetime = spec.Duration(20 * 24 * time.Hour)
+	first, err := Ensure(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, dir, first)
+	ca := mustCert(t, first.CACert)
+
+	// Longer lifetimes than the kept CA has left: leaves end with the CA.
+	c.PKI.CALifetime = spec.Duration(87600 * time.Hour)
+	c.PKI.CertLifetime = spec.Duration(8760 * time.Hour)
+	longer, err := Ensure(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(longer.Issued, MemberCertFile("etcd-1")) {
+		t.Fatalf("a changed certLifetime did not reissue: issued %v", longer.Issued)
+	}
+	leaf := mustCert(t, longer.Members["etcd-1"].Cert)
+	if leaf.NotAfter.After(ca.NotAfter) || ca.NotAfter.Sub(leaf.NotAfter) > time.Hour {
+		t.Errorf("leaf ends %s, CA %s: want the CA's end", leaf.NotAfter, ca.NotAfter)
+	}
+	if len(longer.Warnings) != 1 || !strings.Contains(longer.Warnings[0], "pki.caLifetime is 87600h, but the existing CA was made for 960h and is kept") {
+		t.Errorf("warnings %q", longer.Warnings)
+	}
+	write(t, dir, longer)
+	if again, _ := Ensure(c, dir); len(again.Issued) != 0 {
+		t.Errorf("a leaf capped at its CA's end was reissued: %v", again.Issued)
+	}
+
+	// Another key algorithm: RSA leaves, the ECDSA CA kept, a warning.
+	c.PKI.KeyAlgorithm = spec.KeyRSA2048
+	rsaSet, err := Ensure(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if KeyAlgorithm(mustCert(t, rsaSet.Members["etcd-1"].Cert)) != spec.KeyRSA2048 || !bytes.Equal(rsaSet.CACert, first.CACert) {
+		t.Error("leaves do not follow keyAlgorithm, or the CA changed")
+	}
+	if !slices.ContainsFunc(rsaSet.Warnings, func(w string) bool { return strings.Contains(w, "the existing CA is ecdsa-p256 and is kept") }) {
+		t.Errorf("warnings %q", rsaSet.Warnings)
+	}
+
+	// A CA that ends within 30 days.
+	if w := caWarnings(c, ca, ca.NotAfter.Add(-10*24*time.Hour)); !slices.ContainsFunc(w, func(w string) bool { return strings.Contains(w, "in 10 days") }) {
+		t.Errorf("near the end: %q", w)
 	}
 }

@@ -108,7 +108,7 @@ func Run(c *spec.Cluster, dir outdir.Layout) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("render: %w", err)
 	}
-	r := &Result{Changed: changed, Issued: set.Issued, PKI: set, Ignition: map[string][]byte{}, Warnings: warnings}
+	r := &Result{Changed: changed, Issued: set.Issued, PKI: set, Ignition: map[string][]byte{}, Warnings: append(warnings, set.Warnings...)}
 	for _, f := range files {
 		r.Files = append(r.Files, f.Path)
 	}

@@ -409,6 +409,9 @@ func healthCmd() *cobra.Command {
 			}
 			rs := health.Check(context.Background(), e.Endpoints, e.TLS, timeout)
 			health.Table(cmd.OutOrStdout(), rs)
+			for _, w := range health.Expiring(context.Background(), e.Endpoints, e.TLS, time.Now(), health.ExpiryWindow) {
+				fmt.Fprintf(os.Stderr, "warning: %s: rebuild and roll the members (a leaf is reissued within 30 days of its end), or make a new CA\n", w)
+			}
 			var bad []string
 			for _, r := range rs {
 				if !r.Healthy {
