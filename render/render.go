@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -92,6 +93,9 @@ type Result struct {
 	Ignition map[string][]byte
 	// Warnings say what the run found open to other users and closed.
 	Warnings []string
+	// Retired are the files of members no longer in the spec, moved
+	// under retired/ (relative paths, before the move).
+	Retired []string
 }
 
 // Run renders c into dir.
@@ -108,7 +112,11 @@ func Run(c *spec.Cluster, dir outdir.Layout) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("render: %w", err)
 	}
-	r := &Result{Changed: changed, Issued: set.Issued, PKI: set, Ignition: map[string][]byte{}, Warnings: append(warnings, set.Warnings...)}
+	retired, err := retire(c, dir, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	r := &Result{Retired: retired, Changed: changed, Issued: set.Issued, PKI: set, Ignition: map[string][]byte{}, Warnings: append(warnings, set.Warnings...)}
 	for _, f := range files {
 		r.Files = append(r.Files, f.Path)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -144,5 +145,8 @@ func printRender(w io.Writer, c *spec.Cluster, from string, dir outdir.Layout, r
 	}
 	fmt.Fprintf(w, "etcdctl  source %s\n", dir.EtcdctlEnv())
 	fmt.Fprintf(w, "metrics  %s (alert rules in %s)\n", dir.Prometheus(), render.RulesFile)
+	if len(res.Retired) > 0 {
+		fmt.Fprintf(w, "retired  %s: members no longer in the spec, moved under %s/ (their data disks are left where they are)\n", strings.Join(res.Retired, ", "), filepath.Join(dir.Dir(), render.RetiredDir))
+	}
 	fmt.Fprintf(w, "%d files, %d written, %d unchanged\n", len(res.Files), len(res.Changed), len(res.Files)-len(res.Changed))
 }

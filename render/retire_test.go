@@ -1,0 +1,63 @@
+package render
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"etcdimg/outdir"
+	"etcdimg/spec"
+)
+
+// TestRemovedMembersAreRetired: a member dropped from the spec leaves no
+// key, certificate or config among the live ones; they are moved, whole
+// and private, under retired/, and the output says so.
+func TestRemovedMembersAreRetired(t *testing.T) {
+	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	if _, err := Run(spec.Default(3), dir); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := os.ReadFile(dir.PKIFile("etcd-3-key.pem"))
+	os.MkdirAll(dir.ImagesDir(), 0o700)
+	os.WriteFile(dir.Image("etcd-3"), []byte("image"), 0o600)
+	res, err := Run(spec.Default(2), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"pki/etcd-3.pem", "pki/etcd-3-key.pem", "ignition/etcd-3.ign", "ignition/etcd-3.bu", "images/etcd-3.img"}
+	if !slices.Equal(res.Retired, want) {
+		t.Fatalf("retired %v, want %v", res.Retired, want)
+	}
+	for _, p := range want {
+		if _, err := os.Stat(filepath.Join(dir.Dir(), p)); err == nil {
+			t.Errorf("%s is still among the live files", p)
+		}
+	}
+	moved, _ := filepath.Glob(filepath.Join(dir.Dir(), RetiredDir, "*", "pki", "etcd-3-key.pem"))
+	if len(moved) != 1 {
+		t.Fatalf("retired key: %v", moved)
+	}
+	if b, _ := os.ReadFile(moved[0]); string(b) != string(key) {
+		t.Error("the retired key is not the member's key")
+	}
+	for _, d := range []string{filepath.Join(dir.Dir(), RetiredDir), filepath.Dir(filepath.Dir(moved[0]))} {
+		if st, _ := os.Stat(d); st.Mode().Perm() != 0o700 {
+			t.Errorf("%s is %04o", d, st.Mode().Perm())
+		}
+	}
+	// The CA, the admin and the members kept are untouched; a second run
+	// retires nothing.
+	for _, p := range []string{"pki/etcd-ca-key.pem", "pki/admin.pem", "pki/etcd-2.pem", "ignition/etcd-1.ign"} {
+		if _, err := os.Stat(filepath.Join(dir.Dir(), p)); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	if res, err := Run(spec.Default(2), dir); err != nil || len(res.Retired) != 0 {
+		t.Errorf("second run: %v %v", res.Retired, err)
+	}
+	if strings.Contains(strings.Join(res.Files, " "), "etcd-3") {
+		t.Errorf("files %v", res.Files)
+	}
+}
