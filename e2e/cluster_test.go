@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -301,6 +302,73 @@ network: {cidr: 127.0.0.0/8}
 		if err := peerGet(m.ip, admin); err == nil {
 			t.Errorf("%s: the admin certificate was served on the peer port", m.name)
 		}
+	}
+
+	// Application clients: `client add` turns authentication on and gives
+	// a client-only certificate a role on its prefix and nothing else.
+	if stdout, stderr, code := etcdimg(t, work, "client", "add", "app", "--prefix", "/app/", "--out", out); code != 0 || !strings.Contains(stdout, "app: read-write on /app/") {
+		t.Fatalf("client add: exit %d: %s%s", code, stdout, stderr)
+	}
+	if _, stderr, code := etcdimg(t, work, "client", "add", "reader", "--prefix", "/app/", "--read-only", "--out", out); code != 0 {
+		t.Fatalf("client add --read-only: %s", stderr)
+	}
+	clientTLS := func(name string) *tls.Config {
+		cd := filepath.Join(out, "clients")
+		return tlsConfig(t, filepath.Join(pkiDir, "etcd-ca.pem"), filepath.Join(cd, name+".pem"), filepath.Join(cd, name+"-key.pem"))
+	}
+	app, reader := client(members[0].ip, clientTLS("app")), client(members[1].ip, clientTLS("reader"))
+	denied := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Errorf("%s: %v, want permission denied", what, err)
+		}
+	}
+	if _, err := app.Put(ctx, "/app/config", "v1"); err != nil {
+		t.Errorf("app put in its prefix: %v", err)
+	}
+	if r, err := reader.Get(ctx, "/app/config"); err != nil || len(r.Kvs) != 1 {
+		t.Errorf("reader get in its prefix: %v %v", r, err)
+	}
+	_, err = reader.Put(ctx, "/app/config", "v2")
+	denied("reader put", err)
+	_, err = app.Get(ctx, "/etcdimg/hello")
+	denied("app get outside its prefix", err)
+	_, err = app.Put(ctx, "/etcdimg/hello", "x")
+	denied("app put outside its prefix", err)
+	_, err = app.MemberAddAsLearner(ctx, []string{"https://127.0.0.99:2380"})
+	denied("app adds a member", err)
+	if r, err := client(members[2].ip, memberTLS).Get(ctx, "/app/config"); err != nil || len(r.Kvs) != 1 {
+		t.Errorf("a member's certificate (root role) reads: %v %v", r, err)
+	}
+	if err := peerGet(members[0].ip, clientTLS("app")); err == nil {
+		t.Error("an application certificate was served on the peer port")
+	}
+	if stdout, _, code := etcdimg(t, work, "client", "list", "--out", out); code != 0 || !strings.Contains(stdout, "authentication on") ||
+		!regexp.MustCompile(`client\s+app\s+read-write\s+/app/`).MatchString(stdout) || !regexp.MustCompile(`client\s+reader\s+read-only\s+/app/`).MatchString(stdout) {
+		t.Errorf("client list: %s", stdout)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"app", "--prefix", "/other/"}, `client app exists with prefix "/app/"`},
+		{[]string{"etcd-1", "--prefix", "/x/"}, "is a member's name"},
+		{[]string{"root", "--prefix", "/x/"}, "is the admin's"},
+		{[]string{"x", "--prefix", "noslash"}, "starting with /"},
+	} {
+		if _, stderr, code := etcdimg(t, work, append([]string{"client", "add", "--out", out}, tc.args...)...); code != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("client add %v: exit %d, %q", tc.args, code, stderr)
+		}
+	}
+	if _, stderr, code := etcdimg(t, work, "client", "remove", "app", "--out", out); code != 0 {
+		t.Errorf("client remove: %s", stderr)
+	}
+	_, err = app.Get(ctx, "/app/config")
+	if err == nil {
+		t.Error("a removed client still reads")
+	}
+	if _, err := os.Stat(filepath.Join(out, "clients", "app-key.pem")); err == nil {
+		t.Error("the removed client's key is still among the live ones")
 	}
 
 	// TLS policy, seen by OpenSSL's client with a member's certificate:

@@ -176,6 +176,17 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	clusterID := list.Header.ClusterId
 	checkMembers(t, list, 3, "https://192.168.2.5")
 
+	// Authentication is on from bootstrap: the members turned it on, with
+	// root and each member (their certificates' CNs) in the root role.
+	waitUntil(t, u, time.Minute, "authentication on", func() bool {
+		st, err := u.client(t, 0, u.admin).AuthStatus(ctx)
+		return err == nil && st.Enabled
+	})
+	users, err := u.client(t, 0, u.admin).UserList(ctx)
+	if err != nil || strings.Join(users.Users, " ") != "etcd-1 etcd-2 etcd-3 root" {
+		t.Errorf("users %v: %v", users, err)
+	}
+
 	// A key written through member 1 is read through members 2 and 3.
 	if _, err := u.client(t, 0, u.admin).Put(ctx, "/etcdimg/lan", "one-cluster"); err != nil {
 		t.Fatal(err)

@@ -268,6 +268,7 @@ func (n *node) boot() error {
 				goSafe("promote", func() { me.promote(n.ctx, plan.Learner) })
 			}
 			goSafe("record cluster ID", func() { me.recordClusterID(n.ctx) })
+			goSafe("auth", func() { me.ensureAuth(n.ctx) })
 			if hasData && owner.ClusterID != "" {
 				// Checked beside etcd's start, not before it, so that a
 				// cluster's restart does not wait on peers that are down:

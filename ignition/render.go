@@ -185,7 +185,7 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 		// The peer port takes members only: a certificate whose CN is a
 		// member's name. The admin's (CN root) and every client's, from
 		// the same CA, are refused there.
-		{"ETCD_PEER_CERT_ALLOWED_CN", strings.Join(memberNames(c), ",")},
+		{"ETCD_PEER_CERT_ALLOWED_CN", strings.Join(c.Names(), ",")},
 	}
 	if c.PKI.TLSMinVersion == "1.2" {
 		// TLS 1.3's suites are fixed (and etcd refuses a list with it).
@@ -196,14 +196,6 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 		fmt.Fprintf(&b, "%s=%q\n", p[0], p[1])
 	}
 	return b.Bytes()
-}
-
-func memberNames(c *spec.Cluster) []string {
-	var out []string
-	for _, m := range c.Members {
-		out = append(out, m.Name)
-	}
-	return out
 }
 
 func ms(d spec.Duration) string { return strconv.FormatInt(d.D().Milliseconds(), 10) }

@@ -382,7 +382,7 @@ func CheckFlag(dir string) error {
 
 // PrivateDirs hold private keys (pki), configs with keys (ignition) and
 // images with keys (images): owner-only.
-var PrivateDirs = []string{"pki", "ignition", "images"}
+var PrivateDirs = []string{"pki", "ignition", "images", "clients"}
 
 // Guard checks the private directories of an existing output directory
 // before a run reads or writes them. A symlink to a directory that other
@@ -446,7 +446,7 @@ func Guard(dir string) (warnings []string, err error) {
 
 // isPrivate reports whether a file in one of the PrivateDirs holds a key.
 func isPrivate(dir, name string) bool {
-	if dir == "pki" {
+	if dir == "pki" || dir == "clients" {
 		return strings.HasSuffix(name, "-key.pem")
 	}
 	return true

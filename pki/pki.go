@@ -472,3 +472,29 @@ func ParseCert(pemBytes []byte) (*x509.Certificate, error) {
 	}
 	return c, nil
 }
+
+// IssueClient issues an application client's certificate from the CA in
+// dir: CN name (its etcd user), client authentication only, the spec's
+// key algorithm and lifetime, never past the CA's end. It never writes.
+func IssueClient(c *spec.Cluster, dir, name string) (Pair, error) {
+	ca, caKey, _, _, err := loadCA(dir)
+	if err != nil {
+		return Pair{}, err
+	}
+	if ca == nil {
+		return Pair{}, fmt.Errorf("pki: %s holds no CA; run `etcdimg build` first", dir)
+	}
+	cfg, err := caConfigJSON(c)
+	if err != nil {
+		return Pair{}, err
+	}
+	policy, err := config.LoadConfig(cfg)
+	if err != nil {
+		return Pair{}, fmt.Errorf("pki: load %s: %w", CAConfigFile, err)
+	}
+	sgn, err := local.NewSigner(caKey, ca, signer.DefaultSigAlgo(caKey), policy.Signing)
+	if err != nil {
+		return Pair{}, fmt.Errorf("pki: signer: %w", err)
+	}
+	return issue(sgn, ca, leaf{cn: name, profile: ProfileClient}, c.PKI.KeyAlgorithm, c.PKI.CertLifetime.D())
+}

@@ -133,6 +133,15 @@ func Default(n int) *Cluster {
 // Addr returns the member's IP. It is only called on validated specs.
 func (m Member) Addr() netip.Addr { return netip.MustParseAddr(m.IP) }
 
+// Names lists the members' names, in spec order.
+func (c *Cluster) Names() []string {
+	var out []string
+	for _, m := range c.Members {
+		out = append(out, m.Name)
+	}
+	return out
+}
+
 // Member returns the member called name.
 func (c *Cluster) Member(name string) (Member, bool) {
 	for _, m := range c.Members {

@@ -13,6 +13,22 @@ import (
 // certificate DNS SAN and a file name can all safely be.
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
+// ValidClientName says why name cannot be an application client of c:
+// it is its certificate's CN and its etcd user, so it must be a DNS
+// label that is neither root nor a member's name.
+func (c *Cluster) ValidClientName(name string) error {
+	if !dnsLabel.MatchString(name) {
+		return fmt.Errorf("client name %q: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit", name)
+	}
+	if name == ReservedCN {
+		return fmt.Errorf("client name %q is the admin's (etcd's root user); pick another", name)
+	}
+	if _, ok := c.Member(name); ok {
+		return fmt.Errorf("client name %q is a member's name (members hold the root role); pick another", name)
+	}
+	return nil
+}
+
 // Validate checks the whole spec and returns the first problem as one line
 // that names the field and says how to fix it.
 func (c *Cluster) Validate() error {

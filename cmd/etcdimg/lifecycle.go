@@ -14,7 +14,6 @@ import (
 
 	"etcdimg/cluster"
 	"etcdimg/outdir"
-	"etcdimg/spec"
 )
 
 // localCluster loads the state of the cluster under `up` in dir, under
@@ -120,7 +119,7 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 	}
 	w := cmd.OutOrStdout()
 	l = &cluster.Lifecycle{
-		Etcd: e, Members: memberNames(c), Timeout: f.timeout,
+		Etcd: e, Members: c.Names(), Timeout: f.timeout,
 		Say: func(step string, took time.Duration) { fmt.Fprintf(w, "%-70s %6.1fs\n", step, took.Seconds()) },
 	}
 	release = func() {}
@@ -147,14 +146,6 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 		return nil, nil, nil, err
 	}
 	return l, images, release, nil
-}
-
-func memberNames(c *spec.Cluster) []string {
-	var names []string
-	for _, m := range c.Members {
-		names = append(names, m.Name)
-	}
-	return names
 }
 
 func replaceCmd() *cobra.Command {

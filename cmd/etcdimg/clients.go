@@ -1,0 +1,171 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"etcdimg/authz"
+	"etcdimg/outdir"
+	"etcdimg/pki"
+	"etcdimg/render"
+)
+
+// clientsDir holds the application clients' certificates.
+const clientsDir = "clients"
+
+func clientCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "client",
+		Short: "Application clients: a certificate and an etcd role limited to one key prefix each",
+	}
+	c.AddCommand(clientAddCmd(), clientListCmd(), clientRemoveCmd())
+	return c
+}
+
+func clientAddCmd() *cobra.Command {
+	var out, prefix string
+	var readOnly bool
+	c := &cobra.Command{
+		Use:   "add NAME --prefix PREFIX",
+		Short: "Issue a client-only certificate (CN NAME) into OUT/clients and give user NAME read-write (or --read-only) access to PREFIX on the running cluster",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			c, dir, err := loadBuilt(out)
+			if err != nil {
+				return err
+			}
+			if err := c.ValidClientName(name); err != nil {
+				return err
+			}
+			if prefix == "" || !strings.HasPrefix(prefix, "/") {
+				return fmt.Errorf("--prefix %q: name the client's key prefix, starting with /, such as /app/", prefix)
+			}
+			// The certificate is made first (nothing written yet), the
+			// role on the cluster next, and the files last: a cluster
+			// that refuses leaves no certificate behind.
+			pair, err := pki.IssueClient(c, dir.PKI(), name)
+			if err != nil {
+				return err
+			}
+			e, err := adminEtcd(c, dir)
+			if err != nil {
+				return err
+			}
+			if err := e.AddClient(c.Names(), authz.Client{Name: name, Prefix: prefix, ReadOnly: readOnly}); err != nil {
+				return err
+			}
+			if _, err := outdir.Write(filepath.Join(dir.Dir(), clientsDir), []outdir.File{
+				{Path: name + ".pem", Data: pair.Cert, Mode: 0o644},
+				{Path: name + "-key.pem", Data: pair.Key, Mode: 0o600},
+			}); err != nil {
+				return err
+			}
+			os.Chmod(filepath.Join(dir.Dir(), clientsDir), 0o700)
+			access := "read-write"
+			if readOnly {
+				access = "read-only"
+			}
+			cert, _ := pki.ParseCert(pair.Cert)
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "client   %s: %s on %s (etcd user and role %s; authentication is on)\n", name, access, prefix, name)
+			fmt.Fprintf(w, "cert     %s (client authentication only, until %s)\n", filepath.Join(dir.Dir(), clientsDir, name+".pem"), cert.NotAfter.Format(time.DateOnly))
+			fmt.Fprintf(w, "key      %s\n", filepath.Join(dir.Dir(), clientsDir, name+"-key.pem"))
+			fmt.Fprintf(w, "ca       %s\n", dir.PKIFile(pki.CACertFile))
+			return nil
+		},
+	}
+	outFlag(c, &out)
+	c.Flags().StringVar(&prefix, "prefix", "", "the key prefix the client may use, such as /app/")
+	c.Flags().BoolVar(&readOnly, "read-only", false, "read access only")
+	return c
+}
+
+func clientListCmd() *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "List the application clients of the running cluster and their prefixes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, dir, err := loadBuilt(out)
+			if err != nil {
+				return err
+			}
+			e, err := adminEtcd(c, dir)
+			if err != nil {
+				return err
+			}
+			cs, enabled, err := e.Clients(c.Names())
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "authentication %s; root (the admin certificate) and the members %s hold the root role\n", map[bool]string{true: "on", false: "off"}[enabled], strings.Join(c.Names(), ", "))
+			for _, cl := range cs {
+				access := "read-write"
+				if cl.ReadOnly {
+					access = "read-only"
+				}
+				fmt.Fprintf(w, "client   %-16s %-10s %s\n", cl.Name, access, cl.Prefix)
+			}
+			return nil
+		},
+	}
+	outFlag(c, &out)
+	return c
+}
+
+func clientRemoveCmd() *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Delete the client's user and role on the running cluster, and move its certificate to OUT/retired",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			c, dir, err := loadBuilt(out)
+			if err != nil {
+				return err
+			}
+			if err := c.ValidClientName(name); err != nil {
+				return err
+			}
+			e, err := adminEtcd(c, dir)
+			if err != nil {
+				return err
+			}
+			if err := e.RemoveClient(name); err != nil {
+				return err
+			}
+			dest := filepath.Join(dir.Dir(), render.RetiredDir, time.Now().UTC().Format("20060102T150405"), clientsDir)
+			var moved []string
+			for _, f := range []string{name + ".pem", name + "-key.pem"} {
+				from := filepath.Join(dir.Dir(), clientsDir, f)
+				if _, err := os.Stat(from); err != nil {
+					continue
+				}
+				if err := os.MkdirAll(dest, 0o700); err != nil {
+					return err
+				}
+				os.Chmod(filepath.Join(dir.Dir(), render.RetiredDir), 0o700)
+				if err := os.Rename(from, filepath.Join(dest, f)); err != nil {
+					return err
+				}
+				moved = append(moved, filepath.Join(dest, f))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "client   %s removed: its user and role are gone, so its certificate is refused for every key\n", name)
+			if len(moved) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "retired  %s\n", strings.Join(moved, ", "))
+			}
+			return nil
+		},
+	}
+	outFlag(c, &out)
+	return c
+}
