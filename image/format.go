@@ -188,15 +188,11 @@ func qemuImg(args ...string) error {
 // member of a tar in the old GNU format, gzip'd. Time stamps and owners
 // are fixed.
 func writeGCE(raw, out string, _ FormatOptions) error {
-	in, err := os.Open(raw)
+	in, size, err := openRaw(raw)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
 	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
@@ -208,7 +204,7 @@ func writeGCE(raw, out string, _ FormatOptions) error {
 	}
 	tw := tar.NewWriter(zw)
 	hdr := &tar.Header{
-		Name: "disk.raw", Mode: 0o600, Size: st.Size(), Typeflag: tar.TypeReg,
+		Name: "disk.raw", Mode: 0o600, Size: size, Typeflag: tar.TypeReg,
 		ModTime: time.Unix(epoch, 0).UTC(), Format: tar.FormatGNU,
 	}
 	if err := tw.WriteHeader(hdr); err != nil {
@@ -235,17 +231,13 @@ var epoch, _ = strconv.ParseInt(sourceDateEpoch, 10, 64)
 // is the fixed build time and its unique ID is derived from the raw
 // image's bytes.
 func writeVHD(raw, out string, _ FormatOptions) error {
-	in, err := os.Open(raw)
+	in, size, err := openRaw(raw)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	if st.Size()%mib != 0 {
-		return fmt.Errorf("vhd: the raw disk is %d bytes, not a whole number of MiB", st.Size())
+	if size%mib != 0 {
+		return fmt.Errorf("vhd: the raw disk is %d bytes, not a whole number of MiB", size)
 	}
 	sum, err := fileDigest(raw)
 	if err != nil {
@@ -256,10 +248,10 @@ func writeVHD(raw, out string, _ FormatOptions) error {
 		return err
 	}
 	defer f.Close()
-	if err := copySparse(f, in, st.Size()); err != nil {
+	if err := copySparse(f, in, size); err != nil {
 		return err
 	}
-	if _, err := f.WriteAt(vhdFooter(st.Size(), sum), st.Size()); err != nil {
+	if _, err := f.WriteAt(vhdFooter(size, sum), size); err != nil {
 		return err
 	}
 	return f.Close()
@@ -337,6 +329,20 @@ func copySparse(dst *os.File, src io.Reader, n int64) error {
 		off += int64(k)
 	}
 	return dst.Truncate(n)
+}
+
+// openRaw opens the raw image and tells its size.
+func openRaw(raw string) (*os.File, int64, error) {
+	in, err := os.Open(raw)
+	if err != nil {
+		return nil, 0, err
+	}
+	st, err := in.Stat()
+	if err != nil {
+		in.Close()
+		return nil, 0, err
+	}
+	return in, st.Size(), nil
 }
 
 func fileDigest(path string) ([32]byte, error) {

@@ -472,16 +472,6 @@ func syncFile(path string) error {
 
 // fileSum is the SHA-256 of the file at path, and whether it exists.
 func fileSum(path string) ([32]byte, bool) {
-	var sum [32]byte
-	f, err := os.Open(path)
-	if err != nil {
-		return sum, false
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return sum, false
-	}
-	copy(sum[:], h.Sum(nil))
-	return sum, true
+	sum, err := fileDigest(path)
+	return sum, err == nil
 }

@@ -13,6 +13,7 @@ import (
 	"etcdimg/outdir"
 	"etcdimg/pki"
 	"etcdimg/render"
+	"etcdimg/spec"
 )
 
 // clientsDir holds the application clients' certificates.
@@ -27,6 +28,15 @@ func clientCmd() *cobra.Command {
 	return c
 }
 
+// loadClient reads the built directory and checks a client's name.
+func loadClient(out, name string) (*spec.Cluster, outdir.Layout, error) {
+	c, dir, err := loadBuilt(out)
+	if err == nil {
+		err = c.ValidClientName(name)
+	}
+	return c, dir, err
+}
+
 func clientAddCmd() *cobra.Command {
 	var out, prefix string
 	var readOnly bool
@@ -36,11 +46,8 @@ func clientAddCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			c, dir, err := loadBuilt(out)
+			c, dir, err := loadClient(out, name)
 			if err != nil {
-				return err
-			}
-			if err := c.ValidClientName(name); err != nil {
 				return err
 			}
 			if prefix == "" || !strings.HasPrefix(prefix, "/") {
@@ -129,11 +136,8 @@ func clientRemoveCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			c, dir, err := loadBuilt(out)
+			c, dir, err := loadClient(out, name)
 			if err != nil {
-				return err
-			}
-			if err := c.ValidClientName(name); err != nil {
 				return err
 			}
 			e, err := adminEtcd(c, dir)
