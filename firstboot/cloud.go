@@ -39,9 +39,10 @@ func isCloud(platform string) bool {
 	return false
 }
 
-// configSources are tried in order. On qemu and metal: QEMU's fw_cfg
-// first, so that one base image can serve every member, then the config
-// embedded in the image. On a cloud: the platform's own user-data.
+// configSources are tried in order. On qemu: QEMU's fw_cfg first, so
+// that one base image can serve every member, then the config embedded
+// in the image; on metal: the embedded config. On a cloud: the
+// platform's own user-data.
 func configSources(platform string) []Source {
 	md := metadataClient(layout.MetadataAddr)
 	switch platform {
@@ -53,6 +54,8 @@ func configSources(platform string) []Source {
 		return []Source{azureIMDS{md}}
 	case layout.PlatformOpenStack:
 		return []Source{configDrive{}, openstackMetadata{md}}
+	case layout.PlatformMetal:
+		return []Source{espFile{}}
 	}
 	return []Source{fwCfg{}, espFile{}}
 }

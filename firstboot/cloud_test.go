@@ -185,3 +185,22 @@ func TestProbeFS(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigSourcesByPlatform(t *testing.T) {
+	for platform, want := range map[string]string{
+		"qemu":      "fw_cfg opt/com.coreos/config, ESP /etcdimg/node.ign",
+		"metal":     "ESP /etcdimg/node.ign",
+		"aws":       "AWS IMDSv2 user-data",
+		"gcp":       "GCP metadata user-data",
+		"azure":     "Azure IMDS userData",
+		"openstack": "OpenStack config drive, OpenStack metadata user_data",
+	} {
+		var names []string
+		for _, s := range configSources(platform) {
+			names = append(names, s.Name())
+		}
+		if got := strings.Join(names, ", "); got != want {
+			t.Errorf("%s: %s, want %s", platform, got, want)
+		}
+	}
+}
