@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -282,6 +283,53 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 		t.Errorf("the roll took %d elections (raft term %d → %d); want at most one per member", d, term, term+d)
 	}
 
+	// rotate certs under write load: every member serves a certificate
+	// with a new serial (as openssl s_client sees it), keeps its member
+	// ID (the disks are kept), and a client's certificate is reissued.
+	if _, stderr, code := etcdimg(t, u.work, "client", "add", "app", "--prefix", "/app/", "--out", u.out); code != 0 {
+		t.Fatalf("client add: %s", stderr)
+	}
+	oldClient, _ := os.ReadFile(filepath.Join(u.out, "clients", "app.pem"))
+	serials := servedSerials(t, u)
+	before, _ = membersByName(t, u)
+	w = startWriter(t, u, "/load/rotate")
+	time.Sleep(2 * time.Second)
+	stdout, stderr, code = etcdimg(t, u.work, "rotate", "certs", "--out", u.out, "--timeout", "4m")
+	t.Logf("rotate certs:\n%s", stdout)
+	if code != 0 {
+		t.Fatalf("rotate certs: exit %d: %s", code, stderr)
+	}
+	time.Sleep(2 * time.Second)
+	w.Stop()
+	u.reload(t)
+	runs, acked, failed = w.outages()
+	t.Logf("rotate certs: %d writes acknowledged, %d failed in %d outages", acked, failed, runs)
+	checkAcked(t, u, w)
+	after, _ = membersByName(t, u)
+	now := servedSerials(t, u)
+	for n, old := range serials {
+		if now[n] == "" || now[n] == old {
+			t.Errorf("%s serves serial %s after rotate certs (was %s)", n, now[n], old)
+		}
+		if after[n] != before[n] {
+			t.Errorf("%s changed member ID through rotate certs (its disk was to be kept)", n)
+		}
+	}
+	newClient, _ := os.ReadFile(filepath.Join(u.out, "clients", "app.pem"))
+	if len(newClient) == 0 || string(newClient) == string(oldClient) {
+		t.Error("rotate certs did not reissue the client's certificate")
+	}
+	cd := filepath.Join(u.out, "clients")
+	app := u.client(t, 0, tlsConfig(t, filepath.Join(u.out, "pki", "etcd-ca.pem"), filepath.Join(cd, "app.pem"), filepath.Join(cd, "app-key.pem")))
+	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if _, err := app.Put(pctx, "/app/after-rotate", "ok"); err != nil {
+		t.Errorf("the reissued client certificate: %v", err)
+	}
+	pcancel()
+	if old, _ := filepath.Glob(filepath.Join(u.out, "retired", "*", "pki", "etcd-1-key.pem")); len(old) != 1 {
+		t.Errorf("the old member key was not kept under retired/: %v", old)
+	}
+
 	// The whole cluster powered off; etcd-3's data disk swapped for a
 	// blank one; all started again: no second cluster forms, etcd-3
 	// rejoins as a learner and is promoted, every write is there.
@@ -340,4 +388,23 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// servedSerials reads, with openssl s_client, the serial of the
+// certificate each member serves on its (forwarded) client port.
+func servedSerials(t *testing.T, u *upCluster) map[string]string {
+	t.Helper()
+	pkiDir := filepath.Join(u.out, "pki")
+	out := map[string]string{}
+	for _, m := range u.state.Members {
+		cmd := exec.Command("sh", "-c", fmt.Sprintf("openssl s_client -connect 127.0.0.1:%d -CAfile %s -cert %s -key %s </dev/null 2>/dev/null | openssl x509 -noout -serial",
+			m.Client, filepath.Join(pkiDir, "etcd-ca.pem"), filepath.Join(pkiDir, "admin.pem"), filepath.Join(pkiDir, "admin-key.pem")))
+		b, err := cmd.Output()
+		if err != nil || !strings.HasPrefix(string(b), "serial=") {
+			t.Errorf("%s: openssl s_client: %v %q", m.Name, err, b)
+			continue
+		}
+		out[m.Name] = strings.TrimSpace(string(b))
+	}
+	return out
 }

@@ -12,7 +12,6 @@ import (
 	"etcdimg/authz"
 	"etcdimg/outdir"
 	"etcdimg/pki"
-	"etcdimg/render"
 	"etcdimg/spec"
 )
 
@@ -67,13 +66,9 @@ func clientAddCmd() *cobra.Command {
 			if err := e.AddClient(c.Names(), authz.Client{Name: name, Prefix: prefix, ReadOnly: readOnly}); err != nil {
 				return err
 			}
-			if _, err := outdir.Write(filepath.Join(dir.Dir(), clientsDir), []outdir.File{
-				{Path: name + ".pem", Data: pair.Cert, Mode: 0o644},
-				{Path: name + "-key.pem", Data: pair.Key, Mode: 0o600},
-			}); err != nil {
+			if err := writeClientPair(dir, name, pair); err != nil {
 				return err
 			}
-			os.Chmod(filepath.Join(dir.Dir(), clientsDir), 0o700)
 			access := "read-write"
 			if readOnly {
 				access = "read-only"
@@ -147,21 +142,9 @@ func clientRemoveCmd() *cobra.Command {
 			if err := e.RemoveClient(name); err != nil {
 				return err
 			}
-			dest := filepath.Join(dir.Dir(), render.RetiredDir, time.Now().UTC().Format("20060102T150405"), clientsDir)
-			var moved []string
-			for _, f := range []string{name + ".pem", name + "-key.pem"} {
-				from := filepath.Join(dir.Dir(), clientsDir, f)
-				if _, err := os.Stat(from); err != nil {
-					continue
-				}
-				if err := os.MkdirAll(dest, 0o700); err != nil {
-					return err
-				}
-				os.Chmod(filepath.Join(dir.Dir(), render.RetiredDir), 0o700)
-				if err := os.Rename(from, filepath.Join(dest, f)); err != nil {
-					return err
-				}
-				moved = append(moved, filepath.Join(dest, f))
+			moved, err := moveAside(dir, time.Now().UTC().Format("20060102T150405"), clientsDir, []string{name + ".pem", name + "-key.pem"})
+			if err != nil {
+				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "client   %s removed: its user and role are gone, so its certificate is refused for every key\n", name)
 			if len(moved) > 0 {
@@ -172,4 +155,40 @@ func clientRemoveCmd() *cobra.Command {
 	}
 	outFlag(c, &out)
 	return c
+}
+
+// reissueClients issues a new certificate for every client in OUT/clients
+// (same name, same role), moving the old pair under retired/stamp.
+func reissueClients(c *spec.Cluster, dir outdir.Layout, stamp string) ([]string, error) {
+	certs, _ := filepath.Glob(filepath.Join(dir.Dir(), clientsDir, "*.pem"))
+	var names []string
+	for _, p := range certs {
+		name := strings.TrimSuffix(filepath.Base(p), ".pem")
+		if strings.HasSuffix(name, "-key") {
+			continue
+		}
+		pair, err := pki.IssueClient(c, dir.PKI(), name)
+		if err != nil {
+			return names, err
+		}
+		if _, err := moveAside(dir, stamp, clientsDir, []string{name + ".pem", name + "-key.pem"}); err != nil {
+			return names, err
+		}
+		if err := writeClientPair(dir, name, pair); err != nil {
+			return names, err
+		}
+		names = append(names, name)
+	}
+	return names, nil
+}
+
+// writeClientPair writes a client's certificate and key into OUT/clients.
+func writeClientPair(dir outdir.Layout, name string, pair pki.Pair) error {
+	if _, err := outdir.Write(filepath.Join(dir.Dir(), clientsDir), []outdir.File{
+		{Path: name + ".pem", Data: pair.Cert, Mode: 0o644},
+		{Path: name + "-key.pem", Data: pair.Key, Mode: 0o600},
+	}); err != nil {
+		return err
+	}
+	return os.Chmod(filepath.Join(dir.Dir(), clientsDir), 0o700)
 }

@@ -94,6 +94,9 @@ type lifecycleFlags struct {
 	spec    specFlags
 	boot    bootFlags
 	timeout time.Duration
+	// prepare, when set, runs after the check and before the images are
+	// built (rotate moves the certificates aside there).
+	prepare func(outdir.Layout) error
 }
 
 func (f *lifecycleFlags) register(c *cobra.Command) {
@@ -140,6 +143,12 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 	if err := check(cmd.Context(), l); err != nil {
 		release()
 		return nil, nil, nil, err
+	}
+	if f.prepare != nil {
+		if err := f.prepare(dir); err != nil {
+			release()
+			return nil, nil, nil, err
+		}
 	}
 	if _, _, images, err = buildImages(cmd, &f.spec, &f.boot, nil, only); err != nil {
 		release()

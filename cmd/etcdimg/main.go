@@ -26,7 +26,7 @@ of them.`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(initCmd(), clientCmd(), renderCmd(), buildCmd(), upCmd(), downCmd(), statusCmd(), healthCmd(), etcdctlCmd(),
+	root.AddCommand(initCmd(), clientCmd(), rotateCmd(), renderCmd(), buildCmd(), upCmd(), downCmd(), statusCmd(), healthCmd(), etcdctlCmd(),
 		stopCmd(), startCmd(), replaceCmd(), rollCmd(), snapshotCmd(), backupsCmd(), restoreCmd(), lanCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)
