@@ -187,6 +187,24 @@ func replaceCmd() *cobra.Command {
 	return c
 }
 
+// roll checks that every member is healthy, builds the images, and
+// replaces the members in turn (keeping their data disks or not); it
+// returns how many it rolled and how long the roll took.
+func (f *lifecycleFlags) roll(cmd *cobra.Command, keepDisks bool) (int, time.Duration, error) {
+	l, images, release, err := f.lifecycle(cmd, nil, func(ctx context.Context, l *cluster.Lifecycle) error { return l.CheckRoll(ctx) })
+	if err != nil {
+		return 0, 0, err
+	}
+	defer release()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	if err := l.Roll(ctx, images, keepDisks); err != nil {
+		return 0, 0, err
+	}
+	return len(images), time.Since(start), nil
+}
+
 func rollCmd() *cobra.Command {
 	var f lifecycleFlags
 	var keepDisks bool
@@ -195,18 +213,11 @@ func rollCmd() *cobra.Command {
 		Short: "Replace every member in turn, followers first, the leader last; refuses unless all are healthy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, images, release, err := f.lifecycle(cmd, nil, func(ctx context.Context, l *cluster.Lifecycle) error { return l.CheckRoll(ctx) })
+			n, took, err := f.roll(cmd, keepDisks)
 			if err != nil {
 				return err
 			}
-			defer release()
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			start := time.Now()
-			if err := l.Roll(ctx, images, keepDisks); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "rolled %d members in %.1fs\n", len(images), time.Since(start).Seconds())
+			fmt.Fprintf(cmd.OutOrStdout(), "rolled %d members in %.1fs\n", n, took.Seconds())
 			return nil
 		},
 	}

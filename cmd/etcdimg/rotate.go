@@ -1,18 +1,14 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/cluster"
 	"etcdimg/outdir"
 	"etcdimg/pki"
 	"etcdimg/render"
@@ -54,15 +50,8 @@ func rotateCertsCmd() *cobra.Command {
 				retired = moved
 				return err
 			}
-			l, images, release, err := f.lifecycle(cmd, nil, func(ctx context.Context, l *cluster.Lifecycle) error { return l.CheckRoll(ctx) })
+			n, took, err := f.roll(cmd, true)
 			if err != nil {
-				return err
-			}
-			defer release()
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			start := time.Now()
-			if err := l.Roll(ctx, images, true); err != nil {
 				return err
 			}
 			c, _, err := f.spec.load(cmd)
@@ -74,7 +63,7 @@ func rotateCertsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(w, "rotated  %d member certificates and the admin's in %.1fs, same CA; every member rolled onto its new one, data disks kept\n", len(images), time.Since(start).Seconds())
+			fmt.Fprintf(w, "rotated  %d member certificates and the admin's, same CA; every member rolled onto its new one in %.1fs, data disks kept\n", n, took.Seconds())
 			if len(clients) > 0 {
 				fmt.Fprintf(w, "clients  reissued %s in %s: hand each client its new pair (the old ones stay valid until they expire, as the CA is the same)\n", strings.Join(clients, ", "), filepath.Join(dir.Dir(), clientsDir))
 			}
