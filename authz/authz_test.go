@@ -1,0 +1,226 @@
+package authz
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"etcdimg/pki"
+	"etcdimg/spec"
+)
+
+// cluster is a real (embedded) one-member etcd with client certificate
+// authentication, and the PKI that signed its certificates.
+type cluster struct {
+	url string
+	dir string
+	c   *spec.Cluster
+}
+
+func write(t *testing.T, path string, b []byte) string {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func start(t *testing.T) *cluster {
+	t.Helper()
+	c := spec.Default(1)
+	c.Members[0].IP = "127.0.0.1"
+	c.Network.CIDR, c.Network.Gateway = "127.0.0.0/8", ""
+	dir := t.TempDir()
+	set, err := pki.Ensure(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := write(t, filepath.Join(dir, pki.CACertFile), set.CACert)
+	write(t, filepath.Join(dir, pki.CAKeyFile), set.CAKey)
+	write(t, filepath.Join(dir, pki.AdminCert), set.Admin.Cert)
+	write(t, filepath.Join(dir, pki.AdminKey), set.Admin.Key)
+	cert := write(t, filepath.Join(dir, "etcd-1.pem"), set.Members["etcd-1"].Cert)
+	key := write(t, filepath.Join(dir, "etcd-1-key.pem"), set.Members["etcd-1"].Key)
+
+	free := func() url.URL {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return url.URL{Scheme: "https", Host: l.Addr().String()}
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "etcd-1"
+	cfg.Dir = t.TempDir()
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cu, pu := free(), free()
+	pu.Scheme = "http"
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: cert, KeyFile: key, TrustedCAFile: ca, ClientCertAuth: true}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		t.Fatal("embedded etcd did not become ready")
+	}
+	return &cluster{url: cu.String(), dir: dir, c: c}
+}
+
+// as opens a client with the given certificate and key.
+func (k *cluster) as(t *testing.T, cert, key []byte) *clientv3.Client {
+	t.Helper()
+	pair, err := tls.X509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := transport.TLSInfo{TrustedCAFile: filepath.Join(k.dir, pki.CACertFile)}.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.Certificates = []tls.Certificate{pair}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{k.url}, TLS: tc, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func (k *cluster) file(t *testing.T, name string) []byte {
+	b, err := os.ReadFile(filepath.Join(k.dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestMembersRacingToEnableAuthConverge: three members' Ensure at once
+// (as at bootstrap) leave auth on, root and the members in the root
+// role, and every caller without an error; a second round changes
+// nothing.
+func TestMembersRacingToEnableAuthConverge(t *testing.T) {
+	k := start(t)
+	member := k.as(t, k.file(t, "etcd-1.pem"), k.file(t, "etcd-1-key.pem"))
+	members := []string{"etcd-1", "etcd-2", "etcd-3"}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	turnedOn := make([]bool, 3)
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			turnedOn[i], errs[i] = Ensure(ctx, member, members)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("caller %d: %v", i, err)
+		}
+	}
+	if !turnedOn[0] && !turnedOn[1] && !turnedOn[2] {
+		t.Error("no caller turned auth on")
+	}
+	st, err := member.AuthStatus(ctx)
+	if err != nil || !st.Enabled {
+		t.Fatalf("auth status %v: %v", st, err)
+	}
+	users, err := member.UserList(ctx)
+	if err != nil || strings.Join(users.Users, " ") != "etcd-1 etcd-2 etcd-3 root" {
+		t.Errorf("users %v: %v", users, err)
+	}
+	for _, u := range users.Users {
+		if r, err := member.UserGet(ctx, u); err != nil || strings.Join(r.Roles, " ") != "root" {
+			t.Errorf("%s roles %v: %v", u, r, err)
+		}
+	}
+	if on, err := Ensure(ctx, member, members); err != nil || on {
+		t.Errorf("second round: turned on %v, %v", on, err)
+	}
+}
+
+// TestClientRoleHoldsToItsPrefix: a client's certificate reads and writes
+// its prefix only; a read-only client cannot write; adding it again with
+// another prefix is refused; after removal it reads nothing.
+func TestClientRoleHoldsToItsPrefix(t *testing.T) {
+	k := start(t)
+	admin := k.as(t, k.file(t, pki.AdminCert), k.file(t, pki.AdminKey))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := Ensure(ctx, admin, []string{"etcd-1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []Client{{Name: "app", Prefix: "/app/"}, {Name: "audit", Prefix: "/app/", ReadOnly: true}} {
+		if err := AddClient(ctx, admin, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := AddClient(ctx, admin, Client{Name: "app", Prefix: "/app/"}); err != nil {
+		t.Errorf("adding the same client again: %v", err)
+	}
+	if err := AddClient(ctx, admin, Client{Name: "app", Prefix: "/other/"}); err == nil || !strings.Contains(err.Error(), `exists with prefix "/app/"`) {
+		t.Errorf("another prefix: %v", err)
+	}
+	if err := AddClient(ctx, admin, Client{Name: "all"}); err == nil {
+		t.Error("an empty prefix was accepted")
+	}
+	issue := func(name string) *clientv3.Client {
+		p, err := pki.IssueClient(k.c, k.dir, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.as(t, p.Cert, p.Key)
+	}
+	app, audit, stranger := issue("app"), issue("audit"), issue("stranger")
+	denied := func(what string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Errorf("%s was allowed", what)
+		}
+	}
+	if _, err := app.Put(ctx, "/app/k", "v"); err != nil {
+		t.Errorf("app put: %v", err)
+	}
+	if r, err := audit.Get(ctx, "/app/k"); err != nil || len(r.Kvs) != 1 {
+		t.Errorf("audit get: %v %v", r, err)
+	}
+	_, err := audit.Put(ctx, "/app/k", "w")
+	denied("a read-only put", err)
+	_, err = app.Put(ctx, "/apps", "x") // outside "/app/", though it shares "/app"
+	denied("a put beside the prefix", err)
+	_, err = stranger.Get(ctx, "/app/k")
+	denied("a certificate without a user", err)
+	cs, err := Clients(ctx, admin, []string{"etcd-1"})
+	if err != nil || len(cs) != 2 || cs[0] != (Client{Name: "app", Prefix: "/app/"}) || cs[1] != (Client{Name: "audit", Prefix: "/app/", ReadOnly: true}) {
+		t.Errorf("clients %+v: %v", cs, err)
+	}
+	if err := RemoveClient(ctx, admin, "app"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = app.Get(ctx, "/app/k")
+	denied("a removed client's read", err)
+	if err := RemoveClient(ctx, admin, "app"); err != nil {
+		t.Errorf("removing it again: %v", err)
+	}
+}
