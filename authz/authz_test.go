@@ -3,7 +3,6 @@ package authz
 import (
 	"context"
 	"crypto/tls"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"etcdimg/internal/etcdtest"
 	"etcdimg/pki"
 	"etcdimg/spec"
 )
@@ -54,35 +54,14 @@ func start(t *testing.T) *cluster {
 	cert := write(t, filepath.Join(dir, "etcd-1.pem"), set.Members["etcd-1"].Cert)
 	key := write(t, filepath.Join(dir, "etcd-1-key.pem"), set.Members["etcd-1"].Key)
 
-	free := func() url.URL {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return url.URL{Scheme: "https", Host: l.Addr().String()}
-	}
-	cfg := embed.NewConfig()
-	cfg.Name = "etcd-1"
-	cfg.Dir = t.TempDir()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cu, pu := free(), free()
-	pu.Scheme = "http"
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: cert, KeyFile: key, TrustedCAFile: ca, ClientCertAuth: true}
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("embedded etcd did not become ready")
-	}
-	return &cluster{url: cu.String(), dir: dir, c: c}
+	_, u := etcdtest.Start(t, func(cfg *embed.Config) {
+		cfg.Name = "etcd-1"
+		cu := etcdtest.FreeURL(t, "https")
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: cert, KeyFile: key, TrustedCAFile: ca, ClientCertAuth: true}
+		cfg.InitialCluster = cfg.Name + "=" + cfg.AdvertisePeerUrls[0].String()
+	})
+	return &cluster{url: u, dir: dir, c: c}
 }
 
 // as opens a client with the given certificate and key.

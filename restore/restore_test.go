@@ -3,7 +3,6 @@ package restore
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,30 +11,17 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	csnap "go.etcd.io/etcd/client/v3/snapshot"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"etcdimg/internal/etcdtest"
 	"etcdimg/outdir"
 )
 
 // realSnapshot saves a snapshot of a real (embedded) etcd holding n keys.
 func realSnapshot(t *testing.T, n int) string {
 	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	for _, u := range []*[]url.URL{&cfg.ListenClientUrls, &cfg.ListenPeerUrls} {
-		p, _ := url.Parse("http://127.0.0.1:0")
-		*u = []url.URL{*p}
-	}
-	cfg.AdvertiseClientUrls = cfg.ListenClientUrls
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	<-e.Server.ReadyNotify()
-	cc := clientv3.Config{Endpoints: []string{e.Clients[0].Addr().String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	_, cu := etcdtest.Start(t, nil)
+	cc := clientv3.Config{Endpoints: []string{cu}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
 	cli, err := clientv3.New(cc)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"etcdimg/internal/etcdtest"
 	"fmt"
 	"net/url"
 	"os"
@@ -93,22 +94,12 @@ func TestRestoreAnEtcd34Snapshot(t *testing.T) {
 	if _, err := Restore(snap, false, m, dataDir); err != nil {
 		t.Fatal(err)
 	}
-	cfg := embed.NewConfig()
-	cfg.Name, cfg.Dir = m.Name, dataDir
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{nu}, []url.URL{nu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{npu}, []url.URL{npu}
-	cfg.InitialCluster, cfg.InitialClusterToken = m.InitialCluster, m.Token
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("restored etcd did not become ready")
-	}
+	etcdtest.Start(t, func(cfg *embed.Config) {
+		cfg.Name, cfg.Dir = m.Name, dataDir
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{nu}, []url.URL{nu}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{npu}, []url.URL{npu}
+		cfg.InitialCluster, cfg.InitialClusterToken = m.InitialCluster, m.Token
+	})
 	ncli, err := clientv3.New(clientv3.Config{Endpoints: []string{nu.String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"etcdimg/internal/etcdtest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -43,22 +44,12 @@ func TestRestoreStartsTheClusterItNames(t *testing.T) {
 		t.Fatal("two tokens give one cluster ID")
 	}
 
-	cfg := embed.NewConfig()
-	cfg.Name, cfg.Dir = m.Name, dataDir
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster, cfg.InitialClusterToken = m.InitialCluster, m.Token
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("restored etcd did not become ready")
-	}
+	etcdtest.Start(t, func(cfg *embed.Config) {
+		cfg.Name, cfg.Dir = m.Name, dataDir
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+		cfg.InitialCluster, cfg.InitialClusterToken = m.InitialCluster, m.Token
+	})
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cu.String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)

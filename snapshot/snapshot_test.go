@@ -4,8 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"etcdimg/internal/etcdtest"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -16,20 +16,11 @@ import (
 	bolt "go.etcd.io/bbolt"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	csnap "go.etcd.io/etcd/client/v3/snapshot"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
 
-func freeURL(t *testing.T) url.URL {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	u, _ := url.Parse("http://" + l.Addr().String())
-	return *u
-}
+// freeURL is a plain-HTTP loopback URL on a free port.
+func freeURL(t *testing.T) url.URL { return etcdtest.FreeURL(t, "http") }
 
 // realSnapshot runs a real etcd (embedded), writes 100 keys and deletes
 // 10 of them, and saves a snapshot as etcdctl does.
@@ -39,24 +30,8 @@ func realSnapshot(t *testing.T) string { return snapshotOf(t, 100, 10) }
 // deletes of them deleted.
 func snapshotOf(t *testing.T, puts, deletes int) string {
 	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cu, pu := freeURL(t), freeURL(t)
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("embedded etcd did not become ready")
-	}
-	cc := clientv3.Config{Endpoints: []string{cu.String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	_, cu := etcdtest.Start(t, nil)
+	cc := clientv3.Config{Endpoints: []string{cu}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
 	cli, err := clientv3.New(cc)
 	if err != nil {
 		t.Fatal(err)

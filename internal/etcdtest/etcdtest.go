@@ -1,0 +1,55 @@
+// Package etcdtest runs a real etcd, embedded, for the unit tests of the
+// packages that talk to etcd (snapshot, restore, backup, authz): the
+// server built from go.mod, on loopback ports of its own.
+package etcdtest
+
+import (
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// FreeURL is a URL on a loopback port that was free a moment ago.
+func FreeURL(t testing.TB, scheme string) url.URL {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return url.URL{Scheme: scheme, Host: l.Addr().String()}
+}
+
+// Start runs one member with its data in a temporary directory, plain
+// HTTP client and peer URLs on free ports and logs off; tweak, when set,
+// changes the config first (a data directory to start from, TLS, a
+// name). It waits (bounded) until the member serves, stops it at the
+// end of the test, and returns it with its client URL.
+func Start(t testing.TB, tweak func(*embed.Config)) (*embed.Etcd, string) {
+	t.Helper()
+	cfg := embed.NewConfig()
+	cfg.Dir = t.TempDir()
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cu, pu := FreeURL(t, "http"), FreeURL(t, "http")
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	if tweak != nil {
+		tweak(cfg)
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		t.Fatal("embedded etcd did not become ready within 30 s")
+	}
+	return e, cfg.AdvertiseClientUrls[0].String()
+}
