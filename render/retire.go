@@ -56,29 +56,50 @@ func retire(c *spec.Cluster, dir outdir.Layout, now time.Time) ([]string, error)
 	if len(gone) == 0 {
 		return nil, nil
 	}
-	dest := filepath.Join(dir.Dir(), RetiredDir, now.UTC().Format("20060102T150405"))
-	var moved []string
+	var rels []string
 	for _, name := range slices.Sorted(maps.Keys(gone)) {
 		for _, p := range []string{
 			dir.PKIFile(pki.MemberCertFile(name)), dir.PKIFile(pki.MemberKeyFile(name)),
 			dir.Ignition(name), dir.Butane(name), dir.Image(name),
 		} {
-			if _, err := os.Lstat(p); err != nil {
-				continue
-			}
 			rel, _ := dir.Rel(p)
-			to := filepath.Join(dest, rel)
-			if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
-				return moved, fmt.Errorf("render: retire %s: %w", rel, err)
-			}
-			if err := os.Chmod(filepath.Join(dir.Dir(), RetiredDir), 0o700); err != nil {
-				return moved, fmt.Errorf("render: retire: %w", err)
-			}
-			if err := os.Rename(p, to); err != nil {
-				return moved, fmt.Errorf("render: retire %s: %w", rel, err)
-			}
-			moved = append(moved, rel)
+			rels = append(rels, rel)
 		}
+	}
+	return MoveToRetired(dir, Stamp(now), rels)
+}
+
+// Stamp names the retired/ directory of a run that started at t.
+func Stamp(t time.Time) string { return t.UTC().Format("20060102T150405") }
+
+// RetiredPath is dir/retired/stamp, where one run's retired files go.
+func RetiredPath(dir outdir.Layout, stamp string) string {
+	return filepath.Join(dir.Dir(), RetiredDir, stamp)
+}
+
+// MoveToRetired moves each file of rels (paths relative to dir) that
+// exists into RetiredPath(dir, stamp), keeping its relative path, the
+// directories 0700: nothing retired is deleted, and nothing retired stays
+// among the live files. It returns the relative paths it moved.
+func MoveToRetired(dir outdir.Layout, stamp string, rels []string) ([]string, error) {
+	dest := RetiredPath(dir, stamp)
+	var moved []string
+	for _, rel := range rels {
+		from := filepath.Join(dir.Dir(), rel)
+		if _, err := os.Lstat(from); err != nil {
+			continue
+		}
+		to := filepath.Join(dest, rel)
+		if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
+			return moved, fmt.Errorf("render: retire %s: %w", rel, err)
+		}
+		if err := os.Chmod(filepath.Join(dir.Dir(), RetiredDir), 0o700); err != nil {
+			return moved, fmt.Errorf("render: retire: %w", err)
+		}
+		if err := os.Rename(from, to); err != nil {
+			return moved, fmt.Errorf("render: retire %s: %w", rel, err)
+		}
+		moved = append(moved, rel)
 	}
 	return moved, nil
 }

@@ -12,6 +12,7 @@ import (
 	"etcdimg/authz"
 	"etcdimg/outdir"
 	"etcdimg/pki"
+	"etcdimg/render"
 	"etcdimg/spec"
 )
 
@@ -142,12 +143,16 @@ func clientRemoveCmd() *cobra.Command {
 			if err := e.RemoveClient(name); err != nil {
 				return err
 			}
-			moved, err := moveAside(dir, time.Now().UTC().Format("20060102T150405"), clientsDir, []string{name + ".pem", name + "-key.pem"})
+			stamp := render.Stamp(time.Now())
+			moved, err := render.MoveToRetired(dir, stamp, clientFiles(name))
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "client   %s removed: its user and role are gone, so its certificate is refused for every key\n", name)
 			if len(moved) > 0 {
+				for i, rel := range moved {
+					moved[i] = filepath.Join(render.RetiredPath(dir, stamp), rel)
+				}
 				fmt.Fprintf(cmd.OutOrStdout(), "retired  %s\n", strings.Join(moved, ", "))
 			}
 			return nil
@@ -171,7 +176,7 @@ func reissueClients(c *spec.Cluster, dir outdir.Layout, stamp string) ([]string,
 		if err != nil {
 			return names, err
 		}
-		if _, err := moveAside(dir, stamp, clientsDir, []string{name + ".pem", name + "-key.pem"}); err != nil {
+		if _, err := render.MoveToRetired(dir, stamp, clientFiles(name)); err != nil {
 			return names, err
 		}
 		if err := writeClientPair(dir, name, pair); err != nil {
@@ -180,6 +185,11 @@ func reissueClients(c *spec.Cluster, dir outdir.Layout, stamp string) ([]string,
 		names = append(names, name)
 	}
 	return names, nil
+}
+
+// clientFiles are a client's certificate and key, relative to OUT.
+func clientFiles(name string) []string {
+	return []string{filepath.Join(clientsDir, name+".pem"), filepath.Join(clientsDir, name+"-key.pem")}
 }
 
 // writeClientPair writes a client's certificate and key into OUT/clients.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -35,7 +34,7 @@ func rotateCertsCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			w := cmd.OutOrStdout()
-			stamp := time.Now().UTC().Format("20060102T150405")
+			stamp := render.Stamp(time.Now())
 			var retired []string
 			f.prepare = func(dir outdir.Layout) error {
 				c, _, err := f.spec.load(cmd)
@@ -46,7 +45,11 @@ func rotateCertsCmd() *cobra.Command {
 				for _, n := range c.Names() {
 					files = append(files, pki.MemberCertFile(n), pki.MemberKeyFile(n))
 				}
-				moved, err := moveAside(dir, stamp, "pki", files)
+				var rels []string
+				for _, f := range files {
+					rels = append(rels, filepath.Join("pki", f))
+				}
+				moved, err := render.MoveToRetired(dir, stamp, rels)
 				retired = moved
 				return err
 			}
@@ -67,31 +70,10 @@ func rotateCertsCmd() *cobra.Command {
 			if len(clients) > 0 {
 				fmt.Fprintf(w, "clients  reissued %s in %s: hand each client its new pair (the old ones stay valid until they expire, as the CA is the same)\n", strings.Join(clients, ", "), filepath.Join(dir.Dir(), clientsDir))
 			}
-			fmt.Fprintf(w, "retired  %d old certificate and key files moved under %s\n", len(retired), filepath.Join(dir.Dir(), render.RetiredDir, stamp))
+			fmt.Fprintf(w, "retired  %d old certificate and key files moved under %s\n", len(retired), render.RetiredPath(dir, stamp))
 			return nil
 		},
 	}
 	f.register(c)
 	return c
-}
-
-// moveAside moves the named files of dir/sub into dir/retired/stamp/sub.
-func moveAside(dir outdir.Layout, stamp, sub string, names []string) ([]string, error) {
-	dest := filepath.Join(dir.Dir(), render.RetiredDir, stamp, sub)
-	var moved []string
-	for _, n := range names {
-		from := filepath.Join(dir.Dir(), sub, n)
-		if _, err := os.Stat(from); err != nil {
-			continue
-		}
-		if err := os.MkdirAll(dest, 0o700); err != nil {
-			return moved, err
-		}
-		os.Chmod(filepath.Join(dir.Dir(), render.RetiredDir), 0o700)
-		if err := os.Rename(from, filepath.Join(dest, n)); err != nil {
-			return moved, err
-		}
-		moved = append(moved, filepath.Join(dest, n))
-	}
-	return moved, nil
 }
