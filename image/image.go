@@ -139,38 +139,28 @@ type Member struct {
 // image, whose config is each instance's user-data.
 func (m Member) Generic() bool { return m.Ignition == nil }
 
-// Write writes member's image to path: built under a temporary name in the
-// same directory and renamed into place when complete. The image holds the
-// member's private key, so it is 0600.
-func Write(path string, b *Boot, m Member) error {
-	// CreateTemp makes the file 0600 before its first byte: the image
-	// holds the member's private key from the moment the ESP is written.
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+// writeRaw writes m's raw disk to a new temporary file in dir and
+// returns its path; the caller renames it into place or removes it.
+// CreateTemp makes the file 0600 before its first byte: the image holds
+// the member's private key from the moment the ESP is written.
+func writeRaw(dir string, b *Boot, m Member) (string, error) {
+	tmp, err := os.CreateTemp(dir, "."+m.Name+".raw.tmp-*")
 	if err != nil {
-		return fmt.Errorf("image: %w", err)
+		return "", fmt.Errorf("image: %w", err)
 	}
-	tmpName := tmp.Name()
-	defer os.Remove(tmpName)
+	name := tmp.Name()
 	err = build(tmp, b, m)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = fixFAT32(name, mib)
+	}
 	if err != nil {
-		return fmt.Errorf("image: %s: %w", m.Name, err)
+		os.Remove(name)
+		return "", fmt.Errorf("image: %s: %w", m.Name, err)
 	}
-	if err := fixFAT32(tmpName, mib); err != nil {
-		return fmt.Errorf("image: %s: %w", m.Name, err)
-	}
-	if err := os.Chmod(tmpName, 0o600); err != nil {
-		return fmt.Errorf("image: %w", err)
-	}
-	if err := syncFile(tmpName); err != nil {
-		return err
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		return fmt.Errorf("image: %w", err)
-	}
-	return nil
+	return name, nil
 }
 
 const (
@@ -348,12 +338,12 @@ func WriteAll(dir string, images []Member, b *Boot, formats []Format, o FormatOp
 	}
 	var out []Built
 	for _, m := range images {
-		raw, err := writeTemp(dir, m.Name+".raw", func(tmp string) error { return Write(tmp, b, m) })
+		raw, err := writeRaw(dir, b, m)
 		if err != nil {
 			return out, err
 		}
 		for _, f := range formats {
-			tmp := raw
+			var tmp string
 			if f.write != nil {
 				if tmp, err = writeTemp(dir, m.Name+f.Ext, func(tmp string) error { return f.write(raw, tmp, o) }); err != nil {
 					os.Remove(raw)
