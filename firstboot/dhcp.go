@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
@@ -87,12 +85,8 @@ func (lc leaseConfig) String() string {
 // lease on the first NIC, applied. It returns the leased address, which
 // the member's config must name.
 func dhcpNetwork(ctx context.Context) (netip.Addr, string, error) {
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return netip.Addr{}, "", fmt.Errorf("loopback: %w", err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		return netip.Addr{}, "", fmt.Errorf("loopback up: %w", err)
+	if err := loopbackUp(); err != nil {
+		return netip.Addr{}, "", err
 	}
 	link, err := waitForLink(NetworkFile{})
 	if err != nil {
@@ -175,20 +169,7 @@ func applyLease(link netlink.Link, lc leaseConfig) error {
 			return fmt.Errorf("%s: route %s via %s: %w", name, r.Dst, r.Via, err)
 		}
 	}
-	if len(lc.DNS) > 0 {
-		var b strings.Builder
-		for _, a := range lc.DNS {
-			fmt.Fprintf(&b, "nameserver %s\n", a)
-		}
-		if err := os.WriteFile("/etc/resolv.conf", []byte(b.String()), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	return writeResolvConf(lc.DNS)
 }
 
 // renewLoop renews the lease at half its time, for the life of the
@@ -230,11 +211,7 @@ func renewLoop(ctx context.Context, ifname string, lease *nclient4.Lease, lc lea
 
 // checkLeasedAddress compares the leased address with the member's spec
 // address, as the config's .network files name it.
-func checkLeasedAddress(leased netip.Addr) (string, error) {
-	files, err := readNetworkFiles()
-	if err != nil {
-		return "", err
-	}
+func checkLeasedAddress(leased netip.Addr, files []NetworkFile) (string, error) {
 	var want []string
 	for _, nf := range files {
 		if nf.Address.Addr() == leased {

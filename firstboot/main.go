@@ -154,8 +154,16 @@ func (n *node) boot() error {
 	if err := step("set hostname", setHostname); err != nil {
 		return err
 	}
+	// The config's .network files: the static address to apply, or on a
+	// cloud the address the lease must match; and the NTP servers.
+	netFiles, netErr := readNetworkFiles()
 	if cloud {
-		if err := step("check address", func() (string, error) { return checkLeasedAddress(leased) }); err != nil {
+		if err := step("check address", func() (string, error) {
+			if netErr != nil {
+				return "", netErr
+			}
+			return checkLeasedAddress(leased, netFiles)
+		}); err != nil {
 			return err
 		}
 		if platform == layout.PlatformAzure {
@@ -165,15 +173,18 @@ func (n *node) boot() error {
 				return err
 			}
 		}
-	} else if err := step("configure network", configureNetwork); err != nil {
+	} else if err := step("configure network", func() (string, error) {
+		if netErr != nil {
+			return "", netErr
+		}
+		return configureNetwork(netFiles)
+	}); err != nil {
 		return err
 	}
 	// Certificates and leases need the right time before etcd starts.
 	var ntp []netip.Addr
-	if files, err := readNetworkFiles(); err == nil {
-		for _, nf := range files {
-			ntp = append(ntp, nf.NTP...)
-		}
+	for _, nf := range netFiles {
+		ntp = append(ntp, nf.NTP...)
 	}
 	clocks := clockSources(platform, ntp)
 	if err := step("sync clock", func() (string, error) { return syncClock(clocks) }); err != nil {

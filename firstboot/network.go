@@ -86,16 +86,8 @@ func (nf NetworkFile) matches(name string) bool {
 // configureNetwork brings up loopback and applies each .network file to
 // the first interface it matches, waiting (bounded) for the NIC driver to
 // publish the interface.
-func configureNetwork() (string, error) {
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return "", fmt.Errorf("loopback: %w", err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		return "", fmt.Errorf("loopback up: %w", err)
-	}
-	files, err := readNetworkFiles()
-	if err != nil {
+func configureNetwork(files []NetworkFile) (string, error) {
+	if err := loopbackUp(); err != nil {
 		return "", err
 	}
 	var done []string
@@ -106,7 +98,7 @@ func configureNetwork() (string, error) {
 			return "", fmt.Errorf("%s: %w", nf.Path, err)
 		}
 		name := link.Attrs().Name
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: nf.Address.Addr().AsSlice(), Mask: net.CIDRMask(nf.Address.Bits(), nf.Address.Addr().BitLen())}}
+		addr := &netlink.Addr{IPNet: prefixNet(nf.Address)}
 		if err := netlink.AddrReplace(link, addr); err != nil {
 			return "", fmt.Errorf("%s: address %s: %w", name, nf.Address, err)
 		}
@@ -124,16 +116,41 @@ func configureNetwork() (string, error) {
 		dns = append(dns, nf.DNS...)
 		done = append(done, desc)
 	}
-	if len(dns) > 0 {
-		var b strings.Builder
-		for _, a := range dns {
-			fmt.Fprintf(&b, "nameserver %s\n", a)
-		}
-		if err := os.WriteFile("/etc/resolv.conf", []byte(b.String()), 0o644); err != nil {
-			return "", err
-		}
+	if err := writeResolvConf(dns); err != nil {
+		return "", err
 	}
 	return strings.Join(done, "; "), nil
+}
+
+// writeResolvConf names the name servers in /etc/resolv.conf; with none
+// it leaves the file alone.
+func writeResolvConf(dns []netip.Addr) error {
+	if len(dns) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for _, a := range dns {
+		fmt.Fprintf(&b, "nameserver %s\n", a)
+	}
+	return os.WriteFile("/etc/resolv.conf", []byte(b.String()), 0o644)
+}
+
+// prefixNet is p as netlink wants an address.
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// loopbackUp brings up lo, which etcd and the appliance's own services
+// listen on beside the member's address.
+func loopbackUp() error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	return nil
 }
 
 // readNetworkFiles reads the config's .network files, in name order.
