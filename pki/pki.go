@@ -127,10 +127,6 @@ func Ensure(c *spec.Cluster, dir string) (*Set, error) {
 	if s.CAConfig, err = caConfigJSON(c); err != nil {
 		return nil, err
 	}
-	policy, err := config.LoadConfig(s.CAConfig)
-	if err != nil {
-		return nil, fmt.Errorf("pki: load %s: %w", CAConfigFile, err)
-	}
 
 	ca, caKey, certPEM, keyPEM, err := loadCA(dir)
 	switch {
@@ -148,9 +144,9 @@ func Ensure(c *spec.Cluster, dir string) (*Set, error) {
 		s.CACert, s.CAKey = certPEM, keyPEM
 		s.Warnings = caWarnings(c, ca, time.Now())
 	}
-	sgn, err := local.NewSigner(caKey, ca, signer.DefaultSigAlgo(caKey), policy.Signing)
+	sgn, err := newSigner(s.CAConfig, ca, caKey)
 	if err != nil {
-		return nil, fmt.Errorf("pki: signer: %w", err)
+		return nil, err
 	}
 
 	// Every certificate the CA signs: the admin's, then one per member.
@@ -215,6 +211,19 @@ func newCA(c *spec.Cluster) (cert, key []byte, err error) {
 		return nil, nil, fmt.Errorf("pki: new CA: %w", err)
 	}
 	return cert, key, nil
+}
+
+// newSigner is the CA's signer under the policy of ca-config.json.
+func newSigner(caConfig []byte, ca *x509.Certificate, caKey crypto.Signer) (*local.Signer, error) {
+	policy, err := config.LoadConfig(caConfig)
+	if err != nil {
+		return nil, fmt.Errorf("pki: load %s: %w", CAConfigFile, err)
+	}
+	sgn, err := local.NewSigner(caKey, ca, signer.DefaultSigAlgo(caKey), policy.Signing)
+	if err != nil {
+		return nil, fmt.Errorf("pki: signer: %w", err)
+	}
+	return sgn, nil
 }
 
 // caWarnings compares a kept CA with the spec: its key algorithm and its
@@ -488,13 +497,9 @@ func IssueClient(c *spec.Cluster, dir, name string) (Pair, error) {
 	if err != nil {
 		return Pair{}, err
 	}
-	policy, err := config.LoadConfig(cfg)
+	sgn, err := newSigner(cfg, ca, caKey)
 	if err != nil {
-		return Pair{}, fmt.Errorf("pki: load %s: %w", CAConfigFile, err)
-	}
-	sgn, err := local.NewSigner(caKey, ca, signer.DefaultSigAlgo(caKey), policy.Signing)
-	if err != nil {
-		return Pair{}, fmt.Errorf("pki: signer: %w", err)
+		return Pair{}, err
 	}
 	return issue(sgn, ca, leaf{cn: name, profile: ProfileClient}, c.PKI.KeyAlgorithm, c.PKI.CertLifetime.D())
 }
