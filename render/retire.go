@@ -1,7 +1,9 @@
 package render
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -89,7 +91,15 @@ func MoveToRetired(dir outdir.Layout, stamp string, rels []string) ([]string, er
 		if _, err := os.Lstat(from); err != nil {
 			continue
 		}
+		// Two runs within one second share a stamp: a file already
+		// retired there is never written over.
 		to := filepath.Join(dest, rel)
+		for i := 1; ; i++ {
+			if _, err := os.Lstat(to); errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			to = fmt.Sprintf("%s.%d", filepath.Join(dest, rel), i)
+		}
 		if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
 			return moved, fmt.Errorf("render: retire %s: %w", rel, err)
 		}

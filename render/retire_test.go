@@ -61,3 +61,21 @@ func TestRemovedMembersAreRetired(t *testing.T) {
 		t.Errorf("files %v", res.Files)
 	}
 }
+
+// TestRetiringTwiceInOneSecondKeepsBoth: a second file retired under the
+// same stamp and path gets a name of its own; nothing retired is lost.
+func TestRetiringTwiceInOneSecondKeepsBoth(t *testing.T) {
+	dir := outdir.Layout(t.TempDir())
+	os.MkdirAll(filepath.Join(dir.Dir(), "clients"), 0o700)
+	for _, content := range []string{"first", "second"} {
+		os.WriteFile(filepath.Join(dir.Dir(), "clients", "app-key.pem"), []byte(content), 0o600)
+		if moved, err := MoveToRetired(dir, "20261128T000000", []string{"clients/app-key.pem"}); err != nil || len(moved) != 1 {
+			t.Fatalf("%v %v", moved, err)
+		}
+	}
+	for name, want := range map[string]string{"app-key.pem": "first", "app-key.pem.1": "second"} {
+		if b, _ := os.ReadFile(filepath.Join(RetiredPath(dir, "20261128T000000"), "clients", name)); string(b) != want {
+			t.Errorf("%s = %q, want %q", name, b, want)
+		}
+	}
+}
