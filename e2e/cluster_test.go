@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -308,6 +309,17 @@ network: {cidr: 127.0.0.0/8}
 	// a client-only certificate a role on its prefix and nothing else.
 	if stdout, stderr, code := etcdimg(t, work, "client", "add", "app", "--prefix", "/app/", "--out", out); code != 0 || !strings.Contains(stdout, "app: read-write on /app/") {
 		t.Fatalf("client add: exit %d: %s%s", code, stdout, stderr)
+	}
+	// Adding it again gives a new pair and keeps the old one aside.
+	firstKey, _ := os.ReadFile(filepath.Join(out, "clients", "app-key.pem"))
+	if _, stderr, code := etcdimg(t, work, "client", "add", "app", "--prefix", "/app/", "--out", out); code != 0 {
+		t.Fatalf("client add again: %s", stderr)
+	}
+	kept, _ := filepath.Glob(filepath.Join(out, "retired", "*", "clients", "app-key.pem"))
+	if newKey, _ := os.ReadFile(filepath.Join(out, "clients", "app-key.pem")); len(kept) != 1 || bytes.Equal(newKey, firstKey) {
+		t.Errorf("client add again: kept %v, key changed %v", kept, !bytes.Equal(newKey, firstKey))
+	} else if b, _ := os.ReadFile(kept[0]); !bytes.Equal(b, firstKey) {
+		t.Error("the key kept aside is not the first key")
 	}
 	if _, stderr, code := etcdimg(t, work, "client", "add", "reader", "--prefix", "/app/", "--read-only", "--out", out); code != 0 {
 		t.Fatalf("client add --read-only: %s", stderr)

@@ -67,6 +67,11 @@ func clientAddCmd() *cobra.Command {
 			if err := e.AddClient(c.Names(), authz.Client{Name: name, Prefix: prefix, ReadOnly: readOnly}); err != nil {
 				return err
 			}
+			// Adding a client again issues it a new pair: the old one is
+			// moved aside, never written over.
+			if _, err := render.MoveToRetired(dir, render.Stamp(time.Now()), clientFiles(name)); err != nil {
+				return err
+			}
 			if err := writeClientPair(dir, name, pair); err != nil {
 				return err
 			}
