@@ -5,7 +5,8 @@
 // because etcd allows membership changes, snapshots and authentication
 // changes to root only, and members make those changes themselves (join,
 // promotion, the backup service). Every other client gets a user and a
-// role of its own, limited to one key prefix.
+// role of its own, limited to one key prefix. The Kubernetes API server
+// is such a client, made by Ensure itself.
 //
 // The appliance runs Ensure at every start; the host runs it before it
 // adds a client. Both only add what is missing, so members racing each
@@ -23,6 +24,8 @@ import (
 	"go.etcd.io/etcd/api/v3/authpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"etcdimg/spec"
 )
 
 // Root is etcd's root user and role, and the admin certificate's CN.
@@ -42,6 +45,9 @@ func Ensure(ctx context.Context, cli *clientv3.Client, members []string) (bool, 
 		if _, err := cli.UserGrantRole(ctx, name, Root); err != nil {
 			return false, fmt.Errorf("authz: grant root to %s: %w", name, err)
 		}
+	}
+	if err := grant(ctx, cli, KubeAPIServer); err != nil {
+		return false, err
 	}
 	st, err := cli.AuthStatus(ctx)
 	if err != nil {
@@ -64,6 +70,17 @@ type Client struct {
 	ReadOnly bool
 }
 
+// KubeAPIServer is the Kubernetes API server's client (render writes its
+// certificate under kubernetes/): read-write on its storage prefix
+// (--etcd-prefix, /registry by default, which holds every object, its
+// health key and its leases), nothing else. Its compactor is the one part
+// that would reach further: it writes compact_rev_key at the root of the
+// key space and then compacts, which etcd allows to root only. So the
+// members compact themselves (etcd.autoCompactionRetention) and the API
+// server is given --etcd-compaction-interval=0, which starts no compactor
+// at all (k8s.io/apiserver/pkg/storage/storagebackend/factory/etcd3.go).
+var KubeAPIServer = Client{Name: spec.KubeAPIServerCN, Prefix: "/registry/"}
+
 // prefixEnd is the end of the range of every key that starts with p.
 func prefixEnd(p string) string { return clientv3.GetPrefixRangeEnd(p) }
 
@@ -80,6 +97,12 @@ func AddClient(ctx context.Context, cli *clientv3.Client, c Client) error {
 		}
 		return nil
 	}
+	return grant(ctx, cli, c)
+}
+
+// grant makes c's role, its permissions, its user and the user's role,
+// each only if missing: members running it at once converge.
+func grant(ctx context.Context, cli *clientv3.Client, c Client) error {
 	perm := clientv3.PermissionType(clientv3.PermReadWrite)
 	if c.ReadOnly {
 		perm = clientv3.PermissionType(clientv3.PermRead)
@@ -116,7 +139,7 @@ func getClient(ctx context.Context, cli *clientv3.Client, name string) (Client, 
 	if err != nil {
 		return Client{}, err
 	}
-	if len(r.Perm) != 1 {
+	if len(r.Perm) != 1 || string(r.Perm[0].RangeEnd) != prefixEnd(string(r.Perm[0].Key)) {
 		return Client{}, fmt.Errorf("authz: role %s has %d permissions, not one prefix", name, len(r.Perm))
 	}
 	p := r.Perm[0]

@@ -126,11 +126,15 @@ func TestMembersRacingToEnableAuthConverge(t *testing.T) {
 		t.Fatalf("auth status %v: %v", st, err)
 	}
 	users, err := member.UserList(ctx)
-	if err != nil || strings.Join(users.Users, " ") != "etcd-1 etcd-2 etcd-3 root" {
+	if err != nil || strings.Join(users.Users, " ") != "etcd-1 etcd-2 etcd-3 kube-apiserver-etcd-client root" {
 		t.Errorf("users %v: %v", users, err)
 	}
 	for _, u := range users.Users {
-		if r, err := member.UserGet(ctx, u); err != nil || strings.Join(r.Roles, " ") != "root" {
+		want := "root"
+		if u == spec.KubeAPIServerCN {
+			want = u
+		}
+		if r, err := member.UserGet(ctx, u); err != nil || strings.Join(r.Roles, " ") != want {
 			t.Errorf("%s roles %v: %v", u, r, err)
 		}
 	}
@@ -190,8 +194,28 @@ func TestClientRoleHoldsToItsPrefix(t *testing.T) {
 	denied("a put beside the prefix", err)
 	_, err = stranger.Get(ctx, "/app/k")
 	denied("a certificate without a user", err)
+	// The Kubernetes API server's user, made by Ensure: what its storage
+	// layer does (objects and the health key under /registry/) is
+	// allowed, and nothing else; not its compactor's key, nor compaction,
+	// which etcd allows to root only (the members compact themselves).
+	kube := issue(spec.KubeAPIServerCN)
+	if _, err := kube.Put(ctx, "/registry/namespaces/default", "x"); err != nil {
+		t.Errorf("kube-apiserver put under /registry/: %v", err)
+	}
+	r, err := kube.Get(ctx, "/registry/health")
+	if err != nil {
+		t.Errorf("kube-apiserver health read: %v", err)
+	}
+	_, err = kube.Compact(ctx, r.Header.Revision)
+	denied("kube-apiserver compacting", err)
+	_, err = kube.Get(ctx, "compact_rev_key")
+	denied("kube-apiserver reading compact_rev_key", err)
+	_, err = kube.Get(ctx, "/app/k")
+	denied("kube-apiserver reading an application's key", err)
+	_, err = kube.Put(ctx, "/registryx", "x")
+	denied("kube-apiserver writing beside its prefix", err)
 	cs, err := Clients(ctx, admin, []string{"etcd-1"})
-	if err != nil || len(cs) != 2 || cs[0] != (Client{Name: "app", Prefix: "/app/"}) || cs[1] != (Client{Name: "audit", Prefix: "/app/", ReadOnly: true}) {
+	if err != nil || len(cs) != 3 || cs[0] != (Client{Name: "app", Prefix: "/app/"}) || cs[1] != (Client{Name: "audit", Prefix: "/app/", ReadOnly: true}) || cs[2] != KubeAPIServer {
 		t.Errorf("clients %+v: %v", cs, err)
 	}
 	if err := RemoveClient(ctx, admin, "app"); err != nil {

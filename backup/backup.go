@@ -72,6 +72,9 @@ type Service struct {
 	Config   ign.BackupConfig // interval, retention, S3
 	Dir      string           // the data disk's backup directory
 	Quota    int64            // etcd's backend quota, which backups leave room for
+	// MetricsTLS serves the appliance's metrics on the member's address
+	// over mTLS, as etcd's own (metrics.tls).
+	MetricsTLS bool
 	// FirstDelay is how long Run waits before its first round.
 	FirstDelay time.Duration
 	S3         Uploader // nil without S3

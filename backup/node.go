@@ -51,6 +51,12 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
+		// With metrics.tls, the member's address is served like etcd's
+		// own metrics there: mTLS, a client certificate of the CA
+		// required. Loopback stays plain.
+		if s.MetricsTLS && addr == ip {
+			ln = tls.NewListener(ln, serverTLS)
+		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", s.MetricsHandler(certs))
 		go (&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}).Serve(ln)
@@ -113,6 +119,8 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 		Config:   cfg,
 		Dir:      filepath.Join(root, layout.BackupDir),
 		Quota:    quota,
+		// etcd.conf says whether metrics are served over mTLS.
+		MetricsTLS: strings.HasPrefix(env["ETCD_LISTEN_METRICS_URLS"], "https://"),
 		// etcd needs the CPU while it starts; a backup can wait.
 		FirstDelay: 15 * time.Second,
 		Log:        func(f string, a ...any) { fmt.Printf(f+"\n", a...) },

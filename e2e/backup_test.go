@@ -105,7 +105,7 @@ func TestBackupsReachTheNodesAndTheBucket(t *testing.T) {
 	}
 
 	// Prometheus scrapes the backup metrics of every member.
-	query, _, _, stop := startPrometheus(t, u)
+	query, _, _, stop := startPrometheus(t, filepath.Join(u.out, "run", "prometheus.yml"))
 	defer stop()
 	waitUntil(t, u, 2*time.Minute, "prometheus scraping the backup metrics", func() bool {
 		last, err := query(`etcdimg_backup_last_revision{job="etcdimg"}`)

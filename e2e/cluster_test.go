@@ -365,7 +365,8 @@ network: {cidr: 127.0.0.0/8}
 	}{
 		{[]string{"app", "--prefix", "/other/"}, `client app exists with prefix "/app/"`},
 		{[]string{"etcd-1", "--prefix", "/x/"}, "is a member's name"},
-		{[]string{"root", "--prefix", "/x/"}, "is the admin's"},
+		{[]string{"root", "--prefix", "/x/"}, "is the admin certificate's"},
+		{[]string{"kube-apiserver-etcd-client", "--prefix", "/x/"}, "is the Kubernetes API server certificate's"},
 		{[]string{"x", "--prefix", "noslash"}, "starting with /"},
 	} {
 		if _, stderr, code := etcdimg(t, work, append([]string{"client", "add", "--out", out}, tc.args...)...); code != 1 || !strings.Contains(stderr, tc.want) {

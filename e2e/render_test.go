@@ -74,6 +74,8 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	want := []string{
 		"etcdctl.env", "etcdimg.yaml",
 		"ignition/etcd-1.bu", "ignition/etcd-1.ign", "ignition/etcd-2.bu", "ignition/etcd-2.ign", "ignition/etcd-3.bu", "ignition/etcd-3.ign",
+		"kubernetes/apiserver-etcd-client-key.pem", "kubernetes/apiserver-etcd-client.pem", "kubernetes/etcd-ca.pem",
+		"kubernetes/k3s-datastore.yaml", "kubernetes/kubeadm-etcd.yaml",
 		"pki/admin-key.pem", "pki/admin.pem", "pki/ca-config.json",
 		"pki/etcd-1-key.pem", "pki/etcd-1.pem", "pki/etcd-2-key.pem", "pki/etcd-2.pem", "pki/etcd-3-key.pem", "pki/etcd-3.pem",
 		"pki/etcd-ca-key.pem", "pki/etcd-ca.pem",
@@ -86,6 +88,11 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 		st, _ := os.Stat(filepath.Join(out, f))
 		if strings.HasSuffix(f, "-key.pem") && st.Mode().Perm() != 0o600 {
 			t.Errorf("%s mode %v, want 0600", f, st.Mode())
+		}
+	}
+	for _, d := range []string{"pki", "ignition", "kubernetes"} {
+		if st, _ := os.Stat(filepath.Join(out, d)); st.Mode().Perm() != 0o700 {
+			t.Errorf("%s/ mode %v, want 0700: it holds private keys", d, st.Mode())
 		}
 	}
 
@@ -129,7 +136,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("rerun: exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 21 unchanged") {
+	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 26 unchanged") {
 		t.Errorf("rerun output:\n%s", stdout)
 	}
 	after := tree(t, out)

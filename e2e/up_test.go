@@ -388,14 +388,14 @@ type promQuery func(q string) (map[string]string, error)
 
 func prometheusScrapes(t *testing.T, u *upCluster) {
 	t.Helper()
-	query, port, dir, stop := startPrometheus(t, u)
+	query, port, dir, stop := startPrometheus(t, filepath.Join(u.out, "run", "prometheus.yml"))
 	defer stop()
 	checkScrapes(t, u, query, port, dir)
 }
 
-// startPrometheus runs Debian's prometheus on the run directory's
-// prometheus.yml, on loopback.
-func startPrometheus(t *testing.T, u *upCluster) (query promQuery, port int, dir string, stop func()) {
+// startPrometheus runs Debian's prometheus on the given prometheus.yml,
+// on loopback.
+func startPrometheus(t *testing.T, config string) (query promQuery, port int, dir string, stop func()) {
 	t.Helper()
 	port, err := testvm.FreePort()
 	if err != nil {
@@ -405,7 +405,7 @@ func startPrometheus(t *testing.T, u *upCluster) (query promQuery, port int, dir
 	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
 	defer logf.Close()
 	cmd := exec.Command("prometheus",
-		"--config.file="+filepath.Join(u.out, "run", "prometheus.yml"),
+		"--config.file="+config,
 		"--web.listen-address=127.0.0.1:"+strconv.Itoa(port),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"))
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -138,6 +138,23 @@ func Render(c *spec.Cluster, m spec.Member, certs Certs, o Options) (Config, err
 	return Config{Butane: bu.Bytes(), Ignition: raw}, nil
 }
 
+// metricsURLs are where etcd serves /metrics and /health: the member's
+// own address, over plain HTTP as in the runbook or, with metrics.tls,
+// over mTLS (etcd uses its client-port certificate and CA, and requires a
+// client certificate); and loopback, always plain, for the member's own
+// health checks (nothing else runs there).
+func metricsURLs(c *spec.Cluster, m spec.Member) string {
+	scheme := "http"
+	if c.Metrics.TLS {
+		scheme = "https"
+	}
+	urls := []string{fmt.Sprintf("%s://%s:%d", scheme, m.IP, layout.MetricsPort)}
+	if !m.Addr().IsLoopback() {
+		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d", layout.MetricsPort))
+	}
+	return strings.Join(urls, ",")
+}
+
 // EtcdConf is the member's /etc/etcd/etcd.conf: the runbook's ETCD_*
 // environment file, with mTLS on both ports and plain-HTTP metrics and
 // health on MetricsPort.
@@ -167,7 +184,7 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 		{"ETCD_QUOTA_BACKEND_BYTES", strconv.FormatUint(uint64(c.Etcd.BackendQuota), 10)},
 		{"ETCD_LISTEN_PEER_URLS", url("https", ip, layout.PeerPort)},
 		{"ETCD_LISTEN_CLIENT_URLS", listen("https", layout.ClientPort)},
-		{"ETCD_LISTEN_METRICS_URLS", listen("http", layout.MetricsPort)},
+		{"ETCD_LISTEN_METRICS_URLS", metricsURLs(c, m)},
 		{"ETCD_INITIAL_ADVERTISE_PEER_URLS", url("https", ip, layout.PeerPort)},
 		{"ETCD_INITIAL_CLUSTER_STATE", "new"},
 		{"ETCD_INITIAL_CLUSTER", strings.Join(initial, ",")},
@@ -186,6 +203,9 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 		// member's name. The admin's (CN root) and every client's, from
 		// the same CA, are refused there.
 		{"ETCD_PEER_CERT_ALLOWED_CN", strings.Join(c.Names(), ",")},
+	}
+	if r := c.Etcd.AutoCompactionRetention.D(); r > 0 {
+		kv = append(kv, [2]string{"ETCD_AUTO_COMPACTION_MODE", "periodic"}, [2]string{"ETCD_AUTO_COMPACTION_RETENTION", r.String()})
 	}
 	if c.PKI.TLSMinVersion == "1.2" {
 		// TLS 1.3's suites are fixed (and etcd refuses a list with it).

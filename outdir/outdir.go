@@ -381,8 +381,9 @@ func CheckFlag(dir string) error {
 }
 
 // PrivateDirs hold private keys (pki), configs with keys (ignition) and
-// images with keys (images): owner-only.
-var PrivateDirs = []string{"pki", "ignition", "images", "clients"}
+// images with keys (images), clients' and the Kubernetes API server's keys:
+// owner-only.
+var PrivateDirs = []string{"pki", "ignition", "images", "clients", "kubernetes"}
 
 // Guard checks the private directories of an existing output directory
 // before a run reads or writes them. A symlink to a directory that other
@@ -446,7 +447,7 @@ func Guard(dir string) (warnings []string, err error) {
 
 // isPrivate reports whether a file in one of the PrivateDirs holds a key.
 func isPrivate(dir, name string) bool {
-	if dir == "pki" || dir == "clients" {
+	if dir == "pki" || dir == "clients" || dir == "kubernetes" {
 		return strings.HasSuffix(name, "-key.pem")
 	}
 	return true

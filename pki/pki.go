@@ -47,6 +47,20 @@ const (
 	AdminKey     = "admin-key.pem"
 )
 
+// The Kubernetes API server's pair lives in the kubernetes folder beside
+// the pki directory, under kubeadm's names for it; its paths here are
+// relative to the pki directory.
+var (
+	KubeClientCert = filepath.Join("..", "kubernetes", "apiserver-etcd-client.pem")
+	KubeClientKey  = filepath.Join("..", "kubernetes", "apiserver-etcd-client-key.pem")
+)
+
+// The metrics scraper's pair, issued when the spec's metrics.tls is on.
+const (
+	PrometheusCert = "prometheus.pem"
+	PrometheusKey  = "prometheus-key.pem"
+)
+
 // MemberCertFile and MemberKeyFile name a member's pair: etcd-1.pem,
 // etcd-1-key.pem.
 func MemberCertFile(name string) string { return name + ".pem" }
@@ -84,6 +98,12 @@ type Set struct {
 	CAConfig []byte
 	Members  map[string]Pair
 	Admin    Pair
+	// Kube is the Kubernetes API server's client pair (CN
+	// spec.KubeAPIServerCN, client authentication only).
+	Kube Pair
+	// Prometheus is the metrics scraper's client pair, when the spec's
+	// metrics.tls is on (CN spec.PrometheusCN, no etcd user).
+	Prometheus *Pair
 	// Issued lists the files created by this call, for the operator.
 	Issued []string
 	// Warnings say what the spec asks that the kept CA cannot give, and
@@ -106,6 +126,11 @@ func (s *Set) Files() []File {
 		{CAConfigFile, s.CAConfig, 0o644},
 		{AdminCert, s.Admin.Cert, 0o644},
 		{AdminKey, s.Admin.Key, 0o600},
+		{KubeClientCert, s.Kube.Cert, 0o644},
+		{KubeClientKey, s.Kube.Key, 0o600},
+	}
+	if s.Prometheus != nil {
+		files = append(files, File{PrometheusCert, s.Prometheus.Cert, 0o644}, File{PrometheusKey, s.Prometheus.Key, 0o600})
 	}
 	names := make([]string, 0, len(s.Members))
 	for n := range s.Members {
@@ -159,7 +184,18 @@ func Ensure(c *spec.Cluster, dir string) (*Set, error) {
 		want:     leaf{cn: AdminCN, profile: ProfileClient},
 		certFile: AdminCert, keyFile: AdminKey,
 		set: func(p Pair) { s.Admin = p },
+	}, {
+		want:     leaf{cn: spec.KubeAPIServerCN, profile: ProfileClient},
+		certFile: KubeClientCert, keyFile: KubeClientKey,
+		set: func(p Pair) { s.Kube = p },
 	}}
+	if c.Metrics.TLS {
+		leaves = append(leaves, slot{
+			want:     leaf{cn: spec.PrometheusCN, profile: ProfileClient},
+			certFile: PrometheusCert, keyFile: PrometheusKey,
+			set: func(p Pair) { s.Prometheus = &p },
+		})
+	}
 	for _, m := range c.Members {
 		leaves = append(leaves, slot{
 			want:     leaf{cn: m.Name, hosts: MemberHosts(m), profile: ProfileEtcd},

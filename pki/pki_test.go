@@ -24,7 +24,11 @@ func write(t *testing.T, dir string, s *Set) {
 		t.Fatal(err)
 	}
 	for _, f := range s.Files() {
-		if err := os.WriteFile(filepath.Join(dir, f.Name), f.Data, f.Mode); err != nil {
+		path := filepath.Join(dir, f.Name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, f.Data, f.Mode); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -44,7 +48,8 @@ func TestMemberCertificatesVerify(t *testing.T) {
 		t.Run(alg, func(t *testing.T) {
 			c := spec.Default(3)
 			c.PKI.KeyAlgorithm = alg
-			dir := t.TempDir()
+			c.Metrics.TLS = true
+			dir := filepath.Join(t.TempDir(), "pki")
 			s, err := Ensure(c, dir)
 			if err != nil {
 				t.Fatal(err)
@@ -90,6 +95,17 @@ func TestMemberCertificatesVerify(t *testing.T) {
 			}
 			if admin.Subject.CommonName != AdminCN {
 				t.Errorf("admin CN = %q", admin.Subject.CommonName)
+			}
+			// The Kubernetes API server's and the scraper's are
+			// client-only too, each under its own CN.
+			if s.Prometheus == nil {
+				t.Fatal("metrics.tls is on but no Prometheus pair was issued")
+			}
+			for cn, p := range map[string]Pair{spec.KubeAPIServerCN: s.Kube, spec.PrometheusCN: *s.Prometheus} {
+				cert := mustCert(t, p.Cert)
+				if cert.Subject.CommonName != cn || Verify(ca, cert, x509.ExtKeyUsageClientAuth) != nil || Verify(ca, cert, x509.ExtKeyUsageServerAuth) == nil || len(cert.DNSNames)+len(cert.IPAddresses) != 0 {
+					t.Errorf("%s: CN %q, SANs %v %v: want a client-only certificate with no hosts", cn, cert.Subject.CommonName, cert.DNSNames, cert.IPAddresses)
+				}
 			}
 		})
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"etcdimg/outdir"
+	"etcdimg/pki"
 	"etcdimg/spec"
 )
 
@@ -129,16 +131,37 @@ func TestAlertRulesPassPromtool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prom, err := Prometheus(c, nil)
+	prom, err := Prometheus(c, nil, outdir.Layout(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// With metrics.tls, the scrape config names the scraper's pair,
+	// which promtool finds and loads.
+	tc := *c
+	tc.Metrics.TLS = true
+	set, err := pki.Ensure(&tc, filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "pki"), 0o700)
+	for _, f := range set.Files() {
+		os.WriteFile(filepath.Join(dir, "pki", f.Name), f.Data, f.Mode)
+	}
+	promTLS, err := Prometheus(&tc, nil, outdir.Layout(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(promTLS), "scheme: https") || !strings.Contains(string(promTLS), "cert_file: "+filepath.Join(dir, "pki", pki.PrometheusCert)) {
+		t.Errorf("metrics.tls scrape config:\n%s", promTLS)
+	}
+	os.WriteFile(filepath.Join(dir, "prometheus-tls.yml"), promTLS, 0o644)
 	os.WriteFile(filepath.Join(dir, RulesFile), rules, 0o644)
 	os.WriteFile(filepath.Join(dir, "prometheus.yml"), prom, 0o644)
 	os.WriteFile(filepath.Join(dir, "tests.yml"), []byte(ruleTests), 0o644)
 	for _, args := range [][]string{
 		{"check", "rules", RulesFile},
 		{"check", "config", "prometheus.yml"},
+		{"check", "config", "prometheus-tls.yml"},
 		{"test", "rules", "tests.yml"},
 	} {
 		cmd := exec.Command("promtool", args...)

@@ -186,7 +186,7 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 		return nil, nil, fmt.Errorf("render: %w", err)
 	}
 	files = append(files, outdir.File{Path: rel(dir.EtcdctlEnv()), Data: EtcdctlEnv(c, outdir.Layout(abs), nil), Mode: 0o644})
-	prom, err := Prometheus(c, nil)
+	prom, err := Prometheus(c, nil, outdir.Layout(abs))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -194,9 +194,20 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 	if err != nil {
 		return nil, nil, err
 	}
+	kubeadm, err := KubeadmConfig(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	k3s, err := K3sConfig(c)
+	if err != nil {
+		return nil, nil, err
+	}
 	files = append(files,
 		outdir.File{Path: rel(dir.Prometheus()), Data: prom, Mode: 0o644},
-		outdir.File{Path: RulesFile, Data: rules, Mode: 0o644})
+		outdir.File{Path: RulesFile, Data: rules, Mode: 0o644},
+		outdir.File{Path: filepath.Join(KubeDir, KubeCA), Data: set.CACert, Mode: 0o644},
+		outdir.File{Path: filepath.Join(KubeDir, KubeadmFile), Data: kubeadm, Mode: 0o644},
+		outdir.File{Path: filepath.Join(KubeDir, K3sFile), Data: k3s, Mode: 0o644})
 	for _, f := range files {
 		if f.Path != rel(dir.PKIFile(pki.CAKeyFile)) && pki.ContainsKey(f.Data, set.CAKey) {
 			return nil, nil, fmt.Errorf("render: %s would hold the CA private key; refusing to write it", f.Path)
@@ -261,14 +272,23 @@ const NodeJob = "etcdimg"
 
 // Prometheus is prometheus.yml: the runbook's 10 s scrape of every
 // member's plain-HTTP metrics port, one static target per member, and
-// the same of the appliance's own metrics port (job NodeJob).
-func Prometheus(c *spec.Cluster, ep Endpoint) ([]byte, error) {
+// the same of the appliance's own metrics port (job NodeJob). With
+// metrics.tls both are scraped over mTLS with the scraper's certificate
+// in dir (an absolute path).
+func Prometheus(c *spec.Cluster, ep Endpoint, dir outdir.Layout) ([]byte, error) {
 	type staticConfig struct {
 		Targets []string          `yaml:"targets"`
 		Labels  map[string]string `yaml:"labels"`
 	}
+	type tlsConfig struct {
+		CAFile   string `yaml:"ca_file"`
+		CertFile string `yaml:"cert_file"`
+		KeyFile  string `yaml:"key_file"`
+	}
 	type scrapeConfig struct {
 		JobName       string         `yaml:"job_name"`
+		Scheme        string         `yaml:"scheme,omitempty"`
+		TLSConfig     *tlsConfig     `yaml:"tls_config,omitempty"`
 		StaticConfigs []staticConfig `yaml:"static_configs"`
 	}
 	doc := struct {
@@ -285,6 +305,10 @@ func Prometheus(c *spec.Cluster, ep Endpoint) ([]byte, error) {
 		port int
 	}{{"etcd", layout.MetricsPort}, {NodeJob, layout.NodeMetricsPort}} {
 		job := scrapeConfig{JobName: j.name}
+		if c.Metrics.TLS {
+			job.Scheme = "https"
+			job.TLSConfig = &tlsConfig{CAFile: dir.PKIFile(pki.CACertFile), CertFile: dir.PKIFile(pki.PrometheusCert), KeyFile: dir.PKIFile(pki.PrometheusKey)}
+		}
 		for _, m := range c.Members {
 			job.StaticConfigs = append(job.StaticConfigs, staticConfig{
 				Targets: []string{hostPort(ep, m, j.port)},

@@ -36,7 +36,7 @@ func retire(c *spec.Cluster, dir outdir.Layout, now time.Time) ([]string, error)
 	if certs, _ := filepath.Glob(dir.PKIFile("*.pem")); certs != nil {
 		for _, p := range certs {
 			name := strings.TrimSuffix(filepath.Base(p), ".pem")
-			if strings.HasSuffix(name, "-key") || current[name] || name == strings.TrimSuffix(pki.CACertFile, ".pem") || name == strings.TrimSuffix(pki.AdminCert, ".pem") {
+			if strings.HasSuffix(name, "-key") || current[name] || name == strings.TrimSuffix(pki.CACertFile, ".pem") || name == strings.TrimSuffix(pki.AdminCert, ".pem") || spec.IsReserved(name) {
 				continue
 			}
 			b, err := os.ReadFile(p)

@@ -30,12 +30,43 @@ type Cluster struct {
 	Etcd    Etcd     `yaml:"etcd"`
 	Backup  Backup   `yaml:"backup"`
 	PKI     PKI      `yaml:"pki"`
+	Metrics Metrics  `yaml:"metrics"`
+}
+
+// Metrics sets how the members serve their metrics (etcd's on
+// layout.MetricsPort, the appliance's on layout.NodeMetricsPort), on the
+// member's own address.
+type Metrics struct {
+	// TLS serves both over mTLS: a scraper needs a client certificate of
+	// the cluster's CA (render writes pki/prometheus.pem for it). Off, they
+	// are plain HTTP, as the runbook has them.
+	TLS bool `yaml:"tls"`
 }
 
 // ReservedCN is the admin certificate's common name, etcd's root user:
 // no member may be called so, because a member's name is its
 // certificate's CN, and the peer port accepts members' CNs only.
 const ReservedCN = "root"
+
+// KubeAPIServerCN is the Kubernetes API server's client certificate's
+// common name (kubeadm's name for it) and its etcd user.
+const KubeAPIServerCN = "kube-apiserver-etcd-client"
+
+// PrometheusCN is the metrics scraper's certificate's common name. No
+// etcd user has it, so it reads no key.
+const PrometheusCN = "prometheus"
+
+// IsReserved reports whether name is the common name of a certificate
+// render issues itself (admin, Kubernetes API server, scraper).
+func IsReserved(name string) bool { _, ok := reservedNames[name]; return ok }
+
+// reservedNames are the common names of the certificates render issues
+// itself, which no member and no application client may take.
+var reservedNames = map[string]string{
+	ReservedCN:      "the admin certificate's CN (etcd's root user)",
+	KubeAPIServerCN: "the Kubernetes API server certificate's CN",
+	PrometheusCN:    "the metrics scraper certificate's CN",
+}
 
 // Member is one etcd member and the machine that runs it.
 type Member struct {
@@ -59,6 +90,12 @@ type Etcd struct {
 	ElectionTimeout   Duration `yaml:"electionTimeout"`
 	SnapshotCount     uint64   `yaml:"snapshotCount"`
 	BackendQuota      Size     `yaml:"backendQuota"`
+	// AutoCompactionRetention is how much key history each member keeps:
+	// etcd compacts older revisions itself, every retention/10 (periodic
+	// mode). 0 turns it off, leaving compaction to a client, which etcd
+	// allows to root only. A Kubernetes API server with its own role on
+	// /registry/ cannot compact, so the members do it.
+	AutoCompactionRetention Duration `yaml:"autoCompactionRetention"`
 }
 
 // Backup is the schedule of the cluster's backups: one verified snapshot
@@ -113,6 +150,9 @@ func Default(n int) *Cluster {
 			ElectionTimeout:   Duration(1000 * time.Millisecond),
 			SnapshotCount:     5000,
 			BackendQuota:      2 * GiB,
+			// An hour of history: far more than a Kubernetes API
+			// server's watch cache needs (its own compactor keeps 5 min).
+			AutoCompactionRetention: Duration(time.Hour),
 		},
 		Backup: Backup{Interval: Duration(time.Hour), Retain: 24},
 		PKI: PKI{

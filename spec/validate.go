@@ -20,8 +20,8 @@ func (c *Cluster) ValidClientName(name string) error {
 	if !dnsLabel.MatchString(name) {
 		return fmt.Errorf("client name %q: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit", name)
 	}
-	if name == ReservedCN {
-		return fmt.Errorf("client name %q is the admin's (etcd's root user); pick another", name)
+	if whose, ok := reservedNames[name]; ok {
+		return fmt.Errorf("client name %q is %s; pick another", name, whose)
 	}
 	if _, ok := c.Member(name); ok {
 		return fmt.Errorf("client name %q is a member's name (members hold the root role); pick another", name)
@@ -83,8 +83,8 @@ func (c *Cluster) Validate() error {
 		if !dnsLabel.MatchString(m.Name) {
 			return fmt.Errorf("spec: members[%d].name %q is not a valid member name; use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit (it is the etcd name and the hostname)", i, m.Name)
 		}
-		if m.Name == ReservedCN {
-			return fmt.Errorf("spec: members[%d].name %q is the admin certificate's name (etcd's root user); pick another name", i, m.Name)
+		if whose, ok := reservedNames[m.Name]; ok {
+			return fmt.Errorf("spec: members[%d].name %q is %s; pick another name", i, m.Name, whose)
 		}
 		if j, dup := names[m.Name]; dup {
 			return fmt.Errorf("spec: members[%d].name %q is also members[%d].name; give every member its own name", i, m.Name, j)
@@ -170,6 +170,8 @@ func (e Etcd) validate() error {
 		return fmt.Errorf("spec: etcd.snapshotCount must be at least 1 (the runbook uses 5000)")
 	case e.SnapshotCount > maxSnapshotCount:
 		return fmt.Errorf("spec: etcd.snapshotCount %d is over %d: etcd would keep that many raft entries in memory; the runbook uses 5000", e.SnapshotCount, maxSnapshotCount)
+	case e.AutoCompactionRetention.D() < 0 || (e.AutoCompactionRetention != 0 && e.AutoCompactionRetention.D() < time.Minute) || e.AutoCompactionRetention.D()%time.Second != 0:
+		return fmt.Errorf("spec: etcd.autoCompactionRetention %s: write 0 (off) or a whole number of seconds from 1m, such as 1h", e.AutoCompactionRetention)
 	case e.BackendQuota < 16*MiB:
 		return fmt.Errorf("spec: etcd.backendQuota %s is under 16MiB; etcd's default is 2GiB", e.BackendQuota)
 	case e.BackendQuota > 100*GiB:
@@ -205,6 +207,9 @@ func (c *Cluster) Warnings() []string {
 	}
 	if c.Etcd.BackendQuota > 8*GiB {
 		w = append(w, fmt.Sprintf("spec: etcd.backendQuota %s is over the 8GiB etcd recommends", c.Etcd.BackendQuota))
+	}
+	if c.Etcd.AutoCompactionRetention == 0 {
+		w = append(w, "spec: etcd.autoCompactionRetention is 0: the members never compact, and only a root client can (not the Kubernetes API server's role); the database grows until etcd.backendQuota stops writes")
 	}
 	return w
 }

@@ -121,7 +121,7 @@ func writeLocalToolConfigs(c *spec.Cluster, dir outdir.Layout) error {
 		return err
 	}
 	ep := reach(dir)
-	prom, err := render.Prometheus(c, ep)
+	prom, err := render.Prometheus(c, ep, outdir.Layout(abs))
 	if err != nil {
 		return err
 	}

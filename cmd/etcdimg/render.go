@@ -144,7 +144,12 @@ func printRender(w io.Writer, c *spec.Cluster, from string, dir outdir.Layout, r
 		fmt.Fprintf(w, "member   %-8s %-15s cert %-6s  %s (%d bytes, %s)\n", m.Name, m.IP, cert, dir.Ignition(m.Name), st.Size(), state(rel))
 	}
 	fmt.Fprintf(w, "etcdctl  source %s\n", dir.EtcdctlEnv())
-	fmt.Fprintf(w, "metrics  %s (alert rules in %s)\n", dir.Prometheus(), render.RulesFile)
+	scrape := "plain HTTP"
+	if c.Metrics.TLS {
+		scrape = "mTLS with " + dir.PKIFile(pki.PrometheusCert)
+	}
+	fmt.Fprintf(w, "metrics  %s (%s; alert rules in %s)\n", dir.Prometheus(), scrape, render.RulesFile)
+	fmt.Fprintf(w, "k8s      %s (%s for kubeadm, %s for k3s/RKE2; the API server's certificate may use /registry/ only)\n", filepath.Join(dir.Dir(), render.KubeDir), render.KubeadmFile, render.K3sFile)
 	if len(res.Retired) > 0 {
 		fmt.Fprintf(w, "retired  %s: members no longer in the spec, moved under %s/ (their data disks are left where they are)\n", strings.Join(res.Retired, ", "), filepath.Join(dir.Dir(), render.RetiredDir))
 	}

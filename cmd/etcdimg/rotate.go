@@ -41,7 +41,7 @@ func rotateCertsCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				files := []string{pki.AdminCert, pki.AdminKey}
+				files := []string{pki.AdminCert, pki.AdminKey, pki.KubeClientCert, pki.KubeClientKey, pki.PrometheusCert, pki.PrometheusKey}
 				for _, n := range c.Names() {
 					files = append(files, pki.MemberCertFile(n), pki.MemberKeyFile(n))
 				}
@@ -66,7 +66,7 @@ func rotateCertsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(w, "rotated  %d member certificates and the admin's, same CA; every member rolled onto its new one in %.1fs, data disks kept\n", n, took.Seconds())
+			fmt.Fprintf(w, "rotated  %d member certificates and every other one in pki/ and kubernetes/ (admin, Kubernetes API server, scraper), same CA; every member rolled onto its new one in %.1fs, data disks kept\n", n, took.Seconds())
 			if len(clients) > 0 {
 				fmt.Fprintf(w, "clients  reissued %s in %s: hand each client its new pair (the old ones stay valid until they expire, as the CA is the same)\n", strings.Join(clients, ", "), filepath.Join(dir.Dir(), clientsDir))
 			}
