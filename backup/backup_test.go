@@ -195,6 +195,23 @@ func TestS3StoresVerifiedBackupsWithTheirMetadata(t *testing.T) {
 		t.Error("the bucket's copy differs from the disk's")
 	}
 
+	// An upload the bucket does not hold as verified (here: a size
+	// that is not the file's) is taken back: no snapshot without its
+	// manifest is left for a reader to take for a backup.
+	bad := ms[1]
+	bad.Name, bad.Size = "c1-bad", bad.Size+1
+	if err := up.Put(ctx, filepath.Join(s.Dir, ms[1].Name+".db"), bad); err == nil || !strings.Contains(err.Error(), "check the upload") {
+		t.Errorf("a mismatched upload: %v", err)
+	}
+	for _, key := range []string{"prod/c1/c1-bad.db", "prod/c1/c1-bad.json"} {
+		if _, err := srv.Client(t).StatObject(ctx, "etcd-backups", key, minio.StatObjectOptions{}); err == nil {
+			t.Errorf("%s is left in the bucket after a failed upload", key)
+		}
+	}
+
+	// A bucket away (past the S3 client's own retries): counted, and
+	// the local copy stays.
+	time.Sleep(1100 * time.Millisecond)
 	srv.Stop()
 	if err := s.Once(ctx); err != nil {
 		t.Fatal(err)

@@ -73,9 +73,19 @@ func (s *S3) Key(name string) string { return s.dir + name + ".db" }
 // Put uploads the snapshot at path and then its manifest, and checks the
 // stored object's size and SHA-256 metadata: an upload counts once the
 // bucket holds what was verified.
-func (s *S3) Put(ctx context.Context, path string, m Manifest) error {
+// A failed upload takes back what it put: the bucket holds no snapshot
+// without its manifest.
+func (s *S3) Put(ctx context.Context, path string, m Manifest) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
+	defer func() {
+		if err != nil {
+			rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer rcancel()
+			s.client.RemoveObject(rctx, s.target.Bucket, s.dir+m.Name+".json", minio.RemoveObjectOptions{})
+			s.client.RemoveObject(rctx, s.target.Bucket, s.Key(m.Name), minio.RemoveObjectOptions{})
+		}
+	}()
 	meta := map[string]string{
 		"sha256": m.SHA256, "revision": fmt.Sprint(m.Revision), "cluster-id": m.ClusterID,
 		"etcd-version": m.EtcdVersion, "time": m.Time.Format(time.RFC3339), "member": m.Member,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -47,23 +48,37 @@ func TestBackupsReachTheNodesAndTheBucket(t *testing.T) {
 	_, clusterID := membersByName(t, u)
 
 	bucket := srv.Client(t)
+	// A backup is in the bucket once its manifest is: the snapshot goes
+	// first and the manifest last, so a snapshot alone is an upload
+	// under way (or one that failed and is being taken back).
 	objects := func() []string {
+		have := map[string]bool{}
 		var keys []string
 		for o := range bucket.ListObjects(context.Background(), "etcd-backups", minio.ListObjectsOptions{Prefix: "e2e/" + c.Name + "/"}) {
-			if strings.HasSuffix(o.Key, ".db") {
-				keys = append(keys, o.Key)
+			have[o.Key] = true
+		}
+		for k := range have {
+			if db := strings.TrimSuffix(k, ".json") + ".db"; strings.HasSuffix(k, ".json") && have[db] {
+				keys = append(keys, db)
 			}
 		}
+		sort.Strings(keys)
 		return keys
 	}
 	// Within three minutes of up: a backup in the bucket.
 	waitUntil(t, u, 3*time.Minute, "a backup in the bucket", func() bool { return len(objects()) > 0 })
+	// The newest: retention (2 kept) removes the oldest at the third round.
+	all := objects()
+	key := all[len(all)-1]
 	stdout, stderr, code := etcdimg(t, work, "backups", "list", "--s3", "--out", u.out)
 	t.Logf("backups list --s3:\n%s", stdout)
 	if code != 0 {
 		t.Fatalf("backups list --s3: %s", stderr)
 	}
-	name := strings.TrimSuffix(filepath.Base(objects()[0]), ".db")
+	name := strings.TrimSuffix(filepath.Base(key), ".db")
+	if !strings.Contains(stdout, name) {
+		t.Errorf("backups list --s3 does not name %s", name)
+	}
 	got := filepath.Join(work, "from-s3.db")
 	if _, stderr, code := etcdimg(t, work, "backups", "get", name, got, "--s3", "--out", u.out); code != 0 {
 		t.Fatalf("backups get --s3: %s", stderr)
@@ -72,7 +87,7 @@ func TestBackupsReachTheNodesAndTheBucket(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the bucket's backup: %v", err)
 	}
-	st, err := bucket.StatObject(context.Background(), "etcd-backups", objects()[0], minio.StatObjectOptions{})
+	st, err := bucket.StatObject(context.Background(), "etcd-backups", key, minio.StatObjectOptions{})
 	if err != nil || st.UserMetadata["Sha256"] != info.SHA256 || st.UserMetadata["Cluster-Id"] != fmt.Sprintf("%x", clusterID) {
 		t.Errorf("object metadata %v (%v), want sha256 %s and cluster %x", st.UserMetadata, err, info.SHA256, clusterID)
 	}
@@ -80,7 +95,7 @@ func TestBackupsReachTheNodesAndTheBucket(t *testing.T) {
 	// restore reads s3:// objects: this one downloads and verifies, and
 	// is then refused because the cluster runs; a missing one is one
 	// clear error.
-	if _, stderr, code := etcdimg(t, work, "restore", "--snapshot", "s3://etcd-backups/"+objects()[0], "--out", u.out); code != 1 || !strings.Contains(stderr, "is running") {
+	if _, stderr, code := etcdimg(t, work, "restore", "--snapshot", "s3://etcd-backups/"+key, "--out", u.out); code != 1 || !strings.Contains(stderr, "is running") {
 		t.Errorf("restore from the bucket while running: exit %d: %s", code, stderr)
 	}
 	if _, stderr, code := etcdimg(t, work, "restore", "--snapshot", "s3://etcd-backups/e2e/none.db", "--out", u.out); code != 1 || !strings.Contains(stderr, "--snapshot s3://etcd-backups/e2e/none.db") {
