@@ -65,6 +65,11 @@ func NodePorts(base, i int) (nodeMetrics, backup int) {
 	return base + 100*i + 82, base + 100*i + 83
 }
 
+// PeerPort returns member i's (from 1) peer port on the host: forwarded
+// so that the operator (and the tests) can see what the peer port
+// accepts; mTLS with a member's certificate still guards it.
+func PeerPort(base, i int) int { return base + 100*i + 80 }
+
 // Up boots every member on one LAN. Each QEMU runs in its own process
 // group, so the cluster keeps running when the caller exits. The state
 // file is written after every start, so Down can clean up even a partial
@@ -141,6 +146,7 @@ func Up(o LocalOptions) (*State, error) {
 		nodeMetrics, backup := NodePorts(o.PortBase, i+1)
 		gwOpts.Forwards = append(gwOpts.Forwards,
 			testvm.GatewayForward{Host: client, Guest: m.IP, Port: layout.ClientPort},
+			testvm.GatewayForward{Host: PeerPort(o.PortBase, i+1), Guest: m.IP, Port: layout.PeerPort},
 			testvm.GatewayForward{Host: metrics, Guest: m.IP, Port: layout.MetricsPort},
 			testvm.GatewayForward{Host: nodeMetrics, Guest: m.IP, Port: layout.NodeMetricsPort},
 			testvm.GatewayForward{Host: backup, Guest: m.IP, Port: layout.BackupPort})
@@ -155,7 +161,7 @@ func Up(o LocalOptions) (*State, error) {
 		client, metrics := Ports(o.PortBase, i+1)
 		nodeMetrics, backup := NodePorts(o.PortBase, i+1)
 		st.Members = append(st.Members, MemberState{
-			Name: m.Name, IP: m.IP.String(), Client: client, Metrics: metrics, NodeMetrics: nodeMetrics, Backup: backup, Image: m.Image,
+			Name: m.Name, IP: m.IP.String(), Client: client, Peer: PeerPort(o.PortBase, i+1), Metrics: metrics, NodeMetrics: nodeMetrics, Backup: backup, Image: m.Image,
 			DataDisk: filepath.Join(o.DiskDir, m.Name+"-data.img"),
 		})
 		if err := st.boot(&st.Members[i]); err != nil {

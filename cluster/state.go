@@ -33,6 +33,7 @@ type MemberState struct {
 	IP      string         `json:"ip"`
 	QEMU    testvm.Process `json:"qemu"` // PID 0 when stopped
 	Client  int            `json:"clientPort"`
+	Peer    int            `json:"peerPort,omitempty"`
 	Metrics int            `json:"metricsPort"`
 	// NodeMetrics and Backup forward the appliance's own metrics and
 	// its backups API (layout.NodeMetricsPort, layout.BackupPort).

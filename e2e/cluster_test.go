@@ -303,6 +303,14 @@ network: {cidr: 127.0.0.0/8}
 		if err := peerGet(m.ip, admin); err == nil {
 			t.Errorf("%s: the admin certificate was served on the peer port", m.name)
 		}
+		// The same, seen by OpenSSL's client.
+		ca := []string{"-CAfile", filepath.Join(pkiDir, "etcd-ca.pem")}
+		if _, err := sClientRequest(m.ip+":2380", append(ca, "-cert", filepath.Join(pkiDir, "etcd-2.pem"), "-key", filepath.Join(pkiDir, "etcd-2-key.pem"))...); err != nil {
+			t.Errorf("%s: openssl with a member's certificate on the peer port: %v", m.name, err)
+		}
+		if _, err := sClientRequest(m.ip+":2380", append(ca, "-cert", filepath.Join(pkiDir, "admin.pem"), "-key", filepath.Join(pkiDir, "admin-key.pem"))...); err == nil {
+			t.Errorf("%s: openssl with the admin certificate was answered on the peer port", m.name)
+		}
 	}
 
 	// Application clients: `client add` turns authentication on and gives
@@ -479,4 +487,43 @@ func sClient(addr string, args ...string) (string, error) {
 		return string(out), errors.New("no session")
 	}
 	return string(out), nil
+}
+
+// sClientRequest sends GET /version over `openssl s_client` to addr and
+// returns what came back; the error is set unless an HTTP response did.
+// (Under TLS 1.3 the client's handshake ends before the server has
+// checked its certificate: a refused client sees the session established
+// and then an alert, never a response.) It stops at the response's first
+// line, as servers may keep the connection open for a while.
+func sClientRequest(addr string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "openssl", append([]string{"s_client", "-connect", addr, "-verify_return_error", "-quiet"}, args...)...)
+	cmd.Stdin = strings.NewReader("GET /version HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	go func() { cmd.Wait(); pw.Close() }()
+	var out strings.Builder
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		out.WriteString(sc.Text() + "\n")
+		if strings.HasPrefix(sc.Text(), "HTTP/1.") {
+			cancel()
+			go io.Copy(io.Discard, pr)
+			return out.String(), nil
+		}
+	}
+	return out.String(), fmt.Errorf("no HTTP response: %s", lastLines(out.String(), 3))
+}
+
+func mustRead(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -330,6 +330,89 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 		t.Errorf("the old member key was not kept under retired/: %v", old)
 	}
 
+	// rotate ca: three runs, one per phase, each under write load (the
+	// writer trusts what the operator is told to trust between phases).
+	// Every write is kept, the old application certificate works until
+	// the last phase, and then a certificate of the old CA is refused on
+	// the client, peer and backup ports of every member.
+	keep := t.TempDir()
+	for _, f := range []string{"pki/etcd-ca.pem", "pki/admin.pem", "pki/admin-key.pem", "pki/etcd-1.pem", "pki/etcd-1-key.pem", "clients/app.pem", "clients/app-key.pem"} {
+		b, err := os.ReadFile(filepath.Join(u.out, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(keep, filepath.Base(f)), b, 0o600)
+	}
+	before, _ = membersByName(t, u)
+	bundle := filepath.Join(u.out, "pki", "etcd-ca.pem")
+	for i, phase := range []string{"phase 1 of 3 (trust) done", "phase 2 of 3 (switch) done", "phase 3 of 3 (drop) done"} {
+		u.admin = tlsConfig(t, bundle, filepath.Join(u.out, "pki", "admin.pem"), filepath.Join(u.out, "pki", "admin-key.pem"))
+		w = startWriter(t, u, fmt.Sprintf("/load/rotate-ca-%d", i+1))
+		time.Sleep(2 * time.Second)
+		stdout, stderr, code = etcdimg(t, u.work, "rotate", "ca", "--out", u.out, "--timeout", "4m")
+		t.Logf("rotate ca (%d):\n%s", i+1, stdout)
+		if code != 0 || !strings.Contains(stdout, phase) {
+			t.Fatalf("rotate ca, run %d: exit %d: %s", i+1, code, stderr)
+		}
+		time.Sleep(2 * time.Second)
+		w.Stop()
+		u.reload(t)
+		runs, acked, failed = w.outages()
+		t.Logf("rotate ca (%d): %d writes acknowledged, %d failed in %d outages", i+1, acked, failed, runs)
+		checkAcked(t, u, w)
+		if i < 2 {
+			// The old CA is still trusted: the application's first
+			// certificate still writes its prefix.
+			oldApp := u.client(t, 0, tlsConfig(t, bundle, filepath.Join(keep, "app.pem"), filepath.Join(keep, "app-key.pem")))
+			pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
+			if _, err := oldApp.Put(pctx, "/app/rotate-ca", fmt.Sprint(i)); err != nil {
+				t.Errorf("after rotate ca run %d, the old application certificate: %v", i+1, err)
+			}
+			pcancel()
+		}
+	}
+	u.admin = tlsConfig(t, bundle, filepath.Join(u.out, "pki", "admin.pem"), filepath.Join(u.out, "pki", "admin-key.pem"))
+	after, _ = membersByName(t, u)
+	for n := range before {
+		if after[n] != before[n] {
+			t.Errorf("%s changed member ID through rotate ca (its disk was to be kept)", n)
+		}
+	}
+	if ca, _ := os.ReadFile(bundle); strings.Count(string(ca), "BEGIN CERTIFICATE") != 1 || string(ca) == mustRead(t, filepath.Join(keep, "etcd-ca.pem")) {
+		t.Errorf("after rotate ca, etcd-ca.pem holds %d certificates, the old CA's: %v", strings.Count(string(ca), "BEGIN CERTIFICATE"), string(ca) == mustRead(t, filepath.Join(keep, "etcd-ca.pem")))
+	}
+	newApp := u.client(t, 1, tlsConfig(t, bundle, filepath.Join(cd, "app.pem"), filepath.Join(cd, "app-key.pem")))
+	pctx, pcancel = context.WithTimeout(context.Background(), 30*time.Second)
+	if _, err := newApp.Put(pctx, "/app/after-rotate-ca", "ok"); err != nil {
+		t.Errorf("the application's certificate of the new CA: %v", err)
+	}
+	pcancel()
+	// openssl, with the new CA as its trust: the new admin and member
+	// certificates are served; the old CA's admin and member
+	// certificates are refused on the client, peer and backup ports.
+	for _, m := range u.state.Members {
+		for _, tc := range []struct {
+			port      int
+			cert, key string
+			serve     bool
+			what      string
+		}{
+			{m.Client, filepath.Join(u.out, "pki", "admin.pem"), filepath.Join(u.out, "pki", "admin-key.pem"), true, "new admin on the client port"},
+			{m.Client, filepath.Join(keep, "admin.pem"), filepath.Join(keep, "admin-key.pem"), false, "old admin on the client port"},
+			{m.Peer, filepath.Join(u.out, "pki", "etcd-1.pem"), filepath.Join(u.out, "pki", "etcd-1-key.pem"), true, "new member on the peer port"},
+			{m.Peer, filepath.Join(keep, "etcd-1.pem"), filepath.Join(keep, "etcd-1-key.pem"), false, "old member on the peer port"},
+			{m.Backup, filepath.Join(keep, "admin.pem"), filepath.Join(keep, "admin-key.pem"), false, "old admin on the backup port"},
+		} {
+			if !tc.serve && tc.port == 0 {
+				continue
+			}
+			_, err := sClientRequest(fmt.Sprintf("127.0.0.1:%d", tc.port), "-CAfile", bundle, "-cert", tc.cert, "-key", tc.key)
+			if served := err == nil; served != tc.serve {
+				t.Errorf("%s: %s: served %v, want %v (%v)", m.Name, tc.what, served, tc.serve, err)
+			}
+		}
+	}
+
 	// The whole cluster powered off; etcd-3's data disk swapped for a
 	// blank one; all started again: no second cluster forms, etcd-3
 	// rejoins as a learner and is promoted, every write is there.

@@ -177,14 +177,18 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	checkMembers(t, list, 3, "https://192.168.2.5")
 
 	// Authentication is on from bootstrap: the members turned it on, with
-	// root and each member (their certificates' CNs) in the root role.
+	// root and each member (their certificates' CNs) in the root role,
+	// and the Kubernetes API server's user with a role on /registry/.
 	waitUntil(t, u, time.Minute, "authentication on", func() bool {
 		st, err := u.client(t, 0, u.admin).AuthStatus(ctx)
 		return err == nil && st.Enabled
 	})
 	users, err := u.client(t, 0, u.admin).UserList(ctx)
-	if err != nil || strings.Join(users.Users, " ") != "etcd-1 etcd-2 etcd-3 root" {
+	if err != nil || strings.Join(users.Users, " ") != "etcd-1 etcd-2 etcd-3 kube-apiserver-etcd-client root" {
 		t.Errorf("users %v: %v", users, err)
+	}
+	if r, err := u.client(t, 0, u.admin).RoleGet(ctx, "kube-apiserver-etcd-client"); err != nil || len(r.Perm) != 1 || string(r.Perm[0].Key) != "/registry/" || string(r.Perm[0].RangeEnd) != "/registry0" {
+		t.Errorf("the Kubernetes API server's role: %v %v", r, err)
 	}
 
 	// A key written through member 1 is read through members 2 and 3.

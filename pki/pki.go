@@ -342,14 +342,21 @@ func loadCA(dir string) (ca *x509.Certificate, key crypto.Signer, certPEM, keyPE
 	return ca, key, certPEM, keyPEM, nil
 }
 
+// parseCA reads the CA: the first certificate of certPEM, whose key
+// keyPEM must be. More certificates may follow it, each a CA: during a CA
+// rotation etcd-ca.pem is the bundle every member and client trusts, the
+// signing CA first.
 func parseCA(certPEM, keyPEM []byte) (*x509.Certificate, crypto.Signer, error) {
-	ca, err := helpers.ParseCertificatePEM(certPEM)
+	bundle, err := ParseBundle(certPEM)
 	if err != nil {
-		return nil, nil, fmt.Errorf("pki: %s is not a PEM certificate", CACertFile)
+		return nil, nil, fmt.Errorf("pki: %s is not a PEM certificate (%w)", CACertFile, err)
 	}
-	if !ca.IsCA || ca.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, nil, fmt.Errorf("pki: %s is not a CA certificate (CN %q)", CACertFile, ca.Subject.CommonName)
+	for _, c := range bundle {
+		if !c.IsCA || c.KeyUsage&x509.KeyUsageCertSign == 0 {
+			return nil, nil, fmt.Errorf("pki: %s is not a CA certificate (CN %q)", CACertFile, c.Subject.CommonName)
+		}
 	}
+	ca := bundle[0]
 	key, err := helpers.ParsePrivateKeyPEM(keyPEM)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pki: %s is not a PEM private key", CAKeyFile)
@@ -509,13 +516,38 @@ func ContainsKey(data, keyPEM []byte) bool {
 	return false
 }
 
-// ParseCert parses one PEM certificate.
+// ParseCert parses the first PEM certificate of pemBytes (a CA bundle's
+// first is its signing CA).
 func ParseCert(pemBytes []byte) (*x509.Certificate, error) {
-	c, err := helpers.ParseCertificatePEM(pemBytes)
+	b, err := ParseBundle(pemBytes)
 	if err != nil {
 		return nil, fmt.Errorf("pki: parse certificate: %w", err)
 	}
-	return c, nil
+	return b[0], nil
+}
+
+// ParseBundle parses every PEM certificate of pemBytes, in order; it
+// refuses anything else in the file and an empty one.
+func ParseBundle(pemBytes []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	rest := bytes.TrimSpace(pemBytes)
+	for len(rest) > 0 {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil || b.Type != "CERTIFICATE" {
+			return nil, errors.New("want PEM CERTIFICATE blocks and nothing else")
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+		rest = bytes.TrimSpace(rest)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM certificate")
+	}
+	return out, nil
 }
 
 // IssueClient issues an application client's certificate from the CA in

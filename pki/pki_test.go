@@ -2,6 +2,7 @@ package pki
 
 import (
 	"bytes"
+	"fmt"
 	"crypto/x509"
 	"net"
 	"os"
@@ -325,5 +326,116 @@ func TestSpecChangesReachTheCertificates(t *testing.T) {
 	// A CA that ends within 30 days.
 	if w := caWarnings(c, ca, ca.NotAfter.Add(-10*24*time.Hour)); !slices.ContainsFunc(w, func(w string) bool { return strings.Contains(w, "in 10 days") }) {
 		t.Errorf("near the end: %q", w)
+	}
+}
+
+// TestCARotationPhasesKeepEveryoneTrusted walks a CA rotation through its
+// three phases on disk and checks, with crypto/x509 and openssl, what each
+// phase's bundle trusts: old and new CA during trust and switch, the
+// certificates reissued under the new CA at switch, and at drop a
+// certificate of the old CA refused.
+func TestCARotationPhasesKeepEveryoneTrusted(t *testing.T) {
+	c := spec.Default(3)
+	dir := filepath.Join(t.TempDir(), "pki")
+	apply := func(files []File, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			p := filepath.Join(dir, f.Name)
+			os.MkdirAll(filepath.Dir(p), 0o700)
+			if err := os.WriteFile(p, f.Data, f.Mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s0, err := Ensure(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, dir, s0)
+	oldCA := mustCert(t, s0.CACert)
+	oldMember := filepath.Join(t.TempDir(), "old-etcd-1.pem")
+	os.WriteFile(oldMember, s0.Members["etcd-1"].Cert, 0o644)
+	// verify checks a certificate file against the current bundle, both
+	// with crypto/x509 and with openssl.
+	verify := func(certFile string) (x509err, opensslErr error) {
+		bundleBytes, _ := os.ReadFile(filepath.Join(dir, CACertFile))
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(bundleBytes)
+		b, _ := os.ReadFile(certFile)
+		_, x509err = mustCert(t, b).Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		out, err := exec.Command("openssl", "verify", "-CAfile", filepath.Join(dir, CACertFile), certFile).CombinedOutput()
+		if err != nil {
+			opensslErr = fmt.Errorf("%v: %s", err, out)
+		}
+		return
+	}
+	if r, err := LoadRotation(dir); err != nil || r != nil {
+		t.Fatalf("no rotation yet: %v %v", r, err)
+	}
+
+	// trust: the bundle holds old then new; the leaves are kept.
+	apply(RotateTrust(c, dir))
+	r, err := LoadRotation(dir)
+	if err != nil || r == nil || r.Phase != PhaseTrust || r.Rolled {
+		t.Fatalf("after trust: %+v %v", r, err)
+	}
+	s1, err := Ensure(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s1.Issued) != 0 || !bytes.Equal(s1.Members["etcd-1"].Cert, s0.Members["etcd-1"].Cert) {
+		t.Errorf("the trust phase reissued %v", s1.Issued)
+	}
+	b1, _ := ParseBundle(s1.CACert)
+	if len(b1) != 2 || !b1[0].Equal(oldCA) {
+		t.Fatalf("trust bundle: %d certificates, first is the old CA: %v", len(b1), len(b1) > 0 && b1[0].Equal(oldCA))
+	}
+	newCA := b1[1]
+	if _, err := RotateTrust(c, dir); err == nil {
+		t.Error("a second trust phase over a bundle was accepted")
+	}
+
+	// switch: the new CA signs; every leaf is reissued under it and the
+	// old ones still verify against the bundle.
+	apply(RotateSwitch(dir, *r))
+	s2, err := Ensure(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b2, _ := ParseBundle(s2.CACert); len(b2) != 2 || !b2[0].Equal(newCA) || !b2[1].Equal(oldCA) {
+		t.Fatal("switch bundle is not new then old")
+	}
+	for _, p := range append([]Pair{s2.Admin, s2.Kube}, s2.Members["etcd-1"], s2.Members["etcd-3"]) {
+		if err := Verify(newCA, mustCert(t, p.Cert), x509.ExtKeyUsageClientAuth); err != nil {
+			t.Errorf("a certificate after switch does not chain to the new CA: %v", err)
+		}
+	}
+	if ic, err := IssueClient(c, dir, "app"); err != nil || Verify(newCA, mustCert(t, ic.Cert), x509.ExtKeyUsageClientAuth) != nil {
+		t.Errorf("a client issued after switch: %v", err)
+	}
+	write(t, dir, s2)
+	if e1, e2 := verify(oldMember); e1 != nil || e2 != nil {
+		t.Errorf("during switch a certificate of the old CA is refused: %v / %v", e1, e2)
+	}
+
+	// drop: the new CA alone; the old CA's certificate is refused, the
+	// new ones verify.
+	r, _ = LoadRotation(dir)
+	apply(RotateDrop(dir, *r))
+	s3, err := Ensure(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s3.Issued) != 0 {
+		t.Errorf("drop reissued %v", s3.Issued)
+	}
+	if e1, e2 := verify(oldMember); e1 == nil || e2 == nil {
+		t.Errorf("after drop a certificate of the old CA verifies: %v / %v", e1, e2)
+	}
+	if e1, e2 := verify(filepath.Join(dir, MemberCertFile("etcd-2"))); e1 != nil || e2 != nil {
+		t.Errorf("after drop a new certificate is refused: %v / %v", e1, e2)
 	}
 }
