@@ -75,11 +75,13 @@ up: deps build
 VERSITYGW := .cache/bin/versitygw
 TEST_DEBS := .cache/test-deb
 ## The real Kubernetes API server the Kubernetes test starts against the
-## cluster: the upstream main of k8s.io/kubernetes v1.34.2, from its own
-## module (e2e/tools/kube-apiserver), built once into .cache/bin (about
-## 8 minutes cold on 2 cores).
+## cluster (the upstream main of k8s.io/kubernetes v1.34.2), and kubeadm's
+## own config loader, from their own module (e2e/tools/kubernetes), built
+## once into .cache/bin (about 8 minutes cold on 2 cores).
+KUBE_TOOLS := e2e/tools/kubernetes
 KUBE_APISERVER := .cache/bin/kube-apiserver
-test-tools: $(VERSITYGW) $(KUBE_APISERVER)
+KUBEADM_CHECK := .cache/bin/kubeadm-check
+test-tools: $(VERSITYGW) $(KUBE_APISERVER) $(KUBEADM_CHECK)
 	@mkdir -p $(TEST_DEBS)
 	@cd $(TEST_DEBS) && if ! ls etcd-server_3.4*.deb etcd-client_3.4*.deb >/dev/null 2>&1; then \
 		echo "make: downloading etcd-server etcd-client (Debian's etcd 3.4) into $(TEST_DEBS)"; \
@@ -90,9 +92,12 @@ $(VERSITYGW):
 	@echo "make: building versitygw (the S3 server of the backup tests) into .cache/bin"
 	GOBIN=$(CURDIR)/.cache/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 
-$(KUBE_APISERVER): e2e/tools/kube-apiserver/go.mod e2e/tools/kube-apiserver/main.go
+$(KUBE_APISERVER): $(KUBE_TOOLS)/go.mod $(KUBE_TOOLS)/kube-apiserver/main.go
 	@echo "make: building kube-apiserver v1.34.2 (the Kubernetes test's API server) into .cache/bin"
-	cd e2e/tools/kube-apiserver && $(GO) build -trimpath -ldflags='-s -w -X k8s.io/component-base/version.gitVersion=v1.34.2' -o $(CURDIR)/$(KUBE_APISERVER) .
+	cd $(KUBE_TOOLS) && $(GO) build -trimpath -ldflags='-s -w -X k8s.io/component-base/version.gitVersion=v1.34.2' -o $(CURDIR)/$@ ./kube-apiserver
+$(KUBEADM_CHECK): $(KUBE_TOOLS)/go.mod $(KUBE_TOOLS)/kubeadm-check/main.go
+	@echo "make: building kubeadm-check (kubeadm v1.34.2's config loader) into .cache/bin"
+	cd $(KUBE_TOOLS) && $(GO) build -trimpath -ldflags='-s -w' -o $(CURDIR)/$@ ./kubeadm-check
 
 ## test: every test, unit and end to end.
 test: deps test-tools

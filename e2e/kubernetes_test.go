@@ -24,19 +24,19 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"gopkg.in/yaml.v3"
 
 	"etcdimg/authz"
 	"etcdimg/testvm"
 )
 
-// kubeAPIServer finds the API server `make test-tools` built.
-func kubeAPIServer(t *testing.T) string {
+// kubeTool finds kube-apiserver or kubeadm-check, which `make
+// test-tools` builds into .cache/bin from e2e/tools/kubernetes.
+func kubeTool(t *testing.T, name string) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
-	p := filepath.Join(filepath.Dir(file), "..", ".cache", "bin", "kube-apiserver")
+	p := filepath.Join(filepath.Dir(file), "..", ".cache", "bin", name)
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("kube-apiserver is missing (%v): run `make test-tools`, which builds it into .cache/bin", err)
+		t.Fatalf("%s is missing (%v): run `make test-tools`, which builds it into .cache/bin", name, err)
 	}
 	return p
 }
@@ -147,23 +147,29 @@ metrics: {tls: true}
 	query, _, promDir, stopProm := startPrometheus(t, filepath.Join(out, "prometheus.yml"))
 	defer stopProm()
 
-	// The API server, configured from kubeadm-etcd.yaml.
-	var kubeadm struct {
-		Etcd struct {
-			External struct {
-				Endpoints []string `yaml:"endpoints"`
-			} `yaml:"external"`
-		} `yaml:"etcd"`
-		APIServer struct {
-			ExtraArgs []struct{ Name, Value string } `yaml:"extraArgs"`
-		} `yaml:"apiServer"`
-	}
-	raw, err := os.ReadFile(filepath.Join(kubeDir, "kubeadm-etcd.yaml"))
+	// The API server, configured from kubeadm-etcd.yaml as kubeadm's own
+	// loader reads it (strict decoding, defaults, validation).
+	check := exec.Command(kubeTool(t, "kubeadm-check"), filepath.Join(kubeDir, "kubeadm-etcd.yaml"))
+	checked, err := check.CombinedOutput()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("kubeadm's loader refuses kubeadm-etcd.yaml: %v\n%s", err, checked)
 	}
-	if err := yaml.Unmarshal(raw, &kubeadm); err != nil || len(kubeadm.Etcd.External.Endpoints) != 3 {
-		t.Fatalf("kubeadm-etcd.yaml: %v\n%s", err, raw)
+	var endpoints, extraArgs []string
+	for _, line := range strings.Split(strings.TrimSpace(string(checked)), "\n") {
+		k, v, _ := strings.Cut(line, " ")
+		switch k {
+		case "endpoint":
+			endpoints = append(endpoints, v)
+		case "apiServer.extraArgs":
+			extraArgs = append(extraArgs, "--"+v)
+		case "caFile", "certFile", "keyFile":
+			if !strings.HasPrefix(v, "/etc/kubernetes/pki/") {
+				t.Errorf("kubeadm reads %s %s, not under /etc/kubernetes/pki/", k, v)
+			}
+		}
+	}
+	if len(endpoints) != 3 {
+		t.Fatalf("kubeadm reads endpoints %v from kubeadm-etcd.yaml:\n%s", endpoints, checked)
 	}
 	kdir := t.TempDir()
 	saKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -178,7 +184,7 @@ metrics: {tls: true}
 		t.Fatal(err)
 	}
 	args := []string{
-		"--etcd-servers=" + strings.Join(kubeadm.Etcd.External.Endpoints, ","),
+		"--etcd-servers=" + strings.Join(endpoints, ","),
 		"--etcd-cafile=" + filepath.Join(kubeDir, "etcd-ca.pem"),
 		"--etcd-certfile=" + filepath.Join(kubeDir, "apiserver-etcd-client.pem"),
 		"--etcd-keyfile=" + filepath.Join(kubeDir, "apiserver-etcd-client-key.pem"),
@@ -190,12 +196,10 @@ metrics: {tls: true}
 		"--token-auth-file=" + filepath.Join(kdir, "tokens.csv"),
 		"--authorization-mode=RBAC", "--service-cluster-ip-range=10.96.0.0/24",
 	}
-	for _, a := range kubeadm.APIServer.ExtraArgs {
-		args = append(args, "--"+a.Name+"="+a.Value)
-	}
+	args = append(args, extraArgs...)
 	logPath := filepath.Join(kdir, "kube-apiserver.log")
 	logf, _ := os.Create(logPath)
-	cmd := exec.Command(kubeAPIServer(t), args...)
+	cmd := exec.Command(kubeTool(t, "kube-apiserver"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
