@@ -2,8 +2,8 @@ package pki
 
 import (
 	"bytes"
-	"fmt"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
