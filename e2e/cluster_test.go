@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -107,13 +108,23 @@ func (m *member) stop(t *testing.T) {
 		return
 	default:
 	}
-	syscall.Kill(-m.cmd.Process.Pid, syscall.SIGTERM)
+	if !stopGroup(m.cmd.Process.Pid, m.done, 10*time.Second) {
+		t.Logf("%s (pid %d) ignored SIGTERM; killed it", m.name, m.cmd.Process.Pid)
+	}
+}
+
+// stopGroup ends the process group a test started (by its leader's PID):
+// SIGTERM, then SIGKILL after grace; done closes when the leader has
+// exited. It reports whether SIGTERM was enough.
+func stopGroup(pid int, done <-chan struct{}, grace time.Duration) bool {
+	syscall.Kill(-pid, syscall.SIGTERM)
 	select {
-	case <-m.done:
-	case <-time.After(10 * time.Second):
-		t.Logf("%s (pid %d) ignored SIGTERM; killing it", m.name, m.cmd.Process.Pid)
-		syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
-		<-m.done
+	case <-done:
+		return true
+	case <-time.After(grace):
+		syscall.Kill(-pid, syscall.SIGKILL)
+		<-done
+		return false
 	}
 }
 
@@ -178,29 +189,46 @@ func tlsConfig(t testing.TB, ca, cert, key string) *tls.Config {
 	return cfg
 }
 
+// renderLoopback renders, in a new work directory, a three-member spec
+// named name whose members etcd-1..3 sit on loopback at ipPrefix+"1".."3"
+// (plus the extra spec lines); it returns the work and output
+// directories. The spec is work/spec.yaml.
+func renderLoopback(t *testing.T, name, ipPrefix, extra string) (work, out string) {
+	t.Helper()
+	work = t.TempDir()
+	specPath := filepath.Join(work, "spec.yaml")
+	os.WriteFile(specPath, []byte(fmt.Sprintf(`name: %s
+members:
+  - {name: etcd-1, ip: %[2]s1}
+  - {name: etcd-2, ip: %[2]s2}
+  - {name: etcd-3, ip: %[2]s3}
+network: {cidr: 127.0.0.0/8}
+%s`, name, ipPrefix, extra)), 0o644)
+	out = filepath.Join(work, "out")
+	if _, stderr, code := etcdimg(t, work, "render", "--config", specPath, "--out", out); code != 0 {
+		t.Fatalf("render: %s", stderr)
+	}
+	return work, out
+}
+
+// startLoopback starts the three members renderLoopback rendered into out.
+func startLoopback(t *testing.T, out, ipPrefix string) []*member {
+	t.Helper()
+	var members []*member
+	for i, name := range []string{"etcd-1", "etcd-2", "etcd-3"} {
+		members = append(members, startMember(t, filepath.Join(out, "ignition", name+".ign"), name, ipPrefix+strconv.Itoa(i+1)))
+	}
+	return members
+}
+
 // TestRenderedConfigsFormAHealthyTLSCluster starts three real etcd members
 // (the etcd built from go.mod, as the multi-call binary) from a rendered
 // spec whose members sit on loopback, and proves the cluster they form
 // takes the admin certificate and refuses every other client.
 func TestRenderedConfigsFormAHealthyTLSCluster(t *testing.T) {
-	work := t.TempDir()
-	specPath := filepath.Join(work, "loopback.yaml")
-	os.WriteFile(specPath, []byte(`name: loopback-cluster
-members:
-  - {name: etcd-1, ip: 127.0.0.51}
-  - {name: etcd-2, ip: 127.0.0.52}
-  - {name: etcd-3, ip: 127.0.0.53}
-network: {cidr: 127.0.0.0/8}
-`), 0o644)
-	out := filepath.Join(work, "out")
-	if _, stderr, code := etcdimg(t, work, "render", "--config", specPath, "--out", out); code != 0 {
-		t.Fatalf("render: %s", stderr)
-	}
-	ips := map[string]string{"etcd-1": "127.0.0.51", "etcd-2": "127.0.0.52", "etcd-3": "127.0.0.53"}
-	var members []*member
-	for _, name := range []string{"etcd-1", "etcd-2", "etcd-3"} {
-		members = append(members, startMember(t, filepath.Join(out, "ignition", name+".ign"), name, ips[name]))
-	}
+	work, out := renderLoopback(t, "loopback-cluster", "127.0.0.5", "")
+	specPath := filepath.Join(work, "spec.yaml")
+	members := startLoopback(t, out, "127.0.0.5")
 	for _, m := range members {
 		waitFor(t, 60*time.Second, m.name+" healthy", func() error { return health(m.ip) }, members...)
 	}

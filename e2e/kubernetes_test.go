@@ -54,20 +54,7 @@ func kubeTool(t *testing.T, name string) string {
 //     certificate-less scrape is refused, and the scraper's certificate
 //     reads no key.
 func TestKubernetesAndPrometheusUseTheClusterWithTheirOwnCertificates(t *testing.T) {
-	work := t.TempDir()
-	specPath := filepath.Join(work, "kube.yaml")
-	os.WriteFile(specPath, []byte(`name: kube-etcd
-members:
-  - {name: etcd-1, ip: 127.0.0.61}
-  - {name: etcd-2, ip: 127.0.0.62}
-  - {name: etcd-3, ip: 127.0.0.63}
-network: {cidr: 127.0.0.0/8}
-metrics: {tls: true}
-`), 0o644)
-	out := filepath.Join(work, "out")
-	if _, stderr, code := etcdimg(t, work, "render", "--config", specPath, "--out", out); code != 0 {
-		t.Fatalf("render: %s", stderr)
-	}
+	_, out := renderLoopback(t, "kube-etcd", "127.0.0.6", "metrics: {tls: true}\n")
 	pkiDir, kubeDir := filepath.Join(out, "pki"), filepath.Join(out, "kubernetes")
 	ca := filepath.Join(pkiDir, "etcd-ca.pem")
 	scraper := tlsConfig(t, ca, filepath.Join(pkiDir, "prometheus.pem"), filepath.Join(pkiDir, "prometheus-key.pem"))
@@ -91,10 +78,7 @@ metrics: {tls: true}
 		}
 		return nil
 	}
-	var members []*member
-	for i, name := range []string{"etcd-1", "etcd-2", "etcd-3"} {
-		members = append(members, startMember(t, filepath.Join(out, "ignition", name+".ign"), name, "127.0.0.6"+strconv.Itoa(i+1)))
-	}
+	members := startLoopback(t, out, "127.0.0.6")
 	for _, m := range members {
 		waitFor(t, 60*time.Second, m.name+" healthy (over mTLS)", func() error { return metrics(m.ip, "/health", scraper) }, members...)
 	}
@@ -207,15 +191,7 @@ metrics: {tls: true}
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(done) }()
-	defer func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-	}()
+	defer stopGroup(cmd.Process.Pid, done, 15*time.Second)
 	api := func(method, path, body string) (int, string, error) {
 		req, _ := http.NewRequest(method, fmt.Sprintf("https://127.0.0.1:%d%s", port, path), strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+token)

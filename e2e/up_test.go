@@ -419,15 +419,7 @@ func startPrometheus(t *testing.T, config string) (query promQuery, port int, di
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	stop = func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-	}
+	stop = func() { stopGroup(cmd.Process.Pid, done, 10*time.Second) }
 	query = func(q string) (map[string]string, error) {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/query?query=%s", port, url.QueryEscape(q)))
 		if err != nil {

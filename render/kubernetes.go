@@ -7,7 +7,6 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"etcdimg/layout"
 	"etcdimg/spec"
 )
 
@@ -38,15 +37,6 @@ const (
 // compact themselves, etcd.autoCompactionRetention).
 var KubeEtcdArgs = [][2]string{{"etcd-prefix", "/registry"}, {"etcd-compaction-interval", "0"}}
 
-// KubeEndpoints are the members' client URLs.
-func KubeEndpoints(c *spec.Cluster) []string {
-	var eps []string
-	for _, m := range c.Members {
-		eps = append(eps, fmt.Sprintf("https://%s:%d", m.IP, layout.ClientPort))
-	}
-	return eps
-}
-
 // KubeadmConfig is a kubeadm ClusterConfiguration (v1beta4) whose etcd is
 // this cluster, for the paths kubeadm documents.
 func KubeadmConfig(c *spec.Cluster) ([]byte, error) {
@@ -70,7 +60,7 @@ func KubeadmConfig(c *spec.Cluster) ([]byte, error) {
 		} `yaml:"apiServer"`
 	}{APIVersion: "kubeadm.k8s.io/v1beta4", Kind: "ClusterConfiguration"}
 	ext := &doc.Etcd.External
-	ext.Endpoints, ext.CAFile, ext.CertFile, ext.KeyFile = KubeEndpoints(c), kubeadmCA, kubeadmCert, kubeadmKey
+	ext.Endpoints, ext.CAFile, ext.CertFile, ext.KeyFile = clientURLs(c, nil), kubeadmCA, kubeadmCert, kubeadmKey
 	for _, a := range KubeEtcdArgs {
 		doc.APIServer.ExtraArgs = append(doc.APIServer.ExtraArgs, arg{a[0], a[1]})
 	}
@@ -97,7 +87,7 @@ func K3sConfig(c *spec.Cluster) ([]byte, error) {
 		KeyFile  string   `yaml:"datastore-keyfile"`
 		Args     []string `yaml:"kube-apiserver-arg"`
 	}{
-		Endpoint: strings.Join(KubeEndpoints(c), ","),
+		Endpoint: strings.Join(clientURLs(c, nil), ","),
 		CAFile:   k3sDir + "/" + KubeCA,
 		CertFile: k3sDir + "/apiserver-etcd-client.pem",
 		KeyFile:  k3sDir + "/apiserver-etcd-client-key.pem",

@@ -246,13 +246,19 @@ func hostPort(ep Endpoint, m spec.Member, port int) string {
 	return m.IP + ":" + strconv.Itoa(port)
 }
 
-// EtcdctlEnv is etcdctl.env: source it and etcdctl talks to the cluster
-// with the admin certificate.
-func EtcdctlEnv(c *spec.Cluster, dir outdir.Layout, ep Endpoint) []byte {
+// clientURLs are the members' client URLs, as reached through ep.
+func clientURLs(c *spec.Cluster, ep Endpoint) []string {
 	var eps []string
 	for _, m := range c.Members {
 		eps = append(eps, "https://"+hostPort(ep, m, layout.ClientPort))
 	}
+	return eps
+}
+
+// EtcdctlEnv is etcdctl.env: source it and etcdctl talks to the cluster
+// with the admin certificate.
+func EtcdctlEnv(c *spec.Cluster, dir outdir.Layout, ep Endpoint) []byte {
+	eps := clientURLs(c, ep)
 	var b bytes.Buffer
 	b.WriteString("# Source this file to point etcdctl at the cluster with the admin certificate.\n")
 	for _, kv := range [][2]string{
