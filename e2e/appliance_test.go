@@ -69,6 +69,12 @@ type vmMember struct {
 // test, and its console tail printed if the test failed.
 func bootVM(t testing.TB, dir, img, data, config string) *vmMember {
 	t.Helper()
+	return bootVMWithMemory(t, dir, img, data, config, guestMemoryMB)
+}
+
+// bootVMWithMemory is bootVM with memoryMB of guest RAM.
+func bootVMWithMemory(t testing.TB, dir, img, data, config string, memoryMB int) *vmMember {
+	t.Helper()
 	client, err := testvm.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +86,7 @@ func bootVM(t testing.TB, dir, img, data, config string) *vmMember {
 	vm, err := testvm.Start(testvm.Options{
 		Name: "etcd-1", Dir: dir, Image: img, DataDisk: data, Config: config,
 		Accel:    "tcg",
-		MemoryMB: guestMemoryMB,
+		MemoryMB: memoryMB,
 		Network:  netip.MustParsePrefix("192.168.2.0/24"), HostIP: netip.MustParseAddr("192.168.2.1"),
 		GuestIP:  netip.MustParseAddr("192.168.2.51"),
 		Forwards: []testvm.Forward{{Host: client, Guest: 2379}, {Host: metrics, Guest: 2381}},
@@ -111,7 +117,7 @@ func sha(t *testing.T, path string) string {
 
 // espFile reads a file from the image's EFI system partition with
 // go-diskfs.
-func espFile(t *testing.T, img, path string) []byte {
+func espFile(t testing.TB, img, path string) []byte {
 	t.Helper()
 	d, err := diskfs.Open(img, diskfs.WithOpenMode(diskfs.ReadOnly))
 	if err != nil {
@@ -170,12 +176,22 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 		t.Errorf("fsck.vfat: %v\n%s", err, out)
 	}
 
-	// The boot files are where UEFI and systemd-boot look.
-	if l := espFile(t, img, image.LoaderPath); !bytes.HasPrefix(l, []byte("MZ")) {
+	// The one boot file is where UEFI looks on removable media: a
+	// unified kernel image with the kernel, the initramfs and the
+	// command line.
+	uki := espFile(t, img, image.LoaderPath)
+	if !bytes.HasPrefix(uki, []byte("MZ")) {
 		t.Errorf("%s is not an EFI binary", image.LoaderPath)
 	}
-	if e := string(espFile(t, img, image.EntryPath)); !strings.Contains(e, "linux /vmlinuz") || !strings.Contains(e, "console=ttyS0") {
-		t.Errorf("loader entry:\n%s", e)
+	if c, err := image.UKISectionData(uki, ".cmdline"); err != nil || !strings.Contains(string(c), "console=ttyS0") {
+		t.Errorf("command line %q: %v", c, err)
+	}
+	if k, err := image.UKISectionData(uki, ".linux"); err != nil || !bytes.Contains(k[:4096], []byte("HdrS")) {
+		t.Errorf("the .linux section is not a bzImage: %v", err)
+	}
+	initrdZ, err := image.UKISectionData(uki, ".initrd")
+	if err != nil {
+		t.Fatal(err)
 	}
 	rendered, _ := os.ReadFile(filepath.Join(out, "ignition", "etcd-1.ign"))
 	if !bytes.Equal(espFile(t, img, layout.ConfigPath), rendered) {
@@ -185,7 +201,7 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 	// The initramfs holds the node binary, its links and modules, and no
 	// shell.
 	zr, _ := zstd.NewReader(nil)
-	initrd, err := zr.DecodeAll(espFile(t, img, image.InitrdPath), nil)
+	initrd, err := zr.DecodeAll(initrdZ, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -319,8 +319,9 @@ func formatIfAllowed(dev string, size int64, content string, in intent) (string,
 		return "", false, err
 	}
 	defer storage.Close()
-	if err := formatData(storage, size, in); err != nil {
+	var zeroed int64
+	if err := formatData(zeroingStorage{storage, &zeroed}, size, in); err != nil {
 		return "", false, fmt.Errorf("format: %w", err)
 	}
-	return fmt.Sprintf("%s, formatted ext4 in %s", content, time.Since(start).Round(time.Millisecond)), true, nil
+	return fmt.Sprintf("%s, formatted ext4 in %s (%d MiB of it zeroed by the device)", content, time.Since(start).Round(time.Millisecond), zeroed>>20), true, nil
 }

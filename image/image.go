@@ -1,8 +1,9 @@
 // Package image assembles a member's bootable disk: a GPT disk whose one
-// partition, the EFI system partition (FAT32), holds systemd-boot as the
-// removable-media loader EFI/BOOT/BOOTX64.EFI, a loader entry, the Debian
-// cloud kernel, the initramfs (the node binary and the modules the
-// appliance needs, nothing else) and the member's Ignition config.
+// partition, the EFI system partition (FAT32), holds a unified kernel
+// image as the removable-media loader EFI/BOOT/BOOTX64.EFI (systemd's EFI
+// stub with the Debian cloud kernel, the initramfs and the command line:
+// the node binary and the modules the appliance needs, nothing else) and
+// the member's Ignition config.
 //
 // Images are reproducible: the same inputs give the same bytes. Disk and
 // partition GUIDs are derived from the cluster and member names, FAT and
@@ -35,12 +36,9 @@ import (
 
 // Paths on the EFI system partition, shared with firstboot.
 const (
-	LoaderPath    = "/EFI/BOOT/BOOTX64.EFI"
-	LoaderConf    = "/loader/loader.conf"
-	EntryPath     = "/loader/entries/etcdimg.conf"
-	KernelPath    = "/vmlinuz"
-	InitrdPath    = "/initrd.img"
-	systemdBootIn = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+	LoaderPath = "/EFI/BOOT/BOOTX64.EFI"
+	// stubIn is systemd's EFI stub in Debian's systemd-boot-efi package.
+	stubIn = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 )
 
 // KernelCmdline is the appliance's kernel command line: the serial console
@@ -55,7 +53,7 @@ const sourceDateEpoch = "1577836800"
 // Boot is what every member's image shares: the boot loader, the kernel
 // and the initramfs.
 type Boot struct {
-	Loader        []byte // systemd-bootx64.efi
+	Stub          []byte // systemd's linuxx64.efi.stub
 	Kernel        []byte // vmlinuz
 	KernelVersion string
 	Initrd        []byte // compressed
@@ -80,7 +78,7 @@ func PrepareBoot(in Inputs) (*Boot, error) {
 	if err != nil {
 		return nil, err
 	}
-	loader, err := readLoader(in.BootloaderDeb)
+	stub, err := ReadStub(in.BootloaderDeb)
 	if err != nil {
 		return nil, err
 	}
@@ -92,19 +90,20 @@ func PrepareBoot(in Inputs) (*Boot, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Boot{Loader: loader, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: initrd, InitrdRaw: raw}
+	b := &Boot{Stub: stub, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: initrd, InitrdRaw: raw}
 	for _, m := range mods {
 		b.Modules = append(b.Modules, m.Name)
 	}
 	return b, nil
 }
 
-func readLoader(debPath string) ([]byte, error) {
-	var loader []byte
+// ReadStub reads systemd's EFI stub from Debian's systemd-boot-efi package.
+func ReadStub(debPath string) ([]byte, error) {
+	var stub []byte
 	err := deb.Walk(debPath, func(h *tar.Header, name string, r io.Reader) error {
-		if name == systemdBootIn {
+		if name == stubIn {
 			b, err := io.ReadAll(r)
-			loader = b
+			stub = b
 			if err == nil {
 				err = deb.ErrStop
 			}
@@ -115,10 +114,10 @@ func readLoader(debPath string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image: read boot loader package: %w", err)
 	}
-	if loader == nil {
-		return nil, fmt.Errorf("image: %s holds no %s; pass Debian's systemd-boot-efi package", debPath, systemdBootIn)
+	if stub == nil {
+		return nil, fmt.Errorf("image: %s holds no %s; pass Debian's systemd-boot-efi package", debPath, stubIn)
 	}
-	return loader, nil
+	return stub, nil
 }
 
 // Member names the image being written.
@@ -170,20 +169,30 @@ const (
 )
 
 // Files returns the ESP's files for m, by path.
-func (b *Boot) Files(m Member) map[string][]byte {
-	loaderConf := "timeout 0\ndefault etcdimg.conf\neditor no\nrandom-seed-mode off\n"
-	entry := fmt.Sprintf("title etcdimg %s (%s)\nlinux %s\ninitrd %s\noptions %s\n", m.Name, m.Cluster, KernelPath, InitrdPath, m.Cmdline())
-	files := map[string][]byte{
-		LoaderPath: b.Loader,
-		LoaderConf: []byte(loaderConf),
-		EntryPath:  []byte(entry),
-		KernelPath: b.Kernel,
-		InitrdPath: b.Initrd,
+func (b *Boot) Files(m Member) (map[string][]byte, error) {
+	uki, err := b.UKI(m.Cmdline())
+	if err != nil {
+		return nil, err
 	}
+	files := map[string][]byte{LoaderPath: uki}
 	if !m.Generic() {
 		files[layout.ConfigPath] = m.Ignition
 	}
-	return files
+	return files, nil
+}
+
+// UKI is the unified kernel image that boots b with cmdline: systemd's
+// stub, then .osrel, .cmdline, .uname, .initrd and .linux, as ukify
+// orders them.
+func (b *Boot) UKI(cmdline string) ([]byte, error) {
+	osrel := fmt.Sprintf("ID=etcdimg\nNAME=etcdimg\nPRETTY_NAME=\"etcdimg appliance (Linux %s)\"\n", b.KernelVersion)
+	return UKI(b.Stub, []UKISection{
+		{".osrel", []byte(osrel)},
+		{".cmdline", []byte(cmdline)},
+		{".uname", []byte(b.KernelVersion)},
+		{".initrd", b.Initrd},
+		{".linux", b.Kernel},
+	})
 }
 
 // Cmdline is the kernel command line of m's image.
@@ -195,7 +204,10 @@ func (m Member) Cmdline() string {
 }
 
 func build(f *os.File, b *Boot, m Member) error {
-	files := b.Files(m)
+	files, err := b.Files(m)
+	if err != nil {
+		return err
+	}
 	var content int64
 	for _, data := range files {
 		content += int64(len(data))
@@ -264,7 +276,7 @@ func build(f *os.File, b *Boot, m Member) error {
 	if err != nil {
 		return fmt.Errorf("write ESP: %w", err)
 	}
-	for _, dir := range []string{"/EFI", "/EFI/BOOT", "/loader", "/loader/entries", layout.ConfigDir} {
+	for _, dir := range []string{"/EFI", "/EFI/BOOT", layout.ConfigDir} {
 		if err := fs.Mkdir(dir); err != nil {
 			return fmt.Errorf("write ESP: mkdir %s: %w", dir, err)
 		}

@@ -3,23 +3,43 @@ package image
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"etcdimg/deb"
 	"etcdimg/layout"
 )
 
-// fakeBoot is enough for the disk writer: it stores bytes, it does not
-// look into them.
+// fakeBoot is enough for the disk writer: the real EFI stub (the UKI is
+// a PE file), and kernel and initramfs bytes it does not look into.
 func fakeBoot() *Boot {
-	return &Boot{Loader: []byte("MZ loader"), Kernel: make([]byte, 3<<20), Initrd: make([]byte, 2<<20)}
+	return &Boot{Stub: realStub(), Kernel: make([]byte, 3<<20), Initrd: make([]byte, 2<<20), KernelVersion: "6.1.0-test"}
 }
+
+// realStub is systemd's EFI stub from the package `make deps` downloaded
+// ($ETCDIMG_DEB_CACHE, else the module's .cache/deb).
+var realStub = sync.OnceValue(func() []byte {
+	cache := os.Getenv(deb.CacheEnv)
+	if cache == "" {
+		cache = filepath.Join("..", ".cache", "deb")
+	}
+	p, err := deb.FindVerified(cache, deb.Bootloader)
+	if err == nil {
+		var stub []byte
+		if stub, err = ReadStub(p); err == nil {
+			return stub
+		}
+	}
+	panic(fmt.Sprintf("the EFI stub: %v (run `make deps`)", err))
+})
 
 // writeMember writes member etcd-1's raw image with config cfg.
 func writeMember(dir string, cfg []byte, restore string) ([]Built, error) {

@@ -98,7 +98,7 @@ func TestArgs(t *testing.T) {
 		"if=virtio,format=raw,readonly=on,file=/i.img", "if=virtio,format=raw,file=/d.img",
 		"hostfwd=tcp:127.0.0.1:1234-192.168.2.51:2379", "restrict=on",
 		"-fw_cfg name=opt/com.coreos/config,file=/c.ign", "mac=52:54:00:a8:02:33",
-		"file=" + OVMFCode, "-serial file:/console",
+		"file=" + OVMFCode, "-serial file:/console", "virtio-net-pci,romfile=,",
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args lack %q:\n%s", want, args)
@@ -106,7 +106,7 @@ func TestArgs(t *testing.T) {
 	}
 	o.LAN, o.Accel = "/lan.sock", "kvm"
 	args = strings.Join(o.Args("/console", "/qmp", "/vars"), " ")
-	if strings.Contains(args, "user,") || !strings.Contains(args, "stream,id=lan0,server=off,addr.type=unix,addr.path=/lan.sock") || !strings.Contains(args, "-cpu host") {
+	if strings.Contains(args, "user,") || !strings.Contains(args, "stream,id=lan0,server=off,addr.type=unix,addr.path=/lan.sock") || !strings.Contains(args, "-cpu host") || !strings.Contains(args, "virtio-net-pci,romfile=,") {
 		t.Errorf("LAN args:\n%s", args)
 	}
 }

@@ -1,0 +1,260 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/u-root/u-root/pkg/cpio"
+
+	"etcdimg/deb"
+	"etcdimg/image"
+	"etcdimg/testvm"
+)
+
+// The boot floor is what a member's boot cannot beat on this machine: the
+// same kernel, on the same QEMU machine, reaching its first userspace
+// instruction in a trivial initramfs whose /init at once writes to QEMU's
+// isa-debug-exit port, which ends QEMU with status 85. QEMU's wall time
+// is the floor: (a) with QEMU loading the kernel directly, (b) under OVMF
+// from a disk whose ESP holds the kernel and the trivial initramfs as the
+// same kind of unified kernel image a member boots.
+
+// debugExitPort is the I/O port of QEMU's isa-debug-exit device.
+const debugExitPort = 0xf4
+
+// trivialInit is a static x86-64 ELF executable of one page: ioperm
+// for the debug-exit port, then `out` 0x2a to it (QEMU exits with
+// 0x2a<<1|1 = 85), then spin.
+func trivialInit() []byte {
+	code := []byte{
+		0xb8, 173, 0, 0, 0, // mov eax, SYS_ioperm
+		0xbf, debugExitPort, 0, 0, 0, // mov edi, port
+		0xbe, 1, 0, 0, 0, // mov esi, 1 (one port)
+		0xba, 1, 0, 0, 0, // mov edx, 1 (allow)
+		0x0f, 0x05, // syscall
+		0xb0, 0x2a, // mov al, 0x2a
+		0xe6, debugExitPort, // out port, al
+		0xeb, 0xfe, // jmp $
+	}
+	const base, ehsize, phsize = 0x400000, 64, 56
+	var b bytes.Buffer
+	le := binary.LittleEndian
+	b.Write([]byte{0x7f, 'E', 'L', 'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	binary.Write(&b, le, struct {
+		Type, Machine                                        uint16
+		Version                                              uint32
+		Entry, Phoff, Shoff                                  uint64
+		Flags                                                uint32
+		Ehsize, Phentsize, Phnum, Shentsize, Shnum, Shstrndx uint16
+	}{2, 0x3e, 1, base + ehsize + phsize, ehsize, 0, 0, ehsize, phsize, 1, 0, 0, 0})
+	size := uint64(ehsize + phsize + len(code))
+	binary.Write(&b, le, struct {
+		Type, Flags                                uint32
+		Offset, Vaddr, Paddr, Filesz, Memsz, Align uint64
+	}{1, 5, 0, base, base, size, size, 0x1000})
+	b.Write(code)
+	return b.Bytes()
+}
+
+// trivialInitramfs is a newc archive holding /init and /dev/console.
+func trivialInitramfs(b testing.TB) []byte {
+	var buf bytes.Buffer
+	w := cpio.Newc.Writer(&buf)
+	for _, r := range []cpio.Record{
+		cpio.Directory("dev", 0o755),
+		cpio.CharDev("dev/console", 0o600, 5, 1),
+		cpio.StaticFile("init", string(trivialInit()), 0o755),
+	} {
+		if err := w.WriteRecord(cpio.MakeReproducible(r)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		b.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// floorBoot is what the floors boot: the kernel a member boots, the
+// trivial initramfs, and the member's command line.
+type floorBoot struct {
+	kernel, initrd string // files, for QEMU's -kernel and -initrd
+	disk           string // a raw disk whose ESP holds the UKI
+}
+
+// prepareFloor writes the floor's files into dir from the packages `make
+// deps` downloaded.
+func prepareFloor(b testing.TB, dir string) floorBoot {
+	cache := os.Getenv(deb.CacheEnv)
+	kdeb, err := deb.FindVerified(cache, deb.Kernel)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sdeb, err := deb.FindVerified(cache, deb.Bootloader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	k, err := image.ReadKernel(kdeb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	stub, err := image.ReadStub(sdeb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fb := floorBoot{kernel: filepath.Join(dir, "vmlinuz"), initrd: filepath.Join(dir, "trivial.cpio")}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	if err := errors.Join(os.WriteFile(fb.kernel, k.Vmlinuz, 0o644), os.WriteFile(fb.initrd, trivialInitramfs(b), 0o644)); err != nil {
+		b.Fatal(err)
+	}
+	boot := &image.Boot{Stub: stub, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: trivialInitramfs(b)}
+	raw, _ := image.FormatNamed("raw")
+	built, err := image.WriteAll(dir, []image.Member{{Cluster: "floor", Name: "floor"}}, boot, []image.Format{raw}, image.FormatOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	fb.disk = built[0].Path
+	return fb
+}
+
+// floorRun boots once and returns QEMU's wall time to the debug exit.
+// efi boots the disk under OVMF with the NVRAM in vars (a blank store
+// is copied there when it is missing); otherwise QEMU loads the kernel.
+func floorRun(b testing.TB, fb floorBoot, efi bool, vars string) time.Duration {
+	args := testvm.MachineArgs("tcg", guestMemoryMB, 1)
+	args = append(args, "-device", fmt.Sprintf("isa-debug-exit,iobase=%#x,iosize=0x04", debugExitPort))
+	console := filepath.Join(filepath.Dir(fb.disk), "floor-console.log")
+	args = append(args, "-serial", "file:"+console)
+	if efi {
+		if _, err := os.Stat(vars); err != nil {
+			blank, _ := os.ReadFile(testvm.OVMFVars)
+			os.WriteFile(vars, blank, 0o600)
+		}
+		args = append(args, testvm.FirmwareArgs(vars)...)
+		args = append(args, "-drive", "if=virtio,format=raw,readonly=on,file="+fb.disk)
+	} else {
+		args = append(args, "-kernel", fb.kernel, "-initrd", fb.initrd, "-append", image.KernelCmdline)
+	}
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		<-done
+		tail, _ := os.ReadFile(console)
+		b.Fatalf("floor boot did not reach /init within 2 minutes:\n%s", tail)
+	}
+	took := time.Since(start)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 85 {
+		tail, _ := os.ReadFile(console)
+		b.Fatalf("floor boot: QEMU ended with %v, not the debug exit (85): %s\n%s", err, stderr.Bytes(), tail)
+	}
+	return took
+}
+
+// floors measures floor (a) and floor (b) n times each, interleaved so
+// that a busy moment of the host weighs on both alike. Floor (b) is
+// measured with a blank NVRAM each time (a machine's first boot) and with
+// the NVRAM of the boot before (every later boot).
+type floorFigures struct {
+	direct, efiFirst, efiAgain []time.Duration
+}
+
+func measureFloors(b testing.TB, dir string, n int) floorFigures {
+	fb := prepareFloor(b, dir)
+	var f floorFigures
+	kept := filepath.Join(dir, "kept-vars.fd")
+	floorRun(b, fb, true, kept) // the kept NVRAM gets its boot options
+	for i := range n {
+		f.direct = append(f.direct, floorRun(b, fb, false, ""))
+		blank := filepath.Join(dir, fmt.Sprintf("blank-vars-%d.fd", i))
+		f.efiFirst = append(f.efiFirst, floorRun(b, fb, true, blank))
+		f.efiAgain = append(f.efiAgain, floorRun(b, fb, true, kept))
+	}
+	return f
+}
+
+// best and median of a sample.
+func best(d []time.Duration) time.Duration { return slices.Min(d) }
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// TestTrivialInitEndsQEMUAtOnce: the floor's /init, booted by QEMU with
+// the member's kernel, ends QEMU with the debug-exit status, and its
+// UKI boots under OVMF to the same end. Without this the floors the
+// benchmark prints could be timeouts.
+func TestTrivialInitEndsQEMUAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	fb := prepareFloor(t, dir)
+	for _, efi := range []bool{false, true} {
+		d := floorRun(t, fb, efi, filepath.Join(dir, "vars.fd"))
+		t.Logf("efi=%v: QEMU start → /init: %s", efi, d.Round(10*time.Millisecond))
+	}
+}
+
+// initramfsOf is the compressed initramfs in img's unified kernel image.
+func initramfsOf(b testing.TB, img string) []byte {
+	initrd, err := image.UKISectionData(espFile(b, img, image.LoaderPath), ".initrd")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return initrd
+}
+
+func unpackedSize(b testing.TB, initrd []byte) int64 {
+	zr, _ := zstd.NewReader(nil)
+	defer zr.Close()
+	raw, err := zr.DecodeAll(initrd, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return int64(len(raw))
+}
+
+// initramfsCost is what the member's initramfs adds to floor (a): the
+// kernel loads and unpacks it, then the trivial archive after it, whose
+// /init replaces the node binary's. Best of n, each against a floor (a)
+// run next to it.
+func initramfsCost(b testing.TB, dir string, initrd []byte, n int) time.Duration {
+	fb := prepareFloor(b, filepath.Join(dir, "cost"))
+	with := fb
+	with.initrd = filepath.Join(dir, "cost", "member-then-trivial.cpio")
+	// The kernel takes concatenated archives; zero bytes pad the
+	// compressed one to the 4-byte boundary the next header needs.
+	both := slices.Clone(initrd)
+	both = append(both, make([]byte, (4-len(both)%4)%4)...)
+	if err := os.WriteFile(with.initrd, append(both, trivialInitramfs(b)...), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	var withs, withouts []time.Duration
+	for range n {
+		withouts = append(withouts, floorRun(b, fb, false, ""))
+		withs = append(withs, floorRun(b, with, false, ""))
+	}
+	return best(withs) - best(withouts)
+}
