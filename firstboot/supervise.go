@@ -2,6 +2,7 @@ package firstboot
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -30,6 +31,8 @@ type service struct {
 	cmd       *exec.Cmd
 	exited    chan struct{} // closed when the current process has exited
 	startedAt time.Time
+	held      *heldLines    // the current process's routine log lines
+	relayed   chan struct{} // closed when its output is all read
 	stopping  bool
 	wake      chan struct{} // closed by stop, to end a restart delay
 	ready     bool
@@ -138,8 +141,14 @@ func (s *service) spawn(env []string) error {
 		delete(reaper.own, cmd.Process.Pid)
 		reaper.mu.Unlock()
 	})
+	held := &heldLines{}
+	relayed := make(chan struct{})
+	s.mu.Lock()
+	s.held, s.relayed = held, relayed
+	s.mu.Unlock()
 	goSafe(s.unit.Name+" output", func() {
-		relay(strings.TrimSuffix(s.unit.Name, ".service"), pr)
+		defer close(relayed)
+		relay(strings.TrimSuffix(s.unit.Name, ".service"), pr, held)
 		pr.Close()
 	})
 	return nil
@@ -158,7 +167,7 @@ func (s *service) supervise(env []string) {
 	delay := s.unit.RestartSec
 	for {
 		s.mu.Lock()
-		cmd, exited, started := s.cmd, s.exited, s.startedAt
+		cmd, exited, started, held, relayed := s.cmd, s.exited, s.startedAt, s.held, s.relayed
 		s.mu.Unlock()
 		err := cmd.Wait()
 		close(exited)
@@ -171,6 +180,15 @@ func (s *service) supervise(env []string) {
 			return
 		}
 		failed := err != nil
+		if failed {
+			// The routine lines the console was spared are what an
+			// operator needs now: print the last of them.
+			select {
+			case <-relayed:
+			case <-time.After(time.Second):
+			}
+			held.dump(strings.TrimSuffix(s.unit.Name, ".service"))
+		}
 		restart := s.unit.Restart == "always" || (s.unit.Restart == "on-failure" && failed)
 		if s.unit.Type == "oneshot" && !failed {
 			logf("%s: finished", s.unit.Name)
@@ -303,8 +321,12 @@ var console io.Writer = os.Stdout
 const maxLine = 64 << 10
 
 // relay copies a service's output to the console, one prefixed line at a
-// time, until EOF.
-func relay(prefix string, r io.Reader) {
+// time, until EOF. Routine lines of a JSON log (level debug or info, and
+// none of the milestones an operator watches for) are held back instead:
+// every line written to the emulated serial port costs the boot CPU time
+// (etcd's 80 start-up lines took about half a second of a TCG boot), and
+// the last of them are printed when the service fails.
+func relay(prefix string, r io.Reader, held *heldLines) {
 	br := bufio.NewReaderSize(r, maxLine)
 	for {
 		line, isPrefix, err := br.ReadLine()
@@ -313,7 +335,11 @@ func relay(prefix string, r io.Reader) {
 			if isPrefix {
 				cut = " [line cut at 64 KiB]"
 			}
-			fmt.Fprintf(console, "%s: %s%s\n", prefix, line, cut)
+			if held != nil && routine(line) {
+				held.add(fmt.Sprintf("%s%s", line, cut))
+			} else {
+				fmt.Fprintf(console, "%s: %s%s\n", prefix, line, cut)
+			}
 		}
 		for isPrefix && err == nil {
 			_, isPrefix, err = br.ReadLine()
@@ -323,4 +349,68 @@ func relay(prefix string, r io.Reader) {
 			return
 		}
 	}
+}
+
+// milestones are the messages of a routine level that still reach the
+// console: what an operator reads to see a member form, join, lead and
+// serve.
+var milestones = []string{
+	"ready to serve client requests", "serving client traffic securely",
+	"elected leader", "lost leader", "became leader",
+	"added member", "removed member", "published local member",
+	"restore", "enabled authentication", "starting an etcd server",
+}
+
+// routine reports whether line is a JSON log line of level debug or
+// info that is no milestone.
+func routine(line []byte) bool {
+	if len(line) == 0 || line[0] != '{' {
+		return false
+	}
+	var l struct{ Level, Msg string }
+	if json.Unmarshal(line, &l) != nil || (l.Level != "info" && l.Level != "debug") {
+		return false
+	}
+	for _, m := range milestones {
+		if strings.Contains(l.Msg, m) {
+			return false
+		}
+	}
+	return true
+}
+
+// heldLines keeps the last routine lines of a service's run.
+type heldLines struct {
+	mu    sync.Mutex
+	lines []string
+	total int
+}
+
+const maxHeld = 100
+
+func (h *heldLines) add(line string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.total++
+	if len(h.lines) == maxHeld {
+		h.lines = h.lines[1:]
+	}
+	h.lines = append(h.lines, line)
+}
+
+// dump prints the held lines to the console, once.
+func (h *heldLines) dump(prefix string) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.lines) == 0 {
+		return
+	}
+	fmt.Fprintf(console, "%s: the last %d of %d routine log lines, held back from the console while it ran:\n", prefix, len(h.lines), h.total)
+	for _, l := range h.lines {
+		fmt.Fprintf(console, "%s: %s\n", prefix, l)
+	}
+	h.lines, h.total = nil, 0
 }

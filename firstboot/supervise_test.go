@@ -296,3 +296,37 @@ func TestForeignClusterIsNamed(t *testing.T) {
 		t.Errorf("a peer without an answer: %q", why)
 	}
 }
+
+// TestRoutineLogLinesAreHeldBackUntilAFailure: a service's JSON info
+// lines stay off the console (each costs a TCG boot CPU time), its
+// warnings, milestones and plain lines reach it, and when the service
+// fails the last routine lines are printed after all.
+func TestRoutineLogLinesAreHeldBackUntilAFailure(t *testing.T) {
+	out := captureConsole(t)
+	dir := t.TempDir()
+	prog := script(t, dir, "etcdish", `echo '{"level":"info","msg":"recognized and used environment variable"}'
+echo '{"level":"warn","msg":"something to see"}'
+echo '{"level":"info","msg":"ready to serve client requests"}'
+echo 'a plain line'
+echo '{"level":"info","msg":"routine-before-the-crash"}'
+exit 3
+`)
+	s := newService(unit(t, "etcdish.service", "[Service]\nExecStart="+prog+"\nRestart=no\n"))
+	if _, err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	exited := s.exited
+	s.mu.Unlock()
+	<-exited
+	waitUntil(t, 5*time.Second, "the held lines after the failure", func() bool { return strings.Contains(out.String(), "routine-before-the-crash") })
+	console := out.String()
+	for _, want := range []string{"something to see", "ready to serve client requests", "etcdish: a plain line", "the last 2 of 2 routine log lines"} {
+		if !strings.Contains(console, want) {
+			t.Errorf("console lacks %q:\n%s", want, console)
+		}
+	}
+	if i, j := strings.Index(console, "recognized and used"), strings.Index(console, "held back"); i < j {
+		t.Errorf("a routine line reached the console before the failure:\n%s", console)
+	}
+}
