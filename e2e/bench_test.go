@@ -139,9 +139,14 @@ func tryBootToHealthy(b *testing.B, dir, img, data string, memoryMB int, timeout
 			fmt.Printf("  %d MiB: not healthy within %s; console tail:\n%s\n", memoryMB, timeout, m.vm.Tail(15))
 			return 0, nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	took := time.Since(start)
+	// firstboot stamps "ready" a moment after etcd answers; the profile
+	// needs that line.
+	if err := m.vm.WaitConsole("etcd.service: ready", 30*time.Second); err != nil {
+		b.Fatal(err)
+	}
 	m.vm.Shutdown(time.Minute)
 	p, err := bootProfile(m.vm.Console, took)
 	if err != nil {
