@@ -184,7 +184,13 @@ func inspect(r io.ReaderAt, size int64) (string, error) {
 func firstData(read func(off, n int64) []byte, size int64) (int64, bool) {
 	check := func(off, n int64) (int64, bool) {
 		for done := int64(0); done < n; done += mib {
-			for j, c := range read(off+done, min(mib, n-done)) {
+			b := read(off+done, min(mib, n-done))
+			if allZero(b) {
+				// The common case, compared a word at a time: a byte loop
+				// over the 32 MiB took 0.3-0.4 s of a TCG boot.
+				continue
+			}
+			for j, c := range b {
 				if c != 0 {
 					return off + done + int64(j), true
 				}
@@ -279,15 +285,24 @@ func prepareDataDisk(dir string, in intent) (dev, detail string, formatted bool,
 		return "", "", false, err
 	}
 	size, err := deviceSize(f)
+	f.Close()
 	if err == nil {
-		var content string
-		content, err = inspect(f, size)
-		f.Close()
-		if err == nil {
-			detail, formatted, err = formatIfAllowed(dev, size, content, in)
+		var r io.ReaderAt
+		var c io.Closer
+		if r, c, err = openDirect(dev); err == nil {
+			start := time.Now()
+			var content string
+			var w *windowReader
+			if w, err = newWindowReader(r, size, zeroWindow+mib, zeroWindow); err == nil {
+				content, err = inspect(w, size)
+			}
+			c.Close()
+			took := time.Since(start)
+			if err == nil {
+				detail, formatted, err = formatIfAllowed(dev, size, content, in)
+				detail = fmt.Sprintf("inspected in %s: %s", took.Round(time.Millisecond), detail)
+			}
 		}
-	} else {
-		f.Close()
 	}
 	if err != nil {
 		return "", "", false, fmt.Errorf("data disk %s: %w", dev, err)

@@ -2,6 +2,7 @@ package firstboot
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,5 +65,43 @@ func TestFormatZeroesThroughTheDevice(t *testing.T) {
 				t.Fatalf("e2fsck: %v\n%s", err, out)
 			}
 		})
+	}
+}
+
+// TestDirectReadsMatchPlainReads: the disk rule's O_DIRECT reader gives
+// the bytes a plain read gives, at unaligned offsets and lengths and up
+// to the device's end, on a loop device.
+func TestDirectReadsMatchPlainReads(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "disk.img")
+	data := make([]byte, 1<<20+4096)
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	os.WriteFile(p, data, 0o600)
+	out, err := exec.Command("losetup", "--find", "--show", p).Output()
+	if err != nil {
+		t.Fatalf("losetup: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "-d", dev).Run()
+	r, c, err := openDirect(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := r.(directReader); !ok {
+		t.Fatalf("a loop device was not opened for direct reads")
+	}
+	for _, tc := range []struct{ off, n int64 }{{0, 512}, {1024, 1024}, {1, 3}, {4095, 2}, {8192, 8192}, {int64(len(data)) - 10, 10}, {1 << 20, 4096}} {
+		got := make([]byte, tc.n)
+		if n, err := r.ReadAt(got, tc.off); err != nil || int64(n) != tc.n {
+			t.Errorf("read %d at %d: %d bytes, %v", tc.n, tc.off, n, err)
+		}
+		if !bytes.Equal(got, data[tc.off:tc.off+tc.n]) {
+			t.Errorf("read %d at %d: wrong bytes", tc.n, tc.off)
+		}
+	}
+	if n, err := r.ReadAt(make([]byte, 100), int64(len(data))-50); n != 50 || err != io.EOF {
+		t.Errorf("read across the end: %d bytes, %v; want 50, EOF", n, err)
 	}
 }
