@@ -12,7 +12,7 @@ HOST_TOOLS := openssl:openssl qemu-system-x86_64:qemu-system-x86 sfdisk:fdisk cr
 	fsck.vfat:dosfstools e2fsck:e2fsprogs mkfs.ext4:e2fsprogs prometheus:prometheus \
 	qemu-img:qemu-utils objdump:binutils
 # Files that prove a package without a command is installed, as file:package.
-HOST_FILES := /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
+HOST_FILES := /usr/share/OVMF/OVMF_CODE.fd:ovmf
 
 # The Debian packages an image is made from, downloaded (not installed)
 # into an ignored cache: the versioned cloud kernel the meta-package

@@ -89,6 +89,7 @@ func trivialInitramfs(b testing.TB) []byte {
 type floorBoot struct {
 	kernel, initrd string // files, for QEMU's -kernel and -initrd
 	disk           string // a raw disk whose ESP holds the UKI
+	cmdline        string // for QEMU's -append; "" is the member's
 }
 
 // prepareFloor writes the floor's files into dir from the packages `make
@@ -144,7 +145,11 @@ func floorRun(b testing.TB, fb floorBoot, efi bool, vars string) time.Duration {
 		args = append(args, testvm.FirmwareArgs(vars)...)
 		args = append(args, "-drive", "if=virtio,format=raw,readonly=on,file="+fb.disk)
 	} else {
-		args = append(args, "-kernel", fb.kernel, "-initrd", fb.initrd, "-append", image.KernelCmdline)
+		cmdline := fb.cmdline
+		if cmdline == "" {
+			cmdline = image.KernelCmdline
+		}
+		args = append(args, "-kernel", fb.kernel, "-initrd", fb.initrd, "-append", cmdline)
 	}
 	cmd := exec.Command("qemu-system-x86_64", args...)
 	var stderr bytes.Buffer

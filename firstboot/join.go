@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -203,6 +204,13 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 		sc <- status{clusterID: r.Header.ClusterId}
 	}()
 	code, body, perr := get(probePath)
+	if errors.Is(perr, syscall.ECONNREFUSED) {
+		// Nothing listens on its peer port, so no etcd serves its
+		// clients either: do not wait out the client port's dial (2 s a
+		// round, measured, while the last member was still booting).
+		st.Detail = oneLine(perr.Error())
+		return st
+	}
 	var r probeReply
 	if perr == nil && code == http.StatusOK && json.Unmarshal(body, &r) == nil && (r.Disk == "blank" || r.Disk == "starting") && r.Cluster == s.Cluster && r.Member == p.Name {
 		st.State = r.Disk

@@ -17,6 +17,8 @@ import (
 var (
 	moduleDir       = strings.TrimPrefix(layout.ModuleDir, "/")
 	moduleOrderFile = strings.TrimPrefix(layout.ModuleOrder, "/")
+	moduleAliasFile = strings.TrimPrefix(layout.ModuleAliases, "/")
+	moduleDepFile   = strings.TrimPrefix(layout.ModuleDeps, "/")
 	dataDir         = strings.TrimPrefix(layout.DataMount, "/")
 )
 
@@ -53,13 +55,24 @@ func Initramfs(node []byte, modules []*Module) (compressed, raw []byte, err erro
 	for _, p := range Programs {
 		recs = append(recs, cpio.Symlink("usr/bin/"+p, "/"+InitPath))
 	}
-	var order []string
+	var order, aliases, deps []string
 	for _, m := range modules {
 		file := m.Name + ".ko"
 		recs = append(recs, cpio.StaticFile(path.Join(moduleDir, file), string(m.Data), 0o644))
 		order = append(order, file)
+		for _, a := range m.Aliases {
+			aliases = append(aliases, "alias "+a+" "+m.Name)
+		}
+		var d []string
+		for _, dep := range m.Depends {
+			d = append(d, dep+".ko")
+		}
+		deps = append(deps, strings.TrimSpace(file+": "+strings.Join(d, " ")))
 	}
-	recs = append(recs, cpio.StaticFile(moduleOrderFile, strings.Join(order, "\n")+"\n", 0o644))
+	recs = append(recs,
+		cpio.StaticFile(moduleOrderFile, strings.Join(order, "\n")+"\n", 0o644),
+		cpio.StaticFile(moduleAliasFile, strings.Join(aliases, "\n")+"\n", 0o644),
+		cpio.StaticFile(moduleDepFile, strings.Join(deps, "\n")+"\n", 0o644))
 
 	// Every parent directory gets its own record: the kernel's unpacker
 	// does not create missing parents.

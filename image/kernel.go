@@ -26,6 +26,10 @@ type Module struct {
 	Name    string
 	Data    []byte
 	Depends []string
+	// Aliases are the device patterns the module serves (modinfo
+	// alias=, as "pci:v00001AF4d*..."), which firstboot matches against
+	// the machine's devices.
+	Aliases []string
 }
 
 // ApplianceModules are the modules the appliance loads, dependencies
@@ -114,6 +118,8 @@ func parseModule(data []byte) (*Module, error) {
 		switch k {
 		case "name":
 			m.Name = v
+		case "alias":
+			m.Aliases = append(m.Aliases, v)
 		case "depends":
 			for _, d := range strings.Split(v, ",") {
 				if d != "" {

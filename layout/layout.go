@@ -26,6 +26,11 @@ const (
 	// ModuleOrder lists ModuleDir's files, dependencies first, one per
 	// line: the order firstboot loads them in.
 	ModuleOrder = ModuleDir + "/load-order"
+	// ModuleAliases lists, as depmod's modules.alias does, "alias PATTERN
+	// NAME" for each device pattern a module serves; ModuleDeps, as
+	// modules.dep, "NAME.ko: DEP.ko ..." for each module.
+	ModuleAliases = ModuleDir + "/modules.alias"
+	ModuleDeps    = ModuleDir + "/modules.dep"
 )
 
 // The data disk. It is mounted at DataMount and holds etcd's data
