@@ -199,12 +199,8 @@ func loadModules() (string, error) {
 // failedDep names a dependency of m that was tried and failed, or that
 // is in the image but was not loaded.
 func (s moduleSet) failedDep(m string, done map[string]error) string {
-	inImage := map[string]bool{}
-	for _, x := range s.order {
-		inImage[x] = true
-	}
 	for _, d := range s.deps[m] {
-		if !inImage[d] {
+		if !slices.Contains(s.order, d) {
 			continue // built into the kernel
 		}
 		if err, tried := done[d]; !tried || err != nil {
