@@ -138,9 +138,8 @@ func floorRun(b testing.TB, fb floorBoot, efi bool, vars string) time.Duration {
 	console := filepath.Join(filepath.Dir(fb.disk), "floor-console.log")
 	args = append(args, "-serial", "file:"+console)
 	if efi {
-		if _, err := os.Stat(vars); err != nil {
-			blank, _ := os.ReadFile(testvm.OVMFVars)
-			os.WriteFile(vars, blank, 0o600)
+		if err := testvm.EnsureNVRAM(vars); err != nil {
+			b.Fatal(err)
 		}
 		args = append(args, testvm.FirmwareArgs(vars)...)
 		args = append(args, "-drive", "if=virtio,format=raw,readonly=on,file="+fb.disk)

@@ -295,10 +295,8 @@ func Start(o Options) (*VM, error) {
 	// writes its boot options into a blank variable store on the first
 	// boot only (under TCG that first boot costs about 1.2 s more).
 	vars := filepath.Join(o.Dir, o.Name+"-vars.fd")
-	if !sameSize(vars, OVMFVars) { // missing, or another firmware's
-		if err := copyFile(OVMFVars, vars); err != nil {
-			return nil, fmt.Errorf("testvm: OVMF variables (install Debian's ovmf): %w", err)
-		}
+	if err := EnsureNVRAM(vars); err != nil {
+		return nil, err
 	}
 	v := &VM{
 		Opts:    o,
@@ -568,6 +566,19 @@ func createSparse(path string, size int64) error {
 		return err
 	}
 	return f.Close()
+}
+
+// EnsureNVRAM makes path a machine's OVMF variable store: a blank copy
+// of OVMFVars when it is missing or is another firmware's (its size
+// differs), else it is kept as it is.
+func EnsureNVRAM(path string) error {
+	if sameSize(path, OVMFVars) {
+		return nil
+	}
+	if err := copyFile(OVMFVars, path); err != nil {
+		return fmt.Errorf("testvm: OVMF variables (install Debian's ovmf): %w", err)
+	}
+	return nil
 }
 
 // sameSize reports whether a and b both exist with the same size.
