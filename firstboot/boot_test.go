@@ -142,12 +142,7 @@ func TestServiceRestartsOnFailure(t *testing.T) {
 	// Restart=no runs it once.
 	u, _ = ParseUnit("once.service", []byte("[Service]\nExecStart=/bin/false\n"))
 	s = newService(u)
-	if _, err := s.start(); err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock()
-	exited := s.exited
-	s.mu.Unlock()
+	_, exited := startProcess(t, s)
 	<-exited
 	time.Sleep(200 * time.Millisecond)
 	s.mu.Lock()

@@ -3,6 +3,7 @@ package firstboot
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -125,12 +126,7 @@ func TestLongOutputLineDoesNotKillTheService(t *testing.T) {
 	dir := t.TempDir()
 	prog := script(t, dir, "talk", "head -c 2097152 /dev/zero | tr '\\0' x; echo; echo after-the-long-line; sleep 0.5; echo still-alive\n")
 	s := newService(unit(t, "talk.service", "[Service]\nExecStart="+prog+"\n"))
-	if _, err := s.start(); err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock()
-	exited, cmd := s.exited, s.cmd
-	s.mu.Unlock()
+	cmd, exited := startProcess(t, s)
 	select {
 	case <-exited:
 	case <-time.After(20 * time.Second):
@@ -312,12 +308,7 @@ echo '{"level":"info","msg":"routine-before-the-crash"}'
 exit 3
 `)
 	s := newService(unit(t, "etcdish.service", "[Service]\nExecStart="+prog+"\nRestart=no\n"))
-	if _, err := s.start(); err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock()
-	exited := s.exited
-	s.mu.Unlock()
+	_, exited := startProcess(t, s)
 	<-exited
 	waitUntil(t, 5*time.Second, "the held lines after the failure", func() bool { return strings.Contains(out.String(), "routine-before-the-crash") })
 	console := out.String()
@@ -329,4 +320,16 @@ exit 3
 	if i, j := strings.Index(console, "recognized and used"), strings.Index(console, "held back"); i < j {
 		t.Errorf("a routine line reached the console before the failure:\n%s", console)
 	}
+}
+
+// startProcess starts s and returns its process and the channel closed
+// when that process exits.
+func startProcess(t *testing.T, s *service) (*exec.Cmd, chan struct{}) {
+	t.Helper()
+	if _, err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd, s.exited
 }
