@@ -55,10 +55,12 @@ debs:
 		done > Packages.tmp && mv Packages.tmp Packages; \
 	fi
 
-## build: bin/etcdimg (the host CLI) and bin/etcdnode (the in-image multi-call binary).
+## build: bin/etcdimg (the host CLI), bin/etcdnode (the in-image multi-call binary)
+## and bin/etcdinit (the initramfs's /init, which runs etcdnode from the ESP).
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/etcdimg ./cmd/etcdimg
 	$(GO) build $(GOFLAGS_BUILD) -o bin/etcdnode ./cmd/etcdnode
+	$(GO) build $(GOFLAGS_BUILD) -o bin/etcdinit ./cmd/etcdinit
 
 ## up: from a fresh machine: install, build, build the member images into
 ## $(OUT), boot them in QEMU and print the health table. The cluster keeps

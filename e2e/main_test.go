@@ -33,7 +33,8 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		bin.etcdimg = filepath.Join(dir, "etcdimg")
 		node := filepath.Join(dir, "etcdnode")
-		for out, pkg := range map[string]string{bin.etcdimg: "etcdimg/cmd/etcdimg", node: "etcdimg/cmd/etcdnode"} {
+		initBin := filepath.Join(dir, "etcdinit")
+		for out, pkg := range map[string]string{bin.etcdimg: "etcdimg/cmd/etcdimg", node: "etcdimg/cmd/etcdnode", initBin: "etcdimg/cmd/etcdinit"} {
 			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if b, err := cmd.CombinedOutput(); err != nil {

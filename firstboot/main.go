@@ -15,17 +15,18 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"etcdimg/console"
 	"etcdimg/ignition/ign"
 	"etcdimg/layout"
 )
 
 // Console prefixes every line firstboot prints; tests and operators grep
 // for it.
-const Console = "firstboot:"
+const Console = console.Prefix
 
 // Console lines that mark milestones, matched by tests and by `etcdimg up`.
 const (
-	MsgStopped  = "BOOT STOPPED:"
+	MsgStopped  = console.Stopped
 	MsgReady    = "ready"
 	MsgPowerOff = "powering off"
 )
@@ -58,7 +59,7 @@ func Main() {
 			n.stopped(fmt.Errorf("internal error: %v", r))
 		}
 	}()
-	logf("etcdimg appliance starting (pid %d)", os.Getpid())
+	logf("node binary running (pid %d)", os.Getpid())
 	// Ctrl-Alt-Del would otherwise reboot at once, without stopping etcd
 	// or syncing; with it off, the kernel sends PID 1 SIGINT, which is a
 	// power-off like the ACPI button.
@@ -88,9 +89,6 @@ func (n *node) waitPower() string {
 // config happens before anything touches a disk.
 func (n *node) boot() error {
 	if err := step("mount kernel file systems", mountKernelFS); err != nil {
-		return err
-	}
-	if err := step("load modules", loadModules); err != nil {
 		return err
 	}
 	if err := watchPowerButton(func() { n.requestPower("ACPI power button") }); err != nil {
@@ -298,21 +296,7 @@ func (n *node) boot() error {
 }
 
 // step runs one boot step and prints it as one line with its duration.
-func step(name string, fn func() (string, error)) error {
-	start := time.Now()
-	detail, err := fn()
-	took := time.Since(start).Round(time.Millisecond)
-	if err != nil {
-		logf("%s: failed after %s: %v", name, took, err)
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	if detail != "" {
-		logf("%s: %s (%s)", name, detail, took)
-	} else {
-		logf("%s (%s)", name, took)
-	}
-	return nil
-}
+func step(name string, fn func() (string, error)) error { return console.Step(name, fn) }
 
 // stopped reports a boot that cannot go on, stops whatever was started,
 // and waits for the power button; the data disk is left as it is.
@@ -388,11 +372,6 @@ func goSafe(name string, fn func()) {
 
 // logf prints one line to the console, stamped with the time since the
 // kernel started.
-func logf(format string, args ...any) {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	up := time.Duration(ts.Nano())
-	fmt.Fprintf(os.Stdout, "[%8.3f] %s %s\n", up.Seconds(), Console, fmt.Sprintf(format, args...))
-}
+func logf(format string, args ...any) { console.Logf(format, args...) }
 
 var errNotFound = errors.New("not found")

@@ -312,8 +312,8 @@ func (s *service) listenNotify() (string, error) {
 	return path, nil
 }
 
-// console is where service output goes: the serial console.
-var console io.Writer = os.Stdout
+// serialOut is where service output goes: the serial console.
+var serialOut io.Writer = os.Stdout
 
 // maxLine is the longest line relayed whole; a longer one is cut, and
 // the rest of it dropped, but the relay never stops reading: a service
@@ -338,7 +338,7 @@ func relay(prefix string, r io.Reader, held *heldLines) {
 			if held != nil && routine(line) {
 				held.add(fmt.Sprintf("%s%s", line, cut))
 			} else {
-				fmt.Fprintf(console, "%s: %s%s\n", prefix, line, cut)
+				fmt.Fprintf(serialOut, "%s: %s%s\n", prefix, line, cut)
 			}
 		}
 		for isPrefix && err == nil {
@@ -408,9 +408,9 @@ func (h *heldLines) dump(prefix string) {
 	if len(h.lines) == 0 {
 		return
 	}
-	fmt.Fprintf(console, "%s: the last %d of %d routine log lines, held back from the console while it ran:\n", prefix, len(h.lines), h.total)
+	fmt.Fprintf(serialOut, "%s: the last %d of %d routine log lines, held back from the console while it ran:\n", prefix, len(h.lines), h.total)
 	for _, l := range h.lines {
-		fmt.Fprintf(console, "%s: %s\n", prefix, l)
+		fmt.Fprintf(serialOut, "%s: %s\n", prefix, l)
 	}
 	h.lines, h.total = nil, 0
 }

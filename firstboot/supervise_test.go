@@ -34,9 +34,9 @@ func (l *lockedBuffer) String() string {
 func captureConsole(t *testing.T) *lockedBuffer {
 	t.Helper()
 	buf := &lockedBuffer{}
-	old := console
-	console = buf
-	t.Cleanup(func() { console = old })
+	old := serialOut
+	serialOut = buf
+	t.Cleanup(func() { serialOut = old })
 	return buf
 }
 

@@ -59,12 +59,16 @@ type Boot struct {
 	Initrd        []byte // compressed
 	InitrdRaw     []byte // uncompressed, for inspection
 	Modules       []string
+	// Node is the node binary, which goes on the ESP
+	// (layout.NodeBinaryPath), not into the initramfs.
+	Node []byte
 }
 
 // Inputs name the files a Boot is made from.
 type Inputs struct {
 	KernelDeb, BootloaderDeb string
-	NodeBinary               string // the static multi-call binary
+	NodeBinary               string // the static multi-call binary, run from the ESP
+	InitBinary               string // the initramfs's /init (cmd/etcdinit)
 }
 
 // PrepareBoot reads the packages and the node binary and builds the
@@ -86,11 +90,15 @@ func PrepareBoot(in Inputs) (*Boot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image: node binary: %w; build it with `make`", err)
 	}
-	initrd, raw, err := Initramfs(node, mods)
+	initBin, err := os.ReadFile(in.InitBinary)
+	if err != nil {
+		return nil, fmt.Errorf("image: init binary: %w; build it with `make`", err)
+	}
+	initrd, raw, err := Initramfs(initBin, mods)
 	if err != nil {
 		return nil, err
 	}
-	b := &Boot{Stub: stub, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: initrd, InitrdRaw: raw}
+	b := &Boot{Stub: stub, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: initrd, InitrdRaw: raw, Node: node}
 	for _, m := range mods {
 		b.Modules = append(b.Modules, m.Name)
 	}
@@ -175,6 +183,9 @@ func (b *Boot) Files(m Member) (map[string][]byte, error) {
 		return nil, err
 	}
 	files := map[string][]byte{LoaderPath: uki}
+	if b.Node != nil {
+		files[layout.NodeBinaryPath] = b.Node
+	}
 	if !m.Generic() {
 		files[layout.ConfigPath] = m.Ignition
 	}

@@ -29,20 +29,21 @@ const InitPath = "init"
 // /usr/bin.
 var Programs = []string{"etcd", "etcdctl", "etcdutl", path.Base(layout.BackupBinary)}
 
-// Initramfs builds the appliance's root file system: the node binary as
-// /init with links for etcd's programs, the modules with their load order,
-// the directories firstboot mounts on, and /dev/console so the kernel can
+// Initramfs builds the appliance's root file system: the small init
+// binary (cmd/etcdinit) as /init, the modules with their load order,
+// the links by which the node binary's programs run from the ESP, the
+// directories firstboot mounts on, and /dev/console so the kernel can
 // give /init a console before devtmpfs is mounted. Nothing else: no
-// shell, no login, no libraries (the binary is static). The archive is
+// shell, no login, no libraries (the binaries are static). The archive is
 // newc cpio, entries sorted, timestamps and owners zeroed, zstd
 // compressed.
-func Initramfs(node []byte, modules []*Module) (compressed, raw []byte, err error) {
+func Initramfs(initBin []byte, modules []*Module) (compressed, raw []byte, err error) {
 	recs := []cpio.Record{
-		cpio.StaticFile(InitPath, string(node), 0o755),
+		cpio.StaticFile(InitPath, string(initBin), 0o755),
 		cpio.CharDev("dev/console", 0o600, 5, 1),
 		cpio.CharDev("dev/null", 0o666, 1, 3),
 	}
-	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", dataDir, "usr/bin", "boot", moduleDir} {
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", dataDir, "usr/bin", strings.TrimPrefix(layout.ESPMount, "/"), moduleDir} {
 		mode := uint64(0o755)
 		switch d {
 		case "tmp":
@@ -53,7 +54,7 @@ func Initramfs(node []byte, modules []*Module) (compressed, raw []byte, err erro
 		recs = append(recs, cpio.Directory(d, mode))
 	}
 	for _, p := range Programs {
-		recs = append(recs, cpio.Symlink("usr/bin/"+p, "/"+InitPath))
+		recs = append(recs, cpio.Symlink("usr/bin/"+p, layout.NodeBinary))
 	}
 	var order, aliases, deps []string
 	for _, m := range modules {

@@ -17,9 +17,20 @@ const (
 	// on the ESP, as absolute paths inside that file system.
 	ConfigDir  = "/etcdimg"
 	ConfigPath = ConfigDir + "/node.ign"
+	// NodeBinaryPath is where the node binary sits on the ESP. The
+	// initramfs's /init mounts the ESP read-only on ESPMount and runs the
+	// binary from there as NodeBinary: the kernel unpacks every byte of
+	// an initramfs into memory at every boot (slowly under emulation,
+	// and into memory it cannot reclaim), while a binary on a disk is read
+	// page by page as it runs.
+	NodeBinaryPath = ConfigDir + "/etcdnode"
+	ESPMount       = "/boot"
+	NodeBinary     = ESPMount + NodeBinaryPath
 )
 
-// The initramfs, which is the appliance's root file system.
+// The initramfs, which is the appliance's root file system: a small
+// /init (package preinit), the modules, and the links by which the node
+// binary's programs are run.
 const (
 	// ModuleDir holds the kernel modules, as plain .ko files.
 	ModuleDir = "/lib/modules"

@@ -20,17 +20,18 @@ import (
 
 // bootFlags name the inputs every image is made from.
 type bootFlags struct {
-	kernel, bootloader, node string
+	kernel, bootloader, node, init string
 }
 
 func (f *bootFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.kernel, "kernel-package", "", "Debian kernel package (.deb) (default: newest linux-image-*-cloud-amd64 in the package cache)")
 	c.Flags().StringVar(&f.bootloader, "bootloader-package", "", "Debian systemd-boot-efi package (.deb) (default: the one in the package cache)")
 	c.Flags().StringVar(&f.node, "node-binary", "", "the in-image multi-call binary (default: etcdnode beside this etcdimg)")
+	c.Flags().StringVar(&f.init, "init-binary", "", "the initramfs's /init (default: etcdinit beside this etcdimg)")
 }
 
 func (f *bootFlags) inputs() (image.Inputs, error) {
-	in := image.Inputs{KernelDeb: f.kernel, BootloaderDeb: f.bootloader, NodeBinary: f.node}
+	in := image.Inputs{KernelDeb: f.kernel, BootloaderDeb: f.bootloader, NodeBinary: f.node, InitBinary: f.init}
 	var err error
 	cache := deb.CacheDir()
 	if in.KernelDeb == "" {
@@ -43,14 +44,17 @@ func (f *bootFlags) inputs() (image.Inputs, error) {
 			return in, fmt.Errorf("--bootloader-package: %w", err)
 		}
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return in, err
+	}
 	if in.NodeBinary == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return in, err
-		}
 		in.NodeBinary = filepath.Join(filepath.Dir(exe), "etcdnode")
 	}
-	for flag, p := range map[string]string{"--kernel-package": in.KernelDeb, "--bootloader-package": in.BootloaderDeb, "--node-binary": in.NodeBinary} {
+	if in.InitBinary == "" {
+		in.InitBinary = filepath.Join(filepath.Dir(exe), "etcdinit")
+	}
+	for flag, p := range map[string]string{"--kernel-package": in.KernelDeb, "--bootloader-package": in.BootloaderDeb, "--node-binary": in.NodeBinary, "--init-binary": in.InitBinary} {
 		if _, err := os.Stat(p); err != nil {
 			return in, fmt.Errorf("%s: %w", flag, err)
 		}

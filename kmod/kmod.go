@@ -1,4 +1,8 @@
-package firstboot
+// Package kmod loads the kernel modules a machine needs from the
+// initramfs: the image's modules with the load order, aliases and
+// dependencies the builder wrote (package layout names the files), matched
+// against the devices the kernel found.
+package kmod
 
 import (
 	"errors"
@@ -142,11 +146,11 @@ func modaliases() []string {
 	return out
 }
 
-// loadModules loads the modules this machine needs, in the image's load
+// Load loads the modules this machine needs, in the image's load
 // order, looking for devices again after each round that loaded a
 // driver. A module that fails (say, a cloud NIC driver on QEMU) is
 // reported and skipped: only what the boot then lacks stops it.
-func loadModules() (string, error) {
+func Load() (string, error) {
 	s, err := readModuleSet()
 	if err != nil {
 		return "", err

@@ -1,0 +1,79 @@
+package image
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/u-root/u-root/pkg/cpio"
+
+	"etcdimg/layout"
+)
+
+// TestNodeBinaryGoesOnTheESP: the initramfs holds the small init as
+// /init, the modules and links that run etcd's programs from the node
+// binary on the ESP, and not the node binary itself; the ESP of every
+// member, generic cloud images too, holds it at layout.NodeBinaryPath.
+func TestNodeBinaryGoesOnTheESP(t *testing.T) {
+	initBin := []byte("\x7fELF small init")
+	node := []byte("\x7fELF the node binary, etcd inside")
+	compressed, raw, err := Initramfs(initBin, []*Module{{Name: "virtio_blk", Data: []byte("ko")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, _ := zstd.NewReader(nil)
+	defer zr.Close()
+	if plain, err := zr.DecodeAll(compressed, nil); err != nil || !bytes.Equal(plain, raw) {
+		t.Fatalf("the compressed archive does not unpack to the raw one: %v", err)
+	}
+	files := map[string]cpio.Record{}
+	rr := cpio.Newc.Reader(bytes.NewReader(raw))
+	for {
+		r, err := rr.ReadRecord()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[r.Name] = r
+	}
+	content := func(r cpio.Record) string {
+		b := make([]byte, r.FileSize)
+		if r.ReaderAt != nil {
+			r.ReadAt(b, 0)
+		}
+		return string(b)
+	}
+	if r, ok := files[InitPath]; !ok || content(r) != string(initBin) {
+		t.Errorf("/init is not the init binary")
+	}
+	for _, p := range Programs {
+		r, ok := files["usr/bin/"+p]
+		if !ok || content(r) != layout.NodeBinary {
+			t.Errorf("usr/bin/%s does not link to %s", p, layout.NodeBinary)
+		}
+	}
+	if _, ok := files[strings.TrimPrefix(layout.ESPMount, "/")]; !ok {
+		t.Errorf("no %s to mount the ESP on", layout.ESPMount)
+	}
+	for name, r := range files {
+		if strings.Contains(content(r), "the node binary") {
+			t.Errorf("%s in the initramfs holds the node binary", name)
+		}
+	}
+
+	b := fakeBoot()
+	b.Node = node
+	for _, m := range []Member{{Cluster: "c", Name: "etcd-1", Ignition: []byte("{}")}, {Cluster: "c", Name: "cloud", Platform: layout.PlatformAWS}} {
+		esp, err := b.Files(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(esp[layout.NodeBinaryPath], node) {
+			t.Errorf("%s: the ESP has no node binary at %s", m.Name, layout.NodeBinaryPath)
+		}
+	}
+}
