@@ -90,6 +90,7 @@ type floorBoot struct {
 	kernel, initrd string // files, for QEMU's -kernel and -initrd
 	disk           string // a raw disk whose ESP holds the UKI
 	cmdline        string // for QEMU's -append; "" is the member's
+	memoryMB       int    // guest RAM; 0 is guestMemoryMB
 }
 
 // prepareFloor writes the floor's files into dir from the packages `make
@@ -133,7 +134,21 @@ func prepareFloor(b testing.TB, dir string) floorBoot {
 // efi boots the disk under OVMF with the NVRAM in vars (a blank store
 // is copied there when it is missing); otherwise QEMU loads the kernel.
 func floorRun(b testing.TB, fb floorBoot, efi bool, vars string) time.Duration {
-	args := testvm.MachineArgs("tcg", guestMemoryMB, 1)
+	d, err := tryFloorRun(b, fb, efi, vars, 2*time.Minute)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return d
+}
+
+// tryFloorRun is floorRun that returns a boot that does not reach /init
+// within timeout as an error, with the console's tail.
+func tryFloorRun(b testing.TB, fb floorBoot, efi bool, vars string, timeout time.Duration) (time.Duration, error) {
+	mem := fb.memoryMB
+	if mem == 0 {
+		mem = guestMemoryMB
+	}
+	args := testvm.MachineArgs("tcg", mem, 1)
 	args = append(args, "-device", fmt.Sprintf("isa-debug-exit,iobase=%#x,iosize=0x04", debugExitPort))
 	console := filepath.Join(filepath.Dir(fb.disk), "floor-console.log")
 	args = append(args, "-serial", "file:"+console)
@@ -162,19 +177,40 @@ func floorRun(b testing.TB, fb floorBoot, efi bool, vars string) time.Duration {
 	var err error
 	select {
 	case err = <-done:
-	case <-time.After(2 * time.Minute):
+	case <-time.After(timeout):
 		cmd.Process.Kill()
 		<-done
-		tail, _ := os.ReadFile(console)
-		b.Fatalf("floor boot did not reach /init within 2 minutes:\n%s", tail)
+		return 0, fmt.Errorf("floor boot (%d MiB) did not reach /init within %s:\n%s", mem, timeout, consoleTail(console))
 	}
 	took := time.Since(start)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 85 {
-		tail, _ := os.ReadFile(console)
-		b.Fatalf("floor boot: QEMU ended with %v, not the debug exit (85): %s\n%s", err, stderr.Bytes(), tail)
+		return 0, fmt.Errorf("floor boot: QEMU ended with %v, not the debug exit (85): %s\n%s", err, stderr.Bytes(), consoleTail(console))
 	}
-	return took
+	return took, nil
+}
+
+// consoleTail is the end of a console log, for a failure's message.
+func consoleTail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
+
+// floorSmallestRAM is the smallest guest RAM, in 32 MiB steps from 128
+// MiB, with which floor (b) reaches its /init: what OVMF and the
+// kernel's EFI stub need, whatever the initramfs. 0 if none up to
+// guestMemoryMB does.
+func floorSmallestRAM(b testing.TB, fb floorBoot) int {
+	for mem := 128; mem <= guestMemoryMB; mem += 32 {
+		fb.memoryMB = mem
+		if _, err := tryFloorRun(b, fb, true, filepath.Join(filepath.Dir(fb.disk), fmt.Sprintf("mem-vars-%d.fd", mem)), 45*time.Second); err == nil {
+			return mem
+		}
+	}
+	return 0
 }
 
 // floors measures floor (a) and floor (b) n times each, interleaved so
@@ -183,6 +219,7 @@ func floorRun(b testing.TB, fb floorBoot, efi bool, vars string) time.Duration {
 // the NVRAM of the boot before (every later boot).
 type floorFigures struct {
 	direct, efiFirst, efiAgain []time.Duration
+	smallestRAM                int // floorSmallestRAM
 }
 
 func measureFloors(b testing.TB, dir string, n int) floorFigures {
@@ -196,6 +233,7 @@ func measureFloors(b testing.TB, dir string, n int) floorFigures {
 		f.efiFirst = append(f.efiFirst, floorRun(b, fb, true, blank))
 		f.efiAgain = append(f.efiAgain, floorRun(b, fb, true, kept))
 	}
+	f.smallestRAM = floorSmallestRAM(b, fb)
 	return f
 }
 

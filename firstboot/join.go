@@ -74,6 +74,33 @@ type self struct {
 	Restore   *ign.RestoreConfig
 	tls       *tls.Config // our certificate as a client, the CA as the trust
 	serverTLS *tls.Config // our certificate as a server, clients must have the CA's
+
+	httpOnce sync.Once
+	peerHTTP *http.Client // peerClient's
+}
+
+// peerClient is the HTTPS client for peers' peer ports, shared by every
+// round of observations: its connections are kept between rounds. A TLS
+// handshake costs each side about half a second of CPU under emulation,
+// and a member waiting for its peers asks each of them several times a
+// second; with a handshake per question, three booting members spent
+// their CPU, the slowest member's boot included, on handshakes.
+func (s *self) peerClient() *http.Client {
+	s.httpOnce.Do(func() {
+		s.peerHTTP = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+			TLSClientConfig:     s.tls,
+			MaxIdleConnsPerHost: 2,
+			IdleConnTimeout:     30 * time.Second,
+		}}
+	})
+	return s.peerHTTP
+}
+
+// closePeerConns closes the kept connections to peers.
+func (s *self) closePeerConns() {
+	if s.peerHTTP != nil {
+		s.peerHTTP.CloseIdleConnections()
+	}
 }
 
 // peer is another member of the spec.
@@ -164,7 +191,7 @@ type peerState struct {
 // one timeout, not two.
 func (s *self) observe(ctx context.Context, p peer) peerState {
 	st := peerState{Name: p.Name, State: "unreachable"}
-	hc := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: s.tls, DisableKeepAlives: true}}
+	hc := s.peerClient()
 	var header http.Header
 	get := func(path string) (int, []byte, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(p.PeerURL, "/")+path, nil)
@@ -390,6 +417,7 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 	}
 	handedOver := false
 	defer func() {
+		s.closePeerConns()
 		if !handedOver {
 			pr.stop()
 		}
@@ -631,6 +659,7 @@ func foreignCluster(want string, states []peerState) string {
 // watchClusterID compares the cluster ID on the data disk with the one
 // the peers run, until one answers or a minute has passed.
 func (s *self) watchClusterID(ctx context.Context, want string) string {
+	defer s.closePeerConns()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		states := s.observeAll(ctx)

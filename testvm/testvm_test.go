@@ -94,7 +94,7 @@ func TestArgs(t *testing.T) {
 	}
 	args := strings.Join(o.Args("/console", "/qmp", "/vars"), " ")
 	for _, want := range []string{
-		"-accel tcg,tb-size=64", "-cpu max", "-m 256",
+		"-accel tcg,tb-size=64", "-cpu max,erms=off,fsrm=off", "-m 256",
 		"if=virtio,format=raw,readonly=on,file=/i.img", "if=virtio,format=raw,file=/d.img",
 		"hostfwd=tcp:127.0.0.1:1234-192.168.2.51:2379", "restrict=on",
 		"-fw_cfg name=opt/com.coreos/config,file=/c.ign", "mac=52:54:00:a8:02:33",
