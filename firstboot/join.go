@@ -18,7 +18,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -207,39 +206,41 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		return resp.StatusCode, body, nil
 	}
-	// etcd's Status on the client port is asked at the same time: each
-	// TLS handshake costs about half a second under emulation.
+	// etcd's Status on the client port, asked last: only of a peer whose
+	// peer port holds an etcd that has decided its cluster's version. A
+	// peer still deciding or bootstrapping is asked nothing more in a
+	// round (a new etcd client for each peer and round cost the waiting
+	// members CPU they share with the booting ones).
 	type status struct {
 		clusterID uint64
 		err       error
 	}
-	sc := make(chan status, 1)
-	go func() {
+	askStatus := func() status {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		cli, err := s.client(2*time.Second, p.ClientURL)
 		if err != nil {
-			sc <- status{err: err}
-			return
+			return status{err: err}
 		}
 		defer cli.Close()
 		r, err := cli.Status(cctx, p.ClientURL)
 		if err != nil {
-			sc <- status{err: err}
-			return
+			return status{err: err}
 		}
-		sc <- status{clusterID: r.Header.ClusterId}
-	}()
+		return status{clusterID: r.Header.ClusterId}
+	}
 	code, body, perr := get(probePath)
-	if errors.Is(perr, syscall.ECONNREFUSED) {
-		// Nothing listens on its peer port, so no etcd serves its
-		// clients either: do not wait out the client port's dial (2 s a
-		// round, measured, while the last member was still booting).
+	if perr != nil {
+		// Nothing answers on its peer port (refused, no route, no
+		// handshake), so no etcd of the cluster is there: do not wait
+		// out the client port's dial too (2 s a round, measured, while
+		// the last member was still booting). Unreachable only ever
+		// means wait.
 		st.Detail = oneLine(perr.Error())
 		return st
 	}
 	var r probeReply
-	if perr == nil && code == http.StatusOK && json.Unmarshal(body, &r) == nil && (r.Disk == "blank" || r.Disk == "starting") && r.Cluster == s.Cluster && r.Member == p.Name {
+	if code == http.StatusOK && json.Unmarshal(body, &r) == nil && (r.Disk == "blank" || r.Disk == "starting") && r.Cluster == s.Cluster && r.Member == p.Name {
 		st.State = r.Disk
 		return st
 	}
@@ -249,23 +250,17 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 	// (waiting for a quorum) never has: that one is known at once,
 	// without waiting out the client port's timeout (its etcd does not
 	// serve clients before a quorum).
-	if perr == nil {
-		if code, body, err := get("/version"); err == nil && code == http.StatusOK {
-			var v struct {
-				Cluster string `json:"etcdcluster"`
-			}
-			if json.Unmarshal(body, &v) == nil && v.Cluster == "not_decided" {
-				st.State, st.Detail = "bootstrapping", "bootstrapping a new cluster"
-				return st
-			}
+	if code, body, err := get("/version"); err == nil && code == http.StatusOK {
+		var v struct {
+			Cluster string `json:"etcdcluster"`
+		}
+		if json.Unmarshal(body, &v) == nil && v.Cluster == "not_decided" {
+			st.State, st.Detail = "bootstrapping", "bootstrapping a new cluster"
+			return st
 		}
 	}
-	if res := <-sc; res.err == nil {
+	if res := askStatus(); res.err == nil {
 		st.State, st.ClusterID = "etcd", res.clusterID
-		return st
-	}
-	if perr != nil {
-		st.Detail = oneLine(perr.Error())
 		return st
 	}
 	// etcd that does not answer clients yet, with data.
@@ -339,13 +334,43 @@ func decide(states []peerState) string {
 // while it prepares to start the new cluster (restoring a snapshot can
 // take seconds): "blank", then "starting".
 type probe struct {
-	stop  func()
-	reply atomic.Value // []byte
+	stop     func()
+	reply    atomic.Value // []byte
+	starting atomic.Bool
+	mu       sync.Mutex
+	told     map[string]bool // peers (their certificates' CNs) answered "starting"
 }
 
 func (p *probe) set(s *self, disk string) {
 	b, _ := json.Marshal(probeReply{Cluster: s.Cluster, Member: s.Name, Disk: disk})
 	p.reply.Store(b)
+	p.starting.Store(disk == "starting")
+}
+
+// waitTold waits until each of peers has been answered "starting", for
+// at most bound. A member that starts the new cluster hands its peer
+// port to etcd, and a peer that never heard "starting" from it cannot
+// tell it from a member that went away: it waits until that etcd serves
+// its peers, which took 3.5-5 s of a three-member `up`, against the
+// fraction of a second a deciding peer takes to ask again.
+func (p *probe) waitTold(ctx context.Context, peers []string, bound time.Duration) {
+	deadline := time.Now().Add(bound)
+	for time.Now().Before(deadline) {
+		p.mu.Lock()
+		all := true
+		for _, name := range peers {
+			all = all && p.told[name]
+		}
+		p.mu.Unlock()
+		if all {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // markStarters remembers the peers that said they are starting the new
@@ -371,12 +396,18 @@ func (s *self) serveProbe() (*probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &probe{}
+	p := &probe{told: map[string]bool{}}
 	p.set(s, "blank")
 	mux := http.NewServeMux()
 	mux.HandleFunc(probePath, func(w http.ResponseWriter, r *http.Request) {
+		starting := p.starting.Load()
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(p.reply.Load().([]byte))
+		if starting && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			p.mu.Lock()
+			p.told[r.TLS.PeerCertificates[0].Subject.CommonName] = true
+			p.mu.Unlock()
+		}
 	})
 	srv := &http.Server{Handler: mux, TLSConfig: s.serverTLS, ReadHeaderTimeout: 5 * time.Second, ErrorLog: nil}
 	done := make(chan struct{})
@@ -440,7 +471,19 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 			// take the port.
 			pr.set(s, "starting")
 			handedOver = true
-			plan := &joinPlan{Detail: "every member of the spec has a blank disk: bootstrapping a new cluster", New: true, Release: pr.stop}
+			// Peers still deciding hear "starting" before the port
+			// goes to etcd; those already starting need not.
+			var deciding []string
+			for _, st := range states {
+				if st.State == "blank" {
+					deciding = append(deciding, st.Name)
+				}
+			}
+			release := func() {
+				pr.waitTold(ctx, deciding, 3*time.Second)
+				pr.stop()
+			}
+			plan := &joinPlan{Detail: "every member of the spec has a blank disk: bootstrapping a new cluster", New: true, Release: release}
 			if s.Restore != nil {
 				plan.Detail = "every member of the spec has a blank disk or is restoring: restoring this member from the image's snapshot"
 			}
@@ -462,8 +505,11 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 						continue
 					}
 					why := st.State
-					if strings.Contains(st.Detail, "tls:") || strings.Contains(st.Detail, "x509:") {
+					switch {
+					case strings.Contains(st.Detail, "tls:") || strings.Contains(st.Detail, "x509:"):
 						why += ", TLS refused: is its certificate from this cluster's CA?"
+					case st.State == "unreachable" && st.Detail != "":
+						why += ": " + st.Detail
 					}
 					waiting = append(waiting, fmt.Sprintf("%s (%s)", st.Name, why))
 				}
