@@ -198,8 +198,16 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 		t.Errorf("the ESP's config is not the rendered one")
 	}
 
-	// The initramfs holds the node binary, its links and modules, and no
-	// shell.
+	// The node binary is on the ESP, byte for byte the one built; the
+	// initramfs holds the small /init, the links into the ESP and the
+	// modules, and no shell.
+	node, err := os.ReadFile(filepath.Join(filepath.Dir(bin.etcdimg), "etcdnode"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(espFile(t, img, layout.NodeBinaryPath), node) {
+		t.Errorf("the ESP's %s is not the node binary", layout.NodeBinaryPath)
+	}
 	zr, _ := zstd.NewReader(nil)
 	initrd, err := zr.DecodeAll(initrdZ, nil)
 	if err != nil {
@@ -281,6 +289,7 @@ func TestBuildRefusesBadPackages(t *testing.T) {
 		{"kernel package without a kernel", []string{"--kernel-package", boot}, "holds no boot/vmlinuz"},
 		{"missing boot loader", []string{"--bootloader-package", filepath.Join(work, "nope.deb")}, "--bootloader-package"},
 		{"missing node binary", []string{"--node-binary", filepath.Join(work, "nope")}, "--node-binary"},
+		{"missing init binary", []string{"--init-binary", filepath.Join(work, "nope")}, "--init-binary"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(work, "out-"+strings.ReplaceAll(tc.name, " ", "-"))
