@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"etcdimg/ignition/ign"
+	"etcdimg/kernelfs"
 	"etcdimg/layout"
 )
 
@@ -68,7 +69,7 @@ const espMount = layout.ESPMount
 func (espFile) Name() string { return "ESP " + layout.ConfigPath }
 
 func (espFile) Fetch() ([]byte, error) {
-	if !mounted(espMount) {
+	if !kernelfs.Mounted(espMount) {
 		dev, err := waitForPartition(layout.ESPLabel)
 		if err != nil {
 			return nil, errNotFound

@@ -1,11 +1,9 @@
 package firstboot
 
 import (
+	"etcdimg/blockdev"
 	"etcdimg/layout"
 	"fmt"
-	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 )
@@ -15,70 +13,15 @@ import (
 const deviceWait = 10 * time.Second
 
 // blockDev is one entry of /sys/class/block.
-type blockDev struct {
-	Name     string // vda, vda1
-	Partname string // GPT partition name
-	IsPart   bool
-	Parent   string // for a partition, its disk
-	// FSType and Label, probed on whole disks only when picking the data
-	// disk: "ext4" "etcd-data" is a data disk this appliance formatted,
-	// a "config-2" label an OpenStack config drive.
-	FSType, Label string
-}
-
-func (b blockDev) Path() string { return "/dev/" + b.Name }
+type blockDev = blockdev.Dev
 
 // listBlock reads /sys/class/block.
-func listBlock() ([]blockDev, error) {
-	entries, err := os.ReadDir("/sys/class/block")
-	if err != nil {
-		return nil, err
-	}
-	var devs []blockDev
-	for _, e := range entries {
-		d := blockDev{Name: e.Name()}
-		ue, err := os.ReadFile(filepath.Join("/sys/class/block", e.Name(), "uevent"))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(ue), "\n") {
-			k, v, _ := strings.Cut(line, "=")
-			switch k {
-			case "DEVTYPE":
-				d.IsPart = v == "partition"
-			case "PARTNAME":
-				d.Partname = v
-			}
-		}
-		if d.IsPart {
-			if target, err := filepath.EvalSymlinks(filepath.Join("/sys/class/block", e.Name())); err == nil {
-				d.Parent = filepath.Base(filepath.Dir(target))
-			}
-		}
-		devs = append(devs, d)
-	}
-	slices.SortFunc(devs, func(a, b blockDev) int { return strings.Compare(a.Name, b.Name) })
-	return devs, nil
-}
+func listBlock() ([]blockDev, error) { return blockdev.List(blockdev.SysBlock) }
 
 // waitForPartition returns the device of the partition named label,
 // waiting (bounded) for the disk drivers to publish it.
 func waitForPartition(label string) (string, error) {
-	deadline := time.Now().Add(deviceWait)
-	for {
-		devs, err := listBlock()
-		if err == nil {
-			for _, d := range devs {
-				if d.IsPart && d.Partname == label {
-					return d.Path(), nil
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("no partition named %s", label)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return blockdev.WaitForPartition(label, deviceWait)
 }
 
 // findDataDisk picks the data disk: a partition named etcd-data, else the

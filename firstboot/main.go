@@ -17,6 +17,7 @@ import (
 
 	"etcdimg/console"
 	"etcdimg/ignition/ign"
+	"etcdimg/kernelfs"
 	"etcdimg/layout"
 )
 
@@ -88,7 +89,8 @@ func (n *node) waitPower() string {
 // boot runs the linear steps of a boot. Everything that can refuse the
 // config happens before anything touches a disk.
 func (n *node) boot() error {
-	if err := step("mount kernel file systems", mountKernelFS); err != nil {
+	// The initramfs's /init mounted /proc, /sys and /dev already.
+	if err := step("mount kernel file systems", func() (string, error) { return kernelfs.Mount() }); err != nil {
 		return err
 	}
 	if err := watchPowerButton(func() { n.requestPower("ACPI power button") }); err != nil {

@@ -1,17 +1,22 @@
-package firstboot
+// Package kernelfs mounts the kernel's file systems PID 1 needs, with
+// the same flags whichever program mounts them: the initramfs's /init
+// (package preinit) mounts /proc, /sys and /dev, and firstboot, which
+// replaces it as PID 1, the rest.
+package kernelfs
 
 import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
-// kernelFS is what PID 1 mounts before anything else, in order. devtmpfs
+// table is what PID 1 mounts before anything else, in order. devtmpfs
 // is built into the kernel but not mounted automatically.
-var kernelFS = []struct {
+var table = []struct {
 	source, target, fstype string
 	flags                  uintptr
 	data                   string
@@ -23,16 +28,18 @@ var kernelFS = []struct {
 	{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
 }
 
-// mountKernelFS mounts what is not mounted yet: the initramfs's /init
-// (package preinit) mounted /proc, /sys and /dev before it ran this
-// binary.
-func mountKernelFS() (string, error) {
+// Mount mounts the named targets of the table (all of them when none
+// is named) that are not mounted yet, and returns those it mounted.
+func Mount(targets ...string) (string, error) {
 	var done []string
-	for _, m := range kernelFS {
+	for _, m := range table {
+		if len(targets) > 0 && !slices.Contains(targets, m.target) {
+			continue
+		}
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
 			return "", err
 		}
-		if mounted(m.target) {
+		if Mounted(m.target) {
 			continue
 		}
 		if err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data); err != nil && err != unix.EBUSY {
@@ -43,9 +50,9 @@ func mountKernelFS() (string, error) {
 	return strings.Join(done, " "), nil
 }
 
-// mounted reports whether a file system is mounted on dir: dir and its
+// Mounted reports whether a file system is mounted on dir: dir and its
 // parent are on different devices.
-func mounted(dir string) bool {
+func Mounted(dir string) bool {
 	var st, parent unix.Stat_t
 	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
 		return false

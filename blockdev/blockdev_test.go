@@ -1,4 +1,4 @@
-package preinit
+package blockdev
 
 import (
 	"os"
@@ -45,9 +45,13 @@ func TestFindPartitionByGPTName(t *testing.T) {
 				os.MkdirAll(filepath.Join(dir, name), 0o755)
 				os.WriteFile(filepath.Join(dir, name, "uevent"), []byte(ue), 0o644)
 			}
-			got, err := findPartition(dir, "ESP")
-			if got != c.want || (err == nil) != (c.want != "") {
-				t.Errorf("findPartition = %q, %v; want %q", got, err, c.want)
+			devs, err := List(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, ok := Partition(devs, "ESP")
+			if got != c.want || ok != (c.want != "") {
+				t.Errorf("Partition = %q, %v; want %q", got, ok, c.want)
 			}
 		})
 	}
