@@ -131,10 +131,10 @@ func prepareFloor(b testing.TB, dir string) floorBoot {
 }
 
 // floorRun boots once and returns QEMU's wall time to the debug exit.
-// efi boots the disk under OVMF with the NVRAM in vars (a blank store
-// is copied there when it is missing); otherwise QEMU loads the kernel.
-func floorRun(b testing.TB, fb floorBoot, efi bool, vars string) time.Duration {
-	d, err := tryFloorRun(b, fb, efi, vars, 2*time.Minute)
+// efi boots the disk under OVMF, set up as a member's; otherwise QEMU
+// loads the kernel.
+func floorRun(b testing.TB, fb floorBoot, efi bool) time.Duration {
+	d, err := tryFloorRun(b, fb, efi, 2*time.Minute)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func floorRun(b testing.TB, fb floorBoot, efi bool, vars string) time.Duration {
 
 // tryFloorRun is floorRun that returns a boot that does not reach /init
 // within timeout as an error, with the console's tail.
-func tryFloorRun(b testing.TB, fb floorBoot, efi bool, vars string, timeout time.Duration) (time.Duration, error) {
+func tryFloorRun(b testing.TB, fb floorBoot, efi bool, timeout time.Duration) (time.Duration, error) {
 	mem := fb.memoryMB
 	if mem == 0 {
 		mem = guestMemoryMB
@@ -153,10 +153,7 @@ func tryFloorRun(b testing.TB, fb floorBoot, efi bool, vars string, timeout time
 	console := filepath.Join(filepath.Dir(fb.disk), "floor-console.log")
 	args = append(args, "-serial", "file:"+console)
 	if efi {
-		if err := testvm.EnsureNVRAM(vars); err != nil {
-			b.Fatal(err)
-		}
-		args = append(args, testvm.FirmwareArgs(vars)...)
+		args = append(args, testvm.FirmwareArgs()...)
 		args = append(args, "-drive", "if=virtio,format=raw,readonly=on,file="+fb.disk)
 	} else {
 		cmdline := fb.cmdline
@@ -206,7 +203,7 @@ func consoleTail(path string) string {
 func floorSmallestRAM(b testing.TB, fb floorBoot) int {
 	for mem := 128; mem <= guestMemoryMB; mem += 32 {
 		fb.memoryMB = mem
-		if _, err := tryFloorRun(b, fb, true, filepath.Join(filepath.Dir(fb.disk), fmt.Sprintf("mem-vars-%d.fd", mem)), 45*time.Second); err == nil {
+		if _, err := tryFloorRun(b, fb, true, 45*time.Second); err == nil {
 			return mem
 		}
 	}
@@ -214,24 +211,19 @@ func floorSmallestRAM(b testing.TB, fb floorBoot) int {
 }
 
 // floors measures floor (a) and floor (b) n times each, interleaved so
-// that a busy moment of the host weighs on both alike. Floor (b) is
-// measured with a blank NVRAM each time (a machine's first boot) and with
-// the NVRAM of the boot before (every later boot).
+// that a busy moment of the host weighs on both alike. Floor (b) runs
+// OVMF as members do (testvm.FirmwareArgs).
 type floorFigures struct {
-	direct, efiFirst, efiAgain []time.Duration
-	smallestRAM                int // floorSmallestRAM
+	direct, efi []time.Duration
+	smallestRAM int // floorSmallestRAM
 }
 
 func measureFloors(b testing.TB, dir string, n int) floorFigures {
 	fb := prepareFloor(b, dir)
 	var f floorFigures
-	kept := filepath.Join(dir, "kept-vars.fd")
-	floorRun(b, fb, true, kept) // the kept NVRAM gets its boot options
-	for i := range n {
-		f.direct = append(f.direct, floorRun(b, fb, false, ""))
-		blank := filepath.Join(dir, fmt.Sprintf("blank-vars-%d.fd", i))
-		f.efiFirst = append(f.efiFirst, floorRun(b, fb, true, blank))
-		f.efiAgain = append(f.efiAgain, floorRun(b, fb, true, kept))
+	for range n {
+		f.direct = append(f.direct, floorRun(b, fb, false))
+		f.efi = append(f.efi, floorRun(b, fb, true))
 	}
 	f.smallestRAM = floorSmallestRAM(b, fb)
 	return f
@@ -254,7 +246,7 @@ func TestTrivialInitEndsQEMUAtOnce(t *testing.T) {
 	dir := t.TempDir()
 	fb := prepareFloor(t, dir)
 	for _, efi := range []bool{false, true} {
-		d := floorRun(t, fb, efi, filepath.Join(dir, "vars.fd"))
+		d := floorRun(t, fb, efi)
 		t.Logf("efi=%v: QEMU start → /init: %s", efi, d.Round(10*time.Millisecond))
 	}
 }
@@ -295,8 +287,8 @@ func initramfsCost(b testing.TB, dir string, initrd []byte, n int) time.Duration
 	}
 	var withs, withouts []time.Duration
 	for range n {
-		withouts = append(withouts, floorRun(b, fb, false, ""))
-		withs = append(withs, floorRun(b, with, false, ""))
+		withouts = append(withouts, floorRun(b, fb, false))
+		withs = append(withs, floorRun(b, with, false))
 	}
 	return best(withs) - best(withouts)
 }

@@ -92,20 +92,20 @@ func TestArgs(t *testing.T) {
 		GuestIP: netip.MustParseAddr("192.168.2.51"), Forwards: []Forward{{Host: 1234, Guest: 2379}},
 		Config: "/c.ign",
 	}
-	args := strings.Join(o.Args("/console", "/qmp", "/vars"), " ")
+	args := strings.Join(o.Args("/console", "/qmp"), " ")
 	for _, want := range []string{
 		"-accel tcg,tb-size=64", "-cpu max,erms=off,fsrm=off", "-m 256",
 		"if=virtio,format=raw,readonly=on,file=/i.img", "if=virtio,format=raw,file=/d.img",
 		"hostfwd=tcp:127.0.0.1:1234-192.168.2.51:2379", "restrict=on",
 		"-fw_cfg name=opt/com.coreos/config,file=/c.ign", "mac=52:54:00:a8:02:33",
-		"file=" + OVMFCode, "-serial file:/console", "virtio-net-pci,romfile=,",
+		"file=" + OVMFCode, "readonly=on,file=" + OVMFVars, "-serial file:/console", "virtio-net-pci,romfile=,",
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args lack %q:\n%s", want, args)
 		}
 	}
 	o.LAN, o.Accel = "/lan.sock", "kvm"
-	args = strings.Join(o.Args("/console", "/qmp", "/vars"), " ")
+	args = strings.Join(o.Args("/console", "/qmp"), " ")
 	if strings.Contains(args, "user,") || !strings.Contains(args, "stream,id=lan0,server=off,addr.type=unix,addr.path=/lan.sock") || !strings.Contains(args, "-cpu host") || !strings.Contains(args, "virtio-net-pci,romfile=,") {
 		t.Errorf("LAN args:\n%s", args)
 	}
