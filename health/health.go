@@ -19,6 +19,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Endpoint is one member's client URL.
@@ -62,11 +64,20 @@ func Check(ctx context.Context, eps []Endpoint, tc *tls.Config, timeout time.Dur
 	return out
 }
 
+// quickReconnect retries a refused connection within 100-500 ms instead
+// of gRPC's 1 s and more: a member that is still starting refuses, and a
+// check that waited out gRPC's backoff saw it serving a second late.
+var quickReconnect = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
+	MinConnectTimeout: time.Second,
+}
+
 func check(ctx context.Context, ep Endpoint, tc *tls.Config, timeout time.Duration) Result {
 	r := Result{Endpoint: ep}
 	start := time.Now()
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints: []string{ep.URL}, TLS: tc, DialTimeout: timeout, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(quickReconnect)},
 	})
 	if err != nil {
 		r.Err = err.Error()
@@ -106,6 +117,39 @@ func oneLine(err error) string {
 		s = "no answer (context deadline exceeded)"
 	}
 	return strings.Join(strings.Fields(s), " ")
+}
+
+// Wait checks each endpoint, every `every`, until it has been healthy
+// once, and returns each endpoint's last result when all have been, or
+// when ctx ends. An endpoint is not asked again once healthy: each check
+// is a new client and TLS handshake, which a member booting under
+// emulation pays for in CPU shared with the members still starting.
+func Wait(ctx context.Context, eps []Endpoint, tc *tls.Config, timeout, every time.Duration) []Result {
+	out := make([]Result, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				r := check(ctx, ep, tc, timeout)
+				if ctx.Err() != nil && !r.Healthy && out[i].Err != "" {
+					return // cut short: the last full check says more
+				}
+				out[i] = r
+				if r.Healthy {
+					return
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(every):
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // Healthy reports whether every result is healthy.

@@ -4,12 +4,20 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"etcdimg/internal/etcdtest"
 	"etcdimg/pki"
 	"etcdimg/spec"
 	"net"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/server/v3/embed"
 )
 
 // TestUnreachableMemberIsUnhealthy: a port nobody answers on is reported
@@ -78,5 +86,49 @@ func TestExpiringNamesTheServedCertificateAndItsCA(t *testing.T) {
 	}
 	if w := Expiring(context.Background(), eps, tc, time.Now(), 10*24*time.Hour); len(w) != 0 {
 		t.Errorf("10-day window: %q", w)
+	}
+}
+
+// TestWaitAsksAHealthyMemberOnce: Wait keeps asking a member that does
+// not answer, and asks a healthy one (a real etcd, embedded, with the
+// cluster's certificates) once: one TLS handshake, however long the
+// other member keeps it waiting.
+func TestWaitAsksAHealthyMemberOnce(t *testing.T) {
+	c := spec.Default(1)
+	dir := t.TempDir()
+	set, err := pki.Ensure(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ca := write("ca.pem", set.CACert)
+	cert, key := write("m.pem", set.Members["etcd-1"].Cert), write("m-key.pem", set.Members["etcd-1"].Key)
+	_, u := etcdtest.Start(t, func(cfg *embed.Config) {
+		cu := etcdtest.FreeURL(t, "https")
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: cert, KeyFile: key, TrustedCAFile: ca, ClientCertAuth: true}
+	})
+	tc, err := TLS(ca, write("admin.pem", set.Admin.Cert), write("admin-key.pem", set.Admin.Key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handshakes atomic.Int32
+	tc.VerifyConnection = func(tls.ConnectionState) error { handshakes.Add(1); return nil }
+
+	silent := etcdtest.FreeURL(t, "https")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	rs := Wait(ctx, []Endpoint{{Member: "etcd-1", URL: u}, {Member: "etcd-2", URL: silent.String()}}, tc, 500*time.Millisecond, 50*time.Millisecond)
+	if !rs[0].Healthy || rs[1].Healthy || rs[1].Err == "" {
+		t.Fatalf("results %+v", rs)
+	}
+	if n := handshakes.Load(); n != 1 {
+		t.Errorf("the healthy member was asked with %d TLS handshakes while the other was awaited, want 1", n)
 	}
 }

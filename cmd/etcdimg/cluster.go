@@ -221,21 +221,20 @@ func upCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			var rs []health.Result
-			deadline := time.Now().Add(timeout)
-			for {
-				rs = health.Check(ctx, e.Endpoints, e.TLS, 2*time.Second)
-				if health.Healthy(rs) || time.Now().After(deadline) || ctx.Err() != nil {
-					break
+			// Each member is asked every 250 ms until healthy, no longer,
+			// and the wait ends early when a member's QEMU exits.
+			wctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			go func() {
+				for wctx.Err() == nil && len(st.Running()) == len(st.Members) {
+					select {
+					case <-wctx.Done():
+					case <-time.After(time.Second):
+					}
 				}
-				if len(st.Running()) < len(st.Members) {
-					break
-				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Second):
-				}
-			}
+				cancel()
+			}()
+			rs := health.Wait(wctx, e.Endpoints, e.TLS, 2*time.Second, 250*time.Millisecond)
 			health.Table(w, rs)
 			if !health.Healthy(rs) {
 				for i, r := range rs {
