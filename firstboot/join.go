@@ -397,6 +397,44 @@ func (s *self) waitTold(ctx context.Context, pr *probe, peers []peer, bound time
 	}
 }
 
+// firstAsked is, for the member whose peer URL sorts first, the peer
+// whose URL sorts next; ok is false for every other member. etcd asks its
+// peers in that order whether it was bootstrapped (see serveProbe's
+// /members): every other member asks the first one first, and is
+// answered at once while its probe is up; the first one asks the next
+// one first, and is answered at once once that etcd serves. So the
+// first member starts its etcd last, when the next one serves.
+func (s *self) firstAsked() (peer, bool) {
+	var next peer
+	for _, p := range s.Peers {
+		if p.PeerURL < s.PeerURL {
+			return peer{}, false
+		}
+		if next.PeerURL == "" || p.PeerURL < next.PeerURL {
+			next = p
+		}
+	}
+	return next, next.PeerURL != ""
+}
+
+// waitServing waits, for at most bound, until p's etcd serves its peer
+// port. Asking its probe meanwhile tells it this member is starting.
+func (s *self) waitServing(ctx context.Context, p peer, bound time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	for {
+		switch s.observe(ctx, p).State {
+		case "bootstrapping", "restored", "data", "etcd":
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // heard reports whether the peer named has been answered "starting".
 func (p *probe) heard(name string) bool {
 	p.mu.Lock()
@@ -444,6 +482,23 @@ func (s *self) serveProbe() (*probe, error) {
 		if starting && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 			p.markTold(r.TLS.PeerCertificates[0].Subject.CommonName)
 		}
+	})
+	// While starting, the probe answers etcd's own question too. A new
+	// member's etcd asks its peers' /members, in the order of their peer
+	// URLs, whether it was bootstrapped before, and waits 1 s for each
+	// peer whose etcd holds the port without serving yet (its own start):
+	// 2 s of every member of a three-member cluster starting together
+	// (measured from etcd's "bootstrapping cluster" log line). An empty
+	// list under this cluster's ID ends that question at once: nobody was
+	// bootstrapped, which a member starting the new cluster knows.
+	mux.HandleFunc("/members", func(w http.ResponseWriter, r *http.Request) {
+		if !p.starting.Load() {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Etcd-Cluster-ID", strconv.FormatUint(s.WantID, 16))
+		w.Write([]byte("[]"))
 	})
 	srv := &http.Server{Handler: mux, TLSConfig: s.serverTLS, ReadHeaderTimeout: 5 * time.Second, ErrorLog: nil}
 	done := make(chan struct{})
@@ -517,6 +572,9 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 			}
 			release := func() {
 				s.waitTold(ctx, pr, deciding, 3*time.Second)
+				if next, ok := s.firstAsked(); ok && s.Restore == nil {
+					s.waitServing(ctx, next, 10*time.Second)
+				}
 				s.closePeerConns()
 				pr.stop()
 			}

@@ -3,8 +3,11 @@ package firstboot
 import (
 	"context"
 	"crypto/tls"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +15,9 @@ import (
 	"etcdimg/ignition/ign"
 	"etcdimg/pki"
 	"etcdimg/spec"
+
+	"go.etcd.io/etcd/server/v3/etcdserver"
+	"go.uber.org/zap"
 )
 
 // TestObservingAPeerKeepsOneConnection: a member waiting for its peers
@@ -133,4 +139,85 @@ func probeMembers(t *testing.T, ip1, ip2 string) (*self, *self) {
 		return s
 	}
 	return member("etcd-1", ip1, "etcd-2", ip2), member("etcd-2", ip2, "etcd-1", ip1)
+}
+
+// TestEtcdAskingAStartingMemberStopsThere: a new member's etcd asks its
+// peers, in the order of their URLs, whether it was bootstrapped, and
+// waits 1 s on each peer whose etcd holds the port without serving. A
+// member starting the new cluster answers etcd's question itself, so
+// etcd's own lookup (the function etcd runs, on the real probe server)
+// ends there and never reaches the next peer. A deciding member does
+// not, and etcd goes on to the next peer, as before.
+func TestEtcdAskingAStartingMemberStopsThere(t *testing.T) {
+	starter, asker := probeMembers(t, "127.0.0.47", "127.0.0.48")
+	starter.WantID = 0x826b16de9cf03623
+	pr, err := starter.serveProbe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.stop()
+	// The next peer: a port that accepts and hangs up, counting.
+	next, err := net.Listen("tcp", "127.0.0.49:2380")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	var reached atomic.Int32
+	go func() {
+		for {
+			c, err := next.Accept()
+			if err != nil {
+				return
+			}
+			reached.Add(1)
+			c.Close()
+		}
+	}()
+	urls := []string{"https://127.0.0.47:2380", "https://127.0.0.49:2380"}
+	rt := &http.Transport{TLSClientConfig: asker.tls}
+	defer rt.CloseIdleConnections()
+
+	if _, err := etcdserver.GetClusterFromRemotePeers(zap.NewNop(), urls, rt); err == nil {
+		t.Fatal("a deciding member's probe gave etcd a cluster")
+	}
+	if reached.Load() != 1 {
+		t.Fatalf("etcd asked the next peer %d times after a deciding member, want 1", reached.Load())
+	}
+	pr.set(starter, "starting")
+	if _, err := etcdserver.GetClusterFromRemotePeers(zap.NewNop(), urls, rt); err == nil || !strings.Contains(err.Error(), "failed to get raft cluster member(s)") {
+		t.Fatalf("etcd's lookup at a starting member: %v, want its empty-cluster error", err)
+	}
+	if reached.Load() != 1 {
+		t.Errorf("etcd went on to the next peer after a starting member answered")
+	}
+}
+
+// TestTheFirstMemberWaitsForTheNext: only the member whose peer URL
+// sorts first waits (for the one that sorts next) before its etcd starts.
+func TestTheFirstMemberWaitsForTheNext(t *testing.T) {
+	u := func(ip string) string { return "https://" + ip + ":2380" }
+	peers := func(ips ...string) []peer {
+		var ps []peer
+		for _, ip := range ips {
+			ps = append(ps, peer{Name: ip, PeerURL: u(ip)})
+		}
+		return ps
+	}
+	for _, tc := range []struct {
+		self  string
+		peers []peer
+		want  string // "" for no wait
+	}{
+		{"192.168.2.51", peers("192.168.2.53", "192.168.2.52"), "192.168.2.52"},
+		{"192.168.2.52", peers("192.168.2.51", "192.168.2.53"), ""},
+		{"192.168.2.53", peers("192.168.2.51", "192.168.2.52"), ""},
+		{"192.168.2.10", peers("192.168.2.9"), "192.168.2.9"}, // etcd sorts the strings
+		{"192.168.2.51", nil, ""},
+	} {
+		s := &self{PeerURL: u(tc.self), Peers: tc.peers}
+		next, ok := s.firstAsked()
+		if ok != (tc.want != "") || (ok && next.Name != tc.want) {
+			t.Errorf("%s: waits for %q (%v), want %q", tc.self, next.Name, ok, tc.want)
+		}
+	}
 }
