@@ -290,6 +290,7 @@ func TestBuildRefusesBadPackages(t *testing.T) {
 		{"missing boot loader", []string{"--bootloader-package", filepath.Join(work, "nope.deb")}, "--bootloader-package"},
 		{"missing node binary", []string{"--node-binary", filepath.Join(work, "nope")}, "--node-binary"},
 		{"missing init binary", []string{"--init-binary", filepath.Join(work, "nope")}, "--init-binary"},
+		{"dynamically linked node binary", []string{"--node-binary", "/bin/true"}, "is dynamically linked"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(work, "out-"+strings.ReplaceAll(tc.name, " ", "-"))

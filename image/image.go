@@ -15,6 +15,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"crypto/sha256"
+	"debug/elf"
 	"fmt"
 	"io"
 	"maps"
@@ -97,6 +98,12 @@ func PrepareBoot(in Inputs) (*Boot, error) {
 	initBin, err := os.ReadFile(in.InitBinary)
 	if err != nil {
 		return nil, fmt.Errorf("image: init binary: %w; build it with `make`", err)
+	}
+	if err := checkStatic("node binary "+in.NodeBinary, node); err != nil {
+		return nil, err
+	}
+	if err := checkStatic("init binary "+in.InitBinary, initBin); err != nil {
+		return nil, err
 	}
 	initrd, raw, err := Initramfs(initBin, mods)
 	if err != nil {
@@ -491,4 +498,25 @@ func syncFile(path string) error {
 func fileSum(path string) ([32]byte, bool) {
 	sum, err := fileDigest(path)
 	return sum, err == nil
+}
+
+// checkStatic refuses what the appliance cannot run: anything but a
+// statically linked x86-64 ELF executable. The appliance has no dynamic
+// loader and no libc, and at boot the kernel reports a program's missing
+// loader as the program itself missing ("no such file or directory").
+func checkStatic(what string, b []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("image: %s is not an ELF executable (%v); build it with `make`", what, err)
+	}
+	if f.Machine != elf.EM_X86_64 || (f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN) {
+		return fmt.Errorf("image: %s is a %s %s, not an x86-64 executable; build it with `make`", what, f.Machine, f.Type)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			interp, _ := io.ReadAll(io.LimitReader(p.Open(), 256))
+			return fmt.Errorf("image: %s is dynamically linked (it needs %s, which the appliance does not have); build it with CGO_ENABLED=0, as `make` does", what, strings.TrimRight(string(interp), "\x00"))
+		}
+	}
+	return nil
 }

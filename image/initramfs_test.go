@@ -3,6 +3,9 @@ package image
 import (
 	"bytes"
 	"io"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -74,6 +77,35 @@ func TestNodeBinaryGoesOnTheESP(t *testing.T) {
 		}
 		if !bytes.Equal(esp[layout.NodeBinaryPath], node) {
 			t.Errorf("%s: the ESP has no node binary at %s", m.Name, layout.NodeBinaryPath)
+		}
+	}
+}
+
+// TestOnlyStaticExecutablesGoIn: the appliance has no dynamic loader, so
+// a dynamically linked node or init binary would boot to "no such file
+// or directory"; it is refused when the image is built, as is a file
+// that is no executable. Go's own gofmt is a static one.
+func TestOnlyStaticExecutablesGoIn(t *testing.T) {
+	read := func(p string) []byte {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Skipf("%s: %v", p, err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string // "" accepted
+	}{
+		{"static Go program", read(filepath.Join(runtime.GOROOT(), "bin", "gofmt")), ""},
+		{"dynamically linked program", read("/bin/true"), "is dynamically linked (it needs /lib64/ld-linux-x86-64.so.2"},
+		{"shell script", []byte("#!/bin/sh\nexec etcd\n"), "is not an ELF executable"},
+		{"empty file", nil, "is not an ELF executable"},
+	} {
+		err := checkStatic("node binary x", tc.data)
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
 	}
 }
