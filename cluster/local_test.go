@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"etcdimg/console"
 	"etcdimg/testvm"
 )
 
@@ -156,5 +157,30 @@ func TestUpStoresAbsolutePaths(t *testing.T) {
 	m, _ := st.Member("etcd-1")
 	if !filepath.IsAbs(m.Image) || m.Image != filepath.Join(work, "etcd-1.img") {
 		t.Errorf("image recorded as %q", m.Image)
+	}
+}
+
+// TestStoppedFindsTheMemberThatGaveUp: a member that stops its boot says
+// why on its console; Stopped names it and the reason, wherever the line
+// is in the console's tail, and nothing while no member has.
+func TestStoppedFindsTheMemberThatGaveUp(t *testing.T) {
+	dir := t.TempDir()
+	st := &State{}
+	for i, text := range []string{
+		"[   1.0] firstboot: node binary running (pid 1)\n",
+		strings.Repeat("etcd: a line\n", 10000) + "[   2.5] firstboot: " + console.Stopped + " run /boot/etcdimg/etcdnode: no such file or directory\n[   2.6] firstboot: no disk was written; powering off in 5m0s\n",
+	} {
+		path := filepath.Join(dir, fmt.Sprintf("etcd-%d-console.log", i+1))
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st.Members = append(st.Members, MemberState{Name: fmt.Sprintf("etcd-%d", i+1), Console: path})
+	}
+	if _, _, ok := (&State{Members: st.Members[:1]}).Stopped(); ok {
+		t.Error("a member booting normally counts as stopped")
+	}
+	name, why, ok := st.Stopped()
+	if !ok || name != "etcd-2" || why != "run /boot/etcdimg/etcdnode: no such file or directory" {
+		t.Errorf("Stopped() = %q, %q, %v", name, why, ok)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"etcdimg/console"
 	"etcdimg/layout"
 	"etcdimg/testvm"
 )
@@ -147,6 +148,41 @@ func (st *State) Running() []MemberState {
 		}
 	}
 	return up
+}
+
+// Stopped returns the first member whose console says it stopped its
+// boot (console.Stopped: a member that found a reason not to go on, such
+// as a data disk it must not format, prints why and waits to be powered
+// off), with the reason; ok is false while none has. It reads the last
+// 64 KiB of each console.
+func (st *State) Stopped() (name, why string, ok bool) {
+	for _, m := range st.Members {
+		if why, ok := stoppedLine(m.Console); ok {
+			return m.Name, why, true
+		}
+	}
+	return "", "", false
+}
+
+func stoppedLine(path string) (string, bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", false
+	}
+	defer f.Close()
+	const tail = 64 << 10
+	var off int64
+	if fi, err := f.Stat(); err == nil && fi.Size() > tail {
+		off = fi.Size() - tail
+	}
+	b := make([]byte, tail)
+	n, _ := f.ReadAt(b, off)
+	for _, line := range strings.Split(string(b[:n]), "\n") {
+		if _, why, found := strings.Cut(line, console.Stopped); found {
+			return strings.TrimSpace(why), true
+		}
+	}
+	return "", false
 }
 
 // Lock is an exclusive hold on a run directory.

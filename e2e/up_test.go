@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -482,5 +483,43 @@ func checkScrapes(t *testing.T, u *upCluster, query promQuery, port int, dir str
 			t.Fatalf("prometheus: up=%v has_leader=%v backup interval=%v (%v %v %v)\n%s", up, leader, node, err1, err2, err3, testvm.TailFile(filepath.Join(dir, "prometheus.log"), 15))
 		}
 		time.Sleep(time.Second)
+	}
+}
+
+// TestUpEndsWhenAMemberStopsItsBoot: a member that refuses its data disk
+// (it holds a FAT file system, so it is never formatted) stops its boot
+// and waits to be powered off. `up` says which member stopped and why,
+// and exits 1 at once instead of waiting out its timeout; the disk still
+// holds its FAT.
+func TestUpEndsWhenAMemberStopsItsBoot(t *testing.T) {
+	work := t.TempDir()
+	out := filepath.Join(work, "out")
+	if _, stderr, code := etcdimg(t, work, "build", "--nodes", "1", "--out", out); code != 0 {
+		t.Fatalf("build: %s", stderr)
+	}
+	disk := filepath.Join(out, "disks", "etcd-1-data.img")
+	if err := os.MkdirAll(filepath.Dir(disk), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(disk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command("mkfs.vfat", disk).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.vfat: %v %s", err, b)
+	}
+	before, err := os.ReadFile(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { etcdimg(t, work, "down", "--out", out) })
+	_, stderr, code := etcdimg(t, work, "up", "--out", out, "--detach", "--accel", "tcg", "--timeout", "4m", "--port-base", strconv.Itoa(freePortBase(t, 1)))
+	if code != 1 || !strings.Contains(stderr, "up: etcd-1 stopped its boot: prepare data disk: data disk /dev/vdb: it holds FAT at its start; not formatting it") {
+		t.Errorf("up: exit %d, stderr:\n%s", code, stderr)
+	}
+	if after, err := os.ReadFile(disk); err != nil || !bytes.Equal(before, after) {
+		t.Errorf("the refused data disk changed (%v)", err)
 	}
 }

@@ -222,11 +222,15 @@ func upCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			// Each member is asked every 250 ms until healthy, no longer,
-			// and the wait ends early when a member's QEMU exits.
+			// and the wait ends early when a member's QEMU exits or a
+			// member stops its boot (it would wait to be powered off).
 			wctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			go func() {
 				for wctx.Err() == nil && len(st.Running()) == len(st.Members) {
+					if _, _, stopped := st.Stopped(); stopped {
+						break
+					}
 					select {
 					case <-wctx.Done():
 					case <-time.After(time.Second):
@@ -236,6 +240,14 @@ func upCmd() *cobra.Command {
 			}()
 			rs := health.Wait(wctx, e.Endpoints, e.TLS, 2*time.Second, 250*time.Millisecond)
 			health.Table(w, rs)
+			if name, why, stopped := st.Stopped(); stopped && !health.Healthy(rs) {
+				m, _ := st.Member(name)
+				fmt.Fprintf(os.Stderr, "--- %s console tail (%s) ---\n%s\n", name, m.Console, testvm.TailFile(m.Console, 15))
+				if !detach {
+					downAndReport(w, dir)
+				}
+				return fmt.Errorf("up: %s stopped its boot: %s", name, why)
+			}
 			if !health.Healthy(rs) {
 				for i, r := range rs {
 					if !r.Healthy {
