@@ -1,14 +1,18 @@
 package testvm
 
 import (
+	"bufio"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +29,92 @@ type Switch struct {
 	ports map[*swPort]bool
 	macs  map[[6]byte]*swPort
 	wg    sync.WaitGroup
+	rules rules // what `etcdimg chaos` does to the LAN; none by default
+	ctl   net.Listener
+}
+
+// LANRules are faults of the LAN that `etcdimg chaos` injects: sides
+// that cannot reach each other, and a share of frames lost. A MAC on no
+// side (the gateway: the host's clients and services) reaches every
+// side. The zero value is a healthy LAN.
+type LANRules struct {
+	Sides [][]string `json:"sides,omitempty"` // MAC addresses, as net.HardwareAddr prints them
+	Lossy []string   `json:"lossy,omitempty"` // frames from or to these MACs are lost ...
+	Loss  float64    `json:"loss,omitempty"`  // ... with this probability
+}
+
+// rules is LANRules parsed.
+type rules struct {
+	side  map[[6]byte]int // 1-based; 0: on every side
+	lossy map[[6]byte]bool
+	loss  float64
+}
+
+func (r LANRules) parse() (rules, error) {
+	out := rules{side: map[[6]byte]int{}, lossy: map[[6]byte]bool{}, loss: r.Loss}
+	mac := func(s string) ([6]byte, error) {
+		var m [6]byte
+		hw, err := net.ParseMAC(s)
+		if err != nil || len(hw) != 6 {
+			return m, fmt.Errorf("testvm: LAN rules: %q is not a MAC address", s)
+		}
+		copy(m[:], hw)
+		return m, nil
+	}
+	for i, side := range r.Sides {
+		for _, s := range side {
+			m, err := mac(s)
+			if err != nil {
+				return rules{}, err
+			}
+			out.side[m] = i + 1
+		}
+	}
+	for _, s := range r.Lossy {
+		m, err := mac(s)
+		if err != nil {
+			return rules{}, err
+		}
+		out.lossy[m] = true
+	}
+	if r.Loss < 0 || r.Loss > 1 {
+		return rules{}, fmt.Errorf("testvm: LAN rules: loss %v is not a share between 0 and 1", r.Loss)
+	}
+	return out, nil
+}
+
+// SetRules replaces the LAN's faults (the zero LANRules heals it).
+func (s *Switch) SetRules(r LANRules) error {
+	parsed, err := r.parse()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.rules = parsed
+	s.mu.Unlock()
+	return nil
+}
+
+// passes reports whether a frame from src reaches port q (whose learned
+// MACs are its addresses); s.mu is held.
+func (s *Switch) passes(src [6]byte, q *swPort) bool {
+	r := s.rules
+	if len(r.side) == 0 && r.loss == 0 {
+		return true
+	}
+	for mac, p := range s.macs {
+		if p != q {
+			continue
+		}
+		a, b := r.side[src], r.side[mac]
+		if a != 0 && b != 0 && a != b {
+			return false
+		}
+		if r.loss > 0 && (r.lossy[src] || r.lossy[mac]) && rand.Float64() < r.loss {
+			return false
+		}
+	}
+	return true
 }
 
 type swPort struct {
@@ -72,6 +162,9 @@ func (s *Switch) Serve() error {
 func (s *Switch) Close() error {
 	err := s.ln.Close()
 	s.mu.Lock()
+	if s.ctl != nil {
+		s.ctl.Close()
+	}
 	for p := range s.ports {
 		p.conn.Close()
 	}
@@ -117,12 +210,12 @@ func (s *Switch) run(p *swPort) {
 		}
 		var out []*swPort
 		if q, ok := s.macs[dst]; ok && dst[0]&1 == 0 {
-			if q != p {
+			if q != p && s.passes(src, q) {
 				out = []*swPort{q}
 			}
 		} else {
 			for q := range s.ports {
-				if q != p {
+				if q != p && s.passes(src, q) {
 					out = append(out, q)
 				}
 			}
@@ -178,4 +271,65 @@ func StartSwitch(command []string, socket, logPath string) (Process, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// ControlPath is where the switch listening on socket takes its rules.
+func ControlPath(socket string) string { return socket + ".ctl" }
+
+// ServeControl takes LANRules on path, one JSON object per connection,
+// answered "ok" or the error, until the switch is closed.
+func (s *Switch) ServeControl(path string) error {
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("testvm: switch control: %w", err)
+	}
+	s.mu.Lock()
+	s.ctl = ln
+	s.mu.Unlock()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("testvm: switch control: %w", err)
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			var r LANRules
+			err := json.NewDecoder(c).Decode(&r)
+			if err == nil {
+				err = s.SetRules(r)
+			}
+			if err != nil {
+				fmt.Fprintf(c, "error: %v\n", err)
+				return
+			}
+			fmt.Fprintln(c, "ok")
+		}()
+	}
+}
+
+// SetLANRules sets the faults of the LAN whose switch listens on socket
+// (the zero LANRules heals it).
+func SetLANRules(socket string, r LANRules) error {
+	c, err := net.DialTimeout("unix", ControlPath(socket), 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("testvm: LAN switch control: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := json.NewEncoder(c).Encode(r); err != nil {
+		return fmt.Errorf("testvm: LAN switch control: %w", err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("testvm: LAN switch control: %w", err)
+	}
+	if line = strings.TrimSpace(line); line != "ok" {
+		return fmt.Errorf("testvm: LAN switch control: %s", strings.TrimPrefix(line, "error: "))
+	}
+	return nil
 }

@@ -2,10 +2,12 @@ package testvm
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +84,96 @@ func TestSwitchLearnsAndFloods(t *testing.T) {
 	send(t, c[0], frame(9, 1, "who"))
 	if recv(t, c[1]) != "who" || recv(t, c[2]) != "who" {
 		t.Fatal("unknown unicast not flooded")
+	}
+}
+
+// TestSwitchPartitions: rules sent to the switch's control socket cut
+// the LAN into sides (a MAC on no side, the gateway, reaches both), lose
+// every frame of a lossy member at share 1, and are lifted by the zero
+// rules; a bad rule is refused and changes nothing.
+func TestSwitchPartitions(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "lan.sock")
+	sw, err := ListenSwitch(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go sw.Serve()
+	go sw.ServeControl(ControlPath(sock))
+	defer sw.Close()
+	var c [4]net.Conn // MACs 02:00:00:00:00:01 … 04; 04 is the gateway
+	for i := range c {
+		if c[i], err = net.Dial("unix", sock); err != nil {
+			t.Fatal(err)
+		}
+		defer c[i].Close()
+	}
+	time.Sleep(100 * time.Millisecond)
+	for i := range c { // every MAC learned, and every port drained
+		send(t, c[i], frame(0xff, byte(i+1), "hi"))
+		for j := range c {
+			if j != i {
+				recv(t, c[j])
+			}
+		}
+	}
+	mac := func(i int) string { return fmt.Sprintf("02:00:00:00:00:%02x", i) }
+	reaches := func(from, to int) bool {
+		send(t, c[from-1], frame(byte(to), byte(from), "ping"))
+		return recv(t, c[to-1]) == "ping"
+	}
+	broadcastReaches := func(from int) []int {
+		send(t, c[from-1], frame(0xff, byte(from), "all"))
+		var got []int
+		for i := range c {
+			if i != from-1 && recv(t, c[i]) == "all" {
+				got = append(got, i+1)
+			}
+		}
+		return got
+	}
+
+	// Isolate member 1 from 2 and 3; the gateway (4) is on no side.
+	for ctl := 0; ctl < 30; ctl++ { // the control socket comes up with the goroutine
+		if err = SetLANRules(sock, LANRules{Sides: [][]string{{mac(1)}, {mac(2), mac(3)}}}); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reaches(1, 2) || reaches(3, 1) {
+		t.Error("a frame crossed the partition")
+	}
+	if !reaches(2, 3) || !reaches(1, 4) || !reaches(4, 1) || !reaches(4, 2) {
+		t.Error("a frame within a side, or to or from the gateway, was lost")
+	}
+	if got := broadcastReaches(1); !reflect.DeepEqual(got, []int{4}) {
+		t.Errorf("member 1's broadcast reached %v, want [4]", got)
+	}
+	// Member 2 loses everything; the others talk.
+	if err := SetLANRules(sock, LANRules{Lossy: []string{mac(2)}, Loss: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if reaches(1, 2) || reaches(2, 3) || !reaches(1, 3) {
+		t.Error("loss of 1 did not take exactly member 2's frames")
+	}
+	// A bad rule is refused, and the rules before it stay.
+	if err := SetLANRules(sock, LANRules{Loss: 2}); err == nil || !strings.Contains(err.Error(), "loss 2 is not a share") {
+		t.Errorf("loss 2: %v", err)
+	}
+	if err := SetLANRules(sock, LANRules{Sides: [][]string{{"nonsense"}}}); err == nil || !strings.Contains(err.Error(), `"nonsense" is not a MAC address`) {
+		t.Errorf("a bad MAC: %v", err)
+	}
+	if reaches(1, 2) {
+		t.Error("a refused rule changed the LAN")
+	}
+	// Healed.
+	if err := SetLANRules(sock, LANRules{}); err != nil {
+		t.Fatal(err)
+	}
+	if !reaches(1, 2) || !reaches(2, 1) || !reaches(3, 1) {
+		t.Error("the healed LAN still drops frames")
 	}
 }
 

@@ -531,6 +531,12 @@ func lanCmd() *cobra.Command {
 			sig := make(chan os.Signal, 1)
 			signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 			go func() { <-sig; sw.Close() }()
+			// `etcdimg chaos` partitions the LAN through this socket.
+			go func() {
+				if err := sw.ServeControl(testvm.ControlPath(socket)); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+				}
+			}()
 			return sw.Serve()
 		},
 	}
