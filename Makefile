@@ -20,7 +20,7 @@ HOST_FILES := /usr/share/OVMF/OVMF_CODE.fd:ovmf
 DEB_CACHE := .cache/deb
 export ETCDIMG_DEB_CACHE := $(CURDIR)/$(DEB_CACHE)
 
-.PHONY: all build up test bench deps host-packages debs test-tools clean
+.PHONY: all build up chaos test bench deps host-packages debs test-tools clean
 ## all (plain `make`): the image packages and both binaries.
 all: debs build
 
@@ -69,6 +69,12 @@ up: deps build
 	bin/etcdimg build --out $(OUT) $(if $(wildcard $(OUT)/etcdimg.yaml),,--nodes $(NODES))
 	@if bin/etcdimg status --out $(OUT) >/dev/null 2>&1; then bin/etcdimg health --out $(OUT); \
 	else bin/etcdimg up --detach --out $(OUT); fi
+
+## chaos: the full fault run (`etcdimg chaos`, every fault, the default
+## 2 minutes of traffic) against the cluster `make up` runs, started first
+## if it is not running. Exit 1 if a check fails; files in $(OUT)/chaos/.
+chaos: up
+	bin/etcdimg chaos --out $(OUT)
 
 ## test-tools: the real S3 server the backup tests upload to (Versity's
 ## S3 gateway, Apache-2.0), built once from the module proxy into .cache/bin.

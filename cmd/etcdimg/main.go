@@ -27,7 +27,7 @@ of them.`,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(initCmd(), clientCmd(), rotateCmd(), renderCmd(), buildCmd(), upCmd(), downCmd(), statusCmd(), healthCmd(), etcdctlCmd(),
-		stopCmd(), startCmd(), replaceCmd(), rollCmd(), snapshotCmd(), backupsCmd(), restoreCmd(), lanCmd())
+		stopCmd(), startCmd(), replaceCmd(), rollCmd(), snapshotCmd(), backupsCmd(), restoreCmd(), chaosCmd(), lanCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)
 		var ue usageError

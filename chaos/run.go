@@ -1,0 +1,430 @@
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"etcdimg/cluster"
+	"etcdimg/health"
+	"etcdimg/history"
+	"etcdimg/testvm"
+	"etcdimg/workload"
+)
+
+// Options are a run's settings (the command's flags).
+type Options struct {
+	Duration time.Duration
+	Faults   []string
+	Clients  int
+	Keys     int
+	Seed     uint64
+	Dir      string    // where the run's files go (DIR/chaos/<time>)
+	Log      io.Writer // progress lines
+}
+
+// Run drives traffic against the local cluster st (through e, the
+// admin's view of it) while the scheduled faults are injected and
+// healed, then checks the history and writes the report's files to
+// o.Dir. The caller holds the cluster's run lock.
+func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Verdict, []Done, error) {
+	var names []string
+	for _, m := range st.Members {
+		names = append(names, m.Name)
+	}
+	plan, err := Schedule(o.Faults, names, o.Duration, o.Seed)
+	if err != nil {
+		return Verdict{}, nil, err
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return Verdict{}, nil, fmt.Errorf("chaos: %w", err)
+	}
+	before, err := clusterID(ctx, e)
+	if err != nil {
+		return Verdict{}, nil, fmt.Errorf("chaos: the cluster is not healthy before the run: %w", err)
+	}
+	var urls []string
+	for _, ep := range e.Endpoints {
+		urls = append(urls, ep.URL)
+	}
+	prefix := fmt.Sprintf("/chaos/%d/", time.Now().UnixNano())
+	start := time.Now()
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(o.Log, "%6.1fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}
+
+	// Traffic, and the members' statuses every half second.
+	wctx, stopTraffic := context.WithCancel(ctx)
+	defer stopTraffic()
+	var ops []history.Op
+	var werr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ops, werr = workload.Run(wctx, workload.Config{
+			Endpoints: urls, TLS: e.TLS, Clients: o.Clients, Keys: o.Keys, Prefix: prefix,
+			Seed: o.Seed, Timeout: 3 * time.Second, Start: start,
+		})
+	}()
+	var ids []string
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for wctx.Err() == nil {
+			for _, s := range e.Statuses(wctx, time.Second) {
+				if s.Err == nil && s.ClusterID != before {
+					ids = append(ids, fmt.Sprintf("%s answered with cluster ID %x, the run began with %x", s.Name, s.ClusterID, before))
+				}
+			}
+			select {
+			case <-wctx.Done():
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}()
+	// Every boot's console is kept: a member booted again starts a new
+	// console file.
+	boots := map[string]int{}
+	keepConsole := func(name string) error {
+		m, err := st.Member(name)
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(m.Console)
+		if err != nil {
+			return fmt.Errorf("chaos: console of %s: %w", name, err)
+		}
+		boots[name]++
+		f, err := os.OpenFile(filepath.Join(o.Dir, name+"-console.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("chaos: %w", err)
+		}
+		fmt.Fprintf(f, "===== %s, boot %d of this run's record =====\n", name, boots[name])
+		_, err = f.Write(b)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}
+
+	// The faults, one after the other.
+	rnd := rand.New(rand.NewPCG(o.Seed, 1))
+	var done []Done
+	for _, f := range plan {
+		if wait := f.At - time.Since(start); wait > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		heal, target, err := inject(ctx, st, e, f, rnd, keepConsole)
+		d := Done{Fault: f, Target: target, Began: time.Since(start)} // once it has hit
+		logf("%s %s: injected", f.Kind+variant(f), target)
+		if err == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(f.For):
+			}
+			err = heal()
+		}
+		d.Healed = time.Since(start)
+		if err == nil {
+			err = waitHealthy(ctx, e, 3*time.Minute)
+		}
+		if err != nil {
+			d.Err = err.Error()
+		}
+		logf("%s %s: healed; cluster healthy again after %.1fs", f.Kind+variant(f), target, (time.Since(start) - d.Healed).Seconds())
+		done = append(done, d)
+	}
+	if wait := max(o.Duration-time.Since(start), Cooldown); ctx.Err() == nil {
+		logf("traffic alone for %.0fs, then the checks", wait.Seconds())
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	stopTraffic()
+	wg.Wait()
+	if werr != nil {
+		return Verdict{}, done, werr
+	}
+
+	// Every member's final values, read through that member, join the
+	// history as linearizable reads after everything else.
+	final, diverged := finalReads(ctx, e, prefix, o.Keys, time.Since(start))
+	all := append(slices.Clone(ops), final...)
+	Measure(done, ops)
+	var samples []Sample
+	for _, m := range st.Members {
+		if err := keepConsole(m.Name); err != nil {
+			return Verdict{}, done, err
+		}
+		b, err := os.ReadFile(filepath.Join(o.Dir, m.Name+"-console.log"))
+		if err != nil {
+			return Verdict{}, done, fmt.Errorf("chaos: %w", err)
+		}
+		samples = append(samples, LeaderSamples(m.Name, b)...)
+	}
+	v := Verdict{Requests: len(ops), Diverged: diverged, TwoLeaders: TwoLeaders(samples), Backwards: history.Backwards(ops)}
+	v.OK, v.Failed, v.Unknown = Tally(ops)
+	if len(ids) > 0 {
+		v.ClusterID = ids[0]
+	}
+	for _, d := range done {
+		if d.Err != "" {
+			v.FaultErrors = append(v.FaultErrors, fmt.Sprintf("%s %s: %s", d.Kind+variant(d.Fault), d.Target, d.Err))
+		}
+	}
+	r := history.Check(all, 5*time.Minute)
+	v.Linearizable, v.CheckTimedOut = r.Linearizable, r.TimedOut
+	if err := writeFiles(o.Dir, all, done, r); err != nil {
+		return v, done, err
+	}
+	return v, done, nil
+}
+
+func variant(f Fault) string {
+	if f.Variant == "" {
+		return ""
+	}
+	return " " + f.Variant
+}
+
+// inject starts fault f and returns how to heal it, and whom it hit.
+func inject(ctx context.Context, st *cluster.State, e *cluster.Etcd, f Fault, rnd *rand.Rand, keepConsole func(string) error) (func() error, string, error) {
+	none := func() error { return nil }
+	member := f.Member
+	var minority []string // split: the leader and as many followers as keep it a minority
+	if f.Kind == Kill || (f.Kind == Partition && f.Variant == "split") {
+		leader, followers, err := roles(ctx, e)
+		if err != nil {
+			return none, "", err
+		}
+		member = leader
+		if f.Variant == "follower" {
+			member = followers[rnd.IntN(len(followers))]
+		}
+		minority = append([]string{leader}, followers[:(len(st.Members)-1)/2-1]...)
+	}
+	boot := func(names ...string) func() error {
+		return func() error {
+			for _, n := range names {
+				if err := keepConsole(n); err != nil {
+					return err
+				}
+				if err := st.Start(n); err != nil {
+					return fmt.Errorf("boot %s again: %w", n, err)
+				}
+			}
+			return nil
+		}
+	}
+	switch f.Kind {
+	case Kill:
+		return boot(member), member, kill(st, member)
+	case PowerOff:
+		_, err := st.Stop(member, time.Minute)
+		return boot(member), member, err
+	case PowerCut:
+		var names []string
+		for _, m := range st.Members {
+			names = append(names, m.Name)
+			if err := kill(st, m.Name); err != nil {
+				return boot(names...), "every member", err
+			}
+		}
+		return boot(names...), "every member", nil
+	case Partition:
+		heal := func() error { return testvm.SetLANRules(st.SwitchSocket, testvm.LANRules{}) }
+		side := minority
+		if f.Variant != "split" {
+			side = []string{member}
+		}
+		var in, out []string
+		for _, m := range st.Members {
+			mac, err := macOf(m)
+			if err != nil {
+				return none, member, err
+			}
+			if slices.Contains(side, m.Name) {
+				in = append(in, mac)
+			} else {
+				out = append(out, mac)
+			}
+		}
+		rules := testvm.LANRules{Sides: [][]string{in, out}}
+		if f.Variant == "lossy" {
+			rules = testvm.LANRules{Lossy: in, Loss: 0.3}
+		}
+		return heal, strings.Join(side, ","), testvm.SetLANRules(st.SwitchSocket, rules)
+	}
+	return none, member, fmt.Errorf("chaos: %s is not wired into chaos runs yet", f.Kind)
+}
+
+// kill ends a member's QEMU at once, as a power cut does.
+func kill(st *cluster.State, name string) error {
+	m, err := st.Member(name)
+	if err != nil {
+		return err
+	}
+	if !m.QEMU.Signal(syscall.SIGKILL) {
+		return fmt.Errorf("%s was not running", name)
+	}
+	if !testvm.WaitGone(m.QEMU.PID, 10*time.Second) {
+		return fmt.Errorf("%s: pid %d outlived SIGKILL", name, m.QEMU.PID)
+	}
+	return nil
+}
+
+// macOf is a member's NIC address on the LAN, which testvm derives from
+// its IP.
+func macOf(m cluster.MemberState) (string, error) {
+	ip, err := netip.ParseAddr(m.IP)
+	if err != nil {
+		return "", fmt.Errorf("%s: address %q: %w", m.Name, m.IP, err)
+	}
+	return testvm.Options{GuestIP: ip}.MAC(), nil
+}
+
+// roles names the leader and the followers, as the members see them now.
+func roles(ctx context.Context, e *cluster.Etcd) (string, []string, error) {
+	snap, err := e.Observe(ctx)
+	if err != nil {
+		return "", nil, err
+	}
+	leader, ok := snap.Leader()
+	if !ok {
+		return "", nil, fmt.Errorf("no leader")
+	}
+	var followers []string
+	for _, name := range slices.Sorted(maps.Keys(snap.Status)) {
+		if name != leader.Name {
+			followers = append(followers, name)
+		}
+	}
+	if len(followers) == 0 {
+		return "", nil, fmt.Errorf("no follower answers")
+	}
+	return leader.Name, followers, nil
+}
+
+// waitHealthy waits until every member answers a health check.
+func waitHealthy(ctx context.Context, e *cluster.Etcd, bound time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	rs := health.Wait(ctx, e.Endpoints, e.TLS, 2*time.Second, 250*time.Millisecond)
+	if !health.Healthy(rs) {
+		for _, r := range rs {
+			if !r.Healthy {
+				return fmt.Errorf("%s not healthy within %s: %s", r.Member, bound, r.Err)
+			}
+		}
+	}
+	return nil
+}
+
+// clusterID is the cluster's ID, which every member must report.
+func clusterID(ctx context.Context, e *cluster.Etcd) (uint64, error) {
+	if err := waitHealthy(ctx, e, time.Minute); err != nil {
+		return 0, err
+	}
+	var id uint64
+	for _, s := range e.Statuses(ctx, 5*time.Second) {
+		if s.Err != nil {
+			return 0, fmt.Errorf("%s: %w", s.Name, s.Err)
+		}
+		if id != 0 && s.ClusterID != id {
+			return 0, fmt.Errorf("%s reports cluster %x, another member %x", s.Name, s.ClusterID, id)
+		}
+		id = s.ClusterID
+	}
+	return id, nil
+}
+
+// finalReads reads every key through every member, linearizably: the
+// reads, as history operations after at, and the keys whose values
+// differ between members.
+func finalReads(ctx context.Context, e *cluster.Etcd, prefix string, keys int, at time.Duration) ([]history.Op, []string) {
+	var ops []history.Op
+	var diverged []string
+	values := map[string]map[string]string{}
+	for i, ep := range e.Endpoints {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep.URL}, TLS: e.TLS, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			diverged = append(diverged, fmt.Sprintf("%s: %v", ep.Member, err))
+			continue
+		}
+		for k := range keys {
+			key := fmt.Sprintf("%sk%d", prefix, k)
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			r, err := cli.Get(rctx, key)
+			cancel()
+			op := history.Op{Client: 1000 + i, Kind: history.Get, Key: key, Call: at, Return: at}
+			if err != nil {
+				diverged = append(diverged, fmt.Sprintf("%s: read %s: %v", ep.Member, key, err))
+				continue
+			}
+			op.Rev = r.Header.Revision
+			if len(r.Kvs) > 0 {
+				op.Found, op.Got, op.ModRev = true, string(r.Kvs[0].Value), r.Kvs[0].ModRevision
+			}
+			ops = append(ops, op)
+			if values[key] == nil {
+				values[key] = map[string]string{}
+			}
+			values[key][ep.Member] = fmt.Sprintf("%q@%d", op.Got, op.ModRev)
+		}
+		cli.Close()
+	}
+	for _, key := range slices.Sorted(maps.Keys(values)) {
+		seen := map[string]bool{}
+		for _, v := range values[key] {
+			seen[v] = true
+		}
+		if len(seen) > 1 {
+			diverged = append(diverged, fmt.Sprintf("%s: %v", key, values[key]))
+		}
+	}
+	return ops, diverged
+}
+
+// writeFiles writes the run's files: the history, the faults and the
+// visualization (the consoles are kept as the run goes).
+func writeFiles(dir string, ops []history.Op, done []Done, r history.Result) error {
+	write := func(name string, v any) error {
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, name), b, 0o600)
+	}
+	if err := write("history.json", ops); err != nil {
+		return fmt.Errorf("chaos: %w", err)
+	}
+	if err := write("faults.json", done); err != nil {
+		return fmt.Errorf("chaos: %w", err)
+	}
+	if err := r.WriteHTML(filepath.Join(dir, "history.html")); err != nil {
+		return err
+	}
+	return nil
+}
