@@ -217,26 +217,31 @@ type Result struct {
 // not fail, but serializable reads, which may be stale by design (etcd
 // serves them from one member's state). An operation of unknown outcome
 // is given a return after every other one. A put or compare-and-swap of
-// unknown outcome whose value no read returned is left out: values are
-// unique, so whether it happened or not, no other operation's result
-// depends on it (a key it wrote was written again or deleted before
-// anyone read it), and the many such writes to a member that is down
-// would only slow the search.
+// unknown outcome is left out when no other operation's result can
+// depend on it, which keeps the search small when a member is down: no
+// read returned its value (values are unique), and no compare-and-swap
+// that failed or delete that deleted on its key returned after its call
+// (either can owe its result to that write alone).
 func Check(ops []Op, timeout time.Duration) Result {
 	var h []porcupine.Operation
 	var end time.Duration
 	seen := map[string]bool{}
+	revealed := map[string]time.Duration{} // by key: the last return of a failed CAS or a delete that deleted
 	for _, o := range ops {
 		end = max(end, o.Call, o.Return)
-		if o.Kind == Get && o.Found && !o.Failed {
+		switch {
+		case o.Failed || o.Unknown:
+		case o.Kind == Get && o.Found:
 			seen[o.Key+"\x00"+o.Got] = true
+		case (o.Kind == CAS || o.Kind == Delete) && o.Succeeded == (o.Kind == Delete):
+			revealed[o.Key] = max(revealed[o.Key], o.Return)
 		}
 	}
 	for _, o := range ops {
 		if o.Failed || (o.Kind == Get && o.Serializable) {
 			continue
 		}
-		if o.Unknown && (o.Kind == Put || o.Kind == CAS) && !seen[o.Key+"\x00"+o.Value] {
+		if r, ok := revealed[o.Key]; o.Unknown && (o.Kind == Put || o.Kind == CAS) && !seen[o.Key+"\x00"+o.Value] && (!ok || r < o.Call) {
 			continue
 		}
 		ret := o.Return

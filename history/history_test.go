@@ -40,6 +40,13 @@ func TestCheck(t *testing.T) {
 		{"a write whose revision goes back", []Op{at(0, 10, put(0, "k1", "a", 5)), at(20, 30, put(1, "k1", "b", 4))}, false},
 		{"an unknown put never seen", []Op{at(0, 10, put(0, "k1", "a", 2)), unknown(at(20, 0, put(1, "k1", "b", 0))), at(40, 50, get(2, "k1", "a", 2))}, true},
 		{"an unknown put seen later", []Op{at(0, 10, put(0, "k1", "a", 2)), unknown(at(20, 0, put(1, "k1", "b", 0))), at(40, 50, get(2, "k1", "b", 7))}, true},
+		{"an unknown put never read, revealed by a compare-and-swap that failed", []Op{
+			at(0, 10, put(0, "k1", "a", 2)), unknown(at(20, 0, put(1, "k1", "b", 0))),
+			at(40, 50, Op{Client: 2, Kind: CAS, Key: "k1", Expect: 2, Value: "c", Succeeded: false, Rev: 9}),
+		}, true},
+		{"an unknown put never read, revealed by a delete that deleted", []Op{
+			unknown(at(0, 0, put(1, "k1", "b", 0))), at(40, 50, Op{Client: 2, Kind: Delete, Key: "k1", Succeeded: true, Rev: 9}),
+		}, true},
 		{"an unknown put seen, then what it overwrote", []Op{
 			at(0, 10, put(0, "k1", "a", 2)), unknown(at(20, 0, put(1, "k1", "b", 0))), at(40, 50, get(2, "k1", "b", 7)), at(60, 70, get(2, "k1", "a", 2)),
 		}, false},
