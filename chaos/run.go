@@ -7,13 +7,11 @@ import (
 	"io"
 	"maps"
 	"math/rand/v2"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -29,7 +27,7 @@ import (
 // Options are a run's settings (the command's flags).
 type Options struct {
 	Duration time.Duration
-	Faults   []string
+	Plan     []Fault // from Schedule
 	Clients  int
 	Keys     int
 	Seed     uint64
@@ -42,14 +40,6 @@ type Options struct {
 // healed, then checks the history and writes the report's files to
 // o.Dir. The caller holds the cluster's run lock.
 func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Verdict, []Done, error) {
-	var names []string
-	for _, m := range st.Members {
-		names = append(names, m.Name)
-	}
-	plan, err := Schedule(o.Faults, names, o.Duration, o.Seed)
-	if err != nil {
-		return Verdict{}, nil, err
-	}
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return Verdict{}, nil, fmt.Errorf("chaos: %w", err)
 	}
@@ -125,7 +115,7 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 	// The faults, one after the other.
 	rnd := rand.New(rand.NewPCG(o.Seed, 1))
 	var done []Done
-	for _, f := range plan {
+	for _, f := range o.Plan {
 		if wait := f.At - time.Since(start); wait > 0 {
 			select {
 			case <-ctx.Done():
@@ -240,7 +230,7 @@ func inject(ctx context.Context, st *cluster.State, e *cluster.Etcd, f Fault, rn
 	}
 	switch f.Kind {
 	case Kill:
-		return boot(member), member, kill(st, member)
+		return boot(member), member, st.Kill(member)
 	case PowerOff:
 		_, err := st.Stop(member, time.Minute)
 		return boot(member), member, err
@@ -248,7 +238,7 @@ func inject(ctx context.Context, st *cluster.State, e *cluster.Etcd, f Fault, rn
 		var names []string
 		for _, m := range st.Members {
 			names = append(names, m.Name)
-			if err := kill(st, m.Name); err != nil {
+			if err := st.Kill(m.Name); err != nil {
 				return boot(names...), "every member", err
 			}
 		}
@@ -261,7 +251,7 @@ func inject(ctx context.Context, st *cluster.State, e *cluster.Etcd, f Fault, rn
 		}
 		var in, out []string
 		for _, m := range st.Members {
-			mac, err := macOf(m)
+			mac, err := m.MAC()
 			if err != nil {
 				return none, member, err
 			}
@@ -278,31 +268,6 @@ func inject(ctx context.Context, st *cluster.State, e *cluster.Etcd, f Fault, rn
 		return heal, strings.Join(side, ","), testvm.SetLANRules(st.SwitchSocket, rules)
 	}
 	return none, member, fmt.Errorf("chaos: %s is not wired into chaos runs yet", f.Kind)
-}
-
-// kill ends a member's QEMU at once, as a power cut does.
-func kill(st *cluster.State, name string) error {
-	m, err := st.Member(name)
-	if err != nil {
-		return err
-	}
-	if !m.QEMU.Signal(syscall.SIGKILL) {
-		return fmt.Errorf("%s was not running", name)
-	}
-	if !testvm.WaitGone(m.QEMU.PID, 10*time.Second) {
-		return fmt.Errorf("%s: pid %d outlived SIGKILL", name, m.QEMU.PID)
-	}
-	return nil
-}
-
-// macOf is a member's NIC address on the LAN, which testvm derives from
-// its IP.
-func macOf(m cluster.MemberState) (string, error) {
-	ip, err := netip.ParseAddr(m.IP)
-	if err != nil {
-		return "", fmt.Errorf("%s: address %q: %w", m.Name, m.IP, err)
-	}
-	return testvm.Options{GuestIP: ip}.MAC(), nil
 }
 
 // roles names the leader and the followers, as the members see them now.

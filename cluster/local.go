@@ -204,16 +204,44 @@ func powerOff(m MemberState, timeout time.Duration) string {
 	}
 	start := time.Now()
 	if err := testvm.QMP(m.QMP, "system_powerdown"); err != nil {
-		m.QEMU.Signal(syscall.SIGKILL)
-		testvm.WaitGone(m.QEMU.PID, 10*time.Second)
+		killQEMU(m)
 		return fmt.Sprintf("%s: power button: %v; killed pid %d", m.Name, err, m.QEMU.PID)
 	}
 	if testvm.WaitGone(m.QEMU.PID, timeout) {
 		return fmt.Sprintf("%s: powered off in %.1fs", m.Name, time.Since(start).Seconds())
 	}
-	m.QEMU.Signal(syscall.SIGKILL)
-	testvm.WaitGone(m.QEMU.PID, 10*time.Second)
+	killQEMU(m)
 	return fmt.Sprintf("%s: still running after %s; killed pid %d", m.Name, timeout, m.QEMU.PID)
+}
+
+// killQEMU ends m's QEMU at once (SIGKILL, as a power cut) and waits up
+// to 10 s for it to be gone; it reports whether it was running and is.
+func killQEMU(m MemberState) bool {
+	return m.QEMU.Signal(syscall.SIGKILL) && testvm.WaitGone(m.QEMU.PID, 10*time.Second)
+}
+
+// Kill cuts member name's power: its QEMU is killed, its disks kept as
+// the cut left them. The caller holds the lock.
+func (st *State) Kill(name string) error {
+	m, err := st.Member(name)
+	if err != nil {
+		return err
+	}
+	if !killQEMU(*m) {
+		return fmt.Errorf("%s: pid %d was not running, or outlived SIGKILL", name, m.QEMU.PID)
+	}
+	m.QEMU = testvm.Process{}
+	return st.save()
+}
+
+// MAC is the member's NIC address on the LAN, which testvm derives from
+// its IP.
+func (m MemberState) MAC() (string, error) {
+	ip, err := netip.ParseAddr(m.IP)
+	if err != nil {
+		return "", fmt.Errorf("%s: address %q: %w", m.Name, m.IP, err)
+	}
+	return testvm.Options{GuestIP: ip}.MAC(), nil
 }
 
 // Stop powers member name off (ACPI) and keeps its disks. The caller

@@ -36,7 +36,7 @@ func chaosCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			kinds := strings.Split(faults, ",")
 			for _, k := range kinds {
-				if k, _, _ = strings.Cut(k, ":"); (k == chaos.Replace || k == chaos.Roll) && !slices.Contains(chaosFaults, k) {
+				if k, _, _ = strings.Cut(k, ":"); slices.Contains(chaos.Kinds, k) && !slices.Contains(chaosFaults, k) {
 					return fmt.Errorf("--faults: %s is not part of chaos runs yet; the faults are %s", k, strings.Join(chaosFaults, ","))
 				}
 			}
@@ -76,7 +76,7 @@ func chaosCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			v, done, err := chaos.Run(ctx, st, e, chaos.Options{
-				Duration: duration, Faults: kinds, Clients: clients, Keys: keys, Seed: seed, Dir: files, Log: w,
+				Duration: duration, Plan: plan, Clients: clients, Keys: keys, Seed: seed, Dir: files, Log: w,
 			})
 			if err != nil {
 				return err
