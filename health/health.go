@@ -51,13 +51,18 @@ func TLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 // denied counts as an answer) and reports no alarm. Results keep the
 // order of eps.
 func Check(ctx context.Context, eps []Endpoint, tc *tls.Config, timeout time.Duration) []Result {
+	return each(eps, func(ep Endpoint) Result { return check(ctx, ep, tc, timeout) })
+}
+
+// each runs fn for every endpoint in parallel; results keep eps' order.
+func each(eps []Endpoint, fn func(Endpoint) Result) []Result {
 	out := make([]Result, len(eps))
 	var wg sync.WaitGroup
 	for i, ep := range eps {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i] = check(ctx, ep, tc, timeout)
+			out[i] = fn(ep)
 		}()
 	}
 	wg.Wait()
@@ -125,31 +130,24 @@ func oneLine(err error) string {
 // is a new client and TLS handshake, which a member booting under
 // emulation pays for in CPU shared with the members still starting.
 func Wait(ctx context.Context, eps []Endpoint, tc *tls.Config, timeout, every time.Duration) []Result {
-	out := make([]Result, len(eps))
-	var wg sync.WaitGroup
-	for i, ep := range eps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				r := check(ctx, ep, tc, timeout)
-				if ctx.Err() != nil && !r.Healthy && out[i].Err != "" {
-					return // cut short: the last full check says more
-				}
-				out[i] = r
-				if r.Healthy {
-					return
-				}
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(every):
-				}
+	return each(eps, func(ep Endpoint) Result {
+		var last Result
+		for {
+			r := check(ctx, ep, tc, timeout)
+			if ctx.Err() != nil && !r.Healthy && last.Err != "" {
+				return last // cut short: the last full check says more
 			}
-		}()
-	}
-	wg.Wait()
-	return out
+			last = r
+			if r.Healthy {
+				return last
+			}
+			select {
+			case <-ctx.Done():
+				return last
+			case <-time.After(every):
+			}
+		}
+	})
 }
 
 // Healthy reports whether every result is healthy.
