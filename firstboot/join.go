@@ -289,10 +289,13 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 }
 
 // observeAll asks every peer, in parallel.
-func (s *self) observeAll(ctx context.Context) []peerState {
-	out := make([]peerState, len(s.Peers))
+func (s *self) observeAll(ctx context.Context) []peerState { return s.observePeers(ctx, s.Peers) }
+
+// observePeers asks peers, in parallel; the states keep their order.
+func (s *self) observePeers(ctx context.Context, peers []peer) []peerState {
+	out := make([]peerState, len(peers))
 	var wg sync.WaitGroup
-	for i, p := range s.Peers {
+	for i, p := range peers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -375,17 +378,11 @@ func (s *self) waitTold(ctx context.Context, pr *probe, peers []peer, bound time
 			return true
 		}
 		if time.Since(asked) >= 200*time.Millisecond {
-			var wg sync.WaitGroup
-			for _, p := range left {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					if st := s.observe(ctx, p); st.State == "starting" || st.State == "bootstrapping" {
-						pr.markTold(p.Name)
-					}
-				}()
+			for i, st := range s.observePeers(ctx, left) {
+				if st.State == "starting" || st.State == "bootstrapping" {
+					pr.markTold(left[i].Name)
+				}
 			}
-			wg.Wait()
 			asked = time.Now()
 			continue
 		}
