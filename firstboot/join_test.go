@@ -113,8 +113,27 @@ func TestMembersDecidingTogetherDoNotWaitForEachOther(t *testing.T) {
 // loopback addresses, with the cluster's real certificates, each the
 // other's peer.
 func probeMembers(t *testing.T, ip1, ip2 string) (*self, *self) {
-	c := spec.Default(2)
-	c.Members[0].IP, c.Members[1].IP = ip1, ip2
+	dir := writePKI(t, ip1, ip2)
+	member := func(name, ip, peerName, peerIP string) *self {
+		s := &self{Name: name, Cluster: "c-token", IP: ip,
+			Peers: []peer{{Name: peerName, PeerURL: "https://" + peerIP + ":2380", ClientURL: "https://" + peerIP + ":2379"}}}
+		var err error
+		if s.tls, s.serverTLS, err = ign.MemberTLS(dir, pki.MemberCertFile(name), pki.MemberKeyFile(name), pki.CACertFile); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	return member("etcd-1", ip1, "etcd-2", ip2), member("etcd-2", ip2, "etcd-1", ip1)
+}
+
+// writePKI writes the PKI of a cluster of one member per address (etcd-1
+// at the first) to a new directory, as build lays it out, and returns it.
+func writePKI(t *testing.T, ips ...string) string {
+	t.Helper()
+	c := spec.Default(len(ips))
+	for i, ip := range ips {
+		c.Members[i].IP = ip
+	}
 	set, err := pki.Ensure(c, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -129,16 +148,7 @@ func probeMembers(t *testing.T, ip1, ip2 string) (*self, *self) {
 			t.Fatal(err)
 		}
 	}
-	member := func(name, ip, peerName, peerIP string) *self {
-		s := &self{Name: name, Cluster: "c-token", IP: ip,
-			Peers: []peer{{Name: peerName, PeerURL: "https://" + peerIP + ":2380", ClientURL: "https://" + peerIP + ":2379"}}}
-		var err error
-		if s.tls, s.serverTLS, err = ign.MemberTLS(dir, pki.MemberCertFile(name), pki.MemberKeyFile(name), pki.CACertFile); err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	return member("etcd-1", ip1, "etcd-2", ip2), member("etcd-2", ip2, "etcd-1", ip1)
+	return dir
 }
 
 // TestEtcdAskingAStartingMemberStopsThere: a new member's etcd asks its

@@ -276,7 +276,8 @@ func (n *node) boot() error {
 		}
 		if u.Name == ign.EtcdUnitName {
 			if plan.Learner != 0 {
-				goSafe("promote", func() { me.promote(n.ctx, plan.Learner) })
+				// It ends once promoted, or at power-off.
+				goSafe("promote", func() { _ = me.promote(n.ctx, plan.Learner) })
 			}
 			goSafe("record cluster ID", func() { me.recordClusterID(n.ctx) })
 			goSafe("auth", func() { me.ensureAuth(n.ctx) })
