@@ -23,6 +23,7 @@ type Done struct {
 	Began, Healed  time.Duration //
 	Err            string        // injecting or healing it failed
 	RecoveredAfter time.Duration // from Began to the first write acknowledged after it; -1 if none
+	CaughtUpAfter  time.Duration // from Healed until every member applied what was committed at Healed; -1 if never
 	Availability   float64       // share of requests between Began and Healed that succeeded
 }
 
@@ -152,18 +153,15 @@ func Tally(ops []history.Op) (ok, failed, unknown int) {
 func Print(w io.Writer, v Verdict, done []Done) {
 	fmt.Fprintf(w, "requests: %d (%d ok, %d failed, %d of unknown outcome)\n", v.Requests, v.OK, v.Failed, v.Unknown)
 	t := tablewriter.NewWriter(w)
-	t.Header("FAULT", "TARGET", "BEGAN", "HEALED", "WRITES AGAIN AFTER", "AVAILABILITY", "ERROR")
+	t.Header("FAULT", "TARGET", "BEGAN", "HEALED", "WRITES AGAIN AFTER", "AVAILABILITY", "CAUGHT UP AFTER HEAL", "ERROR")
 	for _, d := range done {
-		again := "never"
-		if d.RecoveredAfter >= 0 {
-			again = d.RecoveredAfter.Round(10 * time.Millisecond).String()
-		}
+		again := seconds(d.RecoveredAfter)
 		name := d.Kind
 		if d.Variant != "" {
 			name += " " + d.Variant
 		}
 		t.Append(name, d.Target, d.Began.Round(100*time.Millisecond).String(), d.Healed.Round(100*time.Millisecond).String(),
-			again, fmt.Sprintf("%.0f %%", 100*d.Availability), d.Err)
+			again, fmt.Sprintf("%.0f %%", 100*d.Availability), seconds(d.CaughtUpAfter), d.Err)
 	}
 	t.Render()
 	check := func(name string, ok bool, detail []string) {
@@ -196,6 +194,14 @@ func Print(w io.Writer, v Verdict, done []Done) {
 	} else {
 		fmt.Fprintln(w, "verdict: FAIL")
 	}
+}
+
+// seconds prints a measured interval, -1 as "never".
+func seconds(d time.Duration) string {
+	if d < 0 {
+		return "never"
+	}
+	return d.Round(10 * time.Millisecond).String()
 }
 
 func first(s []string, n int) []string {

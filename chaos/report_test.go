@@ -54,8 +54,9 @@ func TestTwoLeaders(t *testing.T) {
 func TestPrint(t *testing.T) {
 	var b strings.Builder
 	v := Verdict{Requests: 10, OK: 8, Failed: 1, Unknown: 1, Linearizable: true}
-	Print(&b, v, []Done{{Fault: Fault{Kind: Kill, Variant: "leader"}, Target: "etcd-2", Began: ms(10000), Healed: ms(20000), RecoveredAfter: ms(1234), Availability: 0.5}})
-	for _, want := range []string{"requests: 10 (8 ok, 1 failed, 1 of unknown outcome)", "kill leader", "etcd-2", "1.23s", "50 %", "verdict: PASS"} {
+	Print(&b, v, []Done{{Fault: Fault{Kind: Kill, Variant: "leader"}, Target: "etcd-2", Began: ms(10000), Healed: ms(20000), RecoveredAfter: ms(1234), Availability: 0.5, CaughtUpAfter: ms(2500)},
+		{Fault: Fault{Kind: Partition, Variant: "isolate"}, Target: "etcd-3", RecoveredAfter: -1, CaughtUpAfter: -1, Err: "not caught up within 3m0s"}})
+	for _, want := range []string{"requests: 10 (8 ok, 1 failed, 1 of unknown outcome)", "kill leader", "etcd-2", "1.23s", "50 %", "2.5s", "never", "not caught up within 3m0s", "verdict: PASS"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}

@@ -31,8 +31,9 @@ type Options struct {
 	Clients  int
 	Keys     int
 	Seed     uint64
-	Dir      string    // where the run's files go (DIR/chaos/<time>)
-	Log      io.Writer // progress lines
+	Images   map[string]string // member → the image replace and roll boot (built from the current spec)
+	Dir      string            // where the run's files go (DIR/chaos/<time>)
+	Log      io.Writer         // progress lines
 }
 
 // Run drives traffic against the local cluster st (through e, the
@@ -87,33 +88,9 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 			}
 		}
 	}()
-	// Every boot's console is kept: a member booted again starts a new
-	// console file.
-	boots := map[string]int{}
-	keepConsole := func(name string) error {
-		m, err := st.Member(name)
-		if err != nil {
-			return err
-		}
-		b, err := os.ReadFile(m.Console)
-		if err != nil {
-			return fmt.Errorf("chaos: console of %s: %w", name, err)
-		}
-		boots[name]++
-		f, err := os.OpenFile(filepath.Join(o.Dir, name+"-console.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-		if err != nil {
-			return fmt.Errorf("chaos: %w", err)
-		}
-		fmt.Fprintf(f, "===== %s, boot %d of this run's record =====\n", name, boots[name])
-		_, err = f.Write(b)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		return err
-	}
+	r := &runner{st: st, e: e, o: o, dir: o.Dir, rnd: rand.New(rand.NewPCG(o.Seed, 1)), boots: map[string]int{}, logf: logf}
 
 	// The faults, one after the other.
-	rnd := rand.New(rand.NewPCG(o.Seed, 1))
 	var done []Done
 	for _, f := range o.Plan {
 		if wait := f.At - time.Since(start); wait > 0 {
@@ -125,8 +102,10 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 		if ctx.Err() != nil {
 			break
 		}
-		heal, target, err := inject(ctx, st, e, f, rnd, keepConsole)
-		d := Done{Fault: f, Target: target, Began: time.Since(start)} // once it has hit
+		logf("%s: begins", f)
+		d := Done{Fault: f, Began: time.Since(start), CaughtUpAfter: -1}
+		heal, target, err := r.inject(ctx, f)
+		d.Target = target
 		logf("%s %s: injected", f.Kind+variant(f), target)
 		if err == nil {
 			select {
@@ -137,12 +116,16 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 		}
 		d.Healed = time.Since(start)
 		if err == nil {
+			d.CaughtUpAfter, err = caughtUp(ctx, e, 3*time.Minute)
+		}
+		if err == nil {
 			err = waitHealthy(ctx, e, 3*time.Minute)
 		}
 		if err != nil {
 			d.Err = err.Error()
 		}
-		logf("%s %s: healed; cluster healthy again after %.1fs", f.Kind+variant(f), target, (time.Since(start) - d.Healed).Seconds())
+		logf("%s %s: healed; every member caught up %.1fs and the cluster healthy %.1fs after", f.Kind+variant(f), target,
+			d.CaughtUpAfter.Seconds(), (time.Since(start) - d.Healed).Seconds())
 		done = append(done, d)
 	}
 	if wait := max(o.Duration-time.Since(start), Cooldown); ctx.Err() == nil {
@@ -165,7 +148,7 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 	Measure(done, ops)
 	var samples []Sample
 	for _, m := range st.Members {
-		if err := keepConsole(m.Name); err != nil {
+		if err := r.keepConsole(m.Name); err != nil {
 			return Verdict{}, done, err
 		}
 		b, err := os.ReadFile(filepath.Join(o.Dir, m.Name+"-console.log"))
@@ -184,9 +167,9 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 			v.FaultErrors = append(v.FaultErrors, fmt.Sprintf("%s %s: %s", d.Kind+variant(d.Fault), d.Target, d.Err))
 		}
 	}
-	r := history.Check(all, 5*time.Minute)
-	v.Linearizable, v.CheckTimedOut = r.Linearizable, r.TimedOut
-	if err := writeFiles(o.Dir, all, done, r); err != nil {
+	res := history.Check(all, 5*time.Minute)
+	v.Linearizable, v.CheckTimedOut = res.Linearizable, res.TimedOut
+	if err := writeFiles(o.Dir, all, done, res); err != nil {
 		return v, done, err
 	}
 	return v, done, nil
@@ -199,50 +182,105 @@ func variant(f Fault) string {
 	return " " + f.Variant
 }
 
+// runner is one run's faults: the cluster, and the consoles kept.
+type runner struct {
+	st    *cluster.State
+	e     *cluster.Etcd
+	o     Options
+	dir   string
+	rnd   *rand.Rand
+	boots map[string]int // consoles kept per member
+	logf  func(format string, args ...any)
+}
+
+// keepConsole appends member name's console, as it is now, to the
+// run's record of it: a member booted again starts a new console file.
+func (r *runner) keepConsole(name string) error {
+	m, err := r.st.Member(name)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(m.Console)
+	if err != nil {
+		return fmt.Errorf("chaos: console of %s: %w", name, err)
+	}
+	r.boots[name]++
+	f, err := os.OpenFile(filepath.Join(r.dir, name+"-console.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("chaos: %w", err)
+	}
+	fmt.Fprintf(f, "===== %s, boot %d of this run's record =====\n", name, r.boots[name])
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// boot returns how to boot the named members again, keeping their
+// consoles first.
+func (r *runner) boot(names ...string) func() error {
+	return func() error {
+		for _, n := range names {
+			if err := r.keepConsole(n); err != nil {
+				return err
+			}
+			if err := r.st.Start(n); err != nil {
+				return fmt.Errorf("boot %s again: %w", n, err)
+			}
+		}
+		return nil
+	}
+}
+
+// lifecycle is `etcdimg replace` and `roll` on this cluster, under the
+// lock the run holds, saying its steps in the run's log.
+func (r *runner) lifecycle() *cluster.Lifecycle {
+	var names []string
+	for _, m := range r.st.Members {
+		names = append(names, m.Name)
+	}
+	return &cluster.Lifecycle{
+		Etcd:    r.e,
+		Driver:  &cluster.LocalDriver{State: r.st, BeforeBoot: r.keepConsole},
+		Members: names,
+		Timeout: 5 * time.Minute,
+		Say:     func(step string, took time.Duration) { r.logf("    %s (%.1fs)", step, took.Seconds()) },
+	}
+}
+
 // inject starts fault f and returns how to heal it, and whom it hit.
-func inject(ctx context.Context, st *cluster.State, e *cluster.Etcd, f Fault, rnd *rand.Rand, keepConsole func(string) error) (func() error, string, error) {
+func (r *runner) inject(ctx context.Context, f Fault) (func() error, string, error) {
+	st := r.st
 	none := func() error { return nil }
 	member := f.Member
 	var minority []string // split: the leader and as many followers as keep it a minority
 	if f.Kind == Kill || (f.Kind == Partition && f.Variant == "split") {
-		leader, followers, err := roles(ctx, e)
+		leader, followers, err := roles(ctx, r.e)
 		if err != nil {
 			return none, "", err
 		}
 		member = leader
 		if f.Variant == "follower" {
-			member = followers[rnd.IntN(len(followers))]
+			member = followers[r.rnd.IntN(len(followers))]
 		}
 		minority = append([]string{leader}, followers[:(len(st.Members)-1)/2-1]...)
 	}
-	boot := func(names ...string) func() error {
-		return func() error {
-			for _, n := range names {
-				if err := keepConsole(n); err != nil {
-					return err
-				}
-				if err := st.Start(n); err != nil {
-					return fmt.Errorf("boot %s again: %w", n, err)
-				}
-			}
-			return nil
-		}
-	}
 	switch f.Kind {
 	case Kill:
-		return boot(member), member, st.Kill(member)
+		return r.boot(member), member, st.Kill(member)
 	case PowerOff:
 		_, err := st.Stop(member, time.Minute)
-		return boot(member), member, err
+		return r.boot(member), member, err
 	case PowerCut:
 		var names []string
 		for _, m := range st.Members {
 			names = append(names, m.Name)
 			if err := st.Kill(m.Name); err != nil {
-				return boot(names...), "every member", err
+				return r.boot(names...), "every member", err
 			}
 		}
-		return boot(names...), "every member", nil
+		return r.boot(names...), "every member", nil
 	case Partition:
 		heal := func() error { return testvm.SetLANRules(st.SwitchSocket, testvm.LANRules{}) }
 		side := minority
@@ -266,8 +304,55 @@ func inject(ctx context.Context, st *cluster.State, e *cluster.Etcd, f Fault, rn
 			rules = testvm.LANRules{Lossy: in, Loss: 0.3}
 		}
 		return heal, strings.Join(side, ","), testvm.SetLANRules(st.SwitchSocket, rules)
+	case Replace, Roll:
+		if r.o.Images == nil {
+			return none, member, fmt.Errorf("chaos: %s needs the members' images; none were built for this run", f.Kind)
+		}
+		if f.Kind == Replace {
+			return none, member, r.lifecycle().Replace(ctx, member, cluster.ReplaceOptions{Image: r.o.Images[member], KeepDisk: f.Variant == Keep})
+		}
+		return none, "every member", r.lifecycle().Roll(ctx, r.o.Images, f.Variant == Keep)
 	}
-	return none, member, fmt.Errorf("chaos: %s is not wired into chaos runs yet", f.Kind)
+	return none, member, fmt.Errorf("chaos: %s is not a fault chaos runs know", f.Kind)
+}
+
+// caughtUp waits until every member has applied everything the cluster
+// had committed when it was called, and returns how long that took.
+func caughtUp(ctx context.Context, e *cluster.Etcd, bound time.Duration) (time.Duration, error) {
+	start := time.Now()
+	var target uint64
+	for target == 0 {
+		for _, s := range e.Statuses(ctx, time.Second) {
+			if s.Err == nil {
+				target = max(target, s.RaftIndex)
+			}
+		}
+		if time.Since(start) > bound {
+			return -1, fmt.Errorf("no member answered within %s", bound)
+		}
+	}
+	for {
+		var behind []string
+		for _, s := range e.Statuses(ctx, time.Second) {
+			switch {
+			case s.Err != nil:
+				behind = append(behind, fmt.Sprintf("%s: %v", s.Name, s.Err))
+			case s.Applied < target:
+				behind = append(behind, fmt.Sprintf("%s applied %d of %d", s.Name, s.Applied, target))
+			}
+		}
+		if len(behind) == 0 {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > bound {
+			return -1, fmt.Errorf("not caught up within %s: %s", bound, strings.Join(behind, "; "))
+		}
+		select {
+		case <-ctx.Done():
+			return -1, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // roles names the leader and the followers, as the members see them now.

@@ -18,8 +18,8 @@ const (
 	PowerOff  = "poweroff"  // ACPI power-off of one member, then boot it again
 	PowerCut  = "powercut"  // kill -9 of every member's QEMU at once, then boot them all
 	Partition = "partition" // in the LAN switch: isolate one member, split minority from majority, or drop a share of frames
-	Replace   = "replace"   // `etcdimg replace` of one member
-	Roll      = "roll"      // `etcdimg roll`
+	Replace   = "replace"   // `etcdimg replace` of one member: with a blank data disk, or keeping its disk
+	Roll      = "roll"      // `etcdimg roll`: every member replaced in turn, with blank data disks or keeping them
 )
 
 // Kinds is every fault kind, the default of --faults.
@@ -30,13 +30,22 @@ var Kinds = []string{Kill, PowerOff, PowerCut, Partition, Replace, Roll}
 var Variants = map[string][]string{
 	Kill:      {"leader", "follower"},
 	Partition: {"isolate", "split", "lossy"},
+	Replace:   {Blank, Keep},
+	Roll:      {Blank, Keep},
 }
+
+// The variants of replace and roll: a blank data disk (a new member ID,
+// joined as a learner and promoted), or the disk kept (the same member).
+const (
+	Blank = "blank"
+	Keep  = "keep"
+)
 
 // Fault is one planned fault: what, on whom, when, and for how long
 // before it is healed (a member booted again, the partition lifted).
 type Fault struct {
 	Kind    string
-	Variant string // kill: "leader" or "follower"; partition: "isolate", "split" or "lossy"
+	Variant string // one of Variants[Kind]
 	Member  string // the member it targets, when the variant does not choose it at run time
 	At, For time.Duration
 }

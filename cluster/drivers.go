@@ -13,6 +13,10 @@ import (
 type LocalDriver struct {
 	State       *State
 	PowerOffMax time.Duration // how long a member may take to power off
+	// BeforeBoot, when set, runs once the member is off and its disks
+	// swapped, before it boots again (chaos keeps its console there: a
+	// boot starts a new console file).
+	BeforeBoot func(member string) error
 }
 
 func (d *LocalDriver) Running(member string) (bool, error) {
@@ -50,6 +54,11 @@ func (d *LocalDriver) Swap(ctx context.Context, member, image string, keepDisk b
 	start = time.Now()
 	if err := d.State.SetImage(member, image); err != nil {
 		return err
+	}
+	if d.BeforeBoot != nil {
+		if err := d.BeforeBoot(member); err != nil {
+			return err
+		}
 	}
 	if err := d.State.Start(member); err != nil {
 		return err

@@ -20,12 +20,10 @@ import (
 	"etcdimg/outdir"
 )
 
-// chaosFaults are the faults chaos runs inject today; replace and roll
-// are scheduled by package chaos but not wired into runs yet.
-var chaosFaults = []string{chaos.Kill, chaos.PowerOff, chaos.PowerCut, chaos.Partition}
-
 func chaosCmd() *cobra.Command {
-	var out, faults string
+	var sf specFlags
+	var bf bootFlags
+	var faults string
 	var duration time.Duration
 	var clients, keys int
 	var seed uint64
@@ -35,11 +33,7 @@ func chaosCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			kinds := strings.Split(faults, ",")
-			for _, k := range kinds {
-				if k, _, _ = strings.Cut(k, ":"); slices.Contains(chaos.Kinds, k) && !slices.Contains(chaosFaults, k) {
-					return fmt.Errorf("--faults: %s is not part of chaos runs yet; the faults are %s", k, strings.Join(chaosFaults, ","))
-				}
-			}
+			out := sf.out
 			dir := outdir.Layout(out)
 			e, err := builtEtcd(out)
 			if err != nil {
@@ -67,6 +61,14 @@ func chaosCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// replace and roll boot images made from the current spec
+			// and PKI, as the commands do; built before any fault.
+			var images map[string]string
+			if slices.ContainsFunc(plan, func(f chaos.Fault) bool { return f.Kind == chaos.Replace || f.Kind == chaos.Roll }) {
+				if _, _, images, err = buildImages(cmd, &sf, &bf, nil, nil); err != nil {
+					return err
+				}
+			}
 			files := filepath.Join(out, "chaos", time.Now().UTC().Format("20060102-150405"))
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "chaos: %s of traffic from %d clients over %d keys, seed %d (the same --seed gives the same faults); files in %s\n", duration, clients, keys, seed, files)
@@ -76,7 +78,7 @@ func chaosCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			v, done, err := chaos.Run(ctx, st, e, chaos.Options{
-				Duration: duration, Plan: plan, Clients: clients, Keys: keys, Seed: seed, Dir: files, Log: w,
+				Duration: duration, Plan: plan, Clients: clients, Keys: keys, Seed: seed, Images: images, Dir: files, Log: w,
 			})
 			if err != nil {
 				return err
@@ -95,9 +97,11 @@ func chaosCmd() *cobra.Command {
 			return nil
 		},
 	}
-	outFlag(c, &out)
+	sf.register(c)
+	bf.register(c)
 	c.Flags().DurationVar(&duration, "duration", 2*time.Minute, "how long traffic runs; the faults share it after a 10 s warm-up, and 20 s are left after the last")
-	c.Flags().StringVar(&faults, "faults", strings.Join(chaosFaults, ","), "faults to inject, comma-separated: "+strings.Join(chaosFaults, ",")+"; kill:leader, kill:follower, partition:isolate, partition:split (the leader in the minority) or partition:lossy (30 % of a member's frames lost) choose a variant")
+	c.Flags().StringVar(&faults, "faults", strings.Join(chaos.Kinds, ","), "faults to inject, comma-separated: "+strings.Join(chaos.Kinds, ",")+
+		"; a variant is chosen by kill:leader, kill:follower, partition:isolate, partition:split (the leader in the minority), partition:lossy (30 % of a member's frames lost), replace:blank, replace:keep (the data disk kept), roll:blank or roll:keep; else the seed chooses")
 	c.Flags().IntVar(&clients, "clients", 8, "concurrent clients, spread over the members' endpoints")
 	c.Flags().IntVar(&keys, "keys", 10, "size of the key space the clients share")
 	c.Flags().Uint64Var(&seed, "seed", 0, "seed of the fault schedule and the clients' choices (default: drawn and printed)")
