@@ -56,6 +56,7 @@ func TestBadSchedulesAreRefused(t *testing.T) {
 		{Kinds, three, time.Minute, "--duration 1m0s is too short for 6 faults: give at least 1m30s"},
 		{[]string{"kill"}, three[:1], 5 * time.Minute, "a fault test needs a cluster of at least 3"},
 		{[]string{"kill:everyone"}, three, 5 * time.Minute, `--faults: kill has no variant "everyone"; its variants are leader, follower`},
+		{[]string{"roll:fast"}, three, 5 * time.Minute, `--faults: roll has no variant "fast"; its variants are blank, keep`},
 	} {
 		_, err := Schedule(tc.kinds, tc.members, tc.duration, 1)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
@@ -65,15 +66,27 @@ func TestBadSchedulesAreRefused(t *testing.T) {
 }
 
 // TestNamedVariantsAreKept: --faults kill:leader,partition:split plans
-// exactly those, whatever the seed.
+// exactly those, whatever the seed; replace names a member, roll none,
+// and both are healed when the command returns.
 func TestNamedVariantsAreKept(t *testing.T) {
 	for seed := uint64(0); seed < 20; seed++ {
-		plan, err := Schedule([]string{"kill:leader", "partition:split"}, three, time.Minute, seed)
+		plan, err := Schedule([]string{"kill:leader", "partition:split", "replace:blank", "roll:keep"}, three, 2*time.Minute, seed)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, f := range plan {
-			if (f.Kind == Kill && f.Variant != "leader") || (f.Kind == Partition && (f.Variant != "split" || f.Member != "")) {
+			bad := false
+			switch f.Kind {
+			case Kill:
+				bad = f.Variant != "leader"
+			case Partition:
+				bad = f.Variant != "split" || f.Member != ""
+			case Replace:
+				bad = f.Variant != Blank || f.Member == "" || f.For != 0
+			case Roll:
+				bad = f.Variant != Keep || f.Member != "" || f.For != 0
+			}
+			if bad {
 				t.Fatalf("seed %d: %v", seed, f)
 			}
 		}

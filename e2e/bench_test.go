@@ -3,7 +3,7 @@ package e2e
 import (
 	"compress/gzip"
 	"context"
-	"etcdimg/cluster"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +17,9 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"etcdimg/chaos"
+	"etcdimg/cluster"
 )
 
 // BenchmarkOneMember measures, for a one-member cluster under TCG: the
@@ -405,4 +408,49 @@ func BenchmarkCloudImages(b *testing.B) {
 	boot := time.Since(start)
 	b.ReportMetric(boot.Seconds(), "aws-boot-to-write-s")
 	fmt.Printf("  AWS instance: QEMU start → a write over mTLS: %.1f s (TCG, 1 vCPU, 256 MiB)\n", boot.Seconds())
+}
+
+// BenchmarkChaos measures, from one `etcdimg chaos` run on a three-member
+// cluster under TCG (2 minutes of traffic from 8 clients, seed 1): the
+// seconds from a kill -9 of the leader to the next write acknowledged by
+// the cluster, and from the lifting of a partition that isolated one
+// member to the moment every member has applied what the cluster had
+// committed when it was lifted. Three of each; best and median.
+func BenchmarkChaos(b *testing.B) {
+	u := upThree(b)
+	faults := "kill:leader,kill:leader,kill:leader,partition:isolate,partition:isolate,partition:isolate"
+	stdout, stderr, code := etcdimg(b, u.work, "chaos", "--out", u.out, "--duration", "2m", "--faults", faults, "--seed", "1")
+	if code != 0 {
+		b.Fatalf("chaos: exit %d: %s%s", code, stdout, stderr)
+	}
+	runs, _ := filepath.Glob(filepath.Join(u.out, "chaos", "*", "faults.json"))
+	if len(runs) != 1 {
+		b.Fatalf("chaos runs: %v", runs)
+	}
+	raw, err := os.ReadFile(runs[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	var done []chaos.Done
+	if err := json.Unmarshal(raw, &done); err != nil {
+		b.Fatal(err)
+	}
+	var kill, heal []time.Duration
+	for _, d := range done {
+		switch d.Kind {
+		case chaos.Kill:
+			kill = append(kill, d.RecoveredAfter)
+		case chaos.Partition:
+			heal = append(heal, d.CaughtUpAfter)
+		}
+	}
+	if len(kill) != 3 || len(heal) != 3 || slices.Min(kill) < 0 || slices.Min(heal) < 0 {
+		b.Fatalf("faults measured: kill → write %v, heal → caught up %v", kill, heal)
+	}
+	slices.Sort(kill)
+	slices.Sort(heal)
+	b.ReportMetric(kill[1].Seconds(), "kill-to-write-s")
+	b.ReportMetric(heal[1].Seconds(), "heal-to-caught-up-s")
+	fmt.Printf("\n%s  leader kill → next acknowledged write: best %.2fs, median %.2fs (%v)\n  partition lifted → every member caught up: best %.2fs, median %.2fs (%v)\n",
+		stdout, kill[0].Seconds(), kill[1].Seconds(), kill, heal[0].Seconds(), heal[1].Seconds(), heal)
 }
