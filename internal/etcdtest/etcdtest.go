@@ -4,8 +4,10 @@
 package etcdtest
 
 import (
+	"errors"
 	"net"
 	"net/url"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,25 +33,34 @@ func FreeURL(t testing.TB, scheme string) url.URL {
 // end of the test, and returns it with its client URL.
 func Start(t testing.TB, tweak func(*embed.Config)) (*embed.Etcd, string) {
 	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cu, pu := FreeURL(t, "http"), FreeURL(t, "http")
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	if tweak != nil {
-		tweak(cfg)
+	// A port free a moment ago may be taken by the time etcd binds it
+	// (by another package's test, run in parallel): then the member
+	// starts again on new ports, a few times.
+	for try := 1; ; try++ {
+		cfg := embed.NewConfig()
+		cfg.Dir = t.TempDir()
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cu, pu := FreeURL(t, "http"), FreeURL(t, "http")
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+		cfg.InitialCluster = cfg.Name + "=" + pu.String()
+		if tweak != nil {
+			tweak(cfg)
+		}
+		e, err := embed.StartEtcd(cfg)
+		if errors.Is(err, syscall.EADDRINUSE) && try < 5 {
+			t.Logf("embedded etcd: %v; again on other ports", err)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		select {
+		case <-e.Server.ReadyNotify():
+		case <-time.After(30 * time.Second):
+			t.Fatal("embedded etcd did not become ready within 30 s")
+		}
+		return e, cfg.AdvertiseClientUrls[0].String()
 	}
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("embedded etcd did not become ready within 30 s")
-	}
-	return e, cfg.AdvertiseClientUrls[0].String()
 }
