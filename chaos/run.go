@@ -14,9 +14,6 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"etcdimg/cluster"
 	"etcdimg/health"
 	"etcdimg/history"
@@ -48,10 +45,6 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 	if err != nil {
 		return Verdict{}, nil, fmt.Errorf("chaos: the cluster is not healthy before the run: %w", err)
 	}
-	var urls []string
-	for _, ep := range e.Endpoints {
-		urls = append(urls, ep.URL)
-	}
 	prefix := fmt.Sprintf("/chaos/%d/", time.Now().UnixNano())
 	start := time.Now()
 	logf := func(format string, args ...any) {
@@ -68,7 +61,7 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 	go func() {
 		defer wg.Done()
 		ops, werr = workload.Run(wctx, workload.Config{
-			Endpoints: urls, TLS: e.TLS, Clients: o.Clients, Keys: o.Keys, Prefix: prefix,
+			Endpoints: e.URLs(), TLS: e.TLS, Clients: o.Clients, Keys: o.Keys, Prefix: prefix,
 			Seed: o.Seed, Timeout: 3 * time.Second, Start: start,
 		})
 	}()
@@ -418,7 +411,7 @@ func finalReads(ctx context.Context, e *cluster.Etcd, prefix string, keys int, a
 	var diverged []string
 	values := map[string]map[string]string{}
 	for i, ep := range e.Endpoints {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep.URL}, TLS: e.TLS, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+		cli, err := e.Client(ep.URL)
 		if err != nil {
 			diverged = append(diverged, fmt.Sprintf("%s: %v", ep.Member, err))
 			continue

@@ -22,7 +22,7 @@ import (
 // LastBackup reads the cluster's last backup record (nil before the
 // first backup).
 func (e *Etcd) LastBackup(ctx context.Context) (*backup.Manifest, error) {
-	cli, err := e.client()
+	cli, err := e.Client()
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,7 @@ import (
 
 // withAdmin runs fn with an admin client and a 30-second deadline.
 func (e *Etcd) withAdmin(fn func(context.Context, *clientv3.Client) error) error {
-	cli, err := e.client()
+	cli, err := e.Client()
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}

@@ -35,13 +35,20 @@ type Etcd struct {
 	TLS       *tls.Config
 }
 
-// client opens an etcd client on the given URLs (every endpoint when
-// none is given).
-func (e *Etcd) client(urls ...string) (*clientv3.Client, error) {
+// URLs are the endpoints' client URLs, in spec order.
+func (e *Etcd) URLs() []string {
+	var urls []string
+	for _, ep := range e.Endpoints {
+		urls = append(urls, ep.URL)
+	}
+	return urls
+}
+
+// Client opens an etcd client on the given URLs (every endpoint when
+// none is given). The caller closes it.
+func (e *Etcd) Client(urls ...string) (*clientv3.Client, error) {
 	if len(urls) == 0 {
-		for _, ep := range e.Endpoints {
-			urls = append(urls, ep.URL)
-		}
+		urls = e.URLs()
 	}
 	return clientv3.New(clientv3.Config{
 		Endpoints: urls, TLS: e.TLS, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
@@ -81,7 +88,7 @@ func (e *Etcd) Statuses(ctx context.Context, timeout time.Duration) []MemberStat
 
 func (e *Etcd) status(ctx context.Context, ep health.Endpoint, timeout time.Duration) MemberStatus {
 	s := MemberStatus{Name: ep.Member, URL: ep.URL}
-	cli, err := e.client(ep.URL)
+	cli, err := e.Client(ep.URL)
 	if err != nil {
 		s.Err = err
 		return s
@@ -102,7 +109,7 @@ func (e *Etcd) status(ctx context.Context, ep health.Endpoint, timeout time.Dura
 // MemberList returns the cluster's members (a linearizable read: it
 // needs a quorum).
 func (e *Etcd) MemberList(ctx context.Context) (*clientv3.MemberListResponse, error) {
-	cli, err := e.client()
+	cli, err := e.Client()
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +122,7 @@ func (e *Etcd) MemberList(ctx context.Context) (*clientv3.MemberListResponse, er
 // MoveLeader hands leadership from the current leader to the member
 // with ID to. It must be sent to the leader itself.
 func (e *Etcd) MoveLeader(ctx context.Context, leaderURL string, to uint64) error {
-	cli, err := e.client(leaderURL)
+	cli, err := e.Client(leaderURL)
 	if err != nil {
 		return err
 	}
@@ -128,7 +135,7 @@ func (e *Etcd) MoveLeader(ctx context.Context, leaderURL string, to uint64) erro
 
 // MemberRemove removes the member with ID id.
 func (e *Etcd) MemberRemove(ctx context.Context, id uint64) error {
-	cli, err := e.client()
+	cli, err := e.Client()
 	if err != nil {
 		return err
 	}
