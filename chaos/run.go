@@ -81,7 +81,7 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 			}
 		}
 	}()
-	r := &runner{st: st, e: e, o: o, dir: o.Dir, rnd: rand.New(rand.NewPCG(o.Seed, 1)), boots: map[string]int{}, logf: logf}
+	r := &runner{st: st, e: e, o: o, rnd: rand.New(rand.NewPCG(o.Seed, 1)), boots: map[string]int{}, logf: logf}
 
 	// The faults, one after the other.
 	var done []Done
@@ -180,7 +180,6 @@ type runner struct {
 	st    *cluster.State
 	e     *cluster.Etcd
 	o     Options
-	dir   string
 	rnd   *rand.Rand
 	boots map[string]int // consoles kept per member
 	logf  func(format string, args ...any)
@@ -198,7 +197,7 @@ func (r *runner) keepConsole(name string) error {
 		return fmt.Errorf("chaos: console of %s: %w", name, err)
 	}
 	r.boots[name]++
-	f, err := os.OpenFile(filepath.Join(r.dir, name+"-console.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(filepath.Join(r.o.Dir, name+"-console.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("chaos: %w", err)
 	}
