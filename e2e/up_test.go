@@ -44,6 +44,14 @@ func upThree(t testing.TB) *upCluster {
 	return upBuilt(t, t.TempDir(), "--nodes", "3")
 }
 
+// stateMembers are the members as the last up recorded them, if any.
+func (u *upCluster) stateMembers() []cluster.MemberState {
+	if u.state == nil {
+		return nil
+	}
+	return u.state.Members
+}
+
 // upBuilt is upThree with other build arguments (a --config, say), in
 // the work directory work.
 func upBuilt(t testing.TB, work string, buildArgs ...string) *upCluster {
@@ -55,8 +63,14 @@ func upBuilt(t testing.TB, work string, buildArgs ...string) *upCluster {
 	u := &upCluster{work: work, out: out}
 	t.Cleanup(func() {
 		st, err := cluster.LoadState(filepath.Join(out, "run"))
-		if t.Failed() && err == nil {
-			for _, m := range st.Members {
+		// A failure after `down` (which removes the state file) shows
+		// the consoles too: they stay in the run directory.
+		members := u.stateMembers()
+		if err == nil {
+			members = st.Members
+		}
+		if t.Failed() {
+			for _, m := range members {
 				t.Logf("--- %s console tail ---\n%s", m.Name, testvm.TailFile(m.Console, 25))
 			}
 		}
