@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,16 +17,8 @@ import (
 const MaxSpecBytes = 1 << 20
 
 // ReadFile reads a spec file, at most MaxSpecBytes of it (plus one byte,
-// to tell a larger file), so that a path such as /dev/zero cannot fill
-// memory.
-func ReadFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, MaxSpecBytes+1))
-}
+// to tell a larger file), and only a regular file (ReadInput).
+func ReadFile(path string) ([]byte, error) { return ReadInput(path, MaxSpecBytes) }
 
 // Parse decodes etcdimg.yaml strictly (an unknown field is an error), fills
 // what it leaves out with the defaults, and validates the result. source
@@ -58,10 +49,43 @@ func Parse(data []byte, source string) (*Cluster, error) {
 	if c.Network.CIDR == "" && c.Network.Gateway == "" && len(c.Network.DNS) == 0 {
 		c.Network = Default(0).Network
 	}
+	c.written = scalars(&root)
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, source)
 	}
 	return c, nil
+}
+
+// scalars maps the path of every scalar value of the document
+// (backup.maxAge) to its text as written, so that errors quote a value
+// as the operator wrote it.
+func scalars(root *yaml.Node) written {
+	w := written{}
+	var walk func(n *yaml.Node, prefix string)
+	walk = func(n *yaml.Node, prefix string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, prefix)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				path := n.Content[i].Value
+				if prefix != "" {
+					path = prefix + "." + path
+				}
+				walk(n.Content[i+1], path)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(c, fmt.Sprintf("%s[%d]", prefix, i))
+			}
+		case yaml.ScalarNode:
+			w[prefix] = n.Value
+		}
+	}
+	walk(root, "")
+	return w
 }
 
 // Marshal writes the spec as etcdimg.yaml, with a header that says what

@@ -31,6 +31,10 @@ type Cluster struct {
 	Backup  Backup   `yaml:"backup"`
 	PKI     PKI      `yaml:"pki"`
 	Metrics Metrics  `yaml:"metrics"`
+
+	// written holds the values as the spec file wrote them, by path,
+	// for errors (nil for a spec made in code).
+	written written
 }
 
 // Metrics sets how the members serve their metrics (etcd's on

@@ -1,7 +1,10 @@
 package spec
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -150,6 +153,15 @@ func TestBadSpecsAreRefused(t *testing.T) {
 		{"s3 no credentials", three + "backup:\n  s3: {endpoint: https://s3.example.net, bucket: etcd}\n", "backup.s3.credentialsFile is empty"},
 		{"s3 unknown field", three + "backup:\n  s3: {endpoint: https://s3.example.net, bucket: etcd, secret: x}\n", "unknown field backup.s3.secret"},
 		{"quota too small", three + "etcd: {backendQuota: 1MiB}\n", "etcd.backendQuota 1MiB is under 16MiB"},
+		// Durations are quoted as written, not re-rendered (issue 21).
+		{"negative max age", three + "backup: {maxAge: -5h}\n", "backup.maxAge -5h is negative"},
+		{"max age in seconds", three + "backup: {interval: 1h, maxAge: 1800s}\n", "backup.maxAge 1800s is shorter than backup.interval 1h"},
+		{"election in fractions", three + "etcd: {heartbeatInterval: 0.1s, electionTimeout: 0.4s}\n", "etcd.electionTimeout 0.4s is under 5 × etcd.heartbeatInterval (0.1s); raise it to at least 500ms"},
+		{"interval in days", three + "backup: {interval: 1d, maxAge: 2h}\n", "backup.maxAge 2h is shorter than backup.interval 1d"},
+		{"s3 endpoint with a query", three + "backup:\n  s3: {endpoint: \"https://s3.example.net?region=x\", bucket: etcd, credentialsFile: c}\n", "backup.s3.endpoint"},
+		{"s3 endpoint with a fragment", three + "backup:\n  s3: {endpoint: \"https://s3.example.net#x\", bucket: etcd, credentialsFile: c}\n", "backup.s3.endpoint"},
+		{"s3 endpoint with a user", three + "backup:\n  s3: {endpoint: \"https://AKIAEXAMPLE@s3.example.net\", bucket: etcd, credentialsFile: c}\n", "backup.s3.endpoint holds a user name or password"},
+		{"s3 endpoint with a password", three + "backup:\n  s3: {endpoint: \"https://AKIAEXAMPLE:wJalrXUtnFEMI@s3.example.net\", bucket: etcd, credentialsFile: c}\n", "put the keys in backup.s3.credentialsFile"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.yaml), "etcdimg.yaml")
@@ -166,6 +178,11 @@ func TestBadSpecsAreRefused(t *testing.T) {
 			if !strings.HasPrefix(msg, "spec: ") {
 				t.Errorf("error %q does not start with spec:", msg)
 			}
+			for _, secret := range []string{"AKIAEXAMPLE", "wJalrXUtnFEMI"} {
+				if strings.Contains(msg, secret) {
+					t.Errorf("error %q repeats a credential", msg)
+				}
+			}
 		})
 	}
 }
@@ -177,5 +194,92 @@ func TestLoopbackMembersAreValid(t *testing.T) {
 	}
 	if len(c.Members) != 3 {
 		t.Fatalf("members = %d", len(c.Members))
+	}
+}
+
+// TestReadFileRefusesWhatIsNotAFile: --config naming a FIFO (or a
+// device) is refused at once; opening a FIFO would wait for a writer
+// for ever (issue 21).
+func TestReadFileRefusesWhatIsNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	regular := filepath.Join(dir, "etcdimg.yaml")
+	if err := os.WriteFile(regular, []byte("members: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, path, want string
+	}{
+		{"fifo", fifo, "is not a regular file"},
+		{"directory", dir, "is not a regular file"},
+		{"device", "/dev/zero", "is not a regular file"},
+		{"regular", regular, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() { _, err := ReadFile(tc.path); done <- err }()
+			select {
+			case err := <-done:
+				if tc.want == "" && err != nil {
+					t.Fatalf("ReadFile(%s): %v", tc.path, err)
+				}
+				if tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+					t.Fatalf("ReadFile(%s) = %v, want an error with %q", tc.path, err, tc.want)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("ReadFile(%s) did not return", tc.path)
+			}
+		})
+	}
+}
+
+// TestRelativeFilesAreBesideTheSpec: the files a spec names by a relative
+// path are found beside the spec, wherever etcdimg runs (issue 21).
+func TestRelativeFilesAreBesideTheSpec(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		creds, ca     string
+		base          string
+		wantC, wantCA string
+	}{
+		{"relative", "s3.env", "ca/s3.pem", "/home/op/cluster", "/home/op/cluster/s3.env", "/home/op/cluster/ca/s3.pem"},
+		{"dot relative", "./s3.env", "", "conf", "conf/s3.env", ""},
+		{"absolute", "/etc/s3.env", "/etc/ca.pem", "/home/op", "/etc/s3.env", "/etc/ca.pem"},
+		{"parent", "../keys/s3.env", "", "/home/op/cluster", "/home/op/keys/s3.env", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default(3)
+			c.Backup.S3 = &S3{Endpoint: "https://s3.example.net", Bucket: "etcd", CredentialsFile: tc.creds, CAFile: tc.ca}
+			c.ResolveFiles(tc.base)
+			if c.Backup.S3.CredentialsFile != tc.wantC || c.Backup.S3.CAFile != tc.wantCA {
+				t.Errorf("resolved to %q, %q; want %q, %q", c.Backup.S3.CredentialsFile, c.Backup.S3.CAFile, tc.wantC, tc.wantCA)
+			}
+		})
+	}
+	c := Default(1)
+	c.ResolveFiles("/x") // no backup.s3: nothing to do
+}
+
+// TestDurationStringsRoundTrip: a duration etcdimg writes back (and
+// quotes in errors) parses to the same value, negative ones too.
+func TestDurationStringsRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{-5 * time.Hour, "-5h"}, {-100 * time.Millisecond, "-100ms"}, {100 * time.Millisecond, "100ms"},
+		{90 * time.Minute, "90m"}, {87600 * time.Hour, "87600h"}, {45 * time.Second, "45s"}, {0, "0s"},
+		{1500 * time.Microsecond, "1.5ms"},
+	} {
+		got := Duration(tc.d).String()
+		if got != tc.want {
+			t.Errorf("Duration(%v) = %q, want %q", tc.d, got, tc.want)
+		}
+		if back, err := ParseDuration(got); err != nil || back.D() != tc.d {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", got, back, err, tc.d)
+		}
 	}
 }

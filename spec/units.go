@@ -46,6 +46,10 @@ func (d Duration) String() string {
 	switch {
 	case t == 0:
 		return "0s"
+	case t < 0 && t != -1<<63:
+		// A negative value is written as its magnitude is, signed: -5h,
+		// not -18000000ms.
+		return "-" + Duration(-t).String()
 	case t < 10*time.Second && t%time.Millisecond == 0:
 		// etcd's timing settings are in milliseconds; keep them so.
 		return fmt.Sprintf("%dms", t/time.Millisecond)

@@ -109,24 +109,27 @@ func (c *Cluster) Validate() error {
 		ips[ip] = i
 	}
 
-	if err := c.Etcd.validate(); err != nil {
+	w := c.written
+	if err := c.Etcd.validate(w); err != nil {
 		return err
 	}
 	if c.Backup.Interval.D() < time.Minute {
-		return fmt.Errorf("spec: backup.interval %s is under 1m; back up at most once a minute (e.g. 1h)", c.Backup.Interval)
+		return fmt.Errorf("spec: backup.interval %s is under 1m; back up at most once a minute (e.g. 1h)", w.dur("backup.interval", c.Backup.Interval))
 	}
 	if c.Backup.Retain < 1 {
 		return fmt.Errorf("spec: backup.retain %d must be at least 1; it is how many snapshots each member keeps", c.Backup.Retain)
 	}
-	if d := c.Backup.MaxAge.D(); d != 0 && d < c.Backup.Interval.D() {
-		return fmt.Errorf("spec: backup.maxAge %s is shorter than backup.interval %s; keep backups at least one interval (or leave maxAge out)", c.Backup.MaxAge, c.Backup.Interval)
+	if d := c.Backup.MaxAge.D(); d < 0 {
+		return fmt.Errorf("spec: backup.maxAge %s is negative; write how long backups are kept, at least backup.interval (e.g. 720h), or leave maxAge out", w.dur("backup.maxAge", c.Backup.MaxAge))
+	} else if d != 0 && d < c.Backup.Interval.D() {
+		return fmt.Errorf("spec: backup.maxAge %s is shorter than backup.interval %s; keep backups at least one interval (or leave maxAge out)", w.dur("backup.maxAge", c.Backup.MaxAge), w.dur("backup.interval", c.Backup.Interval))
 	}
 	if s3 := c.Backup.S3; s3 != nil {
 		if err := s3.validate(); err != nil {
 			return err
 		}
 	}
-	return c.PKI.validate()
+	return c.PKI.validate(w)
 }
 
 var bucketName = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
@@ -134,6 +137,12 @@ var bucketName = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 func (s *S3) validate() error {
 	u, err := url.Parse(s.Endpoint)
 	switch {
+	// Neither branch quotes the endpoint: what it carries there may be
+	// a key.
+	case strings.Contains(s.Endpoint, "@") || (err == nil && u.User != nil):
+		return fmt.Errorf("spec: backup.s3.endpoint holds a user name or password (user:password@host); put the keys in backup.s3.credentialsFile and write the endpoint as http(s)://host[:port]")
+	case strings.ContainsAny(s.Endpoint, "?#"):
+		return fmt.Errorf("spec: backup.s3.endpoint has a query or a fragment (?… or #…), which the members would not use; write it as http(s)://host[:port]")
 	case s.Endpoint == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/"):
 		return fmt.Errorf("spec: backup.s3.endpoint %q must be http(s)://host[:port] as the members reach it (e.g. https://s3.example.net)", s.Endpoint)
 	case !bucketName.MatchString(s.Bucket):
@@ -155,23 +164,23 @@ func usableHost(a netip.Addr) bool {
 	return !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
-func (e Etcd) validate() error {
+func (e Etcd) validate(w written) error {
 	hb, el := e.HeartbeatInterval.D(), e.ElectionTimeout.D()
 	switch {
 	case hb < time.Millisecond || hb%time.Millisecond != 0:
-		return fmt.Errorf("spec: etcd.heartbeatInterval %s must be a whole number of milliseconds, at least 1ms (etcd's default is 100ms)", e.HeartbeatInterval)
+		return fmt.Errorf("spec: etcd.heartbeatInterval %s must be a whole number of milliseconds, at least 1ms (etcd's default is 100ms)", w.dur("etcd.heartbeatInterval", e.HeartbeatInterval))
 	case el%time.Millisecond != 0:
-		return fmt.Errorf("spec: etcd.electionTimeout %s must be a whole number of milliseconds (etcd's default is 1000ms)", e.ElectionTimeout)
+		return fmt.Errorf("spec: etcd.electionTimeout %s must be a whole number of milliseconds (etcd's default is 1000ms)", w.dur("etcd.electionTimeout", e.ElectionTimeout))
 	case el < 5*hb:
-		return fmt.Errorf("spec: etcd.electionTimeout %s is under 5 × etcd.heartbeatInterval (%s); raise it to at least %s", e.ElectionTimeout, e.HeartbeatInterval, Duration(5*hb))
+		return fmt.Errorf("spec: etcd.electionTimeout %s is under 5 × etcd.heartbeatInterval (%s); raise it to at least %s", w.dur("etcd.electionTimeout", e.ElectionTimeout), w.dur("etcd.heartbeatInterval", e.HeartbeatInterval), Duration(5*hb))
 	case el > 50*time.Second:
-		return fmt.Errorf("spec: etcd.electionTimeout %s is over etcd's limit of 50s; lower it", e.ElectionTimeout)
+		return fmt.Errorf("spec: etcd.electionTimeout %s is over etcd's limit of 50s; lower it", w.dur("etcd.electionTimeout", e.ElectionTimeout))
 	case e.SnapshotCount == 0:
 		return fmt.Errorf("spec: etcd.snapshotCount must be at least 1 (the runbook uses 5000)")
 	case e.SnapshotCount > maxSnapshotCount:
 		return fmt.Errorf("spec: etcd.snapshotCount %d is over %d: etcd would keep that many raft entries in memory; the runbook uses 5000", e.SnapshotCount, maxSnapshotCount)
 	case e.AutoCompactionRetention.D() < 0 || (e.AutoCompactionRetention != 0 && e.AutoCompactionRetention.D() < time.Minute) || e.AutoCompactionRetention.D()%time.Second != 0:
-		return fmt.Errorf("spec: etcd.autoCompactionRetention %s: write 0 (off) or a whole number of seconds from 1m, such as 1h", e.AutoCompactionRetention)
+		return fmt.Errorf("spec: etcd.autoCompactionRetention %s: write 0 (off) or a whole number of seconds from 1m, such as 1h", w.dur("etcd.autoCompactionRetention", e.AutoCompactionRetention))
 	case e.BackendQuota < 16*MiB:
 		return fmt.Errorf("spec: etcd.backendQuota %s is under 16MiB; etcd's default is 2GiB", e.BackendQuota)
 	case e.BackendQuota > 100*GiB:
@@ -180,7 +189,7 @@ func (e Etcd) validate() error {
 	return nil
 }
 
-func (p PKI) validate() error {
+func (p PKI) validate(w written) error {
 	switch p.KeyAlgorithm {
 	case KeyECDSAP256, KeyRSA2048:
 	default:
@@ -188,11 +197,11 @@ func (p PKI) validate() error {
 	}
 	switch {
 	case p.CALifetime.D() < 24*time.Hour:
-		return fmt.Errorf("spec: pki.caLifetime %s is under a day; use something like 87600h (10 years)", p.CALifetime)
+		return fmt.Errorf("spec: pki.caLifetime %s is under a day; use something like 87600h (10 years)", w.dur("pki.caLifetime", p.CALifetime))
 	case p.CertLifetime.D() < 24*time.Hour:
-		return fmt.Errorf("spec: pki.certLifetime %s is under a day; use something like 8760h (1 year)", p.CertLifetime)
+		return fmt.Errorf("spec: pki.certLifetime %s is under a day; use something like 8760h (1 year)", w.dur("pki.certLifetime", p.CertLifetime))
 	case p.CertLifetime > p.CALifetime:
-		return fmt.Errorf("spec: pki.certLifetime %s is longer than pki.caLifetime %s; certificates cannot outlive their CA, shorten it", p.CertLifetime, p.CALifetime)
+		return fmt.Errorf("spec: pki.certLifetime %s is longer than pki.caLifetime %s; certificates cannot outlive their CA, shorten it", w.dur("pki.certLifetime", p.CertLifetime), w.dur("pki.caLifetime", p.CALifetime))
 	case p.TLSMinVersion != "1.2" && p.TLSMinVersion != "1.3":
 		return fmt.Errorf("spec: pki.tlsMinVersion %q is not supported; use \"1.2\" (AEAD cipher suites only) or \"1.3\"", p.TLSMinVersion)
 	}
@@ -219,4 +228,19 @@ func broadcast(p netip.Prefix) netip.Addr {
 	host := uint32(1)<<(32-p.Bits()) - 1
 	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// written maps a field's path (backup.maxAge) to its value as the spec
+// file wrote it.
+type written map[string]string
+
+// dur is the duration d of the field at path as written, if it was
+// written there, else as etcdimg writes it.
+func (w written) dur(path string, d Duration) string {
+	if v, ok := w[path]; ok {
+		if p, err := ParseDuration(v); err == nil && p == d {
+			return strings.TrimSpace(v)
+		}
+	}
+	return d.String()
 }
