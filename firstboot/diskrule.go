@@ -125,23 +125,41 @@ func decodeIntent(b []byte) (intent, bool) {
 // inspect classifies what r (size bytes) holds: blank, our data file
 // system, an interrupted first format of ours, or (an error naming it)
 // anything else, which firstboot never touches.
+//
+// Only what was read counts: a read that fails (a bad sector answers
+// EIO) or comes back short (the device is smaller than it said) proves
+// nothing about the bytes it did not return, and the disk is refused,
+// whatever the rest of it holds.
 func inspect(r io.ReaderAt, size int64) (string, error) {
+	var readErr error // the first read that failed
 	read := func(off, n int64) []byte {
-		if off < 0 || off >= size {
+		if readErr != nil || off < 0 || off >= size {
 			return nil
 		}
 		b := make([]byte, min(n, size-off))
-		if _, err := r.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+		got, err := r.ReadAt(b, off)
+		if got < len(b) {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			readErr = fmt.Errorf("reading %d bytes at byte %d: %w", len(b), off, err)
 			return nil
 		}
 		return b
+	}
+	// classified returns content only if every read behind it succeeded.
+	classified := func(content string) (string, error) {
+		if readErr != nil {
+			return "", fmt.Errorf("%w: not provably blank, nor provably ours; not touching it", readErr)
+		}
+		return content, nil
 	}
 	if size > intentSpace {
 		if in, ok := decodeIntent(read(size-intentSpace, sampleSize)); ok {
 			if in.Size != size {
 				return "", fmt.Errorf("it carries a first-format record of %s/%s for a %d-byte disk, but is %d bytes; not formatting a disk that changed size", in.Cluster, in.Member, in.Size, size)
 			}
-			return contentInterrupted, nil
+			return classified(contentInterrupted)
 		}
 	}
 	if sb := read(1024, 1024); len(sb) == 1024 && binary.LittleEndian.Uint16(sb[56:58]) == 0xEF53 {
@@ -149,7 +167,7 @@ func inspect(r io.ReaderAt, size int64) (string, error) {
 		if label != layout.DataLabel {
 			return "", fmt.Errorf("it holds an ext2/3/4 file system labelled %q, not %q: not this appliance's; attach a blank disk, or relabel it (e2label) if it really holds this member's etcd data", label, layout.DataLabel)
 		}
-		return contentOurs, nil
+		return classified(contentOurs)
 	}
 	for _, base := range partitionStarts {
 		for _, s := range signatures {
@@ -176,7 +194,7 @@ func inspect(r io.ReaderAt, size int64) (string, error) {
 	if off, ok := firstData(read, size); ok {
 		return "", fmt.Errorf("it holds data at byte %d (%d MiB) of no known kind; not formatting it", off, off/mib)
 	}
-	return contentBlank, nil
+	return classified(contentBlank)
 }
 
 // firstData returns the offset of the first non-zero byte in the zero
@@ -293,7 +311,9 @@ func prepareDataDisk(dir string, in intent) (dev, detail string, formatted bool,
 			start := time.Now()
 			var content string
 			var w *windowReader
-			if w, err = newWindowReader(r, size, zeroWindow+mib, zeroWindow); err == nil {
+			if w, err = newWindowReader(r, size, zeroWindow+mib, zeroWindow); err != nil {
+				err = fmt.Errorf("%w: not provably blank, nor provably ours; not touching it", err)
+			} else {
 				content, err = inspect(w, size)
 			}
 			c.Close()

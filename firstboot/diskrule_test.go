@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/diskfs/go-diskfs/backend"
@@ -277,3 +278,80 @@ func TestIntentRecordIsExact(t *testing.T) {
 }
 
 var _ io.ReaderAt = (*os.File)(nil)
+
+// failingDisk is a disk image whose reads fail with err wherever they
+// touch [from, to): a disk with bad sectors there. It is the disk rule's
+// own input, a file read through the rule's io.ReaderAt.
+type failingDisk struct {
+	f        *os.File
+	from, to int64
+	err      error
+}
+
+func (d failingDisk) ReadAt(p []byte, off int64) (int, error) {
+	if off < d.to && off+int64(len(p)) > d.from {
+		return 0, d.err
+	}
+	return d.f.ReadAt(p, off)
+}
+
+// TestAReadErrorIsNeverBlank: a disk is blank only when every byte the
+// rule reads was read and is zero. A read that fails (EIO from a bad
+// sector, wherever it is) or comes back short (a device smaller than it
+// said) proves nothing: the disk is refused, never formatted; also
+// through the window reader prepareDataDisk reads with.
+func TestAReadErrorIsNeverBlank(t *testing.T) {
+	const size = testDiskSize
+	for _, tc := range []struct {
+		name     string
+		from, to int64 // the bad range
+		short    int64 // the device really is this long (0: size)
+		want     error // what the refusal wraps
+	}{
+		{name: "EIO in the middle", from: size / 2, to: size/2 + 4096, want: syscall.EIO},
+		{name: "EIO over all between the windows", from: zeroWindow, to: size - zeroWindow, want: syscall.EIO},
+		{name: "EIO in the first window", from: 8 * mib, to: 8*mib + 512, want: syscall.EIO},
+		{name: "EIO in the last window", from: size - 8*mib, to: size - 8*mib + 512, want: syscall.EIO},
+		{name: "EIO at the first-format record", from: size - intentSpace, to: size - intentSpace + 1, want: syscall.EIO},
+		{name: "EIO at the superblock", from: 1024, to: 2048, want: syscall.EIO},
+		{name: "shorter than it says", short: size - 64*mib, want: io.ErrUnexpectedEOF},
+	} {
+		for _, windowed := range []bool{false, true} {
+			name := tc.name
+			if windowed {
+				name += ", through the window reader"
+			}
+			t.Run(name, func(t *testing.T) {
+				p := sparse(t, size)
+				if tc.short != 0 {
+					if err := os.Truncate(p, tc.short); err != nil {
+						t.Fatal(err)
+					}
+				}
+				f, err := os.Open(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				var r io.ReaderAt = failingDisk{f, tc.from, tc.to, syscall.EIO}
+				if windowed {
+					w, err := newWindowReader(r, size, zeroWindow+mib, zeroWindow)
+					if err != nil {
+						if !errors.Is(err, tc.want) {
+							t.Fatalf("window reader: %v, want it to wrap %v", err, tc.want)
+						}
+						return // refused before the rule ran
+					}
+					r = w
+				}
+				got, err := inspect(r, size)
+				if err == nil {
+					t.Fatalf("classified %q; want a refusal", got)
+				}
+				if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), "not provably blank") {
+					t.Errorf("refused with %q; want it to wrap %v and say not provably blank", err, tc.want)
+				}
+			})
+		}
+	}
+}

@@ -148,20 +148,33 @@ type windowReader struct {
 }
 
 // newWindowReader reads the first headLen and the last tailLen bytes of
-// a size-byte device.
+// a size-byte device. A window it cannot read whole is an error: the
+// bytes it did not get must never be served as zeros.
 func newWindowReader(r io.ReaderAt, size, headLen, tailLen int64) (*windowReader, error) {
 	w := &windowReader{r: r}
 	headLen, tailLen = min(headLen, size), min(tailLen, size)
 	w.head = alignedBuffer(int(headLen))
-	if _, err := r.ReadAt(w.head, 0); err != nil && err != io.EOF {
+	if err := readWhole(r, w.head, 0); err != nil {
 		return nil, err
 	}
 	w.tailOff = size - tailLen
 	w.tail = alignedBuffer(int(tailLen))
-	if _, err := r.ReadAt(w.tail, w.tailOff); err != nil && err != io.EOF {
+	if err := readWhole(r, w.tail, w.tailOff); err != nil {
 		return nil, err
 	}
 	return w, nil
+}
+
+// readWhole fills p from off, or says why not.
+func readWhole(r io.ReaderAt, p []byte, off int64) error {
+	n, err := r.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("reading %d bytes at byte %d: %w", len(p), off, err)
 }
 
 func (w *windowReader) ReadAt(p []byte, off int64) (int, error) {
