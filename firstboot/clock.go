@@ -33,20 +33,20 @@ func clockSources(platform string, ntp []netip.Addr) []clockSource {
 	var out []clockSource
 	switch platform {
 	case layout.PlatformAWS:
-		out = append(out, ntpSource(awsTimeSync, "AWS Time Sync Service"))
+		out = append(out, ntpSource(awsTimeSync+":123", "AWS Time Sync Service"))
 	case layout.PlatformGCP:
-		out = append(out, ntpSource(layout.MetadataAddr, "GCP metadata server"))
+		out = append(out, ntpSource(layout.MetadataAddr+":123", "GCP metadata server"))
 	case layout.PlatformAzure:
 		out = append(out, clockSource{Name: "Azure host clock (Hyper-V PTP)", Offset: hypervPTPOffset})
 	}
 	for _, a := range ntp {
-		out = append(out, ntpSource(a.String(), "NTP"))
+		out = append(out, ntpSource(a.String()+":123", "NTP"))
 	}
 	return out
 }
 
 func ntpSource(addr, what string) clockSource {
-	return clockSource{Name: what + " " + addr, Offset: func() (time.Duration, error) { return sntpOffset(addr+":123", 2*time.Second) }}
+	return clockSource{Name: what + " " + addr, Offset: func() (time.Duration, error) { return sntpOffset(addr, 2*time.Second) }}
 }
 
 // ntpEpoch is 1900-01-01, where NTP time stamps count from.
@@ -75,14 +75,14 @@ func sntpOffset(addr string, timeout time.Duration) (time.Duration, error) {
 	conn.SetDeadline(time.Now().Add(timeout))
 	req := make([]byte, 48)
 	req[0] = 0<<6 | 4<<3 | 3 // no leap warning, version 4, client
-	t1 := time.Now()
+	t1 := clockNow()
 	binary.BigEndian.PutUint64(req[40:], toNTP(t1))
 	if _, err := conn.Write(req); err != nil {
 		return 0, err
 	}
 	resp := make([]byte, 48)
 	n, err := conn.Read(resp)
-	t4 := time.Now()
+	t4 := clockNow()
 	if err != nil {
 		return 0, err
 	}
@@ -139,7 +139,7 @@ const clockStep = 100 * time.Millisecond
 // syncClock measures the offset from the first source that answers and
 // steps the clock by it. No answer is not fatal: the boot goes on with
 // the clock it has, and says so.
-func syncClock(sources []clockSource) (string, error) {
+func syncClock(sources []clockSource, floor time.Time) (string, error) {
 	if len(sources) == 0 {
 		return "no time source on this platform or in the spec (network.ntp): keeping the hardware clock", nil
 	}
@@ -162,38 +162,68 @@ func syncClock(sources []clockSource) (string, error) {
 		if err := stepClock(off); err != nil {
 			return "", fmt.Errorf("step the clock by %s: %w", off, err)
 		}
-		return fmt.Sprintf("%s: stepped by %s to %s", s.Name, off.Round(time.Millisecond), time.Now().UTC().Format(time.RFC3339)), nil
+		return fmt.Sprintf("%s: stepped by %s to %s", s.Name, off.Round(time.Millisecond), clockNow().UTC().Format(time.RFC3339)), nil
 	}
 	return "no time source answered (" + strings.Join(tried, "; ") + "): keeping the hardware clock", nil
 }
 
-func stepClock(off time.Duration) error {
+// The system clock, behind function values so that tests never set the
+// host's clock.
+var (
+	clockNow  = time.Now
+	stepClock = stepSystemClock
+	slewClock = slewSystemClock
+)
+
+func stepSystemClock(off time.Duration) error {
 	ts := unix.NsecToTimespec(time.Now().Add(off).UnixNano())
 	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
 }
 
+// slewSystemClock makes the kernel correct the clock by off gradually
+// (adjtime(3)'s ADJ_OFFSET_SINGLESHOT: at most 0.5 ms a second, never
+// backwards), replacing any correction still under way.
+func slewSystemClock(off time.Duration) error {
+	tx := unix.Timex{Modes: unix.ADJ_OFFSET_SINGLESHOT, Offset: off.Microseconds()}
+	_, err := unix.Adjtimex(&tx)
+	return err
+}
+
 // keepClock measures again every interval for the life of the member and
 // steps the clock when it has drifted by a second or more.
-func keepClock(ctx context.Context, sources []clockSource, interval time.Duration) {
+func keepClock(ctx context.Context, sources []clockSource, floor time.Time, interval time.Duration) {
+	k := &clockKeeper{sources: sources, floor: floor}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(interval):
 		}
-		for _, s := range sources {
-			off, err := s.Offset()
-			if err != nil {
-				continue
-			}
-			if off.Abs() >= time.Second {
-				if err := stepClock(off); err != nil {
-					logf("clock: step by %s: %v", off, err)
-				} else {
-					logf("clock: %s: drifted by %s; stepped", s.Name, off.Round(time.Millisecond))
-				}
-			}
-			break
+		if msg := k.check(); msg != "" {
+			logf("clock: %s", msg)
 		}
 	}
+}
+
+type clockKeeper struct {
+	sources []clockSource
+	floor   time.Time
+}
+
+// check measures once and returns what to log, if anything.
+func (k *clockKeeper) check() string {
+	for _, s := range k.sources {
+		off, err := s.Offset()
+		if err != nil {
+			continue
+		}
+		if off.Abs() >= time.Second {
+			if err := stepClock(off); err != nil {
+				return fmt.Sprintf("step by %s: %v", off, err)
+			}
+			return fmt.Sprintf("%s: drifted by %s; stepped", s.Name, off.Round(time.Millisecond))
+		}
+		break
+	}
+	return ""
 }

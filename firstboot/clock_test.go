@@ -32,7 +32,7 @@ func TestSNTPMeasuresTheOffset(t *testing.T) {
 	}
 	msg, err := syncClock([]clockSource{{Name: "silent", Offset: func() (time.Duration, error) {
 		return sntpOffset(silent.LocalAddr().String(), 100*time.Millisecond)
-	}}})
+	}}}, time.Time{})
 	if err != nil || !strings.Contains(msg, "no time source answered (silent: ") {
 		t.Errorf("%q, %v", msg, err)
 	}

@@ -187,11 +187,11 @@ func (n *node) boot() error {
 		ntp = append(ntp, nf.NTP...)
 	}
 	clocks := clockSources(platform, ntp)
-	if err := step("sync clock", func() (string, error) { return syncClock(clocks) }); err != nil {
+	if err := step("sync clock", func() (string, error) { return syncClock(clocks, time.Time{}) }); err != nil {
 		return err
 	}
 	if len(clocks) > 0 {
-		goSafe("clock", func() { keepClock(n.ctx, clocks, 15*time.Minute) })
+		goSafe("clock", func() { keepClock(n.ctx, clocks, time.Time{}, 15*time.Minute) })
 	}
 	me, err := readSelf("/")
 	if err != nil {
