@@ -52,81 +52,124 @@ type Op struct {
 	Rev       int64  // the response header's revision
 }
 
-// state is one key's state in the model.
+// state is one key's state in the model, with what the key's history
+// so far says of etcd's store revision.
 type state struct {
 	Exists bool
 	Value  string
-	ModRev int64 // -1: written by an operation of unknown outcome, revision not known
+	ModRev int64 // when Exists: the key's mod revision; when Unsure, only the least it can be
+	Unsure bool  // Value was written by an operation of unknown outcome, and no answer told its revision yet
+	// Floor is the least the store's revision can be at this point:
+	// the revision of the key's last write, or the revision the key's
+	// last answer was read at. etcd's revision is one counter for the
+	// whole store that only grows, so the key's next write is above
+	// Floor, and its next answer at Floor or above, even after a
+	// delete (a key deleted and written again does not start over).
+	Floor int64
 }
 
 // step returns every state the key can be in after op, from s; none when
 // op's result is impossible from s.
 func step(s state, op Op) []state {
 	if op.Unknown {
-		return []state{s, applied(s, op)} // it may not have happened
+		if n, ok := applied(s, op); ok {
+			return []state{s, n} // it may not have happened
+		}
+		return []state{s}
 	}
 	switch op.Kind {
 	case Put:
-		if s.ModRev >= 0 && op.ModRev <= s.ModRev {
-			return nil // revisions only grow
-		}
-		return []state{{true, op.Value, op.ModRev}}
+		return wrote(s, op.Value, op.ModRev)
 	case Get:
 		if !op.Found {
 			if s.Exists {
 				return nil
 			}
-			return []state{s}
+			return answered(s, op.Rev)
 		}
-		if !s.Exists || s.Value != op.Got || (s.ModRev >= 0 && s.ModRev != op.ModRev) {
+		if !s.Exists || s.Value != op.Got || (!s.Unsure && s.ModRev != op.ModRev) || (s.Unsure && op.ModRev < s.ModRev) {
 			return nil
 		}
-		return []state{{true, s.Value, op.ModRev}} // a read tells an unknown write's revision
+		s.ModRev, s.Unsure = op.ModRev, false // a read tells an unknown write's revision
+		return answered(s, op.Rev)
 	case Delete:
 		if op.Succeeded != s.Exists {
 			return nil
 		}
-		return []state{{}}
+		if !op.Succeeded {
+			return answered(s, op.Rev) // deleting nothing makes no revision
+		}
+		if op.Rev <= s.Floor {
+			return nil
+		}
+		return []state{{Floor: op.Rev}}
 	case CAS:
 		held, known := compare(s, op.Expect)
 		if known && held != op.Succeeded {
 			return nil
 		}
 		if !op.Succeeded {
-			return []state{s}
+			return answered(s, op.Rev) // a transaction that wrote nothing makes no revision
 		}
-		if s.ModRev >= 0 && op.ModRev <= s.ModRev {
-			return nil
-		}
-		return []state{{true, op.Value, op.ModRev}}
+		return wrote(s, op.Value, op.ModRev)
 	}
 	return nil
 }
 
-// applied is the state after op took effect, its revision unknown.
-func applied(s state, op Op) state {
-	switch op.Kind {
-	case Put:
-		return state{true, op.Value, -1}
-	case Delete:
-		return state{}
-	case CAS:
-		if held, known := compare(s, op.Expect); held || !known {
-			return state{true, op.Value, -1}
-		}
+// wrote is the state after a write of value at revision rev, if rev is
+// above every revision the key's history put before it.
+func wrote(s state, value string, rev int64) []state {
+	if rev <= s.Floor {
+		return nil
 	}
-	return s
+	return []state{{Exists: true, Value: value, ModRev: rev, Floor: rev}}
 }
 
-// compare is a CAS's comparison on s, and whether s says it.
+// answered is s as seen by an answer that changed nothing, read at the
+// store's revision rev, which cannot be below one seen before.
+func answered(s state, rev int64) []state {
+	if rev < s.Floor {
+		return nil
+	}
+	s.Floor = rev
+	return []state{s}
+}
+
+// applied is the state after op, of unknown outcome, took effect, and
+// whether it can change anything. Its revision is unknown, but above
+// Floor: it took the next revision at the earliest.
+func applied(s state, op Op) (state, bool) {
+	next := s.Floor + 1
+	switch op.Kind {
+	case Put:
+		return state{Exists: true, Value: op.Value, ModRev: next, Unsure: true, Floor: next}, true
+	case Delete:
+		if s.Exists {
+			return state{Floor: next}, true
+		}
+	case CAS:
+		if held, known := compare(s, op.Expect); held || !known {
+			return state{Exists: true, Value: op.Value, ModRev: next, Unsure: true, Floor: next}, true
+		}
+	}
+	return s, false
+}
+
+// compare is a CAS's comparison on s, and whether s says it. etcd
+// compares the key's mod revision, which is 0 for a key that does not
+// exist and at least 1 for one that does: so "absent" fails on a key
+// that exists even when its revision is unknown, and so does a revision
+// below the least an unknown write can have taken.
 func compare(s state, expect int64) (held, known bool) {
 	switch {
 	case !s.Exists:
 		return expect == 0, true
-	case s.ModRev < 0:
-		return false, false
-	default:
+	case !s.Unsure:
 		return s.ModRev == expect, true
+	case expect < s.ModRev: // 0 among them
+		return false, true
+	default:
+		return false, false
 	}
 }
 
@@ -160,14 +203,19 @@ var Model = (&porcupine.NondeterministicModel{
 	DescribeOperation: func(in, _ any) string { return in.(Op).String() },
 	DescribeState: func(s any) string {
 		st := s.(state)
+		var d string
 		switch {
 		case !st.Exists:
-			return "absent"
-		case st.ModRev < 0:
-			return fmt.Sprintf("%q (revision unknown)", st.Value)
+			d = "absent"
+		case st.Unsure:
+			d = fmt.Sprintf("%q @≥%d (written by an operation of unknown outcome)", st.Value, st.ModRev)
 		default:
-			return fmt.Sprintf("%q @%d", st.Value, st.ModRev)
+			d = fmt.Sprintf("%q @%d", st.Value, st.ModRev)
 		}
+		if st.Floor > st.ModRev {
+			d += fmt.Sprintf(", store @≥%d", st.Floor)
+		}
+		return d
 	},
 }).ToModel()
 
@@ -207,9 +255,13 @@ func (o Op) String() string {
 
 // Result is the outcome of Check.
 type Result struct {
+	// Linearizable: porcupine found a linearization of every key's
+	// operations, and no answer's revision breaks the order of time
+	// (Revisions is empty).
 	Linearizable bool
-	TimedOut     bool // the checker gave up: neither proven nor refuted
-	Checked      int  // operations in the linearizability check
+	TimedOut     bool     // the checker gave up: neither proven nor refuted
+	Checked      int      // operations in the linearizability check
+	Revisions    []string // answers whose revision no etcd could have given, with the answer that rules it out
 	info         porcupine.LinearizationInfo
 }
 
@@ -221,7 +273,13 @@ type Result struct {
 // depend on it, which keeps the search small when a member is down: no
 // read returned its value (values are unique), and no compare-and-swap
 // that failed or delete that deleted on its key returned after its call
-// (either can owe its result to that write alone).
+// (either can owe its result to that write alone). Leaving one out
+// cannot make a revision check fail: a write that did not happen takes
+// no revision.
+//
+// porcupine checks each key on its own, which keeps the search small
+// but cannot see that etcd's revision is one counter for every key; the
+// answers' revisions are checked across keys too (see revisionOrder).
 func Check(ops []Op, timeout time.Duration) Result {
 	var h []porcupine.Operation
 	var end time.Duration
@@ -251,8 +309,94 @@ func Check(ops []Op, timeout time.Duration) Result {
 		h = append(h, porcupine.Operation{ClientId: o.Client, Input: o, Call: int64(o.Call), Output: o, Return: int64(ret)})
 	}
 	res, info := porcupine.CheckOperationsVerbose(Model, h, timeout)
-	return Result{Linearizable: res == porcupine.Ok, TimedOut: res == porcupine.Unknown, Checked: len(h), info: info}
+	revs := revisionOrder(ops)
+	return Result{
+		Linearizable: res == porcupine.Ok && len(revs) == 0, TimedOut: res == porcupine.Unknown,
+		Checked: len(h), Revisions: revs, info: info,
+	}
 }
+
+// wrote is the revision an operation's write took, for one that changed
+// the store: a put, a compare-and-swap that held, a delete that deleted.
+// (A delete of nothing and a compare-and-swap that failed make no
+// revision in etcd.)
+func (o Op) wrote() (int64, bool) {
+	switch {
+	case o.Unknown || o.Failed:
+		return 0, false
+	case o.Kind == Put, o.Kind == CAS && o.Succeeded:
+		return o.ModRev, true
+	case o.Kind == Delete && o.Succeeded:
+		return o.Rev, true
+	}
+	return 0, false
+}
+
+// revisionOrder lists the answers whose revisions etcd cannot have
+// given, across keys. etcd's revision is one counter for the whole
+// store, and a member serves only what the cluster committed, so once
+// an answer at revision R came back (any answer, a serializable read's
+// too) the store is at R or later:
+//
+//   - an operation that began after it returned, and is linearizable (a
+//     write, a read but a serializable one), is answered at R or later;
+//   - a write that began after it returned takes a revision above R;
+//   - no two writes take one revision (each request here is one
+//     transaction);
+//   - no read sees a key written after the revision it was read at.
+//
+// These are what a global model would check, in O(n log n) rather than
+// in a search over every key at once.
+func revisionOrder(ops []Op) []string {
+	var out []string
+	var acked, checked []Op
+	byRev := map[int64]Op{}
+	for _, o := range ops {
+		if o.Unknown || o.Failed {
+			continue
+		}
+		acked = append(acked, o)
+		if !(o.Kind == Get && o.Serializable) {
+			checked = append(checked, o)
+		}
+		if w, ok := o.wrote(); ok {
+			if p, dup := byRev[w]; dup {
+				out = append(out, fmt.Sprintf("%s at %s and %s at %s both wrote at revision %d", p, ms(p.Call), o, ms(o.Call), w))
+			}
+			byRev[w] = o
+		}
+		if o.Kind == Get && o.Found && o.ModRev > o.Rev {
+			out = append(out, fmt.Sprintf("%s at %s was answered at revision %d, below the key's", o, ms(o.Call), o.Rev))
+		}
+	}
+	slices.SortStableFunc(acked, func(a, b Op) int { return cmp.Compare(a.Return, b.Return) })
+	slices.SortStableFunc(checked, func(a, b Op) int { return cmp.Compare(a.Call, b.Call) })
+	var high int64 // the highest revision acknowledged so far
+	var by Op      // the answer that acknowledged it
+	i := 0
+	for _, o := range checked {
+		for ; i < len(acked) && acked[i].Return < o.Call; i++ {
+			a := acked[i]
+			r := a.Rev
+			if w, ok := a.wrote(); ok {
+				r = max(r, w)
+			}
+			if r > high {
+				high, by = r, a
+			}
+		}
+		if w, ok := o.wrote(); ok && w <= high {
+			out = append(out, fmt.Sprintf("%s at %s wrote at revision %d, not above revision %d of %s, acknowledged at %s before it began",
+				o, ms(o.Call), w, high, by, ms(by.Return)))
+		} else if !ok && o.Rev < high {
+			out = append(out, fmt.Sprintf("%s at %s was answered at revision %d, below revision %d of %s, acknowledged at %s before it began",
+				o, ms(o.Call), o.Rev, high, by, ms(by.Return)))
+		}
+	}
+	return out
+}
+
+func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 
 // WriteHTML writes porcupine's visualization of the checked history to
 // path: each client's operations on a time line, per key, and, when the
