@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/olekukonko/tablewriter"
@@ -42,28 +43,45 @@ func hashed(n int64) bool { return n%512 == sha256.Size }
 
 // Verify checks the snapshot at path. Without skipHash, a file without
 // etcd's integrity hash is refused; skipHash is for a database copied
-// from a member's data directory, which has none.
-func Verify(path string, skipHash bool) (info Info, err error) {
+// from a member's data directory, which has none. Info.SHA256 is always
+// the whole file's digest (restore names the copy it puts in the images
+// by it).
+func Verify(path string, skipHash bool) (Info, error) { return verify(path, skipHash, true) }
+
+// Status is Verify for `etcdimg snapshot status`: with skipHash, a file
+// without etcd's hash is checked as a database only, and not read whole
+// for its SHA-256 as well (Info.SHA256 is then "").
+func Status(path string, skipHash bool) (Info, error) { return verify(path, skipHash, !skipHash) }
+
+func verify(path string, skipHash, digest bool) (info Info, err error) {
 	info.Path = path
-	f, err := os.Open(path)
+	// Only a regular file, refused before it is opened: opening a FIFO
+	// waits for a writer for ever. The open does not block either, and
+	// what was opened is checked again.
+	st, err := os.Stat(path)
+	if err != nil {
+		return info, fmt.Errorf("snapshot: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return info, fmt.Errorf("snapshot: %s is not a regular file; name a snapshot file", path)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return info, fmt.Errorf("snapshot: %w", err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
+	if st, err = f.Stat(); err != nil {
 		return info, fmt.Errorf("snapshot: %w", err)
 	}
 	info.Size = st.Size()
 	if !st.Mode().IsRegular() {
-		return info, fmt.Errorf("snapshot: %s is not a regular file", path)
+		return info, fmt.Errorf("snapshot: %s is not a regular file; name a snapshot file", path)
 	}
 	if info.Size == 0 {
 		return info, fmt.Errorf("snapshot: %s is empty", path)
 	}
-	whole := sha256.New()
 	if hashed(info.Size) {
-		db := sha256.New()
+		whole, db := sha256.New(), sha256.New()
 		if _, err := io.Copy(io.MultiWriter(db, whole), io.NewSectionReader(f, 0, info.Size-sha256.Size)); err != nil {
 			return info, fmt.Errorf("snapshot: read %s: %w", path, err)
 		}
@@ -76,18 +94,15 @@ func Verify(path string, skipHash bool) (info Info, err error) {
 			return info, fmt.Errorf("snapshot: %s fails etcd's integrity hash (SHA-256 of its contents does not match the one at its end): it is corrupt or truncated", path)
 		}
 		info.HasHash = true
-	} else {
-		if !skipHash {
-			return info, fmt.Errorf("snapshot: %s has no integrity hash (%d bytes is not a database plus etcd's 32-byte SHA-256): not a snapshot etcd served, or truncated; for a db file copied from a member's data directory pass --skip-hash-check", path, info.Size)
-		}
-		if _, err := io.Copy(whole, io.NewSectionReader(f, 0, info.Size)); err != nil {
-			return info, fmt.Errorf("snapshot: read %s: %w", path, err)
-		}
+		info.SHA256 = hex.EncodeToString(whole.Sum(nil))
+	} else if !skipHash {
+		return info, fmt.Errorf("snapshot: %s has no integrity hash (%d bytes is not a database plus etcd's 32-byte SHA-256): not a snapshot etcd served, or truncated; for a db file copied from a member's data directory pass --skip-hash-check", path, info.Size)
 	}
-	info.SHA256 = hex.EncodeToString(whole.Sum(nil))
 	// What makes a database etcd's is its buckets (a cluster that never
 	// stored a key has no revision to show); checked first, as etcd's
-	// status code assumes them.
+	// status code assumes them. Without etcd's hash this comes before
+	// any whole read of the file: a file that is no database (a huge
+	// sparse one) is refused from its first pages.
 	if err := etcdBuckets(path); err != nil {
 		return info, fmt.Errorf("snapshot: %s is not an etcd snapshot: %w", path, err)
 	}
@@ -96,6 +111,13 @@ func Verify(path string, skipHash bool) (info Info, err error) {
 		return info, fmt.Errorf("snapshot: %s does not open as etcd's database: %w", path, err)
 	}
 	info.Hash, info.Revision, info.TotalKeys, info.TotalSize, info.Version = st2.Hash, st2.Revision, st2.TotalKey, st2.TotalSize, st2.Version
+	if !info.HasHash && digest {
+		whole := sha256.New()
+		if _, err := io.Copy(whole, io.NewSectionReader(f, 0, info.Size)); err != nil {
+			return info, fmt.Errorf("snapshot: read %s: %w", path, err)
+		}
+		info.SHA256 = hex.EncodeToString(whole.Sum(nil))
+	}
 	return info, nil
 }
 
@@ -141,7 +163,11 @@ func Table(w io.Writer, infos ...Info) {
 	t := tablewriter.NewWriter(w)
 	t.Header("HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE", "VERSION", "FILE SHA256")
 	for _, i := range infos {
-		t.Append(fmt.Sprintf("%x", i.Hash), fmt.Sprint(i.Revision), fmt.Sprint(i.TotalKeys), humanSize(i.TotalSize), i.Version, i.SHA256[:16]+"…")
+		sum := "not computed"
+		if len(i.SHA256) >= 16 {
+			sum = i.SHA256[:16] + "…"
+		}
+		t.Append(fmt.Sprintf("%x", i.Hash), fmt.Sprint(i.Revision), fmt.Sprint(i.TotalKeys), humanSize(i.TotalSize), i.Version, sum)
 	}
 	t.Render()
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -151,5 +152,87 @@ func TestVerifyRefusesAForeignDatabase(t *testing.T) {
 	os.WriteFile(p, append(b, sum[:]...), 0o600)
 	if _, err := Verify(p, false); err == nil || !strings.Contains(err.Error(), `without etcd's "meta" bucket`) {
 		t.Errorf("a foreign database: %v", err)
+	}
+}
+
+// within runs f in a goroutine and fails the test if it has not returned
+// after a generous bound: the point is that it returns at all.
+func within[T any](t *testing.T, what string, f func() (T, error)) (T, error) {
+	t.Helper()
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { v, err := f(); done <- result{v, err} }()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not return within 30 s", what)
+	}
+	panic("unreachable")
+}
+
+// TestVerifyRefusesAFIFOAtOnce: `snapshot status FIFO` is refused before
+// the open, which would wait for a writer for ever (issue 21).
+func TestVerifyRefusesAFIFOAtOnce(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "snap.db")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, skip := range []bool{false, true} {
+		_, err := within(t, fmt.Sprintf("Verify(FIFO, skipHash %v)", skip), func() (Info, error) { return Verify(fifo, skip) })
+		if err == nil || !strings.Contains(err.Error(), "is not a regular file") {
+			t.Errorf("skipHash %v: %v, want it refused as not a regular file", skip, err)
+		}
+	}
+	if _, err := within(t, "Status(/dev/zero)", func() (Info, error) { return Status("/dev/zero", true) }); err == nil || !strings.Contains(err.Error(), "is not a regular file") {
+		t.Errorf("/dev/zero: %v", err)
+	}
+}
+
+// TestSkipHashCheckDoesNotReadAHugeFile: with the hash check skipped, a
+// 100 GiB sparse file that is no database is refused without being read
+// through (it was hashed whole first, for minutes; issue 21), and Status
+// reads no file whole for a digest the operator asked to skip.
+func TestSkipHashCheckDoesNotReadAHugeFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "huge.db")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(100 << 30); err != nil {
+		t.Skipf("no sparse 100 GiB file here: %v", err)
+	}
+	f.Close()
+	for _, tc := range []struct {
+		name   string
+		verify func(string, bool) (Info, error)
+	}{{"Verify", Verify}, {"Status", Status}} {
+		_, err := within(t, tc.name+"(100 GiB sparse, skipHash)", func() (Info, error) { return tc.verify(p, true) })
+		if err == nil || !strings.Contains(err.Error(), "is not an etcd snapshot") {
+			t.Errorf("%s: %v, want it refused as not a snapshot", tc.name, err)
+		}
+	}
+	// A real database without etcd's hash: Status checks it and leaves
+	// the file's digest out; Verify (restore's) still has it.
+	good, err := os.ReadFile(realSnapshot(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(t.TempDir(), "member.db")
+	os.WriteFile(db, good[:len(good)-32], 0o600)
+	st, err := Status(db, true)
+	if err != nil || st.SHA256 != "" || st.TotalKeys != 90 {
+		t.Errorf("Status(member db, skipHash) = %+v, %v; want 90 keys and no digest", st, err)
+	}
+	var b strings.Builder
+	Table(&b, st)
+	if !strings.Contains(b.String(), "not computed") {
+		t.Errorf("table without a digest:\n%s", b.String())
+	}
+	if v, err := Verify(db, true); err != nil || len(v.SHA256) != 64 {
+		t.Errorf("Verify(member db, skipHash) = %+v, %v; want its digest", v, err)
 	}
 }
