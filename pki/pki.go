@@ -312,8 +312,15 @@ func issue(s *local.Signer, ca *x509.Certificate, l leaf, alg string, lifetime t
 
 // loadCA reads an existing CA. It returns nil, nil, nil when there is none,
 // and an error when what is there cannot be used as this cluster's CA: a
-// CA is never silently replaced.
+// CA is never silently replaced, and an expired one signs nothing.
 func loadCA(dir string) (ca *x509.Certificate, key crypto.Signer, certPEM, keyPEM []byte, err error) {
+	return readCA(dir, true)
+}
+
+// readCA is loadCA; without signing, an expired CA is read too: a CA
+// rotation's switch and drop phases only move it aside, and must run
+// even when the old CA expired after the trust phase.
+func readCA(dir string, signing bool) (ca *x509.Certificate, key crypto.Signer, certPEM, keyPEM []byte, err error) {
 	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
 	certPEM, certErr := os.ReadFile(certPath)
 	keyPEM, keyErr := os.ReadFile(keyPath)
@@ -336,7 +343,10 @@ func loadCA(dir string) (ca *x509.Certificate, key crypto.Signer, certPEM, keyPE
 	if err != nil {
 		return fail(fmt.Errorf("%w (in %s); restore the original CA, or move the pki directory aside to start a new CA", err, dir))
 	}
-	if time.Now().After(ca.NotAfter) {
+	if signing && time.Now().After(ca.NotAfter) {
+		if r, _ := LoadRotation(dir); r != nil && r.Phase == PhaseTrust {
+			return fail(fmt.Errorf("pki: the CA in %s expired on %s, during a CA rotation: run `etcdimg rotate ca` to switch to the new CA waiting in %s", dir, ca.NotAfter.Format(time.DateOnly), filepath.Join(dir, NextDir)))
+		}
 		return fail(fmt.Errorf("pki: the CA in %s expired on %s; move the pki directory aside to start a new CA and rebuild every member", dir, ca.NotAfter.Format(time.DateOnly)))
 	}
 	return ca, key, certPEM, keyPEM, nil

@@ -2,8 +2,14 @@ package pki
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -438,4 +444,122 @@ func TestCARotationPhasesKeepEveryoneTrusted(t *testing.T) {
 	if e1, e2 := verify(filepath.Join(dir, MemberCertFile("etcd-2"))); e1 != nil || e2 != nil {
 		t.Errorf("after drop a new certificate is refused: %v / %v", e1, e2)
 	}
+}
+
+// expiredCA is a CA pair whose NotAfter has passed, PEM encoded.
+func expiredCA(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "etcd-ca", Organization: []string{"etcdimg"}},
+		NotBefore:             now.Add(-2 * 365 * 24 * time.Hour),
+		NotAfter:              now.Add(-time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pemOf(der), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})
+}
+
+// TestCARotationFinishesAfterTheOldCAExpired: the old CA expires between
+// the trust and the switch phase; switch and drop still run, and the
+// certificates issued after them chain to the new CA (issue 21: the
+// tool refused the expired CA and could not reach the new one in next/).
+// Beginning a rotation, or issuing, from an expired CA stays refused.
+func TestCARotationFinishesAfterTheOldCAExpired(t *testing.T) {
+	c := spec.Default(3)
+	dir := filepath.Join(t.TempDir(), "pki")
+	oldCert, oldKey := expiredCA(t)
+	newCert, newKey, err := newCA(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The directory as the trust phase left it, rolled out.
+	for name, f := range map[string]struct {
+		b    []byte
+		mode os.FileMode
+	}{
+		CACertFile:                         {bundle(oldCert, newCert), 0o644},
+		CAKeyFile:                          {oldKey, 0o600},
+		filepath.Join(NextDir, CACertFile): {newCert, 0o644},
+		filepath.Join(NextDir, CAKeyFile):  {newKey, 0o600},
+		RotationFile:                       {Rotation{Phase: PhaseTrust, Rolled: true}.File().Data, 0o644},
+	} {
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o700)
+		if err := os.WriteFile(filepath.Join(dir, name), f.b, f.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply := func(files []File, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("with the old CA expired: %v", err)
+		}
+		for _, f := range files {
+			if err := os.WriteFile(filepath.Join(dir, f.Name), f.Data, f.Mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := Ensure(c, dir); err == nil || !strings.Contains(err.Error(), "run `etcdimg rotate ca`") {
+		t.Errorf("render between the phases: %v, want it to point at the rotation's next phase", err)
+	}
+	r, err := LoadRotation(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(RotateSwitch(dir, *r))
+	s, err := Ensure(c, dir)
+	if err != nil {
+		t.Fatalf("render after switch: %v", err)
+	}
+	newCA := mustCert(t, newCert)
+	for name, p := range map[string]Pair{"admin": s.Admin, "etcd-1": s.Members["etcd-1"], "etcd-3": s.Members["etcd-3"]} {
+		if err := Verify(newCA, mustCert(t, p.Cert), x509.ExtKeyUsageClientAuth); err != nil {
+			t.Errorf("%s after switch does not chain to the new CA: %v", name, err)
+		}
+	}
+	write(t, dir, s)
+	r, _ = LoadRotation(dir)
+	apply(RotateDrop(dir, *r))
+	if b, _ := ParseBundle(mustRead(t, filepath.Join(dir, CACertFile))); len(b) != 1 || !b[0].Equal(newCA) {
+		t.Errorf("after drop etcd-ca.pem holds %d certificates, want the new CA alone", len(b))
+	}
+	if _, err := Ensure(c, dir); err != nil {
+		t.Errorf("render after drop: %v", err)
+	}
+
+	// No rotation begins from, and nothing is issued by, an expired CA.
+	other := filepath.Join(t.TempDir(), "pki")
+	os.MkdirAll(other, 0o700)
+	os.WriteFile(filepath.Join(other, CACertFile), oldCert, 0o644)
+	os.WriteFile(filepath.Join(other, CAKeyFile), oldKey, 0o600)
+	if _, err := RotateTrust(c, other); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("trust from an expired CA: %v", err)
+	}
+	if _, err := IssueClient(c, other, "app"); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("a client from an expired CA: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

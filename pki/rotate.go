@@ -98,8 +98,11 @@ func RotateTrust(c *spec.Cluster, dir string) ([]File, error) {
 // RotateSwitch makes the new CA of next/ the signing one: etcd-ca.pem
 // new+old, etcd-ca-key.pem the new key. Every certificate signed by the
 // old CA no longer fits, so Ensure reissues it.
+//
+// The old CA may have expired since the trust phase: it signs nothing
+// more, so it is read as it is.
 func RotateSwitch(dir string, r Rotation) ([]File, error) {
-	_, _, oldCert, _, err := loadCA(dir)
+	_, _, oldCert, _, err := readCA(dir, false)
 	if err != nil {
 		return nil, err
 	}
@@ -117,9 +120,10 @@ func RotateSwitch(dir string, r Rotation) ([]File, error) {
 	}, nil
 }
 
-// RotateDrop leaves the new CA alone in etcd-ca.pem.
+// RotateDrop leaves the new CA alone in etcd-ca.pem (the old one, second
+// in the bundle, may have expired).
 func RotateDrop(dir string, r Rotation) ([]File, error) {
-	ca, _, _, _, err := loadCA(dir)
+	ca, _, _, _, err := readCA(dir, false)
 	if err != nil {
 		return nil, err
 	}
