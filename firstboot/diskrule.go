@@ -327,16 +327,24 @@ func prepareDataDisk(dir string, in intent) (dev, detail string, formatted bool,
 	if err != nil {
 		return "", "", false, fmt.Errorf("data disk %s: %w", dev, err)
 	}
+	if err := mountReadOnly(dev, dir); err != nil {
+		return "", "", false, err
+	}
+	return dev, fmt.Sprintf("%s: %s, mounted read-only on %s until claimed", dev, detail, dir), formatted, nil
+}
+
+// mountReadOnly mounts the data disk dev on dir read-only: nothing on
+// it changes before claimDisk has read its marker and found it this
+// member's (a clean ext4 mounted read-only is not written to; a
+// read-write mount alone updates its superblock).
+func mountReadOnly(dev, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", "", false, err
+		return err
 	}
-	if err := unix.Mount(dev, dir, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
-		return "", "", false, fmt.Errorf("mount %s on %s: %w", dev, dir, err)
+	if err := unix.Mount(dev, dir, "ext4", unix.MS_RDONLY|dataMountFlags, ""); err != nil {
+		return fmt.Errorf("mount %s read-only on %s: %w", dev, dir, err)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return "", "", false, err
-	}
-	return dev, fmt.Sprintf("%s: %s, mounted on %s", dev, detail, dir), formatted, nil
+	return nil
 }
 
 // formatIfAllowed formats dev when content allows it.

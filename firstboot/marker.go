@@ -27,49 +27,79 @@ func hasEtcdData(dir string) bool {
 	return len(wals) > 0
 }
 
+// diskPaths are the data disk's files, under the disk's mount point.
+type diskPaths struct{ root, dataDir, legacyMemberDir, backupDir, markerFile string }
+
+// onDisk is where layout's files are on a data disk mounted at root.
+func onDisk(root string) diskPaths {
+	at := func(p string) string { return filepath.Join(root, strings.TrimPrefix(p, layout.DataMount)) }
+	return diskPaths{root, at(layout.DataDir), at(layout.LegacyMemberDir), at(layout.BackupDir), at(layout.MarkerFile)}
+}
+
 // claimDisk checks that the mounted data disk belongs to this member of
 // this cluster and records it if it has no owner yet. Data of another
-// cluster or member is refused: etcd never starts on it.
+// cluster or member is refused: etcd never starts on it. The disk comes
+// mounted read-only (prepareDataDisk) and is made writable only once
+// the marker says it is this member's, or that it has no owner yet.
 func claimDisk(s *self) (hasData bool, m marker, detail string, err error) {
-	moved, err := adoptLegacyLayout(layout.LegacyMemberDir, layout.DataDir)
-	if err != nil {
-		return false, m, "", fmt.Errorf("move etcd's data into %s: %w", layout.DataDir, err)
-	}
-	if err := os.MkdirAll(layout.BackupDir, 0o700); err != nil {
-		return false, m, "", err
-	}
-	hasData = hasEtcdData(layout.DataDir)
-	b, err := os.ReadFile(layout.MarkerFile)
+	return claimDiskAt(onDisk(layout.DataMount), s, func() error { return remountWritable(layout.DataMount) })
+}
+
+// claimDiskAt is claimDisk on the disk at d. It reads the marker before
+// anything else and refuses a disk of another owner (or of an owner it
+// cannot read) before writable is called or anything on the disk
+// changes: a refused disk is left as it was, byte for byte.
+func claimDiskAt(d diskPaths, s *self, writable func() error) (hasData bool, m marker, detail string, err error) {
+	b, err := os.ReadFile(d.markerFile)
+	claimed := false
 	switch {
 	case err == nil:
 		if err := json.Unmarshal(b, &m); err != nil {
-			return false, m, "", fmt.Errorf("%s is not readable (%v); not starting etcd on a disk of unknown owner", layout.MarkerFile, err)
+			return false, m, "", fmt.Errorf("%s is not readable (%v); not starting etcd on a disk of unknown owner (nothing on it was changed)", d.markerFile, err)
 		}
 		if m.Cluster != s.Cluster || m.Member != s.Name {
-			why := fmt.Errorf("the data disk belongs to member %s of cluster %s, not %s of %s: not using it; attach this member's own disk or a blank one", m.Member, m.Cluster, s.Name, s.Cluster)
+			why := fmt.Errorf("the data disk belongs to member %s of cluster %s, not %s of %s: not using it, nothing on it was changed; attach this member's own disk or a blank one", m.Member, m.Cluster, s.Name, s.Cluster)
 			if s.Restore != nil {
-				why = fmt.Errorf("%w (this image restores its snapshot onto a blank disk only; nothing on this disk was changed)", why)
+				why = fmt.Errorf("%w (this image restores its snapshot onto a blank disk only)", why)
 			}
 			return false, m, "", why
 		}
 		detail = fmt.Sprintf("disk of %s/%s", m.Cluster, m.Member)
 	case errors.Is(err, fs.ErrNotExist):
-		m = marker{Cluster: s.Cluster, Member: s.Name}
-		if err := writeMarker(m); err != nil {
-			return false, m, "", err
+		m, claimed = marker{Cluster: s.Cluster, Member: s.Name}, true
+	default:
+		return false, m, "", fmt.Errorf("read the marker: %w", err)
+	}
+	// The disk is this member's, or nobody's yet: from here on it may
+	// change.
+	if err := writable(); err != nil {
+		return false, m, "", fmt.Errorf("make the data disk writable: %w", err)
+	}
+	if err := os.Chmod(d.root, 0o700); err != nil {
+		return false, m, "", err
+	}
+	moved, err := adoptLegacyLayout(d.legacyMemberDir, d.dataDir)
+	if err != nil {
+		return false, m, "", fmt.Errorf("move etcd's data into %s: %w", d.dataDir, err)
+	}
+	if err := os.MkdirAll(d.backupDir, 0o700); err != nil {
+		return false, m, "", err
+	}
+	hasData = hasEtcdData(d.dataDir)
+	if claimed {
+		if err := writeMarker(d, m); err != nil {
+			return false, m, "", fmt.Errorf("write the marker: %w", err)
 		}
 		detail = "claimed for " + s.Cluster + "/" + s.Name
 		if hasData {
 			detail += " (etcd data written before disks were marked)"
 		}
-	default:
-		return false, m, "", err
 	}
 	if m.ClusterID != "" {
 		detail += ", cluster ID " + m.ClusterID
 	}
 	if moved {
-		detail += "; etcd's data moved from the disk's root into " + layout.DataDir
+		detail += "; etcd's data moved from the disk's root into " + d.dataDir
 	}
 	if hasData {
 		detail += "; holds etcd data"
@@ -77,6 +107,14 @@ func claimDisk(s *self) (hasData bool, m marker, detail string, err error) {
 		detail += "; no etcd data"
 	}
 	return hasData, m, detail, nil
+}
+
+// dataMountFlags are the data disk's mount flags, read-only or not.
+const dataMountFlags = unix.MS_NOATIME | unix.MS_NOSUID | unix.MS_NODEV
+
+// remountWritable makes the file system mounted at dir writable.
+func remountWritable(dir string) error {
+	return unix.Mount("", dir, "", unix.MS_REMOUNT|dataMountFlags, "")
 }
 
 // adoptLegacyLayout moves the member directory of a disk written when
@@ -110,9 +148,9 @@ func adoptLegacyLayout(legacy, dataDir string) (bool, error) {
 
 // writeMarker writes the marker durably: temporary file, sync, rename,
 // sync of the directory.
-func writeMarker(m marker) error {
+func writeMarker(d diskPaths, m marker) error {
 	b, _ := json.MarshalIndent(m, "", "  ")
-	tmp := layout.MarkerFile + ".tmp"
+	tmp := d.markerFile + ".tmp"
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
 		return err
 	}
@@ -121,12 +159,12 @@ func writeMarker(m marker) error {
 		f.Sync()
 		f.Close()
 	}
-	if err := os.Rename(tmp, layout.MarkerFile); err != nil {
+	if err := os.Rename(tmp, d.markerFile); err != nil {
 		return err
 	}
-	if d, err := os.Open(layout.DataMount); err == nil {
-		d.Sync()
-		d.Close()
+	if dir, err := os.Open(d.root); err == nil {
+		dir.Sync()
+		dir.Close()
 	}
 	return nil
 }
@@ -145,7 +183,7 @@ func recordClusterID(id string) error {
 		return nil
 	}
 	m.ClusterID = id
-	return writeMarker(m)
+	return writeMarker(onDisk(layout.DataMount), m)
 }
 
 // quotaReserve is what the data disk keeps beside the backend at its
