@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"etcdimg/backup"
 	"etcdimg/internal/etcdtest"
 	"etcdimg/pki"
 	"etcdimg/spec"
@@ -225,5 +227,201 @@ func TestClientRoleHoldsToItsPrefix(t *testing.T) {
 	denied("a removed client's read", err)
 	if err := RemoveClient(ctx, admin, "app"); err != nil {
 		t.Errorf("removing it again: %v", err)
+	}
+}
+
+// TestPrefixesReachingTheProductsKeysAreRefused: a client's prefix may
+// not equal or overlap etcdimg's own keys (/etcdimg/: the backup
+// service's lock and record) nor the API server's (/registry/), nor hold
+// "..". A client with prefix / wrote /etcdimg/backup/last and
+// /registry/secrets/... against a real etcd (issue 21).
+func TestPrefixesReachingTheProductsKeysAreRefused(t *testing.T) {
+	k := start(t)
+	admin := k.as(t, k.file(t, pki.AdminCert), k.file(t, pki.AdminKey))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := Ensure(ctx, admin, []string{"etcd-1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		prefix, want string
+	}{
+		{"/", `prefix "/" overlaps /etcdimg/`},
+		{"/etc", `overlaps /etcdimg/`},
+		{"/etcdimg/", `overlaps /etcdimg/`},
+		{"/etcdimg/backup/", `overlaps /etcdimg/`},
+		{"/registry/", `overlaps /registry/`},
+		{"/registry", `overlaps /registry/`},
+		{"/registry/secrets/", `overlaps /registry/`},
+		{"/app/../etcdimg/", `holds ".."`},
+		{"/app/..", `holds ".."`},
+		{"", "name the client's key prefix"},
+		{"app/", "starting with /"},
+		{"/app/", ""},
+		{"/registryx/", ""},
+		{"/etcdimgx/", ""},
+	} {
+		t.Run(tc.prefix, func(t *testing.T) {
+			name := "c" + strings.Map(func(r rune) rune {
+				if r >= 'a' && r <= 'z' {
+					return r
+				}
+				return '-'
+			}, tc.prefix) + "x"
+			err := CheckPrefix(tc.prefix)
+			addErr := AddClient(ctx, admin, Client{Name: name, Prefix: tc.prefix})
+			if tc.want == "" {
+				if err != nil || addErr != nil {
+					t.Errorf("refused: %v / %v", err, addErr)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("CheckPrefix: %v, want one line with %q", err, tc.want)
+			}
+			if addErr == nil || !strings.Contains(addErr.Error(), tc.want) {
+				t.Errorf("AddClient: %v, want %q", addErr, tc.want)
+			}
+			if _, err := admin.UserGet(ctx, name); err == nil {
+				t.Errorf("a refused client's user %s exists", name)
+			}
+		})
+	}
+}
+
+// TestOverlappingPrefixes: which existing clients' prefixes overlap a new
+// one's (each reaches keys of the other), for a warning.
+func TestOverlappingPrefixes(t *testing.T) {
+	existing := []Client{{Name: "app", Prefix: "/app/"}, {Name: "appx", Prefix: "/apps/"}, {Name: "sub", Prefix: "/app/sub/"}, KubeAPIServer}
+	for _, tc := range []struct {
+		c    Client
+		want string
+	}{
+		{Client{Name: "audit", Prefix: "/app/", ReadOnly: true}, "app sub"},
+		{Client{Name: "deep", Prefix: "/app/sub/x/"}, "app sub"},
+		{Client{Name: "wide", Prefix: "/ap"}, "app appx sub"},
+		{Client{Name: "other", Prefix: "/other/"}, ""},
+		{Client{Name: "app", Prefix: "/app/"}, "sub"}, // itself is not counted
+	} {
+		var names []string
+		for _, o := range Overlapping(existing, tc.c) {
+			names = append(names, o.Name)
+		}
+		if got := strings.Join(names, " "); got != tc.want {
+			t.Errorf("Overlapping(%s %s) = %q, want %q", tc.c.Name, tc.c.Prefix, got, tc.want)
+		}
+	}
+}
+
+// TestNamesCannotCollideIntoRoot: a member's name that is an existing
+// client's user is not made root (the client's certificate would become
+// root), and a client named like a member (a user holding root) is
+// refused (issue 21).
+func TestNamesCannotCollideIntoRoot(t *testing.T) {
+	k := start(t)
+	admin := k.as(t, k.file(t, pki.AdminCert), k.file(t, pki.AdminKey))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := Ensure(ctx, admin, []string{"etcd-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := AddClient(ctx, admin, Client{Name: "etcd-4", Prefix: "/app/"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Ensure(ctx, admin, []string{"etcd-1", "etcd-4"})
+	if err == nil || !strings.Contains(err.Error(), "etcd-4 is an application client") {
+		t.Errorf("a member named like a client: %v", err)
+	}
+	if r, err := admin.UserGet(ctx, "etcd-4"); err != nil || slices.Contains(r.Roles, Root) {
+		t.Errorf("the client etcd-4 holds %v (%v)", r, err)
+	}
+	for _, name := range []string{"etcd-1", Root} {
+		if err := AddClient(ctx, admin, Client{Name: name, Prefix: "/app/"}); err == nil || !strings.Contains(err.Error(), "holds the root role") {
+			t.Errorf("a client named %s: %v", name, err)
+		}
+		if r, err := admin.RoleGet(ctx, name); err == nil && name != Root {
+			t.Errorf("a role %s was made: %v", name, r)
+		}
+	}
+}
+
+// TestRemovedMembersLoseRoot: a member removed from the spec and the
+// cluster loses its user, so its still valid certificate is no longer
+// root (issue 21). A name the caller does not know but the cluster lists
+// (a member added after the caller's image was built, during a roll) is
+// kept, and nothing is removed while a member has not published its name.
+func TestRemovedMembersLoseRoot(t *testing.T) {
+	k := start(t) // its one member is etcd-1
+	admin := k.as(t, k.file(t, pki.AdminCert), k.file(t, pki.AdminKey))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := Ensure(ctx, admin, []string{"etcd-1", "etcd-2", "etcd-3"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := AddClient(ctx, admin, Client{Name: "app", Prefix: "/app/"}); err != nil {
+		t.Fatal(err)
+	}
+	c3 := *k.c
+	c3.Members = append(slices.Clone(k.c.Members), spec.Member{Name: "etcd-3", IP: "127.0.0.3"})
+	p3, err := pki.Ensure(&c3, k.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcd3 := k.as(t, p3.Members["etcd-3"].Cert, p3.Members["etcd-3"].Key)
+	if _, err := etcd3.Put(ctx, "/etcdimg/backup/last", "x"); err != nil {
+		t.Fatalf("etcd-3 while a member: %v", err)
+	}
+	users := func() string {
+		t.Helper()
+		r, err := admin.UserList(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(r.Users, " ")
+	}
+
+	// A member not yet named in the cluster (a learner that has not
+	// started): nothing is removed.
+	learner, err := admin.MemberAddAsLearner(ctx, []string{"http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Ensure(ctx, admin, []string{"etcd-1", "etcd-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := users(); got != "app etcd-1 etcd-2 etcd-3 kube-apiserver-etcd-client root" {
+		t.Errorf("with an unnamed member, users %q", got)
+	}
+	if _, err := admin.MemberRemove(ctx, learner.Member.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	// etcd-3 left the spec (the caller's list) and the cluster.
+	if _, err := Ensure(ctx, admin, []string{"etcd-1", "etcd-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := users(); got != "app etcd-1 etcd-2 kube-apiserver-etcd-client root" {
+		t.Errorf("after etcd-3 left, users %q", got)
+	}
+	if _, err := etcd3.Get(ctx, "/etcdimg/backup/last"); err == nil {
+		t.Error("the removed member's certificate still reads")
+	}
+	// An old image that does not know etcd-1 (added after it was built)
+	// leaves it: the cluster lists it.
+	if _, err := Ensure(ctx, admin, []string{"etcd-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := users(); got != "app etcd-1 etcd-2 kube-apiserver-etcd-client root" {
+		t.Errorf("a caller that does not know etcd-1: users %q", got)
+	}
+}
+
+// TestProductPrefixHoldsTheBackupKeys: the prefix no client may reach is
+// where the backup service keeps its lock and record.
+func TestProductPrefixHoldsTheBackupKeys(t *testing.T) {
+	for _, k := range []string{backup.LockKey, backup.RecordKey} {
+		if !strings.HasPrefix(k, ProductPrefix) || CheckPrefix(k) == nil {
+			t.Errorf("%s is not under %s, or a client may reach it", k, ProductPrefix)
+		}
 	}
 }
