@@ -104,6 +104,21 @@ func encodeIntent(in intent) []byte {
 	return b
 }
 
+// interruptedFormat reports whether the disk f carries the record of a
+// first format that did not finish.
+func interruptedFormat(f *os.File) bool {
+	size, err := deviceSize(f)
+	if err != nil || size <= intentSpace {
+		return false
+	}
+	b := make([]byte, sampleSize)
+	if n, _ := f.ReadAt(b, size-intentSpace); n != len(b) {
+		return false
+	}
+	_, ok := decodeIntent(b)
+	return ok
+}
+
 func decodeIntent(b []byte) (intent, bool) {
 	var in intent
 	if len(b) < len(intentMagic)+4 || string(b[:len(intentMagic)]) != intentMagic {
@@ -292,12 +307,17 @@ func deviceSize(f *os.File) (int64, error) {
 }
 
 // prepareDataDisk finds the data disk, formats it only under the disk
-// rule, and mounts it at dir. It reports whether this boot formatted it.
+// rule, and mounts it at dir, read-only until claimDisk. It reports
+// whether this boot formatted it. A disk that will start without etcd
+// data (formatted now, or ours with no WAL) is taken only once the
+// device window has closed with no other disk of this appliance's label.
 func prepareDataDisk(dir string, in intent) (dev, detail string, formatted bool, err error) {
-	dev, err = findDataDisk()
+	w := &deviceWindow{opened: windowOpened}
+	dev, err = w.findDataDisk()
 	if err != nil {
 		return "", "", false, err
 	}
+	found := w.looks[len(w.looks)-1].At
 	f, err := os.Open(dev)
 	if err != nil {
 		return "", "", false, err
@@ -310,17 +330,20 @@ func prepareDataDisk(dir string, in intent) (dev, detail string, formatted bool,
 		if r, c, err = openDirect(dev); err == nil {
 			start := time.Now()
 			var content string
-			var w *windowReader
-			if w, err = newWindowReader(r, size, zeroWindow+mib, zeroWindow); err != nil {
+			var wr *windowReader
+			if wr, err = newWindowReader(r, size, zeroWindow+mib, zeroWindow); err != nil {
 				err = fmt.Errorf("%w: not provably blank, nor provably ours; not touching it", err)
 			} else {
-				content, err = inspect(w, size)
+				content, err = inspect(wr, size)
 			}
 			c.Close()
 			took := time.Since(start)
+			if err == nil && content != contentOurs {
+				err = w.confirmAlone(dev)
+			}
 			if err == nil {
 				detail, formatted, err = formatIfAllowed(dev, size, content, in)
-				detail = fmt.Sprintf("inspected in %s: %s", took.Round(time.Millisecond), detail)
+				detail = fmt.Sprintf("found %s into the device window, inspected in %s: %s", found.Round(100*time.Millisecond), took.Round(time.Millisecond), detail)
 			}
 		}
 	}
@@ -329,6 +352,15 @@ func prepareDataDisk(dir string, in intent) (dev, detail string, formatted bool,
 	}
 	if err := mountReadOnly(dev, dir); err != nil {
 		return "", "", false, err
+	}
+	if !formatted && !hasEtcdData(onDisk(dir).dataDir) && !hasEtcdData(dir) {
+		// Ours, but no WAL (a first boot cut before etcd wrote one):
+		// this member will start without data.
+		if err := w.confirmAlone(dev); err != nil {
+			unix.Unmount(dir, 0)
+			return "", "", false, fmt.Errorf("data disk %s: %w", dev, err)
+		}
+		detail += "; no etcd data, and no other disk of this appliance's label within the device window"
 	}
 	return dev, fmt.Sprintf("%s: %s, mounted read-only on %s until claimed", dev, detail, dir), formatted, nil
 }

@@ -56,6 +56,26 @@ func probeDevice(name string) (string, string) {
 	return probeFS(f)
 }
 
+// probeDataDisk probes /dev/NAME for the data disk's picking: as
+// probeDevice, except that a disk whose first format did not finish
+// (it carries the first-format record) has no label yet: it never held
+// data, and is taken only as a blank disk is.
+func probeDataDisk(name string) (string, string) {
+	fstype, label := probeDevice(name)
+	if fstype != "ext4" || label != layout.DataLabel {
+		return fstype, label
+	}
+	f, err := os.Open("/dev/" + name)
+	if err != nil {
+		return fstype, label
+	}
+	defer f.Close()
+	if interruptedFormat(f) {
+		return fstype, ""
+	}
+	return fstype, label
+}
+
 // configDrive is OpenStack's config drive: a vfat or ISO 9660 file
 // system labelled config-2, on a disk or a CD-ROM, holding
 // openstack/latest/user_data.
