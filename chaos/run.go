@@ -303,7 +303,7 @@ func (r *runner) inject(ctx context.Context, f Fault) (func() error, string, err
 		if f.Kind == Replace {
 			return none, member, r.lifecycle().Replace(ctx, member, cluster.ReplaceOptions{Image: r.o.Images[member], KeepDisk: f.Variant == Keep})
 		}
-		return none, "every member", r.lifecycle().Roll(ctx, r.o.Images, f.Variant == Keep)
+		return none, "every member", r.lifecycle().Roll(ctx, r.o.Images, cluster.RollOptions{KeepDisks: f.Variant == Keep})
 	}
 	return none, member, fmt.Errorf("chaos: %s is not a fault chaos runs know", f.Kind)
 }

@@ -32,6 +32,14 @@ type Lifecycle struct {
 	Members []string      // the spec's members, in spec order
 	Timeout time.Duration // how long a replaced member has to rejoin
 	Say     Say
+	// ClusterID, when set, is the cluster the images belong to (the
+	// output directory's record): a cluster that answers with another ID
+	// is refused before anything goes down.
+	ClusterID uint64
+	// Pending are members of the spec that were never part of the
+	// cluster (added to the spec after its first bootstrap, not booted
+	// yet): while the member list lacks them, nobody waits for them.
+	Pending []string
 }
 
 func (l *Lifecycle) say(step string, start time.Time) {
@@ -44,6 +52,11 @@ func (l *Lifecycle) say(step string, start time.Time) {
 type ReplaceOptions struct {
 	Image    string // the OS image it boots from
 	KeepDisk bool   // keep its data disk (its identity); else a new blank one
+	// AllowOutage lets a kept-disk replace take the cluster below its
+	// quorum (a one- or two-member cluster): writes stop until the
+	// member is back. A blank disk is never allowed to: it could not
+	// be added to a cluster without a quorum.
+	AllowOutage bool
 }
 
 // Replace powers member off, swaps its OS disk (and, unless KeepDisk, its
@@ -53,7 +66,7 @@ type ReplaceOptions struct {
 // leadership is moved away before it goes down.
 func (l *Lifecycle) Replace(ctx context.Context, member string, o ReplaceOptions) error {
 	start := time.Now()
-	snap, others, err := l.checkReplace(ctx, member)
+	snap, others, err := l.checkReplace(ctx, member, o)
 	if err != nil {
 		return err
 	}
@@ -71,26 +84,77 @@ func (l *Lifecycle) Replace(ctx context.Context, member string, o ReplaceOptions
 	return l.waitRejoined(ctx, member, snap.ClusterID, oldID, o.KeepDisk)
 }
 
-// CheckReplace says why member cannot be replaced now, if it cannot:
-// it must be in the spec and every other member healthy.
-func (l *Lifecycle) CheckReplace(ctx context.Context, member string) error {
-	_, _, err := l.checkReplace(ctx, member)
+// CheckReplace says why member cannot be replaced now, if it cannot: it
+// must be in the spec, the cluster the images belong to, every other
+// member healthy, and the rest a quorum while it is down.
+func (l *Lifecycle) CheckReplace(ctx context.Context, member string, o ReplaceOptions) error {
+	_, _, err := l.checkReplace(ctx, member, o)
 	return err
 }
 
-func (l *Lifecycle) checkReplace(ctx context.Context, member string) (*Snapshot, []string, error) {
+func (l *Lifecycle) checkReplace(ctx context.Context, member string, o ReplaceOptions) (*Snapshot, []string, error) {
 	if !slices.Contains(l.Members, member) {
 		return nil, nil, fmt.Errorf("replace: no member %q in the spec; members: %s", member, strings.Join(l.Members, ", "))
+	}
+	if o.AllowOutage && !o.KeepDisk {
+		return nil, nil, fmt.Errorf("replace %s: --allow-outage needs --keep-disk: a blank member cannot join a cluster without a quorum", member)
 	}
 	snap, err := l.Etcd.Observe(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("replace %s: the cluster does not answer: %w", member, err)
 	}
-	others := slices.DeleteFunc(slices.Clone(l.Members), func(n string) bool { return n == member })
+	if err := l.checkClusterID(snap); err != nil {
+		return nil, nil, fmt.Errorf("replace %s: %w", member, err)
+	}
+	others := slices.DeleteFunc(slices.Clone(l.Members), func(n string) bool {
+		return n == member || (slices.Contains(l.Pending, n) && snap.ByName(n) == nil)
+	})
 	if bad := snap.Unhealthy(others, l.Members); len(bad) > 0 {
 		return nil, nil, fmt.Errorf("replace %s: refused, the rest of the cluster is not healthy: %s", member, strings.Join(bad, "; "))
 	}
+	if err := quorumWithout(snap, member, o); err != nil {
+		return nil, nil, fmt.Errorf("replace %s: refused, %w", member, err)
+	}
 	return snap, others, nil
+}
+
+// checkClusterID refuses a cluster other than the one the images
+// belong to.
+func (l *Lifecycle) checkClusterID(snap *Snapshot) error {
+	if l.ClusterID != 0 && snap.ClusterID != l.ClusterID {
+		return fmt.Errorf("refused, the members answer as cluster %x but the images belong to cluster %x", snap.ClusterID, l.ClusterID)
+	}
+	return nil
+}
+
+// quorumWithout says why member may not go down, if the voters left
+// would not be a quorum of the cluster's voters: a blank member would
+// then wait for ever to be added (a membership change needs a quorum),
+// and with its disk kept the cluster stops taking writes until it is
+// back, which only --allow-outage accepts.
+func quorumWithout(snap *Snapshot, member string, o ReplaceOptions) error {
+	voters, left := 0, 0
+	for _, m := range snap.Members {
+		if m.IsLearner {
+			continue
+		}
+		voters++
+		if m.Name != member {
+			left++
+		}
+	}
+	quorum := voters/2 + 1
+	if left >= quorum {
+		return nil
+	}
+	what := fmt.Sprintf("the cluster has %d voter(s); with %s down %d would be left, below its quorum of %d", voters, member, left, quorum)
+	switch {
+	case !o.KeepDisk:
+		return fmt.Errorf("%s: a blank %s could never be added back (a membership change needs a quorum). Add a member first, or keep its data with --keep-disk --allow-outage (writes stop until it is back)", what, member)
+	case !o.AllowOutage:
+		return fmt.Errorf("%s: writes would stop until %s is back. Add a member first, or accept the outage with --allow-outage", what, member)
+	}
+	return nil
 }
 
 // moveLeaderFrom moves the leadership to the most caught-up other voter
@@ -112,7 +176,9 @@ func (l *Lifecycle) moveLeaderFrom(ctx context.Context, snap *Snapshot, member s
 		}
 	}
 	if to == nil {
-		return errors.New("no other voter to take the leadership")
+		// A one-member cluster: nobody to hand over to (the quorum
+		// check let it go down only with --allow-outage).
+		return nil
 	}
 	if err := l.Etcd.MoveLeader(ctx, leader.URL, to.ID); err != nil {
 		return fmt.Errorf("move the leadership to %s: %w", to.Name, err)
@@ -151,6 +217,11 @@ func (l *Lifecycle) waitRejoined(ctx context.Context, member string, clusterID, 
 				why = err.Error()
 			default:
 				how := "same member ID"
+				if keepDisk && oldID != 0 && m.ID != oldID {
+					// The kept disk held no data of this member (it was
+					// missing or blank): it rejoined as a new member.
+					how = fmt.Sprintf("new member ID %x (was %x): the kept data disk held none of its data, so it joined anew", m.ID, oldID)
+				}
 				if !keepDisk {
 					how = fmt.Sprintf("new member ID %x (was %x)", m.ID, oldID)
 					if learnerSeen {
@@ -176,8 +247,8 @@ func (l *Lifecycle) waitRejoined(ctx context.Context, member string, clusterID, 
 // leader last after its leadership moved away. It starts only when every
 // member is running and healthy, and stops at the first member that does
 // not rejoin, leaving the rest untouched.
-func (l *Lifecycle) Roll(ctx context.Context, images map[string]string, keepDisks bool) error {
-	snap, err := l.checkRoll(ctx)
+func (l *Lifecycle) Roll(ctx context.Context, images map[string]string, o RollOptions) error {
+	snap, err := l.checkRoll(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -190,7 +261,7 @@ func (l *Lifecycle) Roll(ctx context.Context, images map[string]string, keepDisk
 		if images[n] == "" {
 			return fmt.Errorf("roll: no image for %s", n)
 		}
-		if err := l.Replace(ctx, n, ReplaceOptions{Image: images[n], KeepDisk: keepDisks}); err != nil {
+		if err := l.Replace(ctx, n, ReplaceOptions{Image: images[n], KeepDisk: o.KeepDisks, AllowOutage: o.AllowOutage}); err != nil {
 			rest := "no member was left untouched"
 			if i+1 < len(order) {
 				rest = strings.Join(order[i+1:], ", ") + " not touched"
@@ -201,14 +272,24 @@ func (l *Lifecycle) Roll(ctx context.Context, images map[string]string, keepDisk
 	return nil
 }
 
+// RollOptions say how a roll replaces each member (see ReplaceOptions).
+type RollOptions struct {
+	KeepDisks, AllowOutage bool
+}
+
 // CheckRoll says why a roll cannot start now, if it cannot: every member
-// must be running and healthy, and no member outside the spec exist.
-func (l *Lifecycle) CheckRoll(ctx context.Context) error {
-	_, err := l.checkRoll(ctx)
+// must be running and healthy, no member outside the spec exist, the
+// cluster be the one the images belong to, and each member's absence
+// leave a quorum.
+func (l *Lifecycle) CheckRoll(ctx context.Context, o RollOptions) error {
+	_, err := l.checkRoll(ctx, o)
 	return err
 }
 
-func (l *Lifecycle) checkRoll(ctx context.Context) (*Snapshot, error) {
+func (l *Lifecycle) checkRoll(ctx context.Context, o RollOptions) (*Snapshot, error) {
+	if o.AllowOutage && !o.KeepDisks {
+		return nil, errors.New("roll: --allow-outage needs --keep-disks: a blank member cannot join a cluster without a quorum")
+	}
 	for _, n := range l.Members {
 		up, err := l.Driver.Running(n)
 		if err != nil {
@@ -222,8 +303,15 @@ func (l *Lifecycle) checkRoll(ctx context.Context) (*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("roll: refused, the cluster does not answer: %w", err)
 	}
+	if err := l.checkClusterID(snap); err != nil {
+		return nil, fmt.Errorf("roll: %w", err)
+	}
 	if bad := snap.Unhealthy(l.Members, l.Members); len(bad) > 0 {
 		return nil, fmt.Errorf("roll: refused, the cluster is not healthy: %s", strings.Join(bad, "; "))
+	}
+	// Every member goes down once; all voters count alike.
+	if err := quorumWithout(snap, l.Members[0], ReplaceOptions{KeepDisk: o.KeepDisks, AllowOutage: o.AllowOutage}); err != nil {
+		return nil, fmt.Errorf("roll: refused, %w", err)
 	}
 	return snap, nil
 }

@@ -68,6 +68,10 @@ type self struct {
 	// may ever join.
 	InitialCluster string
 	WantID         uint64
+	// JoinOnly is set when the recorded cluster ID is not the one the
+	// initial cluster gives: the cluster exists with another membership
+	// than the spec's first one, so this member never bootstraps.
+	JoinOnly bool
 	// Restore, when the image carries a snapshot, is what a new cluster
 	// starts from instead of an empty keyspace.
 	Restore   *ign.RestoreConfig
@@ -137,6 +141,18 @@ func readSelf(root string) (*self, error) {
 	s.InitialCluster = env["ETCD_INITIAL_CLUSTER"]
 	if s.WantID, err = snapshot.ClusterID(s.Cluster, s.InitialCluster); err != nil {
 		return nil, err
+	}
+	// The output directory's record wins: once membership changed after
+	// the first bootstrap, the spec's initial cluster no longer gives the
+	// running cluster's ID, and this image may only join that cluster,
+	// never start one.
+	if v := env[ign.ClusterIDVar]; v != "" {
+		id, err := strconv.ParseUint(v, 16, 64)
+		if err != nil || id == 0 {
+			return nil, fmt.Errorf("%s: %s=%q is not a cluster ID; rebuild the image with `etcdimg build`", ign.EtcdConfPath, ign.ClusterIDVar, v)
+		}
+		s.JoinOnly = id != s.WantID
+		s.WantID = id
 	}
 	if q := env["ETCD_QUOTA_BACKEND_BYTES"]; q != "" {
 		s.Quota, _ = strconv.ParseInt(q, 10, 64)
@@ -528,6 +544,9 @@ type joinPlan struct {
 // only with a decision, or when ctx ends.
 func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 	if len(s.Peers) == 0 {
+		if s.JoinOnly {
+			return nil, errors.New(s.joinOnlyWhy())
+		}
 		return &joinPlan{Detail: "a one-member cluster: new", New: true}, nil
 	}
 	pr, err := s.serveProbe()
@@ -555,6 +574,13 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 		}
 		switch decide(states) {
 		case decideNew:
+			if s.JoinOnly {
+				if time.Since(lastSaid) > 10*time.Second {
+					logf("join: %s", s.joinOnlyWhy())
+					lastSaid = time.Now()
+				}
+				break
+			}
 			// The probe now says "starting" until etcd is about to
 			// take the port.
 			pr.set(s, "starting")
@@ -807,6 +833,12 @@ func (s *self) recordClusterID(ctx context.Context) {
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// joinOnlyWhy says why a member whose image names a cluster formed with
+// another membership does not bootstrap, though no peer holds data.
+func (s *self) joinOnlyWhy() string {
+	return fmt.Sprintf("blank data disk and no member of the spec runs etcd, but this image belongs to cluster %x, formed with another membership than the spec's %s: it only joins that cluster and never bootstraps a new one. If that cluster's data is lost, rebuild it with `etcdimg restore` from a backup", s.WantID, s.InitialCluster)
 }
 
 // foreignPeers says why this member must not join, if a peer of the

@@ -60,6 +60,10 @@ type Options struct {
 	// S3Credentials and S3CA are the contents of the spec's
 	// backup.s3.credentialsFile and caFile, read by the caller.
 	S3Credentials, S3CA []byte
+	// ClusterID is the ID of the cluster the images belong to, as the
+	// output directory records it (0: none, the spec's initial cluster
+	// gives it). It goes into etcd.conf as ign.ClusterIDVar.
+	ClusterID uint64
 }
 
 func (o Options) token(c *spec.Cluster) string {
@@ -82,7 +86,7 @@ func Render(c *spec.Cluster, m spec.Member, certs Certs, o Options) (Config, err
 			Files: []butaneFile{
 				file(ign.HostnamePath, 0o644, m.Name+"\n"),
 				file(ign.HostsPath, 0o644, string(Hosts(c))),
-				file(ign.EtcdConfPath, 0o644, string(EtcdConf(c, m, o.token(c)))),
+				file(ign.EtcdConfPath, 0o644, string(EtcdConf(c, m, o.token(c), o.ClusterID))),
 				file(ign.CACertPath, 0o644, string(certs.CA)),
 				file(ign.CertPath, 0o644, string(certs.Cert)),
 				file(ign.KeyPath, 0o600, string(certs.Key)),
@@ -158,7 +162,7 @@ func metricsURLs(c *spec.Cluster, m spec.Member) string {
 // EtcdConf is the member's /etc/etcd/etcd.conf: the runbook's ETCD_*
 // environment file, with mTLS on both ports and plain-HTTP metrics and
 // health on MetricsPort.
-func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
+func EtcdConf(c *spec.Cluster, m spec.Member, token string, clusterID uint64) []byte {
 	ip := m.IP
 	url := func(scheme, host string, port int) string { return fmt.Sprintf("%s://%s:%d", scheme, host, port) }
 	// Loopback is added so tools on the member reach it without its
@@ -170,10 +174,6 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 			urls = append(urls, url(scheme, "127.0.0.1", port))
 		}
 		return strings.Join(urls, ",")
-	}
-	var initial []string
-	for _, o := range c.Members {
-		initial = append(initial, o.Name+"="+url("https", o.IP, layout.PeerPort))
 	}
 	kv := [][2]string{
 		{"ETCD_NAME", m.Name},
@@ -187,7 +187,7 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 		{"ETCD_LISTEN_METRICS_URLS", metricsURLs(c, m)},
 		{"ETCD_INITIAL_ADVERTISE_PEER_URLS", url("https", ip, layout.PeerPort)},
 		{"ETCD_INITIAL_CLUSTER_STATE", "new"},
-		{"ETCD_INITIAL_CLUSTER", strings.Join(initial, ",")},
+		{"ETCD_INITIAL_CLUSTER", InitialCluster(c)},
 		{"ETCD_INITIAL_CLUSTER_TOKEN", token},
 		{"ETCD_ADVERTISE_CLIENT_URLS", url("https", ip, layout.ClientPort)},
 		{"ETCD_CLIENT_CERT_AUTH", "true"},
@@ -204,6 +204,9 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 		// the same CA, are refused there.
 		{"ETCD_PEER_CERT_ALLOWED_CN", strings.Join(c.Names(), ",")},
 	}
+	if clusterID != 0 {
+		kv = append(kv, [2]string{ign.ClusterIDVar, strconv.FormatUint(clusterID, 16)})
+	}
 	if r := c.Etcd.AutoCompactionRetention.D(); r > 0 {
 		kv = append(kv, [2]string{"ETCD_AUTO_COMPACTION_MODE", "periodic"}, [2]string{"ETCD_AUTO_COMPACTION_RETENTION", r.String()})
 	}
@@ -216,6 +219,16 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string) []byte {
 		fmt.Fprintf(&b, "%s=%q\n", p[0], p[1])
 	}
 	return b.Bytes()
+}
+
+// InitialCluster is ETCD_INITIAL_CLUSTER: every member of the spec as
+// name=https://IP:peer-port, in spec order.
+func InitialCluster(c *spec.Cluster) string {
+	var initial []string
+	for _, o := range c.Members {
+		initial = append(initial, fmt.Sprintf("%s=https://%s:%d", o.Name, o.IP, layout.PeerPort))
+	}
+	return strings.Join(initial, ",")
 }
 
 func ms(d spec.Duration) string { return strconv.FormatInt(d.D().Milliseconds(), 10) }

@@ -89,7 +89,7 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 					t.Errorf("version %s", parsed.Ignition.Version)
 				}
 				for path, want := range map[string][]byte{
-					ign.EtcdConfPath: EtcdConf(c, m, c.Name),
+					ign.EtcdConfPath: EtcdConf(c, m, c.Name, 0),
 					ign.HostnamePath: []byte(m.Name + "\n"),
 					ign.HostsPath:    Hosts(c),
 					ign.NetworkPath:  NetworkFile(c, m),
@@ -143,7 +143,7 @@ func decodedFiles(t *testing.T, cfg ign.Config) []byte {
 
 func TestEtcdConf(t *testing.T) {
 	c := spec.Default(3)
-	got := string(EtcdConf(c, c.Members[1], c.Name))
+	got := string(EtcdConf(c, c.Members[1], c.Name, 0))
 	for _, line := range []string{
 		`ETCD_NAME="etcd-2"`,
 		`ETCD_DATA_DIR="/var/lib/etcdimg/etcd"`,
@@ -170,13 +170,13 @@ func TestEtcdConf(t *testing.T) {
 	// TLS 1.3 only: no suite list (etcd refuses one with TLS 1.3).
 	c13 := spec.Default(3)
 	c13.PKI.TLSMinVersion = "1.3"
-	if got := string(EtcdConf(c13, c13.Members[0], c13.Name)); !strings.Contains(got, `ETCD_TLS_MIN_VERSION="TLS1.3"`+"\n") || strings.Contains(got, "ETCD_CIPHER_SUITES") {
+	if got := string(EtcdConf(c13, c13.Members[0], c13.Name, 0)); !strings.Contains(got, `ETCD_TLS_MIN_VERSION="TLS1.3"`+"\n") || strings.Contains(got, "ETCD_CIPHER_SUITES") {
 		t.Errorf("tlsMinVersion 1.3:\n%s", got)
 	}
 	// A loopback member does not also claim 127.0.0.1.
 	c.Network.CIDR, c.Network.Gateway = "127.0.0.0/8", ""
 	c.Members[0].IP = "127.0.0.51"
-	if got := string(EtcdConf(c, c.Members[0], c.Name)); !strings.Contains(got, `ETCD_LISTEN_CLIENT_URLS="https://127.0.0.51:2379"`+"\n") {
+	if got := string(EtcdConf(c, c.Members[0], c.Name, 0)); !strings.Contains(got, `ETCD_LISTEN_CLIENT_URLS="https://127.0.0.51:2379"`+"\n") {
 		t.Errorf("loopback member:\n%s", got)
 	}
 }

@@ -35,8 +35,13 @@ func (l Layout) Ignition(member string) string {
 func (l Layout) Butane(member string) string {
 	return filepath.Join(string(l), "ignition", member+".bu")
 }
-func (l Layout) EtcdctlEnv() string         { return filepath.Join(string(l), "etcdctl.env") }
-func (l Layout) Prometheus() string         { return filepath.Join(string(l), "prometheus.yml") }
+func (l Layout) EtcdctlEnv() string { return filepath.Join(string(l), "etcdctl.env") }
+func (l Layout) Prometheus() string { return filepath.Join(string(l), "prometheus.yml") }
+
+// ClusterRecord names the cluster the directory's images belong to (its
+// ID and token), recorded at the first render and kept across
+// membership changes (render.ClusterRecord).
+func (l Layout) ClusterRecord() string      { return filepath.Join(string(l), "cluster-id.json") }
 func (l Layout) ImagesDir() string          { return filepath.Join(string(l), "images") }
 func (l Layout) Image(member string) string { return filepath.Join(string(l), "images", member+".img") }
 func (l Layout) Rel(path string) (string, bool) {

@@ -156,6 +156,22 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 	if plan != nil {
 		opts.Token, opts.Restore = plan.Token, plan.Config()
 	}
+	// The images name the cluster they belong to as recorded, not as
+	// the current spec's member list would give it.
+	token := c.Name
+	if plan != nil {
+		token = plan.Token
+	}
+	rec, err := clusterRecord(c, dir, token)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts.ClusterID = rec.ID()
+	recFile, err := rec.file(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	files = append(files, recFile)
 	if s3 := c.Backup.S3; s3 != nil {
 		if opts.S3Credentials, err = S3Credentials(s3.CredentialsFile); err != nil {
 			return nil, nil, err

@@ -14,6 +14,7 @@ import (
 
 	"etcdimg/cluster"
 	"etcdimg/outdir"
+	"etcdimg/render"
 )
 
 // localCluster loads the state of the cluster under `up` in dir, under
@@ -94,6 +95,9 @@ type lifecycleFlags struct {
 	spec    specFlags
 	boot    bootFlags
 	timeout time.Duration
+	// allowOutage accepts a step that leaves fewer voters than a quorum
+	// (a one- or two-member cluster), with disks kept only.
+	allowOutage bool
 	// prepare, when set, runs after the check and before the images are
 	// built (rotate moves the certificates aside there).
 	prepare func(outdir.Layout) error
@@ -103,6 +107,7 @@ func (f *lifecycleFlags) register(c *cobra.Command) {
 	f.spec.register(c)
 	f.boot.register(c)
 	c.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "how long a replaced member has to rejoin")
+	c.Flags().BoolVar(&f.allowOutage, "allow-outage", false, "with kept disks, accept that a one- or two-member cluster stops taking writes while a member is down")
 }
 
 // lifecycle sets up a Lifecycle on the local cluster (holding its lock
@@ -125,6 +130,20 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 		Etcd: e, Members: c.Names(), Timeout: f.timeout,
 		Say: func(step string, took time.Duration) { fmt.Fprintf(w, "%-70s %6.1fs\n", step, took.Seconds()) },
 	}
+	// The images belong to the cluster the output directory recorded;
+	// members added to the spec since its first bootstrap are not
+	// waited for until they joined.
+	rec, err := render.LoadClusterRecord(dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	token, err := render.Token(c, dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if rec != nil && rec.Token == token {
+		l.ClusterID, l.Pending = rec.ID(), rec.Pending(c.Names())
+	}
 	release = func() {}
 	st, lock, err := localCluster(dir)
 	switch {
@@ -143,6 +162,22 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 	if err := check(cmd.Context(), l); err != nil {
 		release()
 		return nil, nil, nil, err
+	}
+	if l.ClusterID == 0 {
+		// No record yet (a directory of an older etcdimg): the cluster
+		// the admin certificate reaches is recorded, before any image
+		// is built from it.
+		snap, err := e.Observe(cmd.Context())
+		if err == nil {
+			var adopted bool
+			if adopted, err = render.CheckClusterID(c, dir, snap.ClusterID); adopted {
+				fmt.Fprintf(w, "recorded cluster %x (the one answering at the spec's addresses) in %s\n", snap.ClusterID, dir.ClusterRecord())
+			}
+		}
+		if err != nil {
+			release()
+			return nil, nil, nil, err
+		}
 	}
 	if f.prepare != nil {
 		if err := f.prepare(dir); err != nil {
@@ -165,8 +200,9 @@ func replaceCmd() *cobra.Command {
 		Short: "Rebuild NAME's image, power it off, swap its OS disk (and its data disk for a blank one), boot it, wait until it is a voter again",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o := cluster.ReplaceOptions{KeepDisk: keepDisk, AllowOutage: f.allowOutage}
 			l, images, release, err := f.lifecycle(cmd, args[:1], func(ctx context.Context, l *cluster.Lifecycle) error {
-				return l.CheckReplace(ctx, args[0])
+				return l.CheckReplace(ctx, args[0], o)
 			})
 			if err != nil {
 				return err
@@ -175,7 +211,8 @@ func replaceCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			start := time.Now()
-			if err := l.Replace(ctx, args[0], cluster.ReplaceOptions{Image: images[args[0]], KeepDisk: keepDisk}); err != nil {
+			o.Image = images[args[0]]
+			if err := l.Replace(ctx, args[0], o); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "replaced %s in %.1fs\n", args[0], time.Since(start).Seconds())
@@ -191,7 +228,8 @@ func replaceCmd() *cobra.Command {
 // replaces the members in turn (keeping their data disks or not); it
 // returns how many it rolled and how long the roll took.
 func (f *lifecycleFlags) roll(cmd *cobra.Command, keepDisks bool) (int, time.Duration, error) {
-	l, images, release, err := f.lifecycle(cmd, nil, func(ctx context.Context, l *cluster.Lifecycle) error { return l.CheckRoll(ctx) })
+	o := cluster.RollOptions{KeepDisks: keepDisks, AllowOutage: f.allowOutage}
+	l, images, release, err := f.lifecycle(cmd, nil, func(ctx context.Context, l *cluster.Lifecycle) error { return l.CheckRoll(ctx, o) })
 	if err != nil {
 		return 0, 0, err
 	}
@@ -199,7 +237,7 @@ func (f *lifecycleFlags) roll(cmd *cobra.Command, keepDisks bool) (int, time.Dur
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
-	if err := l.Roll(ctx, images, keepDisks); err != nil {
+	if err := l.Roll(ctx, images, o); err != nil {
 		return 0, 0, err
 	}
 	return len(images), time.Since(start), nil

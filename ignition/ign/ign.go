@@ -31,6 +31,13 @@ const (
 	HostsPath    = "/etc/hosts"
 )
 
+// ClusterIDVar, in etcd.conf, is the ID (hex) of the cluster the member
+// belongs to, as the output directory recorded it. It is not an ETCD_
+// variable, so etcd ignores it. Once membership changed after the first
+// bootstrap, the spec's initial cluster no longer gives that ID: the
+// member then joins only the cluster named here and never bootstraps.
+const ClusterIDVar = "ETCDIMG_CLUSTER_ID"
+
 // Config is a parsed, validated Ignition config.
 type Config = types.Config
 
