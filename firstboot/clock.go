@@ -2,7 +2,8 @@ package firstboot
 
 import (
 	"context"
-	"encoding/binary"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -12,8 +13,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/beevik/ntp"
 	"golang.org/x/sys/unix"
 
+	"etcdimg/ignition/ign"
 	"etcdimg/layout"
 )
 
@@ -28,79 +31,52 @@ const awsTimeSync = "169.254.169.123"
 
 // clockSources are the platform's own time source first (AWS's Time Sync
 // Service, GCP's metadata server, Azure's host clock through Hyper-V's
-// PTP device), then the NTP servers the spec names.
-func clockSources(platform string, ntp []netip.Addr) []clockSource {
+// PTP device), then the NTP servers the spec names. An address named
+// twice is asked once: after boot a step needs two sources that agree,
+// and one server must not count as two.
+func clockSources(platform string, servers []netip.Addr) []clockSource {
 	var out []clockSource
+	seen := map[string]bool{}
+	add := func(addr, what string) {
+		if !seen[addr] {
+			seen[addr] = true
+			out = append(out, ntpSource(what+" "+addr, net.JoinHostPort(addr, "123")))
+		}
+	}
 	switch platform {
 	case layout.PlatformAWS:
-		out = append(out, ntpSource(awsTimeSync+":123", "AWS Time Sync Service"))
+		add(awsTimeSync, "AWS Time Sync Service")
 	case layout.PlatformGCP:
-		out = append(out, ntpSource(layout.MetadataAddr+":123", "GCP metadata server"))
+		add(layout.MetadataAddr, "GCP metadata server")
 	case layout.PlatformAzure:
 		out = append(out, clockSource{Name: "Azure host clock (Hyper-V PTP)", Offset: hypervPTPOffset})
 	}
-	for _, a := range ntp {
-		out = append(out, ntpSource(a.String()+":123", "NTP"))
+	for _, a := range servers {
+		add(a.Unmap().String(), "NTP")
 	}
 	return out
 }
 
-func ntpSource(addr, what string) clockSource {
-	return clockSource{Name: what + " " + addr, Offset: func() (time.Duration, error) { return sntpOffset(addr, 2*time.Second) }}
+func ntpSource(name, hostport string) clockSource {
+	return clockSource{Name: name, Offset: func() (time.Duration, error) { return sntpOffset(hostport, 2*time.Second) }}
 }
 
-// ntpEpoch is 1900-01-01, where NTP time stamps count from.
-var ntpEpoch = time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC)
-
-func toNTP(t time.Time) uint64 {
-	d := t.Sub(ntpEpoch)
-	sec := uint64(d / time.Second)
-	frac := uint64(d%time.Second) << 32 / uint64(time.Second)
-	return sec<<32 | frac
-}
-
-func fromNTP(v uint64) time.Time {
-	sec, frac := v>>32, v&0xffffffff
-	return ntpEpoch.Add(time.Duration(sec)*time.Second + time.Duration(frac*uint64(time.Second)>>32))
-}
-
-// sntpOffset asks an NTP server once (RFC 4330, client mode) and returns
-// the clock offset it measures: ((t2-t1) + (t3-t4)) / 2.
+// sntpOffset asks an NTP server once and returns the clock offset it
+// measures. github.com/beevik/ntp does the protocol: a random transmit
+// stamp the answer must echo, time stamps read in NTP era 1 from
+// 2036-02-07 on, and RFC 5905's sanity checks (stratum, kiss of death,
+// leap indicator, freshness, dispersion). The local time is clockNow's,
+// so that tests can play at any date; that costs the kernel's receive
+// time stamps, microseconds that SNTP cannot use anyway.
 func sntpOffset(addr string, timeout time.Duration) (time.Duration, error) {
-	conn, err := net.DialTimeout("udp", addr, timeout)
+	r, err := ntp.QueryWithOptions(addr, ntp.QueryOptions{Timeout: timeout, GetSystemTime: clockNow})
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("query %s: %w", addr, err)
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(timeout))
-	req := make([]byte, 48)
-	req[0] = 0<<6 | 4<<3 | 3 // no leap warning, version 4, client
-	t1 := clockNow()
-	binary.BigEndian.PutUint64(req[40:], toNTP(t1))
-	if _, err := conn.Write(req); err != nil {
-		return 0, err
+	if err := r.Validate(); err != nil {
+		return 0, fmt.Errorf("answer from %s: %w", addr, err)
 	}
-	resp := make([]byte, 48)
-	n, err := conn.Read(resp)
-	t4 := clockNow()
-	if err != nil {
-		return 0, err
-	}
-	switch {
-	case n < 48:
-		return 0, fmt.Errorf("short NTP answer (%d bytes)", n)
-	case resp[0]&7 != 4:
-		return 0, fmt.Errorf("not a server answer (mode %d)", resp[0]&7)
-	case resp[1] == 0 || resp[1] > 15:
-		return 0, fmt.Errorf("unsynchronised server (stratum %d)", resp[1])
-	case resp[0]>>6 == 3:
-		return 0, errors.New("the server's clock is not synchronised (leap indicator 3)")
-	case binary.BigEndian.Uint64(resp[24:]) != binary.BigEndian.Uint64(req[40:]):
-		return 0, errors.New("the answer is not to this request")
-	}
-	t2 := fromNTP(binary.BigEndian.Uint64(resp[32:]))
-	t3 := fromNTP(binary.BigEndian.Uint64(resp[40:]))
-	return (t2.Sub(t1.Round(0)) + t3.Sub(t4.Round(0))) / 2, nil
+	return r.ClockOffset, nil
 }
 
 // hypervPTPOffset reads Hyper-V's PTP clock (the host's time, which
@@ -122,33 +98,125 @@ func hypervPTPOffset() (time.Duration, error) {
 		// A dynamic POSIX clock's ID is made from its file descriptor.
 		id := int32((^int(f.Fd()))<<3 | 3)
 		var ts unix.Timespec
-		before := time.Now()
+		before := clockNow()
 		if err := unix.ClockGettime(id, &ts); err != nil {
 			return 0, fmt.Errorf("%s: %w", dev, err)
 		}
-		after := time.Now()
+		after := clockNow()
 		mid := before.Round(0).Add(after.Sub(before) / 2)
 		return time.Unix(ts.Unix()).Sub(mid), nil
 	}
 	return 0, errors.New("no Hyper-V PTP clock")
 }
 
-// clockStep is the offset above which the clock is stepped.
-const clockStep = 100 * time.Millisecond
+// How far the clock may be moved, and on whose word.
+const (
+	// clockStep is the offset below which the boot leaves the clock as
+	// it is (keepClock slews it later).
+	clockStep = 100 * time.Millisecond
+	// clockStepBound is the largest offset one source may correct after
+	// boot, and it is slewed, not stepped: a larger one is stepped only
+	// when two sources agree on it. An unauthenticated answer could
+	// otherwise move a running member by any amount, every 15 minutes
+	// (a future-dated backup, retention by a wrong age, certificates
+	// "expired" or "not yet valid").
+	clockStepBound = time.Second
+	// clockAgree is how close two sources' offsets must be to agree:
+	// far above SNTP's noise (milliseconds), far below what matters.
+	clockAgree = 250 * time.Millisecond
+	// clockSlewMin is the offset below which a slew is not worth asking
+	// for: one SNTP sample's noise.
+	clockSlewMin = 10 * time.Millisecond
+)
 
-// syncClock measures the offset from the first source that answers and
-// steps the clock by it. No answer is not fatal: the boot goes on with
-// the clock it has, and says so.
-func syncClock(sources []clockSource, floor time.Time) (string, error) {
-	if len(sources) == 0 {
-		return "no time source on this platform or in the spec (network.ntp): keeping the hardware clock", nil
+// codeFloor is a time this code certainly runs after: it was written in
+// November 2026, so no build of it runs earlier. It stands in when the
+// member's certificates cannot be read.
+var codeFloor = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+
+// clockFloor is the earliest time the clock may be set to: the newest
+// NotBefore among the certificates in the member's config under root
+// (made when its image was built, so the true time is later), or
+// codeFloor when that is later. The image records no build time of its
+// own (its FAT time stamps are a fixed 2020, the binary carries no VCS
+// stamp), and the certificates are the better floor anyway: before it,
+// the member's own certificate is not yet valid, so no clock earlier
+// than it can work.
+func clockFloor(root string) time.Time {
+	floor := codeFloor
+	for _, p := range []string{ign.CACertPath, ign.CertPath} {
+		rest, err := os.ReadFile(filepath.Join(root, p))
+		if err != nil {
+			continue
+		}
+		for {
+			var b *pem.Block
+			if b, rest = pem.Decode(rest); b == nil {
+				break
+			}
+			if b.Type != "CERTIFICATE" {
+				continue
+			}
+			if c, err := x509.ParseCertificate(b.Bytes); err == nil && c.NotBefore.After(floor) {
+				floor = c.NotBefore
+			}
+		}
 	}
+	return floor
+}
+
+// ntpEra is one NTP era: time stamps count 2^32 seconds (about 136
+// years) and start again; the era is not on the wire.
+const ntpEra = time.Duration(1<<32) * time.Second
+
+// nearestEra moves t by whole NTP eras to the one nearest the floor.
+// github.com/beevik/ntp reads time stamps in 1970-2106; a fixed window
+// would fail again some day, while an image's floor (its build time) is
+// always within decades of the true time. A zero floor leaves t alone.
+func nearestEra(t, floor time.Time) time.Time {
+	if floor.IsZero() {
+		return t
+	}
+	for t.Sub(floor) > ntpEra/2 {
+		t = t.Add(-ntpEra)
+	}
+	for floor.Sub(t) > ntpEra/2 {
+		t = t.Add(ntpEra)
+	}
+	return t
+}
+
+// errBeforeFloor marks a source whose time is before the image's floor:
+// it is wrong, and asking it again will not help.
+var errBeforeFloor = errors.New("before the image's floor")
+
+// measure asks s for the clock's offset, reads the source's time in the
+// NTP era nearest the floor and refuses a time before the floor.
+func measure(s clockSource, floor time.Time) (time.Duration, error) {
+	off, err := s.Offset()
+	if err != nil {
+		return 0, err
+	}
+	now := clockNow().Round(0)
+	t := nearestEra(now.Add(off), floor)
+	if t.Before(floor) {
+		return 0, fmt.Errorf("reads %s, %w %s", t.UTC().Format(time.RFC3339), errBeforeFloor, floor.UTC().Format(time.RFC3339))
+	}
+	return t.Sub(now), nil
+}
+
+// syncClock sets the clock at boot, when it may read 1970 or whatever
+// the hardware kept: the first source that answers sanely steps it by
+// any amount, but never to before the floor. With no sane answer the
+// clock is still raised to the floor, where the member's certificates
+// are valid. No answer is not fatal: the boot goes on and says so.
+func syncClock(sources []clockSource, floor time.Time) (string, error) {
 	var tried []string
 	for _, s := range sources {
 		var off time.Duration
 		var err error
 		for range 3 {
-			if off, err = s.Offset(); err == nil {
+			if off, err = measure(s, floor); err == nil || errors.Is(err, errBeforeFloor) {
 				break
 			}
 		}
@@ -164,7 +232,17 @@ func syncClock(sources []clockSource, floor time.Time) (string, error) {
 		}
 		return fmt.Sprintf("%s: stepped by %s to %s", s.Name, off.Round(time.Millisecond), clockNow().UTC().Format(time.RFC3339)), nil
 	}
-	return "no time source answered (" + strings.Join(tried, "; ") + "): keeping the hardware clock", nil
+	what := "no time source on this platform or in the spec (network.ntp)"
+	if len(sources) > 0 {
+		what = "no time source answered (" + strings.Join(tried, "; ") + ")"
+	}
+	if now := clockNow(); now.Before(floor) {
+		if err := stepClock(floor.Sub(now)); err != nil {
+			return "", fmt.Errorf("%s; raise the clock from %s to the image's floor %s: %w", what, now.UTC().Format(time.RFC3339), floor.UTC().Format(time.RFC3339), err)
+		}
+		return fmt.Sprintf("%s: raised the clock from %s to the image's floor %s", what, now.UTC().Format(time.RFC3339), floor.UTC().Format(time.RFC3339)), nil
+	}
+	return what + ": keeping the hardware clock", nil
 }
 
 // The system clock, behind function values so that tests never set the
@@ -175,9 +253,31 @@ var (
 	slewClock = slewSystemClock
 )
 
+// stepSystemClock steps the clock by off with adjtimex's ADJ_SETOFFSET:
+// the kernel adds it at once, with no gap between reading the clock and
+// setting it. A slew under way is cancelled first: it would go on
+// correcting an offset the step has just removed.
 func stepSystemClock(off time.Duration) error {
-	ts := unix.NsecToTimespec(time.Now().Add(off).UnixNano())
-	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
+	if err := slewSystemClock(0); err != nil {
+		return fmt.Errorf("cancel the slew under way: %w", err)
+	}
+	tx := setOffsetTimex(off)
+	if _, err := unix.Adjtimex(&tx); err != nil {
+		return fmt.Errorf("adjtimex ADJ_SETOFFSET %s: %w", off, err)
+	}
+	return nil
+}
+
+// setOffsetTimex is the adjtimex request to step the clock by off. The
+// kernel wants the microseconds non-negative: -1.5 s is -2 s + 500000 µs.
+// (unix.NsecToTimeval rounds negative offsets a microsecond off.)
+func setOffsetTimex(off time.Duration) unix.Timex {
+	us := off.Microseconds()
+	sec, usec := us/1e6, us%1e6
+	if usec < 0 {
+		sec, usec = sec-1, usec+1e6
+	}
+	return unix.Timex{Modes: unix.ADJ_SETOFFSET, Time: unix.Timeval{Sec: sec, Usec: usec}}
 }
 
 // slewSystemClock makes the kernel correct the clock by off gradually
@@ -185,12 +285,14 @@ func stepSystemClock(off time.Duration) error {
 // backwards), replacing any correction still under way.
 func slewSystemClock(off time.Duration) error {
 	tx := unix.Timex{Modes: unix.ADJ_OFFSET_SINGLESHOT, Offset: off.Microseconds()}
-	_, err := unix.Adjtimex(&tx)
-	return err
+	if _, err := unix.Adjtimex(&tx); err != nil {
+		return fmt.Errorf("adjtimex ADJ_OFFSET_SINGLESHOT %s: %w", off, err)
+	}
+	return nil
 }
 
 // keepClock measures again every interval for the life of the member and
-// steps the clock when it has drifted by a second or more.
+// keeps the clock right (clockKeeper.check).
 func keepClock(ctx context.Context, sources []clockSource, floor time.Time, interval time.Duration) {
 	k := &clockKeeper{sources: sources, floor: floor}
 	for {
@@ -205,25 +307,110 @@ func keepClock(ctx context.Context, sources []clockSource, floor time.Time, inte
 	}
 }
 
+// A clockKeeper is the clock's upkeep after boot.
 type clockKeeper struct {
 	sources []clockSource
 	floor   time.Time
+	// warned is the kind of trouble last logged: each is logged once,
+	// not every 15 minutes, until the clock is right again.
+	warned string
 }
 
-// check measures once and returns what to log, if anything.
+type clockSample struct {
+	name string
+	off  time.Duration
+}
+
+// check measures once and corrects the clock, returning what to log:
+//   - the first sane answer within clockStepBound is slewed, and no
+//     other source is asked (the usual case);
+//   - otherwise every source is asked, and two that agree within
+//     clockAgree step the clock by their mean;
+//   - otherwise the clock is not stepped: a source that finds it within
+//     clockStepBound is slewed, and the trouble is logged once.
 func (k *clockKeeper) check() string {
+	var got []clockSample
+	var failed []string
 	for _, s := range k.sources {
-		off, err := s.Offset()
+		off, err := measure(s, k.floor)
 		if err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", s.Name, err))
 			continue
 		}
-		if off.Abs() >= time.Second {
-			if err := stepClock(off); err != nil {
-				return fmt.Sprintf("step by %s: %v", off, err)
-			}
-			return fmt.Sprintf("%s: drifted by %s; stepped", s.Name, off.Round(time.Millisecond))
+		got = append(got, clockSample{s.Name, off})
+		if len(got) == 1 && off.Abs() < clockStepBound {
+			return k.slew(got[0])
 		}
-		break
 	}
-	return ""
+	if len(got) == 0 {
+		return k.warn("none", "no time source answered ("+strings.Join(failed, "; ")+"): the clock is left as it is")
+	}
+	for i, a := range got {
+		for _, b := range got[i+1:] {
+			if (a.off - b.off).Abs() > clockAgree {
+				continue
+			}
+			mean := a.off + (b.off-a.off)/2
+			if mean.Abs() < clockStepBound {
+				return k.slew(clockSample{a.name + " and " + b.name, mean})
+			}
+			if err := stepClock(mean); err != nil {
+				return fmt.Sprintf("step by %s: %v", mean, err)
+			}
+			k.warned = ""
+			return fmt.Sprintf("%s and %s agree the clock was off by %s; stepped", a.name, b.name, mean.Round(time.Millisecond))
+		}
+	}
+	var says []string
+	for i, s := range got {
+		if i == 0 {
+			says = append(says, fmt.Sprintf("%s finds the clock off by %s", s.name, s.off.Round(time.Millisecond)))
+		} else {
+			says = append(says, fmt.Sprintf("%s by %s", s.name, s.off.Round(time.Millisecond)))
+		}
+	}
+	msg := strings.Join(says, ", ") + fmt.Sprintf("; not stepped: after boot a step of more than %s needs two time sources that agree within %s (name more NTP servers in the spec's network.ntp)", clockStepBound, clockAgree)
+	// A source that finds the clock near confirms it, against the
+	// others: follow that one, gently.
+	for _, s := range got {
+		if s.off.Abs() < clockStepBound {
+			if err := slewBy(s.off); err != nil {
+				return err.Error()
+			}
+			break
+		}
+	}
+	return k.warn("unconfirmed", msg)
+}
+
+// slew corrects the clock gradually by s.off; when that ends a trouble
+// logged before, it says so.
+func (k *clockKeeper) slew(s clockSample) string {
+	if err := slewBy(s.off); err != nil {
+		return err.Error()
+	}
+	if k.warned == "" {
+		return ""
+	}
+	k.warned = ""
+	return fmt.Sprintf("%s: off by %s; slewing", s.name, s.off.Round(time.Millisecond))
+}
+
+func slewBy(off time.Duration) error {
+	if off.Abs() < clockSlewMin {
+		return nil
+	}
+	if err := slewClock(off); err != nil {
+		return fmt.Errorf("slew by %s: %w", off, err)
+	}
+	return nil
+}
+
+// warn returns msg if trouble of this kind was not the last logged.
+func (k *clockKeeper) warn(kind, msg string) string {
+	if k.warned == kind {
+		return ""
+	}
+	k.warned = kind
+	return msg
 }

@@ -186,12 +186,13 @@ func (n *node) boot() error {
 	for _, nf := range netFiles {
 		ntp = append(ntp, nf.NTP...)
 	}
-	clocks := clockSources(platform, ntp)
-	if err := step("sync clock", func() (string, error) { return syncClock(clocks, time.Time{}) }); err != nil {
+	// The clock is never set to before the image was built.
+	clocks, floor := clockSources(platform, ntp), clockFloor("/")
+	if err := step("sync clock", func() (string, error) { return syncClock(clocks, floor) }); err != nil {
 		return err
 	}
 	if len(clocks) > 0 {
-		goSafe("clock", func() { keepClock(n.ctx, clocks, time.Time{}, 15*time.Minute) })
+		goSafe("clock", func() { keepClock(n.ctx, clocks, floor, 15*time.Minute) })
 	}
 	me, err := readSelf("/")
 	if err != nil {
