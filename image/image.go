@@ -237,6 +237,11 @@ func build(f *os.File, b *Boot, m Member) error {
 	espSize := max(minESPSize, roundUp(content+content/8+4*mib, mib))
 	var snap *os.File
 	var restoreSize int64
+	if m.Restore != "" && m.Generic() {
+		// One cloud image boots every instance and is uploaded as a
+		// shared machine image: it holds no key and never any data.
+		return fmt.Errorf("image: %s is a generic cloud image, shared by every instance: it never carries a snapshot (the cluster's data); build per-member images (--platform metal) for a restore", m.Name)
+	}
 	if m.Restore != "" {
 		var err error
 		if snap, err = os.Open(m.Restore); err != nil {

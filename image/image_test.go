@@ -185,3 +185,23 @@ func TestRestorePartitionCarriesTheSnapshot(t *testing.T) {
 		t.Errorf("fsck.vfat: %v\n%s", err, out)
 	}
 }
+
+// TestAGenericImageNeverCarriesASnapshot: a cloud image is one image for
+// every instance, uploaded as a shared machine image; after a restore the
+// old code put the whole snapshot (every key of the cluster) into it.
+func TestAGenericImageNeverCarriesASnapshot(t *testing.T) {
+	dir := t.TempDir()
+	snap := filepath.Join(dir, "snap.db")
+	os.WriteFile(snap, []byte("planted-secret-value"), 0o600)
+	raw, _ := FormatNamed("raw")
+	_, err := WriteAll(filepath.Join(dir, "images"), []Member{{Cluster: "c", Name: "etcdimg-aws", Restore: snap, Platform: layout.PlatformAWS}}, fakeBoot(), []Format{raw}, FormatOptions{})
+	if err == nil || !strings.Contains(err.Error(), "never carries a snapshot") {
+		t.Fatalf("a generic image with a snapshot: %v", err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "images", "*"))
+	for _, f := range files {
+		if b, _ := os.ReadFile(f); bytes.Contains(b, []byte("planted-secret-value")) {
+			t.Errorf("%s holds the snapshot", f)
+		}
+	}
+}

@@ -138,6 +138,13 @@ func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags, of *outputFlag
 	if err != nil {
 		return nil, "", nil, err
 	}
+	if cloud {
+		if plan, err := restore.Load(outdir.Layout(f.out)); err != nil {
+			return nil, "", nil, err
+		} else if plan != nil {
+			return nil, "", nil, fmt.Errorf("--platform %s: %s holds a restored cluster (%s), and a cloud image is one image shared by every instance that never carries data; build per-member images with --platform metal (each carries the snapshot in its %s partition) and boot each instance from its own", of.platform, f.out, restore.PlanFile, layout.RestoreLabel)
+		}
+	}
 	in, err := bf.inputs()
 	if err != nil {
 		return nil, "", nil, err
