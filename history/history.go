@@ -5,10 +5,15 @@
 // (the checker of etcd's own robustness tests).
 //
 // The model is per key: a key's state is whether it exists, its value and
-// its mod revision. Writes carry values that are unique in a run, so a
-// read names the write it saw. An operation whose outcome is unknown (it
-// timed out, or failed in a way that does not say whether etcd applied
-// it) may have happened or not, at any time after its call.
+// its mod revision, and the least the store's revision can be as far as
+// the key's operations tell (etcd's revision is one counter for the whole
+// store: a key's revisions only grow, also across a delete). Writes carry
+// values that are unique in a run, so a read names the write it saw. An
+// operation whose outcome is unknown (it timed out, or failed in a way
+// that does not say whether etcd applied it) may have happened or not,
+// at any time after its call. Across keys, the answers' revisions are
+// checked against the order of time: what began after an answer at
+// revision R returned is answered at R or later, and writes above R.
 package history
 
 import (
@@ -47,9 +52,9 @@ type Op struct {
 
 	Found     bool   // get: the key exists
 	Got       string // get: its value
-	ModRev    int64  // get: the key's mod revision; put, cas, delete: the revision of the write
+	ModRev    int64  // get: the key's mod revision; put, cas that held: the revision of the write
 	Succeeded bool   // cas: the comparison held; delete: a key was deleted
-	Rev       int64  // the response header's revision
+	Rev       int64  // the response header's revision: the store's as it answered (a write's own; a delete's is only here)
 }
 
 // state is one key's state in the model, with what the key's history

@@ -1,0 +1,154 @@
+package history_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"etcdimg/history"
+	"etcdimg/internal/etcdtest"
+	"etcdimg/workload"
+)
+
+// TestRealEtcdPasses: the traffic of `etcdimg chaos` against a real etcd
+// (embedded) checks linearizable, with no revision out of order: the
+// checks refuse what etcd cannot answer, never what it does. Requests
+// cut short by a timeout a little above etcd's latency leave writes of
+// unknown outcome, some applied and read later; three members serve
+// serializable reads from followers that may lag, and linearizable ones
+// through them.
+func TestRealEtcdPasses(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		members int
+		timeout time.Duration // per request
+	}{
+		{"one member", 1, 5 * time.Second},
+		{"one member, requests cut short", 1, 5 * time.Millisecond},
+		{"three members, requests cut short", 3, 10 * time.Millisecond},
+		{"three members", 3, 5 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			urls := members(t, tc.members)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			ops, err := workload.Run(ctx, workload.Config{Endpoints: urls, Clients: 6, Keys: 3, Prefix: "/history-test/", Seed: 21, Timeout: tc.timeout})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := map[string]int{}
+			got := map[string]bool{}
+			for _, o := range ops {
+				if o.Kind == history.Get && o.Found {
+					got[o.Got] = true
+				}
+			}
+			for _, o := range ops {
+				switch {
+				case o.Unknown && o.Kind != history.Get:
+					n["unknown writes"]++
+					if got[o.Value] {
+						n["unknown writes read later"]++
+					}
+				case o.Failed:
+					n["failed reads"]++
+				case o.Kind == history.Get && o.Serializable:
+					n["serializable reads"]++
+				case o.Kind == history.CAS && !o.Succeeded:
+					n["failed compare-and-swaps"]++
+				}
+			}
+			start := time.Now()
+			r := history.Check(ops, time.Minute)
+			t.Logf("%d requests (%v) checked in %s", len(ops), n, time.Since(start).Round(time.Millisecond))
+			if !r.Linearizable || r.TimedOut || len(r.Revisions) > 0 {
+				t.Errorf("linearizable %v (timed out %v), revisions out of order: %q", r.Linearizable, r.TimedOut, r.Revisions)
+			}
+			if len(ops) < 100 || n["serializable reads"] == 0 || n["failed compare-and-swaps"] == 0 {
+				t.Errorf("%d requests, %v: too few to say anything", len(ops), n)
+			}
+			if tc.timeout < time.Second && n["unknown writes"] == 0 {
+				t.Errorf("no write of unknown outcome among %d requests cut short at %s", len(ops), tc.timeout)
+			}
+		})
+	}
+}
+
+// members starts an embedded etcd cluster of n members and returns
+// their client URLs: the first alone, then each other one added to it
+// as `etcdctl member add --learner`, started "existing", and promoted.
+// A learner does not count for quorum, so the cluster keeps its leader
+// while the new member starts, and the member serves at once.
+func members(t *testing.T, n int) []string {
+	// A member is added before the last has been up 5 s, which etcd's
+	// strict reconfiguration check would refuse.
+	first, u := etcdtest.Start(t, func(c *embed.Config) { c.StrictReconfigCheck = false })
+	urls := []string{u}
+	initial := first.Config().InitialCluster
+	for i := 2; i <= n; i++ {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: urls, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		peer := etcdtest.FreeURL(t, "http")
+		added, err := cli.MemberAddAsLearner(ctx, []string{peer.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The new member reads the cluster from any member it is given:
+		// each must know of it first.
+		for _, u := range urls {
+			if err := lists(ctx, u, i); err != nil {
+				t.Fatal(err)
+			}
+		}
+		name := fmt.Sprintf("m%d", i)
+		initial += "," + name + "=" + peer.String()
+		_, u := etcdtest.Start(t, func(c *embed.Config) {
+			c.Name, c.InitialCluster, c.ClusterState = name, initial, embed.ClusterStateFlagExisting
+			c.StrictReconfigCheck = false
+			c.ListenPeerUrls, c.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+		})
+		for {
+			_, err := cli.MemberPromote(ctx, added.Member.ID)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("promote member %d: %v", i, err)
+			}
+			time.Sleep(50 * time.Millisecond) // until it has caught up with the leader
+		}
+		urls = append(urls, u)
+	}
+	return urls
+}
+
+// lists waits until the member at u lists n members.
+func lists(ctx context.Context, u string, n int) error {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{u}, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	for {
+		l, err := cli.MemberList(ctx, clientv3.WithSerializable())
+		if err == nil && len(l.Members) == n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s does not list %d members: %v", u, n, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
