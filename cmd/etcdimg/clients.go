@@ -46,12 +46,13 @@ func clientAddCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
+			// The prefix first: a refused one reads nothing else.
+			if err := authz.CheckPrefix(prefix); err != nil {
+				return fmt.Errorf("client add --%w", err)
+			}
 			c, dir, err := loadClient(out, name)
 			if err != nil {
 				return err
-			}
-			if prefix == "" || !strings.HasPrefix(prefix, "/") {
-				return fmt.Errorf("--prefix %q: name the client's key prefix, starting with /, such as /app/", prefix)
 			}
 			// The certificate is made first (nothing written yet), the
 			// role on the cluster next, and the files last: a cluster
@@ -64,8 +65,15 @@ func clientAddCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := e.AddClient(c.Names(), authz.Client{Name: name, Prefix: prefix, ReadOnly: readOnly}); err != nil {
+			added, err := e.AddClient(c.Names(), authz.Client{Name: name, Prefix: prefix, ReadOnly: readOnly})
+			if err != nil {
 				return err
+			}
+			for _, o := range added.Overlaps {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s's prefix %s overlaps client %s's %s: each reaches keys of the other; give each client a prefix of its own unless it is meant (a read-only auditor)\n", name, prefix, o.Name, o.Prefix)
+			}
+			if len(added.Pruned) > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "removed  the etcd users of %s: members no longer in the spec nor the cluster, whose certificates were still root\n", strings.Join(added.Pruned, ", "))
 			}
 			// Adding a client again issues it a new pair: the old one is
 			// moved aside, never written over.
