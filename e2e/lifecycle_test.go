@@ -15,6 +15,8 @@ import (
 	"go.uber.org/zap"
 
 	"etcdimg/cluster"
+	"etcdimg/ignition/ign"
+	"etcdimg/spec"
 )
 
 // writer is an independent client that writes keys through every
@@ -206,13 +208,37 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 	u := upThree(t)
 	before, clusterID := membersByName(t, u)
 
-	// replace etcd-2 under write load.
+	// A fourth member is added to the spec (not booted yet): the spec's
+	// initial cluster no longer gives the running cluster's ID, which
+	// etcd fixed at the first bootstrap. replace etcd-2, with a blank
+	// disk, under write load: its image still names the running
+	// cluster (the output directory's record), and it rejoins it.
+	three := mustRead(t, filepath.Join(u.out, "etcdimg.yaml"))
+	grown, err := spec.Parse([]byte(three), "etcdimg.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grown.Members = append(grown.Members, spec.Member{Name: "etcd-4", IP: "192.168.2.54"})
+	grownYAML, err := spec.Marshal(grown)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grownPath, threePath := filepath.Join(u.work, "grown.yaml"), filepath.Join(u.work, "three.yaml")
+	os.WriteFile(grownPath, grownYAML, 0o644)
+	os.WriteFile(threePath, []byte(three), 0o644)
 	w := startWriter(t, u, "/load/replace")
 	time.Sleep(2 * time.Second)
-	stdout, stderr, code := etcdimg(t, u.work, "replace", "etcd-2", "--out", u.out, "--timeout", "4m")
-	t.Logf("replace etcd-2:\n%s", stdout)
+	stdout, stderr, code := etcdimg(t, u.work, "replace", "etcd-2", "--config", grownPath, "--out", u.out, "--timeout", "4m")
+	t.Logf("replace etcd-2 with etcd-4 added to the spec:\n%s", stdout)
 	if code != 0 {
 		t.Fatalf("replace: exit %d: %s", code, stderr)
+	}
+	if got := etcdConfVar(t, filepath.Join(u.out, "ignition", "etcd-2.ign"), ign.ClusterIDVar); got != fmt.Sprintf("%x", clusterID) {
+		t.Errorf("etcd-2's config names cluster %q, want the running %x", got, clusterID)
+	}
+	// Back to three members for the rest of the story.
+	if _, stderr, code := etcdimg(t, u.work, "render", "--config", threePath, "--out", u.out); code != 0 {
+		t.Fatalf("render three: %s", stderr)
 	}
 	time.Sleep(2 * time.Second)
 	w.Stop()
@@ -502,4 +528,29 @@ func servedSerials(t *testing.T, u *upCluster) map[string]string {
 		out[m.Name] = strings.TrimSpace(string(b))
 	}
 	return out
+}
+
+// etcdConfVar is the variable key of etcd.conf in the Ignition config at
+// path.
+func etcdConfVar(t *testing.T, path, key string) string {
+	t.Helper()
+	cfg, err := ign.Parse([]byte(mustRead(t, path)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range cfg.Storage.Files {
+		if f.Path == ign.EtcdConfPath {
+			b, err := ign.Contents(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env, err := ign.EnvMap(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return env[key]
+		}
+	}
+	t.Fatalf("%s has no %s", path, ign.EtcdConfPath)
+	return ""
 }

@@ -358,6 +358,9 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	// member.
 	prometheusScrapes(t, u)
 
+	// Least privilege: the backup API and client prefixes.
+	checkLeastPrivilege(t, u)
+
 	// down, then up: the same cluster, its data intact.
 	if stdout, stderr, code := etcdimg(t, u.work, "down", "--out", u.out); code != 0 || strings.Count(stdout, "powered off") != 3 {
 		t.Fatalf("down: exit %d\n%s%s", code, stdout, stderr)
