@@ -13,6 +13,11 @@ import (
 // names it in rule_files (Prometheus reads it relative to its config).
 const RulesFile = "prometheus-rules.yml"
 
+// futureSkew is how far ahead of Prometheus' clock, in seconds, a
+// backup's time may be before it counts as from the future: the backup
+// service's own tolerance (backup.MaxSkew, five minutes).
+const futureSkew = 300
+
 // Alert is one Prometheus alerting rule.
 type Alert struct {
 	Alert       string            `yaml:"alert"`
@@ -54,11 +59,25 @@ func Alerts(c *spec.Cluster) []Alert {
 		},
 		{
 			// Every member reports the cluster's last backup; the newest
-			// any member reports is the cluster's.
+			// any member reports is the cluster's. A report dated in the
+			// future (beyond futureSkew) is left out: it would make the
+			// age negative and silence this alert for ever, and
+			// EtcdBackupRecordFromFuture fires on it.
 			Alert: "EtcdBackupTooOld",
-			Expr:  fmt.Sprintf(`time() - max by (cluster) (etcdimg_backup_last_success_timestamp_seconds{%[1]s}) > 2 * max by (cluster) (etcdimg_backup_interval_seconds{%[1]s})`, node),
+			Expr:  fmt.Sprintf(`time() - max by (cluster) (etcdimg_backup_last_success_timestamp_seconds{%[1]s} < time() + %[2]d) > 2 * max by (cluster) (etcdimg_backup_interval_seconds{%[1]s})`, node, futureSkew),
 			For:   "5m", Labels: map[string]string{"severity": "critical"},
 			Annotations: map[string]string{"summary": "the last verified backup of {{ $labels.cluster }} is {{ $value | humanizeDuration }} old, over two backup intervals: see the members' consoles and etcdimg_backup_failures_total"},
+		},
+		{
+			// A record dated in the future: a member found one (and
+			// backed up anyway), or a member reports one as the last
+			// backup. Either way a clock runs ahead, or something wrote
+			// under /etcdimg/, and age-based retention is suspended on
+			// the members that see it.
+			Alert: "EtcdBackupRecordFromFuture",
+			Expr:  fmt.Sprintf(`(sum by (cluster) (increase(etcdimg_backup_future_records_total{%[1]s}[1h])) > 0) or (max by (cluster) (etcdimg_backup_last_success_timestamp_seconds{%[1]s}) - time() > %[2]d)`, node, futureSkew),
+			For:   "5m", Labels: map[string]string{"severity": "critical"},
+			Annotations: map[string]string{"summary": "a backup record of {{ $labels.cluster }} is dated in the future (a member's clock runs ahead, or a client wrote /etcdimg/backup/last): fix the members' clocks (NTP); see the members' consoles and etcdimg_backup_future_records_total"},
 		},
 		{
 			Alert: "EtcdCertificateExpiring",

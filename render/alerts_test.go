@@ -6,7 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"etcdimg/backup"
 	"etcdimg/outdir"
 	"etcdimg/pki"
 	"etcdimg/spec"
@@ -97,6 +99,56 @@ tests:
           - exp_labels: {severity: critical, cluster: etcd-cluster-1}
             exp_annotations:
               summary: "the last verified backup of etcd-cluster-1 is 2h 20m 0s old, over two backup intervals: see the members' consoles and etcdimg_backup_failures_total"
+  # A member reports a record dated in the future (its clock runs far
+  # ahead, or a client wrote it): EtcdBackupTooOld still sees the other
+  # member's age, and EtcdBackupRecordFromFuture fires.
+  - interval: 5m
+    input_series:
+      - series: 'etcdimg_backup_last_success_timestamp_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '0x40'
+      - series: 'etcdimg_backup_last_success_timestamp_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-2"}'
+        values: '10000000000x40'
+      - series: 'etcdimg_backup_interval_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '3600x40'
+    alert_rule_test:
+      - eval_time: 2h20m
+        alertname: EtcdBackupTooOld
+        exp_alerts:
+          - exp_labels: {severity: critical, cluster: etcd-cluster-1}
+            exp_annotations:
+              summary: "the last verified backup of etcd-cluster-1 is 2h 20m 0s old, over two backup intervals: see the members' consoles and etcdimg_backup_failures_total"
+      - eval_time: 0m
+        alertname: EtcdBackupRecordFromFuture
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: EtcdBackupRecordFromFuture
+        exp_alerts:
+          - exp_labels: {severity: critical, cluster: etcd-cluster-1}
+            exp_annotations:
+              summary: &future "a backup record of etcd-cluster-1 is dated in the future (a member's clock runs ahead, or a client wrote /etcdimg/backup/last): fix the members' clocks (NTP); see the members' consoles and etcdimg_backup_future_records_total"
+  # Backups are current, but a member found a record from the future
+  # (and backed up anyway): the alert fires, and clears an hour later.
+  - interval: 5m
+    input_series:
+      - series: 'etcdimg_backup_last_success_timestamp_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '0+300x40'
+      - series: 'etcdimg_backup_future_records_total{job="etcdimg",cluster="etcd-cluster-1",member="etcd-1"}'
+        values: '0 0 1x40'
+      - series: 'etcdimg_backup_future_records_total{job="etcdimg",cluster="etcd-cluster-1",member="etcd-2"}'
+        values: '0x40'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: EtcdBackupRecordFromFuture
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: EtcdBackupRecordFromFuture
+        exp_alerts:
+          - exp_labels: {severity: critical, cluster: etcd-cluster-1}
+            exp_annotations:
+              summary: *future
+      - eval_time: 2h
+        alertname: EtcdBackupRecordFromFuture
+        exp_alerts: []
   - interval: 1m
     input_series:
       - series: 'etcdimg_certificate_expiry_timestamp_seconds{job="etcdimg",cluster="etcd-cluster-1",member="etcd-1",certificate="member"}'
@@ -174,5 +226,10 @@ func TestAlertRulesPassPromtool(t *testing.T) {
 		if !strings.Contains(ruleTests, "alertname: "+a.Alert) {
 			t.Errorf("alert %s has no promtool test", a.Alert)
 		}
+	}
+	// The alerts and the backup service agree on what is from the
+	// future.
+	if time.Duration(futureSkew)*time.Second != backup.MaxSkew {
+		t.Errorf("the alerts' futureSkew is %ds, backup.MaxSkew %s", futureSkew, backup.MaxSkew)
 	}
 }
