@@ -65,6 +65,7 @@ type Verdict struct {
 	Linearizable                  bool
 	CheckTimedOut                 bool
 	Backwards                     []string // revisions that went back for a client
+	Revisions                     []string // answers at revisions no etcd could give (history.Result.Revisions)
 	Diverged                      []string // keys whose final value differs between members
 	ClusterID                     string   // "" if unchanged, else what changed
 	TwoLeaders                    []string // terms with two leaders
@@ -73,7 +74,7 @@ type Verdict struct {
 
 // Passed reports whether every check passed.
 func (v Verdict) Passed() bool {
-	return v.Linearizable && !v.CheckTimedOut && len(v.Backwards) == 0 && len(v.Diverged) == 0 &&
+	return v.Linearizable && !v.CheckTimedOut && len(v.Backwards) == 0 && len(v.Revisions) == 0 && len(v.Diverged) == 0 &&
 		v.ClusterID == "" && len(v.TwoLeaders) == 0 && len(v.FaultErrors) == 0
 }
 
@@ -181,6 +182,7 @@ func Print(w io.Writer, v Verdict, done []Done) {
 	}
 	check("history linearizable (porcupine, etcd's KV model)", v.Linearizable && !v.CheckTimedOut, lin)
 	check("revisions never go back for a client", len(v.Backwards) == 0, first(v.Backwards, 5))
+	check("revisions agree with what was acknowledged before", len(v.Revisions) == 0, first(v.Revisions, 5))
 	check("every member ends with the same values", len(v.Diverged) == 0, first(v.Diverged, 5))
 	var id []string
 	if v.ClusterID != "" {

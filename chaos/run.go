@@ -161,7 +161,7 @@ func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Ve
 		}
 	}
 	res := history.Check(all, 5*time.Minute)
-	v.Linearizable, v.CheckTimedOut = res.Linearizable, res.TimedOut
+	v.Linearizable, v.CheckTimedOut, v.Revisions = res.Linearizable, res.TimedOut, res.Revisions
 	if err := writeFiles(o.Dir, all, done, res); err != nil {
 		return v, done, err
 	}
