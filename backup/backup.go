@@ -10,12 +10,21 @@
 // there is one backup per interval for the cluster, and it still
 // happens while any member is down.
 //
+// A record dated after this member's clock (beyond MaxSkew) does not
+// count: the member backs up anyway, counts it and says so.
+//
 // Retention keeps Retain backups (and drops those older than MaxAge) in
 // each place, never the newest verified one; a failed upload never
-// touches the local copy. Metrics are served in Prometheus' text format.
+// touches the local copy. It considers only this cluster's backups (by
+// cluster ID), ordered by revision, so it never deletes what another
+// cluster of the same name wrote, and a wrong clock cannot reorder them.
+// Age-based deletion runs only on a clock that agrees with the cluster's
+// last record and with the S3 server's. Metrics are served in
+// Prometheus' text format.
 package backup
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,6 +50,12 @@ const (
 	LockKey   = "/etcdimg/backup/lock"
 	RecordKey = "/etcdimg/backup/last"
 )
+
+// MaxSkew is how far apart two clocks may be and still agree: a record
+// dated later than this after the member's clock is from the future,
+// and age-based retention needs the member's clock within it of the S3
+// server's.
+const MaxSkew = 5 * time.Minute
 
 // Manifest describes one verified backup. It sits beside the snapshot
 // on the data disk (NAME.json) and in the bucket, and the newest one is
@@ -78,18 +93,39 @@ type Service struct {
 	// FirstDelay is how long Run waits before its first round.
 	FirstDelay time.Duration
 	S3         Uploader // nil without S3
-	Log        func(format string, args ...any)
+	// Readers are the certificate CNs the backups API serves (Readers:
+	// the admin's and the members').
+	Readers []string
+	Log     func(format string, args ...any)
+
+	// clock is the member's clock (nil: time.Now).
+	clock func() time.Time
 
 	mu      sync.Mutex
 	metrics metrics
+	// futureSaid and doubtSaid are what was last logged about a record
+	// from the future and about this member's clock, so each is said
+	// once, not every round.
+	futureSaid, doubtSaid string
 }
 
 // Uploader is an S3 bucket (see NewS3).
 type Uploader interface {
 	Put(ctx context.Context, path string, m Manifest) error
 	List(ctx context.Context) ([]Manifest, error)
-	Delete(ctx context.Context, name string) error
+	// Delete removes backup m, only if the bucket's copy is of m's
+	// cluster.
+	Delete(ctx context.Context, m Manifest) error
+	// ServerTime is the S3 server's clock.
+	ServerTime(ctx context.Context) (time.Time, error)
 	Where() string
+}
+
+func (s *Service) now() time.Time {
+	if s.clock != nil {
+		return s.clock()
+	}
+	return time.Now()
 }
 
 func (s *Service) interval() time.Duration {
@@ -150,8 +186,12 @@ func (s *Service) Once(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read the last backup: %w", err)
 	}
+	if last != nil && s.fromFuture(last) {
+		s.futureRecord(last)
+		last = nil
+	}
 	s.setLast(last)
-	if last != nil && time.Since(last.Time) < s.interval() {
+	if last != nil && s.now().Sub(last.Time) < s.interval() {
 		return nil
 	}
 	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(30), concurrency.WithContext(ctx))
@@ -171,12 +211,14 @@ func (s *Service) Once(ctx context.Context) error {
 	}
 	defer mu.Unlock(context.Background())
 	// Under the lock, the record is read again: another member may have
-	// just finished.
-	if last, err = readRecord(ctx, cli); err != nil {
+	// just finished. prev is what it says, from the future or not: age
+	// retention checks this member's clock against it.
+	prev, err := readRecord(ctx, cli)
+	if err != nil {
 		return fmt.Errorf("read the last backup: %w", err)
 	}
-	if last != nil && time.Since(last.Time) < s.interval() {
-		s.setLast(last)
+	if prev != nil && !s.fromFuture(prev) && s.now().Sub(prev.Time) < s.interval() {
+		s.setLast(prev)
 		return nil
 	}
 	m, err := s.take(ctx, cli)
@@ -200,7 +242,7 @@ func (s *Service) Once(ctx context.Context) error {
 	}
 	// Retention runs before the record is written: a round is over, for
 	// whoever reads the record, once its old backups are gone too.
-	s.retain(ctx)
+	s.retain(ctx, m.ClusterID, prev)
 	b, _ := json.Marshal(m)
 	if _, err := cli.Put(ctx, RecordKey, string(b)); err != nil {
 		return fmt.Errorf("record the backup: %w", err)
@@ -218,7 +260,7 @@ func (s *Service) Once(ctx context.Context) error {
 // directory under a temporary name, verifies it, and only then gives it
 // its name.
 func (s *Service) take(ctx context.Context, cli *clientv3.Client) (*Manifest, error) {
-	start := time.Now()
+	start := time.Now() // the duration is measured on the monotonic clock
 	st, err := cli.Status(ctx, s.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
@@ -247,7 +289,7 @@ func (s *Service) take(ctx context.Context, cli *clientv3.Client) (*Manifest, er
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now().UTC()
+	now := s.now().UTC()
 	m := &Manifest{
 		Name:    fmt.Sprintf("%s-%s-rev%d", s.Config.Cluster, now.Format("20060102T150405Z"), info.Revision),
 		Cluster: s.Config.Cluster, ClusterID: fmt.Sprintf("%x", st.Header.ClusterId), Member: s.Member,
@@ -330,29 +372,141 @@ func sortManifests(ms []Manifest) {
 	})
 }
 
-// Expired picks, from backups sorted oldest first, those retention
-// drops: all but the newest retain, and any older than maxAge. The
-// newest is never among them.
+// Own picks, from ms, the backups of the cluster with ID clusterID, and
+// orders them by revision, oldest first: revisions only grow within a
+// cluster, whatever the clocks of the members that took them say.
+// Retention looks at these only: a cluster never deletes a backup it
+// did not write.
+func Own(ms []Manifest, clusterID string) []Manifest {
+	var out []Manifest
+	for _, m := range ms {
+		if clusterID != "" && m.ClusterID == clusterID {
+			out = append(out, m)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Manifest) int {
+		if a.Revision != b.Revision {
+			return cmp.Compare(a.Revision, b.Revision)
+		}
+		if c := a.Time.Compare(b.Time); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return out
+}
+
+// Expired picks, from one cluster's backups ordered oldest first (see
+// Own), those retention drops: all but the newest retain, and the oldest
+// ones while they are older than maxAge (0: no limit by age). The
+// victims are always the oldest; the newest is never among them, and no
+// backup goes for its age while an older one stays.
 func Expired(ms []Manifest, retain int, maxAge time.Duration, now time.Time) []Manifest {
 	var out []Manifest
+	aged := maxAge > 0
 	for i, m := range ms {
 		if i == len(ms)-1 {
 			break
 		}
-		if len(ms)-i > max(retain, 1) || (maxAge > 0 && now.Sub(m.Time) > maxAge) {
+		aged = aged && now.Sub(m.Time) > maxAge
+		if len(ms)-i > max(retain, 1) || aged {
 			out = append(out, m)
 		}
 	}
 	return out
 }
 
-func (s *Service) retain(ctx context.Context) {
+// fromFuture says whether record m is dated after this member's clock by
+// more than MaxSkew: then it does not count as the cluster's last backup.
+func (s *Service) fromFuture(m *Manifest) bool {
+	return m.Time.Sub(s.now()) > MaxSkew
+}
+
+// futureRecord counts a record from the future and logs it, once per
+// record.
+func (s *Service) futureRecord(m *Manifest) {
+	key := m.Name + " " + m.Time.String()
+	s.mu.Lock()
+	said := s.futureSaid == key
+	s.futureSaid = key
+	if !said {
+		s.metrics.futureRecords++
+	}
+	s.mu.Unlock()
+	if !said {
+		s.Log("backup: the cluster's backup record %s (by %s) is dated %s, %s after this member's clock: a clock runs ahead (check NTP on the members) or a client wrote %s; it does not count, a backup is taken now", m.Name, m.Member, m.Time.UTC().Format(time.RFC3339), m.Time.Sub(s.now()).Round(time.Second), RecordKey)
+	}
+}
+
+// clockDoubt says why this member's clock (now) cannot be trusted to
+// date backups for age-based retention, or "" when it can. It must
+// agree with the cluster's record read before this round (prev: not
+// before it, and at most two intervals after it, as the record is
+// rewritten every interval) and with the S3 server's clock (server, or
+// serverErr when it could not be read) when there is a bucket. A lone
+// clock, with neither to compare, is not trusted. kind names the doubt
+// without its numbers, so a doubt is logged once while it lasts.
+func clockDoubt(now time.Time, prev *Manifest, interval time.Duration, haveS3 bool, server time.Time, serverErr error) (kind, why string) {
+	switch {
+	case prev == nil && !haveS3:
+		return "alone", "there is no backup record of this cluster and no S3 server to check this member's clock against"
+	case prev != nil && prev.Time.Sub(now) > MaxSkew:
+		return "record-ahead", fmt.Sprintf("the cluster's last backup record %s (by %s) is dated %s after this member's clock", prev.Name, prev.Member, prev.Time.Sub(now).Round(time.Second))
+	case prev != nil && now.Sub(prev.Time) > 2*interval+MaxSkew:
+		return "record-behind", fmt.Sprintf("this member's clock is %s past the cluster's last backup record %s (by %s), more than two backup intervals: the clock may run ahead", now.Sub(prev.Time).Round(time.Second), prev.Name, prev.Member)
+	case haveS3 && serverErr != nil:
+		return "s3-unknown", fmt.Sprintf("the S3 server's time is unknown (%v)", serverErr)
+	case haveS3 && now.Sub(server) > MaxSkew:
+		return "s3-ahead", fmt.Sprintf("this member's clock is %s ahead of the S3 server's", now.Sub(server).Round(time.Second))
+	case haveS3 && server.Sub(now) > MaxSkew:
+		return "s3-behind", fmt.Sprintf("this member's clock is %s behind the S3 server's", server.Sub(now).Round(time.Second))
+	}
+	return "", ""
+}
+
+// ageLimit is the MaxAge retention uses this round: the configured one
+// when this member's clock agrees with the cluster's last record (prev)
+// and the S3 server's, else 0 (no deletion by age; said once).
+func (s *Service) ageLimit(ctx context.Context, prev *Manifest) time.Duration {
 	maxAge := time.Duration(s.Config.MaxAgeSeconds) * time.Second
+	if maxAge <= 0 {
+		return 0
+	}
+	var server time.Time
+	var serverErr error
+	if s.S3 != nil {
+		server, serverErr = s.S3.ServerTime(ctx)
+	}
+	kind, why := clockDoubt(s.now(), prev, s.interval(), s.S3 != nil, server, serverErr)
+	s.mu.Lock()
+	said := s.doubtSaid
+	s.doubtSaid = kind
+	s.mu.Unlock()
+	switch {
+	case kind != "" && kind != said:
+		s.Log("backup: retention deletes no backup for its age (backup.maxAge) while this member's clock is in doubt: %s; retention by count (backup.retain) still runs. Check the members' clocks (NTP)", why)
+	case kind == "" && said != "":
+		s.Log("backup: this member's clock agrees with the cluster's backup record and the S3 server again; retention by age (backup.maxAge) resumes")
+	}
+	if kind != "" {
+		return 0
+	}
+	return maxAge
+}
+
+// retain applies retention to this cluster's backups (clusterID) on the
+// data disk and in the bucket. prev is the cluster's record read before
+// this round.
+func (s *Service) retain(ctx context.Context, clusterID string, prev *Manifest) {
+	maxAge := s.ageLimit(ctx, prev)
+	now := s.now()
 	if ms, err := List(s.Dir); err == nil {
-		for _, m := range Expired(ms, s.Config.Retain, maxAge, time.Now()) {
+		for _, m := range Expired(Own(ms, clusterID), s.Config.Retain, maxAge, now) {
 			os.Remove(filepath.Join(s.Dir, m.Name+".json"))
 			os.Remove(filepath.Join(s.Dir, m.Name+".db"))
 		}
+	} else {
+		s.Log("backup: retention on the data disk: %v", err)
 	}
 	if s.S3 != nil {
 		ms, err := s.S3.List(ctx)
@@ -360,8 +514,8 @@ func (s *Service) retain(ctx context.Context) {
 			s.Log("backup: retention in %s: %v", s.S3.Where(), err)
 			return
 		}
-		for _, m := range Expired(ms, s.Config.Retain, maxAge, time.Now()) {
-			if err := s.S3.Delete(ctx, m.Name); err != nil {
+		for _, m := range Expired(Own(ms, clusterID), s.Config.Retain, maxAge, now) {
+			if err := s.S3.Delete(ctx, m); err != nil {
 				s.Log("backup: retention in %s: %v", s.S3.Where(), err)
 			}
 		}

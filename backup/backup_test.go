@@ -3,6 +3,7 @@ package backup
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -290,5 +291,333 @@ func TestS3TrustsTheCAItIsGiven(t *testing.T) {
 	}
 	if _, err := without.List(context.Background()); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("without the CA: %v, want a certificate error", err)
+	}
+}
+
+// clusterID is the real etcd's cluster ID, as the backups name it.
+func clusterID(t *testing.T, cli *clientv3.Client) string {
+	t.Helper()
+	r, err := cli.Get(context.Background(), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", r.Header.ClusterId)
+}
+
+// seed stores m as a verified backup (a small snapshot file and its
+// manifest) on s's data disk and, when up is set, in the bucket.
+func seed(t *testing.T, s *Service, up *S3, m Manifest) {
+	t.Helper()
+	data := []byte("snapshot of " + m.Name)
+	m.Size, m.SHA256 = int64(len(data)), fmt.Sprintf("%064x", len(data))
+	path := filepath.Join(s.Dir, m.Name+".db")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeManifest(s.Dir, m); err != nil {
+		t.Fatal(err)
+	}
+	if up != nil {
+		if err := up.Put(context.Background(), path, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestAFutureRecordDoesNotStopBackups: a record dated after this
+// member's clock (a member whose clock runs ahead wrote it, or a client
+// allowed under /etcdimg/) does not count beyond a small skew: the
+// member backs up anyway, counts it and says so; a record a little
+// ahead (within the skew) still counts as the last backup.
+func TestAFutureRecordDoesNotStopBackups(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		ahead   time.Duration
+		backups int
+		counted string
+	}{
+		{"a year ahead", 365 * 24 * time.Hour, 1, "etcdimg_backup_future_records_total 1\n"},
+		{"an hour ahead", time.Hour, 1, "etcdimg_backup_future_records_total 1\n"},
+		{"a minute ahead, within the skew", time.Minute, 0, "etcdimg_backup_future_records_total 0\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := startEtcd(t)
+			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			rec := fmt.Sprintf(`{"name":"c1-future","clusterID":%q,"member":"etcd-9","time":%q}`, clusterID(t, cli), time.Now().Add(tc.ahead).Format(time.RFC3339))
+			if _, err := cli.Put(context.Background(), RecordKey, rec); err != nil {
+				t.Fatal(err)
+			}
+			s := service(t, "etcd-1", ep, 2)
+			var logged []string
+			s.Log = func(f string, a ...any) { logged = append(logged, fmt.Sprintf(f, a...)) }
+			for range 3 {
+				if err := s.Once(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ms, _ := List(s.Dir)
+			if len(ms) != tc.backups {
+				t.Fatalf("%d backups in 3 rounds after a record dated %s ahead, want %d", len(ms), tc.ahead, tc.backups)
+			}
+			var out bytes.Buffer
+			s.WriteMetrics(&out, Certificates{})
+			if !strings.Contains(out.String(), tc.counted) {
+				t.Errorf("metrics, want %q:\n%s", tc.counted, out.String())
+			}
+			said := strings.Join(logged, "\n")
+			if tc.backups == 1 && !strings.Contains(said, "c1-future") {
+				t.Errorf("the record from the future is not in the log:\n%s", said)
+			}
+			if tc.backups == 1 {
+				// The member reports its own backup, not the record
+				// from the future, as the cluster's last.
+				if strings.Contains(out.String(), fmt.Sprintf("etcdimg_backup_last_success_timestamp_seconds %d\n", time.Now().Add(tc.ahead).Unix())) {
+					t.Errorf("the record from the future is reported as the last backup:\n%s", out.String())
+				}
+			}
+		})
+	}
+}
+
+// TestAgeRetentionDistrustsAWrongClock: a member whose clock disagrees
+// with the cluster's last record (here: it is 31 days past a record of
+// an hour ago, as a clock 31 days ahead sees it) or with the S3
+// server's takes its backup but deletes none by age, on its disk or in
+// the bucket; count-based retention still runs. With a clock that
+// agrees, age-based retention drops the old backups, oldest first.
+func TestAgeRetentionDistrustsAWrongClock(t *testing.T) {
+	srv := s3test.Start(t, 0)
+	ep := startEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	for i := range 40 { // the real backups' revisions pass the seeded ones'
+		cli.Put(context.Background(), fmt.Sprintf("/k/%d", i), "v")
+	}
+	id := clusterID(t, cli)
+	const day = 24 * time.Hour
+	for _, tc := range []struct {
+		name string
+		// ages of the 24 seeded backups, oldest first, by the clock of
+		// the member that runs the round; the newest is the record.
+		age      func(i int) time.Duration
+		skew     time.Duration // of this member's clock
+		disk, s3 int           // backups left after the round (24 seeded + 1)
+	}{
+		// A clock 31 days ahead: the record, an hour old, looks 31 days
+		// and an hour old.
+		{"clock 31 days past the record", func(i int) time.Duration { return 31*day + time.Duration(24-i)*time.Hour }, 0, 24, 24},
+		// A clock 31 days ahead that wrote the record itself an hour
+		// ago: the record agrees, the S3 server's Date does not.
+		{"clock 31 days ahead of the S3 server", func(i int) time.Duration {
+			if i == 23 {
+				return time.Hour
+			}
+			return 31*day + time.Duration(24-i)*time.Hour
+		}, 31 * day, 24, 24},
+		// A clock that agrees: 12 backups are past maxAge, 12 are not.
+		{"clock agrees", func(i int) time.Duration {
+			if i < 12 {
+				return 40*day - time.Duration(i)*time.Hour
+			}
+			return time.Duration(24-i) * time.Hour
+		}, 0, 13, 13},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bucket := strings.ReplaceAll(strings.ToLower(tc.name), " ", "-")
+			srv.MakeBucket(t, bucket)
+			s := service(t, "etcd-1", ep, 24)
+			s.Config.IntervalSeconds, s.Config.MaxAgeSeconds = 3600, 720*3600
+			up, err := NewS3(ign.S3Target{Endpoint: "http://" + srv.Addr, Bucket: bucket, Region: "us-east-1"}, "c1", s3test.Credentials(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.S3 = up
+			s.clock = func() time.Time { return time.Now().Add(tc.skew) }
+			now := s.now()
+			var last Manifest
+			for i := range 24 {
+				last = Manifest{Name: fmt.Sprintf("c1-seed-%02d", i), Cluster: "c1", ClusterID: id, Member: "etcd-2", Time: now.Add(-tc.age(i)).UTC(), Revision: int64(i + 1)}
+				seed(t, s, up, last)
+			}
+			b, _ := json.Marshal(last)
+			if _, err := cli.Put(context.Background(), RecordKey, string(b)); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Once(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			disk, _ := List(s.Dir)
+			inS3, err := up.List(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(disk) != tc.disk || len(inS3) != tc.s3 {
+				t.Fatalf("retain 24, maxAge 720h: %d backups left on the disk and %d in the bucket, want %d and %d", len(disk), len(inS3), tc.disk, tc.s3)
+			}
+			if disk[0].Name == "c1-seed-00" || inS3[0].Name == "c1-seed-00" {
+				t.Errorf("the oldest backup is kept: disk %s, bucket %s", disk[0].Name, inS3[0].Name)
+			}
+			server, err := up.ServerTime(context.Background())
+			if d := time.Since(server); err != nil || d > 5*time.Second || d < -5*time.Second {
+				t.Errorf("the S3 server's time: %v (%v), %s off this machine's", server, err, d)
+			}
+		})
+	}
+}
+
+// TestRetentionKeepsAnotherClustersBackups: a bucket path (and a data
+// disk) shared with another cluster of the same name holds its
+// backups; this cluster's retention deletes only its own.
+func TestRetentionKeepsAnotherClustersBackups(t *testing.T) {
+	srv := s3test.Start(t, 0)
+	srv.MakeBucket(t, "shared")
+	ep := startEtcd(t)
+	s := service(t, "etcd-1", ep, 2)
+	s.Config.IntervalSeconds = 1
+	up, err := NewS3(ign.S3Target{Endpoint: "http://" + srv.Addr, Bucket: "shared", Prefix: "prod", Region: "us-east-1"}, "c1", s3test.Credentials(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.S3 = up
+	now := time.Now()
+	for i := range 24 {
+		seed(t, s, up, Manifest{Name: fmt.Sprintf("c1-other-%02d", i), Cluster: "c1", ClusterID: "deadbeef", Member: "etcd-1", Time: now.Add(time.Duration(i-24) * time.Hour).UTC(), Revision: int64(1000 + i)})
+	}
+	for range 3 {
+		if err := s.Once(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1100 * time.Millisecond) // names are stamped to the second
+	}
+	for _, tc := range []struct {
+		where string
+		list  func() ([]Manifest, error)
+	}{
+		{"the bucket", func() ([]Manifest, error) { return up.List(context.Background()) }},
+		{"the data disk", func() ([]Manifest, error) { return List(s.Dir) }},
+	} {
+		t.Run(tc.where, func(t *testing.T) {
+			ms, err := tc.list()
+			if err != nil {
+				t.Fatal(err)
+			}
+			theirs, ours := 0, 0
+			for _, m := range ms {
+				if m.ClusterID == "deadbeef" {
+					theirs++
+				} else {
+					ours++
+				}
+			}
+			if theirs != 24 || ours != 2 {
+				t.Fatalf("%s holds %d of the other cluster's 24 backups and %d of ours (retain 2)", tc.where, theirs, ours)
+			}
+		})
+	}
+	// An upload under a name the other cluster took is refused, and
+	// leaves the other's snapshot and manifest in place.
+	mine := Manifest{Name: "c1-other-05", Cluster: "c1", ClusterID: "cafe", Size: 1, SHA256: "x"}
+	path := filepath.Join(t.TempDir(), "x.db")
+	os.WriteFile(path, []byte("x"), 0o600)
+	if err := up.Put(context.Background(), path, mine); err == nil || !strings.Contains(err.Error(), "not overwritten") {
+		t.Errorf("an upload over the other cluster's backup: %v", err)
+	}
+	if err := up.Delete(context.Background(), mine); err == nil {
+		t.Error("deleted the other cluster's backup by name")
+	}
+	ms, _ := up.List(context.Background())
+	if n := len(Own(ms, "deadbeef")); n != 24 {
+		t.Errorf("the other cluster has %d backups left, want 24", n)
+	}
+}
+
+// TestRetentionOrdersByRevision: retention looks at one cluster's
+// backups only, ordered by revision whatever their times say (a member
+// whose clock ran behind or ahead dated some), and deletes for age only
+// the oldest: never one newer than a backup it keeps.
+func TestRetentionOrdersByRevision(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	ms := []Manifest{
+		{Name: "r3-clock-behind", ClusterID: "a1", Revision: 300, Time: now.Add(-100 * 24 * time.Hour)},
+		{Name: "r1", ClusterID: "a1", Revision: 100, Time: now.Add(-50 * 24 * time.Hour)},
+		{Name: "other", ClusterID: "b2", Revision: 50, Time: now.Add(-90 * 24 * time.Hour)},
+		{Name: "r4-clock-ahead", ClusterID: "a1", Revision: 400, Time: now.Add(300 * 24 * time.Hour)},
+		{Name: "r2", ClusterID: "a1", Revision: 200, Time: now.Add(-time.Hour)},
+		{Name: "r5", ClusterID: "a1", Revision: 500, Time: now.Add(-2 * time.Hour)},
+		{Name: "no-id", Revision: 1, Time: now.Add(-99 * 24 * time.Hour)},
+	}
+	names := func(ms []Manifest) string {
+		var s []string
+		for _, m := range ms {
+			s = append(s, m.Name)
+		}
+		return strings.Join(s, ",")
+	}
+	if got := names(Own(ms, "a1")); got != "r1,r2,r3-clock-behind,r4-clock-ahead,r5" {
+		t.Fatalf("own backups %q", got)
+	}
+	if got := names(Own(ms, "")); got != "" {
+		t.Fatalf("backups of no cluster ID: %q", got)
+	}
+	for _, tc := range []struct {
+		name   string
+		retain int
+		maxAge time.Duration
+		want   string
+	}{
+		{"count", 3, 0, "r1,r2"},
+		// r3 is past maxAge by its time, but r2 (older) is not: both stay.
+		{"age stops at the first young one", 9, 720 * time.Hour, "r1"},
+		{"age and count", 2, 720 * time.Hour, "r1,r2,r3-clock-behind"},
+		{"age past all keeps the newest", 9, time.Nanosecond, "r1,r2,r3-clock-behind"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := names(Expired(Own(ms, "a1"), tc.retain, tc.maxAge, now)); got != tc.want {
+				t.Errorf("expired %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestClockDoubt: age-based retention trusts this member's clock only
+// when the cluster's last record and the S3 server's clock agree with
+// it.
+func TestClockDoubt(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	rec := func(age time.Duration) *Manifest { return &Manifest{Name: "r", Member: "etcd-2", Time: now.Add(-age)} }
+	for _, tc := range []struct {
+		name      string
+		prev      *Manifest
+		haveS3    bool
+		server    time.Time
+		serverErr error
+		want      string
+	}{
+		{"record of an interval ago", rec(time.Hour), false, time.Time{}, nil, ""},
+		{"record and S3 agree", rec(time.Hour), true, now.Add(-30 * time.Second), nil, ""},
+		{"record a little ahead", rec(-time.Minute), true, now, nil, ""},
+		{"no record, S3 agrees", nil, true, now, nil, ""},
+		{"no record, no S3", nil, false, time.Time{}, nil, "alone"},
+		{"record from the future", rec(-time.Hour), false, time.Time{}, nil, "record-ahead"},
+		{"record 31 days behind", rec(31 * 24 * time.Hour), true, now, nil, "record-behind"},
+		{"record of two intervals ago", rec(2 * time.Hour), false, time.Time{}, nil, ""},
+		{"record of three intervals ago", rec(3 * time.Hour), false, time.Time{}, nil, "record-behind"},
+		{"S3 31 days behind", rec(time.Hour), true, now.Add(-31 * 24 * time.Hour), nil, "s3-ahead"},
+		{"S3 an hour ahead", rec(time.Hour), true, now.Add(time.Hour), nil, "s3-behind"},
+		{"S3 unreachable", rec(time.Hour), true, time.Time{}, fmt.Errorf("connection refused"), "s3-unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kind, why := clockDoubt(now, tc.prev, time.Hour, tc.haveS3, tc.server, tc.serverErr)
+			if kind != tc.want || (kind == "") != (why == "") {
+				t.Errorf("doubt %q (%s), want %q", kind, why, tc.want)
+			}
+		})
 	}
 }

@@ -20,6 +20,9 @@ type metrics struct {
 	last      *Manifest
 	successes map[string]int
 	failures  map[string]int
+	// futureRecords counts the records dated after this member's clock
+	// (beyond MaxSkew) that it found and did not count.
+	futureRecords int
 }
 
 func (s *Service) setLast(m *Manifest) {
@@ -89,6 +92,8 @@ func (s *Service) WriteMetrics(w io.Writer, certs Certificates) {
 			fmt.Fprintf(w, "%s{target=%q} %d\n", c.name, t, c.m[t])
 		}
 	}
+	fmt.Fprintf(w, "# HELP %[1]s %[2]s\n# TYPE %[1]s counter\n%[1]s %[3]d\n", "etcdimg_backup_future_records_total",
+		"Backup records this member found dated after its own clock (beyond a 5-minute skew); each was ignored and a backup taken.", s.metrics.futureRecords)
 	var names []string
 	for n := range certs {
 		names = append(names, n)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -65,7 +66,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("backup API: %w", err)
 	}
-	go (&http.Server{Handler: APIHandler(s.Dir), ReadHeaderTimeout: 5 * time.Second}).Serve(tls.NewListener(ln, serverTLS))
+	go (&http.Server{Handler: APIHandler(s.Dir, s.Readers...), ReadHeaderTimeout: 5 * time.Second}).Serve(tls.NewListener(ln, serverTLS))
 	where := "the data disk"
 	if s.S3 != nil {
 		where += " and " + s.S3.Where()
@@ -123,7 +124,10 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 		MetricsTLS: strings.HasPrefix(env["ETCD_LISTEN_METRICS_URLS"], "https://"),
 		// etcd needs the CPU while it starts; a backup can wait.
 		FirstDelay: 15 * time.Second,
-		Log:        func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
+		// The backups API serves root and the members, whose names
+		// the peer port allows (ETCD_PEER_CERT_ALLOWED_CN).
+		Readers: Readers(memberNames(env)),
+		Log:     func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
 	}
 	if cfg.S3 != nil {
 		creds, err := os.ReadFile(filepath.Join(root, layout.S3CredentialsPath))
@@ -145,12 +149,52 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 	return s, serverTLS, u.Hostname(), nil
 }
 
-// APIHandler serves the backups in dir: the list, and each snapshot.
-func APIHandler(dir string) http.Handler {
+// AdminCN is the admin certificate's common name, etcd's root user
+// (pki.AdminCN; the image does not import pki).
+const AdminCN = "root"
+
+// Readers are the certificate CNs that may list and fetch backups over
+// the backups API: the admin's (root) and the members' (their names).
+// A backup is the whole keyspace: an application client, the scraper
+// and the Kubernetes API server, whose certificates the same CA signed,
+// may read only what etcd's roles give them, and get none.
+func Readers(members []string) []string {
+	out := []string{AdminCN}
+	for _, m := range members {
+		if m = strings.TrimSpace(m); m != "" && !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// memberNames are the members' names (their certificates' CNs) in
+// etcd.conf: those the peer port allows, else the initial cluster's.
+func memberNames(env map[string]string) []string {
+	if cns := env["ETCD_PEER_CERT_ALLOWED_CN"]; cns != "" {
+		return strings.Split(cns, ",")
+	}
+	var names []string
+	for _, m := range strings.Split(env["ETCD_INITIAL_CLUSTER"], ",") {
+		if name, _, ok := strings.Cut(m, "="); ok {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// APIHandler serves the backups in dir (the list, and each snapshot) to
+// a client whose verified certificate's CN is one of readers; any other
+// gets 403.
+func APIHandler(dir string, readers ...string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		name, ok := strings.CutPrefix(r.URL.Path, APIPrefix)
 		if !ok || r.Method != http.MethodGet {
 			http.NotFound(w, r)
+			return
+		}
+		if cn, ok := verifiedCN(r); !ok || !slices.Contains(readers, cn) {
+			http.Error(w, fmt.Sprintf("forbidden: backups are served to the admin certificate (CN %s) and the members' only, not to CN %q", AdminCN, cn), http.StatusForbidden)
 			return
 		}
 		if name == "" {
@@ -174,4 +218,13 @@ func APIHandler(dir string) http.Handler {
 		w.Header().Set("X-Etcdimg-Sha256", m.SHA256)
 		io.Copy(w, f)
 	})
+}
+
+// verifiedCN is the CN of the client certificate that TLS verified for
+// r, if any.
+func verifiedCN(r *http.Request) (string, bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return "", false
+	}
+	return r.TLS.VerifiedChains[0][0].Subject.CommonName, true
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -27,6 +28,28 @@ type S3 struct {
 	client *minio.Client
 	target ign.S3Target
 	dir    string // PREFIX + CLUSTER + "/"
+	clock  *serverClock
+}
+
+// serverClock is the S3 client's transport: it notes the Date of the
+// server's latest answer, and when it came.
+type serverClock struct {
+	next http.RoundTripper
+	mu   sync.Mutex
+	date time.Time // the server's Date
+	at   time.Time // this member's clock then, with its monotonic reading
+}
+
+func (c *serverClock) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.next.RoundTrip(r)
+	if err == nil {
+		if d, perr := http.ParseTime(resp.Header.Get("Date")); perr == nil {
+			c.mu.Lock()
+			c.date, c.at = d, time.Now()
+			c.mu.Unlock()
+		}
+	}
+	return resp, err
 }
 
 // NewS3 connects to t with the credentials file's AWS_ACCESS_KEY_ID and
@@ -48,11 +71,12 @@ func NewS3(t ign.S3Target, cluster string, credentialsFile []byte, caPEM []byte)
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
+	clock := &serverClock{next: tr}
 	cli, err := minio.New(u.Host, &minio.Options{
 		Creds:     credentials.NewStaticV4(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], ""),
 		Secure:    u.Scheme == "https",
 		Region:    t.Region,
-		Transport: tr,
+		Transport: clock,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("s3: %w", err)
@@ -61,7 +85,7 @@ func NewS3(t ign.S3Target, cluster string, credentialsFile []byte, caPEM []byte)
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &S3{client: cli, target: t, dir: prefix + cluster + "/"}, nil
+	return &S3{client: cli, target: t, dir: prefix + cluster + "/", clock: clock}, nil
 }
 
 // Where names the bucket and prefix, as s3://bucket/prefix/cluster/.
@@ -78,6 +102,12 @@ func (s *S3) Key(name string) string { return s.dir + name + ".db" }
 func (s *S3) Put(ctx context.Context, path string, m Manifest) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
+	// A snapshot of the same name that another cluster wrote (one of the
+	// same name shares the path) is neither overwritten nor, when this
+	// upload fails, taken back.
+	if st, err := s.client.StatObject(ctx, s.target.Bucket, s.Key(m.Name), minio.StatObjectOptions{}); err == nil && st.UserMetadata["Cluster-Id"] != m.ClusterID {
+		return fmt.Errorf("the bucket already holds %s of cluster %q, not %q; not overwritten", s.Key(m.Name), st.UserMetadata["Cluster-Id"], m.ClusterID)
+	}
 	defer func() {
 		if err != nil {
 			rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -105,8 +135,10 @@ func (s *S3) Put(ctx context.Context, path string, m Manifest) (err error) {
 	return err
 }
 
-// List returns the backups in the bucket, oldest first: those whose
-// manifest and snapshot are both there.
+// List returns the backups in the bucket, oldest first (by time): those
+// whose manifest and snapshot are both there, of any cluster ID: a
+// cluster of the same name (in the same bucket, or one restored from
+// this one) shares the path. Retention picks its own with Own.
 func (s *S3) List(ctx context.Context) ([]Manifest, error) {
 	have := map[string]bool{}
 	var manifests []string
@@ -143,12 +175,44 @@ func (s *S3) List(ctx context.Context) ([]Manifest, error) {
 	return out, nil
 }
 
-// Delete removes a backup's snapshot, then its manifest.
-func (s *S3) Delete(ctx context.Context, name string) error {
-	if err := s.client.RemoveObject(ctx, s.target.Bucket, s.Key(name), minio.RemoveObjectOptions{}); err != nil {
-		return err
+// Delete removes backup m's snapshot, then its manifest, once the
+// snapshot's metadata says it is of m's cluster: an object another
+// cluster wrote under the same name is left alone.
+func (s *S3) Delete(ctx context.Context, m Manifest) error {
+	st, err := s.client.StatObject(ctx, s.target.Bucket, s.Key(m.Name), minio.StatObjectOptions{})
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", m.Name, err)
 	}
-	return s.client.RemoveObject(ctx, s.target.Bucket, s.dir+name+".json", minio.RemoveObjectOptions{})
+	if id := st.UserMetadata["Cluster-Id"]; id != m.ClusterID {
+		return fmt.Errorf("delete %s: the bucket's snapshot is of cluster %q, not %q; left alone", m.Name, id, m.ClusterID)
+	}
+	if err := s.client.RemoveObject(ctx, s.target.Bucket, s.Key(m.Name), minio.RemoveObjectOptions{}); err != nil {
+		return fmt.Errorf("delete %s: %w", m.Name, err)
+	}
+	if err := s.client.RemoveObject(ctx, s.target.Bucket, s.dir+m.Name+".json", minio.RemoveObjectOptions{}); err != nil {
+		return fmt.Errorf("delete %s: %w", m.Name, err)
+	}
+	return nil
+}
+
+// ServerTime is the S3 server's clock: the Date of its answer to a cheap
+// request (whether the bucket exists), advanced by the time since.
+func (s *S3) ServerTime(ctx context.Context) (time.Time, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err := s.client.BucketExists(ctx, s.target.Bucket)
+	s.clock.mu.Lock()
+	date, at := s.clock.date, s.clock.at
+	s.clock.mu.Unlock()
+	// Any answer dates the server, an error status too.
+	if at.Before(start) {
+		if err == nil {
+			err = fmt.Errorf("no Date header in its answer")
+		}
+		return time.Time{}, fmt.Errorf("the time of %s: %w", s.target.Endpoint, err)
+	}
+	return date.Add(time.Since(at)), nil
 }
 
 // Get downloads backup name's snapshot into w.

@@ -84,10 +84,13 @@ func bucket(c *spec.Cluster, dir outdir.Layout, endpoint string) (*backup.S3, er
 	return backup.NewS3(t, c.Name, creds, ca)
 }
 
+// printManifests prints one line per backup. The cluster ID is printed
+// because two clusters of one name (or a cluster and the one restored
+// from it) share a bucket path, and revisions compare only within one.
 func printManifests(w io.Writer, where string, ms []backup.Manifest, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s (%s ago)\trev %d\t%d keys\t%.1f MiB\tsha256 %.12s…\tby %s\n", where, m.Name, m.Time.Format(time.RFC3339), now.Sub(m.Time).Round(time.Second), m.Revision, m.Keys, float64(m.Size)/(1<<20), m.SHA256, m.Member)
+		fmt.Fprintf(tw, "%s\t%s\t%s (%s ago)\tcluster %s\trev %d\t%d keys\t%.1f MiB\tsha256 %.12s…\tby %s\n", where, m.Name, m.Time.Format(time.RFC3339), now.Sub(m.Time).Round(time.Second), m.ClusterID, m.Revision, m.Keys, float64(m.Size)/(1<<20), m.SHA256, m.Member)
 	}
 	tw.Flush()
 }
