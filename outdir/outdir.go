@@ -386,9 +386,9 @@ func CheckFlag(dir string) error {
 }
 
 // PrivateDirs hold private keys (pki), configs with keys (ignition) and
-// images with keys (images), clients' and the Kubernetes API server's keys:
-// owner-only.
-var PrivateDirs = []string{"pki", "ignition", "images", "clients", "kubernetes"}
+// images with keys (images), clients' and the Kubernetes API server's keys,
+// and the S3 credentials (s3): owner-only.
+var PrivateDirs = []string{"pki", "ignition", "images", ClientsDir, "kubernetes", S3Dir}
 
 // Guard checks the private directories of an existing output directory
 // before a run reads or writes them. A symlink to a directory that other
@@ -452,8 +452,11 @@ func Guard(dir string) (warnings []string, err error) {
 
 // isPrivate reports whether a file in one of the PrivateDirs holds a key.
 func isPrivate(dir, name string) bool {
-	if dir == "pki" || dir == "clients" || dir == "kubernetes" {
+	if dir == "pki" || dir == ClientsDir || dir == "kubernetes" {
 		return strings.HasSuffix(name, "-key.pem")
+	}
+	if dir == S3Dir {
+		return strings.HasSuffix(name, ".env")
 	}
 	return true
 }

@@ -180,14 +180,17 @@ func TestGuardClosesOpenKeysAndRefusesForeignSymlinks(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "pki", "etcd-ca.pem"), []byte("cert"), 0o644)
 	os.Mkdir(filepath.Join(dir, "ignition"), 0o700)
 	os.WriteFile(filepath.Join(dir, "ignition", "etcd-1.ign"), []byte("{}"), 0o640)
+	os.Mkdir(filepath.Join(dir, S3Dir), 0o700)
+	os.WriteFile(Layout(dir).S3Credentials(), []byte("AWS_SECRET_ACCESS_KEY=x\n"), 0o644)
+	os.WriteFile(Layout(dir).S3CA(), []byte("cert"), 0o644)
 	w, err := Guard(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(w) != 3 || !strings.Contains(w[0], "pki was mode 0777") || !strings.Contains(w[1], "etcd-ca-key.pem was mode 0644") || !strings.Contains(w[1], "treat the key as exposed") || !strings.Contains(w[2], "etcd-1.ign was mode 0640") {
+	if len(w) != 4 || !strings.Contains(w[0], "pki was mode 0777") || !strings.Contains(w[1], "etcd-ca-key.pem was mode 0644") || !strings.Contains(w[1], "treat the key as exposed") || !strings.Contains(w[2], "etcd-1.ign was mode 0640") || !strings.Contains(w[3], "credentials.env was mode 0644") {
 		t.Errorf("warnings %q", w)
 	}
-	for p, want := range map[string]fs.FileMode{"pki": 0o700, "pki/etcd-ca-key.pem": 0o600, "pki/etcd-ca.pem": 0o644, "ignition/etcd-1.ign": 0o600} {
+	for p, want := range map[string]fs.FileMode{"pki": 0o700, "pki/etcd-ca-key.pem": 0o600, "pki/etcd-ca.pem": 0o644, "ignition/etcd-1.ign": 0o600, "s3/credentials.env": 0o600, "s3/ca.pem": 0o644} {
 		if st, _ := os.Stat(filepath.Join(dir, p)); st.Mode().Perm() != want {
 			t.Errorf("%s is %04o, want %04o", p, st.Mode().Perm(), want)
 		}

@@ -8,7 +8,6 @@ package render
 
 import (
 	"bytes"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -21,7 +20,6 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"etcdimg/ignition"
-	"etcdimg/ignition/ign"
 	"etcdimg/layout"
 	"etcdimg/outdir"
 	"etcdimg/pki"
@@ -79,6 +77,9 @@ func readSpec(path string) (*spec.Cluster, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
+	// The files the spec names by relative paths are beside it, not in
+	// the working directory.
+	c.ResolveFiles(filepath.Dir(path))
 	return c, path, nil
 }
 
@@ -134,7 +135,14 @@ func Run(c *spec.Cluster, dir outdir.Layout) (*Result, error) {
 // Files computes every file of the output directory for c, without
 // writing any.
 func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) {
-	specYAML, err := spec.Marshal(c)
+	if err := checkNames(c, dir); err != nil {
+		return nil, nil, err
+	}
+	saved, s3Files, s3Creds, s3CA, err := s3Inputs(c, dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	specYAML, err := spec.Marshal(saved)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -143,7 +151,7 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 		return nil, nil, err
 	}
 	rel := func(p string) string { r, _ := dir.Rel(p); return r }
-	files := []outdir.File{{Path: rel(dir.Spec()), Data: specYAML, Mode: 0o644}}
+	files := append([]outdir.File{{Path: rel(dir.Spec()), Data: specYAML, Mode: 0o644}}, s3Files...)
 	for _, f := range set.Files() {
 		files = append(files, outdir.File{Path: rel(dir.PKIFile(f.Name)), Data: f.Data, Mode: f.Mode})
 	}
@@ -172,19 +180,7 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 		return nil, nil, err
 	}
 	files = append(files, recFile)
-	if s3 := c.Backup.S3; s3 != nil {
-		if opts.S3Credentials, err = S3Credentials(s3.CredentialsFile); err != nil {
-			return nil, nil, err
-		}
-		if s3.CAFile != "" {
-			if opts.S3CA, err = os.ReadFile(s3.CAFile); err != nil {
-				return nil, nil, fmt.Errorf("spec: backup.s3.caFile: %w; name the PEM file of the CA that signed the endpoint's certificate", err)
-			}
-			if !x509.NewCertPool().AppendCertsFromPEM(opts.S3CA) {
-				return nil, nil, fmt.Errorf("spec: backup.s3.caFile %s holds no PEM certificate; name the CA's certificate file", s3.CAFile)
-			}
-		}
-	}
+	opts.S3Credentials, opts.S3CA = s3Creds, s3CA
 	for _, m := range c.Members {
 		p := set.Members[m.Name]
 		cfg, err := ignition.Render(c, m, ignition.Certs{CA: set.CACert, Cert: p.Cert, Key: p.Key}, opts)
@@ -230,25 +226,6 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 		}
 	}
 	return files, set, nil
-}
-
-// S3Credentials reads backup.s3.credentialsFile and checks that it names
-// both keys. Its bytes go into each member's config as they are.
-func S3Credentials(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("spec: backup.s3.credentialsFile: %w; name a file with AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY= lines", err)
-	}
-	env, err := ign.EnvMap(b)
-	if err != nil {
-		return nil, fmt.Errorf("spec: backup.s3.credentialsFile %s: %w; write KEY=VALUE lines", path, err)
-	}
-	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
-		if env[k] == "" {
-			return nil, fmt.Errorf("spec: backup.s3.credentialsFile %s has no %s=; add it", path, k)
-		}
-	}
-	return b, nil
 }
 
 // Endpoint maps a member to the host:port its client (or metrics) port is

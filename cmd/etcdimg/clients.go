@@ -16,9 +16,6 @@ import (
 	"etcdimg/spec"
 )
 
-// clientsDir holds the application clients' certificates.
-const clientsDir = "clients"
-
 func clientCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "client",
@@ -90,8 +87,8 @@ func clientAddCmd() *cobra.Command {
 			cert, _ := pki.ParseCert(pair.Cert)
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "client   %s: %s on %s (etcd user and role %s; authentication is on)\n", name, access, prefix, name)
-			fmt.Fprintf(w, "cert     %s (client authentication only, until %s)\n", filepath.Join(dir.Dir(), clientsDir, name+".pem"), cert.NotAfter.Format(time.DateOnly))
-			fmt.Fprintf(w, "key      %s\n", filepath.Join(dir.Dir(), clientsDir, name+"-key.pem"))
+			fmt.Fprintf(w, "cert     %s (client authentication only, until %s)\n", dir.ClientCert(name), cert.NotAfter.Format(time.DateOnly))
+			fmt.Fprintf(w, "key      %s\n", dir.ClientKey(name))
 			fmt.Fprintf(w, "ca       %s\n", dir.PKIFile(pki.CACertFile))
 			return nil
 		},
@@ -178,7 +175,7 @@ func clientRemoveCmd() *cobra.Command {
 // reissueClients issues a new certificate for every client in OUT/clients
 // (same name, same role), moving the old pair under retired/stamp.
 func reissueClients(c *spec.Cluster, dir outdir.Layout, stamp string) ([]string, error) {
-	certs, _ := filepath.Glob(filepath.Join(dir.Dir(), clientsDir, "*.pem"))
+	certs, _ := filepath.Glob(dir.ClientCert("*"))
 	var names []string
 	for _, p := range certs {
 		name := strings.TrimSuffix(filepath.Base(p), ".pem")
@@ -202,16 +199,16 @@ func reissueClients(c *spec.Cluster, dir outdir.Layout, stamp string) ([]string,
 
 // clientFiles are a client's certificate and key, relative to OUT.
 func clientFiles(name string) []string {
-	return []string{filepath.Join(clientsDir, name+".pem"), filepath.Join(clientsDir, name+"-key.pem")}
+	return []string{filepath.Join(outdir.ClientsDir, name+".pem"), filepath.Join(outdir.ClientsDir, name+"-key.pem")}
 }
 
 // writeClientPair writes a client's certificate and key into OUT/clients.
 func writeClientPair(dir outdir.Layout, name string, pair pki.Pair) error {
-	if _, err := outdir.Write(filepath.Join(dir.Dir(), clientsDir), []outdir.File{
+	if _, err := outdir.Write(dir.Clients(), []outdir.File{
 		{Path: name + ".pem", Data: pair.Cert, Mode: 0o644},
 		{Path: name + "-key.pem", Data: pair.Key, Mode: 0o600},
 	}); err != nil {
 		return err
 	}
-	return os.Chmod(filepath.Join(dir.Dir(), clientsDir), 0o700)
+	return os.Chmod(dir.Clients(), 0o700)
 }

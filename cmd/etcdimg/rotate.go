@@ -79,7 +79,7 @@ func rotateCertsCmd() *cobra.Command {
 			}
 			fmt.Fprintf(w, "rotated  %d member certificates and every other one in pki/ and kubernetes/ (admin, Kubernetes API server, scraper), same CA; every member rolled onto its new one in %.1fs, data disks kept\n", n, took.Seconds())
 			if len(clients) > 0 {
-				fmt.Fprintf(w, "clients  reissued %s in %s: hand each client its new pair (the old ones stay valid until they expire, as the CA is the same)\n", strings.Join(clients, ", "), filepath.Join(dir.Dir(), clientsDir))
+				fmt.Fprintf(w, "clients  reissued %s in %s: hand each client its new pair (the old ones stay valid until they expire, as the CA is the same)\n", strings.Join(clients, ", "), dir.Clients())
 			}
 			fmt.Fprintf(w, "retired  %d old certificate and key files moved under %s\n", len(retired), render.RetiredPath(dir, stamp))
 			return nil

@@ -13,7 +13,8 @@ var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // ParseEnvFile reads a systemd EnvironmentFile: KEY=VALUE lines, comments
 // starting with # or ;, values bare or in single or double quotes (with \"
 // and \\ escapes inside double quotes). It returns "KEY=VALUE" entries in
-// file order.
+// file order. An error names the line and its key, never the value: the
+// file may hold secrets (S3 keys), and errors are printed.
 func ParseEnvFile(data []byte) ([]string, error) {
 	var env []string
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -24,8 +25,13 @@ func ParseEnvFile(data []byte) ([]string, error) {
 		}
 		key, val, ok := strings.Cut(line, "=")
 		key = strings.TrimSpace(key)
-		if !ok || !envKey.MatchString(key) {
-			return nil, fmt.Errorf("line %d: %q is not KEY=VALUE", n, line)
+		switch bare, export := strings.CutPrefix(key, "export "); {
+		case !ok:
+			return nil, fmt.Errorf("line %d has no '=', so it is not KEY=VALUE", n)
+		case export && envKey.MatchString(strings.TrimSpace(bare)):
+			return nil, fmt.Errorf("line %d (%s) starts with export, which is shell, not KEY=VALUE", n, strings.TrimSpace(bare))
+		case !envKey.MatchString(key):
+			return nil, fmt.Errorf("line %d: the text before '=' is not a variable name (letters, digits, _)", n)
 		}
 		val = strings.TrimSpace(val)
 		switch {
@@ -36,7 +42,7 @@ func ParseEnvFile(data []byte) ([]string, error) {
 				if in[i] == '\\' && i+1 < len(in) {
 					i++
 				} else if in[i] == '"' {
-					return nil, fmt.Errorf("line %d: unescaped \" inside a quoted value", n)
+					return nil, fmt.Errorf("line %d (%s): unescaped \" inside a quoted value", n, key)
 				}
 				b.WriteByte(in[i])
 			}
@@ -44,7 +50,7 @@ func ParseEnvFile(data []byte) ([]string, error) {
 		case len(val) >= 2 && val[0] == '\'' && val[len(val)-1] == '\'':
 			val = val[1 : len(val)-1]
 		case strings.ContainsAny(val, `"'`):
-			return nil, fmt.Errorf("line %d: unbalanced quotes in %q", n, line)
+			return nil, fmt.Errorf("line %d (%s): unbalanced quotes in its value", n, key)
 		}
 		env = append(env, key+"="+val)
 	}
