@@ -283,3 +283,24 @@ func TestDurationStringsRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestClientNamesAvoidMembersAndReservedNames: a client's name is its
+// etcd user; a member's name, root, the API server's and the scraper's
+// would give it another's rights (the other way, a member named like a
+// client, render refuses).
+func TestClientNamesAvoidMembersAndReservedNames(t *testing.T) {
+	c := Default(3)
+	for _, tc := range []struct{ name, want string }{
+		{"app", ""},
+		{"etcd-2", "is a member's name"},
+		{ReservedCN, "the admin certificate's CN"},
+		{KubeAPIServerCN, "the Kubernetes API server certificate's CN"},
+		{PrometheusCN, "the metrics scraper certificate's CN"},
+		{"App", "use 1-63 lowercase letters"},
+	} {
+		err := c.ValidClientName(tc.name)
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("ValidClientName(%q) = %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
