@@ -517,11 +517,17 @@ func TestCARotationFinishesAfterTheOldCAExpired(t *testing.T) {
 	if _, err := Ensure(c, dir); err == nil || !strings.Contains(err.Error(), "run `etcdimg rotate ca`") {
 		t.Errorf("render between the phases: %v, want it to point at the rotation's next phase", err)
 	}
+	if expired, err := CAExpired(dir); err != nil || !expired {
+		t.Errorf("CAExpired before switch = %v, %v; want true", expired, err)
+	}
 	r, err := LoadRotation(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	apply(RotateSwitch(dir, *r))
+	if expired, err := CAExpired(dir); err != nil || expired {
+		t.Errorf("CAExpired after switch = %v, %v; want false", expired, err)
+	}
 	s, err := Ensure(c, dir)
 	if err != nil {
 		t.Fatalf("render after switch: %v", err)

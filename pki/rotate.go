@@ -131,6 +131,17 @@ func RotateDrop(dir string, r Rotation) ([]File, error) {
 	return []File{{CACertFile, pemOf(ca.Raw), 0o644}, r.File()}, nil
 }
 
+// CAExpired reports whether the signing CA in dir (the first of
+// etcd-ca.pem) has expired: a trust phase whose roll-out was cut short
+// by it has nothing left to roll, and the rotation goes on to switch.
+func CAExpired(dir string) (bool, error) {
+	ca, _, _, _, err := readCA(dir, false)
+	if err != nil || ca == nil {
+		return false, err
+	}
+	return time.Now().After(ca.NotAfter), nil
+}
+
 func pemOf(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

@@ -126,6 +126,17 @@ func rotateCACmd() *cobra.Command {
 			if phase == "" {
 				return finishRotation(w, dir, stamp)
 			}
+			// A trust phase cut short by the old CA's expiry has nothing
+			// left to roll: no certificate of the old CA is accepted any
+			// more. Switching to the new CA is the way on.
+			if phase == pki.PhaseTrust && resume {
+				if expired, err := pki.CAExpired(dir.PKI()); err != nil {
+					return err
+				} else if expired {
+					fmt.Fprintf(w, "the old CA expired before the trust phase was rolled out: switching to the new CA now\n")
+					phase, resume = pki.PhaseSwitch, false
+				}
+			}
 			if resume {
 				fmt.Fprintf(w, "resuming the %s phase: its files are written; rolling the members onto them again\n", phase)
 			}
