@@ -18,7 +18,7 @@ func ReadInput(path string, max int64) ([]byte, error) {
 	if st, err := os.Stat(path); err != nil {
 		return nil, err
 	} else if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s); name a file", path, kind(st.Mode()))
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, kind(st.Mode()))
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -28,7 +28,7 @@ func ReadInput(path string, max int64) ([]byte, error) {
 	if st, err := f.Stat(); err != nil {
 		return nil, err
 	} else if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s); name a file", path, kind(st.Mode()))
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, kind(st.Mode()))
 	}
 	return io.ReadAll(io.LimitReader(f, max+1))
 }
