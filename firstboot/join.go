@@ -39,7 +39,11 @@ import (
 //     answers on its peer port (etcd is not there yet) with "blank";
 //   - only when every peer says blank does it bootstrap a new cluster (the
 //     spec's first boot): all of them then start `new` with the same
-//     initial cluster, which is consistent;
+//     initial cluster, which is consistent. A peer whose etcd has not
+//     decided its cluster's version counts with them only if it said, in
+//     this member's hearing, that it was starting the new cluster: a
+//     member restarting from a WAL written right after the first
+//     bootstrap answers exactly as one bootstrapping does;
 //   - when etcd answers anywhere, the cluster exists: the member removes
 //     its stale entry (its old self, forgotten vote and log), adds itself
 //     as a learner, starts `existing`, and promotes itself once caught up;
@@ -191,10 +195,12 @@ func (s *self) localURL() string {
 // peerState is what one peer said.
 type peerState struct {
 	Name string
-	// "etcd" (answers clients), "blank" (deciding, no data),
-	// "bootstrapping" (started a new cluster, no quorum yet), "data"
-	// (etcd with a cluster version, not answering clients yet),
-	// "unreachable".
+	// "etcd" (answers clients), "blank" (its probe: deciding, no WAL),
+	// "starting" (its probe: starting the new cluster), "undecided"
+	// (etcd on its peer port, its cluster's version not decided: a WAL,
+	// of a new cluster or of one restarting from data), "data" (etcd
+	// with a cluster version, not answering clients yet), "restored"
+	// (see observe), "unreachable".
 	State     string
 	ClusterID uint64
 	Detail    string
@@ -260,18 +266,21 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 		st.State = r.Disk
 		return st
 	}
-	// etcd is on the peer port. Its /version says whether its cluster
-	// has ever decided a version, which a member restarted from data
-	// always has, and a member still bootstrapping a new cluster
-	// (waiting for a quorum) never has: that one is known at once,
-	// without waiting out the client port's timeout (its etcd does not
-	// serve clients before a quorum).
+	// etcd is on the peer port, so the peer has a WAL. Its /version
+	// says whether its cluster has decided a version. One that has not
+	// is known at once, without waiting out the client port's timeout
+	// (its etcd does not serve clients before a quorum), but not what
+	// it holds: a member bootstrapping a new cluster answers
+	// `not_decided` until a quorum forms, and so does a member restarting
+	// from data written right after the first bootstrap, before the
+	// version was decided. decide tells them apart only by what the peer
+	// said before (markStarters).
 	if code, body, err := get("/version"); err == nil && code == http.StatusOK {
 		var v struct {
 			Cluster string `json:"etcdcluster"`
 		}
 		if json.Unmarshal(body, &v) == nil && v.Cluster == "not_decided" {
-			st.State, st.Detail = "bootstrapping", "bootstrapping a new cluster"
+			st.State, st.Detail = "undecided", "etcd on the peer port, its cluster's version not decided: restarting from its data, or starting a new cluster"
 			return st
 		}
 	}
@@ -284,7 +293,7 @@ func (s *self) observe(ctx context.Context, p peer) peerState {
 	// A peer restored from a snapshot has decided a version (the
 	// snapshot's) but, until a quorum of restored members forms, no
 	// member of its cluster has ever published a client URL. Such a peer
-	// of this very cluster is starting it, as a bootstrapping one is.
+	// of this very cluster is starting it from the image's snapshot.
 	if code, body, err := get("/members"); err == nil && code == http.StatusOK {
 		var members []struct {
 			ClientURLs []string `json:"clientURLs"`
@@ -329,18 +338,33 @@ const (
 	decideWait = "wait"
 )
 
-// decide is the rule: join when etcd answers anywhere; new only when
-// every peer is blank, or has itself just started this new cluster
-// (which it did only because every member was blank) or restored it from
-// the image's snapshot; else wait.
+// decide is the rule, over what each peer said (after markStarters):
+// join when etcd answers anywhere; new only when every peer holds no
+// data of a cluster that existed before; else wait. A peer holds no such
+// data when it is
+//
+//   - "blank": its probe says its disk has no WAL and it is deciding;
+//   - "starting": it said so to this member, having seen every member
+//     blank; whatever WAL it has since is the new cluster's own;
+//   - "restored": it restored the image's snapshot into this very
+//     cluster, which never served.
+//
+// Every other peer may hold data, and "undecided" is the one to mind:
+// etcd with a WAL whose cluster has not decided its version. It is as
+// likely a member restarting from data written just after the first
+// bootstrap as one starting a new cluster, and starting `new` beside it
+// with an empty log could overwrite its log. Unless it was heard
+// starting, it holds data: wait.
 func decide(states []peerState) string {
 	blank := 0
 	for _, st := range states {
 		switch st.State {
 		case "etcd":
 			return decideJoin
-		case "blank", "bootstrapping", "restored", "starting":
+		case "blank", "starting", "restored":
 			blank++
+		case "undecided", "data", "unreachable":
+			// may hold data: wait
 		}
 	}
 	if blank == len(states) {
@@ -380,8 +404,17 @@ func (p *probe) set(s *self, disk string) {
 // members deciding together each waited out the bound for the other, 3 s
 // of a three-member `up` (measured: both decided 4 s after the third).
 func (s *self) waitTold(ctx context.Context, pr *probe, peers []peer, bound time.Duration) bool {
-	ctx, cancel := context.WithTimeout(ctx, bound)
-	defer cancel()
+	return s.waitHeard(ctx, pr, peers, len(peers), bound)
+}
+
+// waitHeard is waitTold until at least need of peers have heard
+// "starting"; with no bound (0) it waits as long as ctx lasts.
+func (s *self) waitHeard(ctx context.Context, pr *probe, peers []peer, need int, bound time.Duration) bool {
+	if bound > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, bound)
+		defer cancel()
+	}
 	var asked time.Time
 	for {
 		var left []peer
@@ -390,12 +423,12 @@ func (s *self) waitTold(ctx context.Context, pr *probe, peers []peer, bound time
 				left = append(left, p)
 			}
 		}
-		if len(left) == 0 {
+		if len(peers)-len(left) >= need {
 			return true
 		}
 		if time.Since(asked) >= 200*time.Millisecond {
 			for i, st := range s.observePeers(ctx, left) {
-				if st.State == "starting" || st.State == "bootstrapping" {
+				if st.State == "starting" || st.State == "undecided" {
 					pr.markTold(left[i].Name)
 				}
 			}
@@ -408,6 +441,15 @@ func (s *self) waitTold(ctx context.Context, pr *probe, peers []peer, bound time
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// toTellForQuorum is how many of the deciding peers must hear
+// "starting" before a member starting the new cluster hands its port to
+// etcd, so that the members known to start it (itself, the peers that
+// were starting already, and those told) make a quorum of the 1+peers.
+func toTellForQuorum(peers, deciding int) int {
+	starters := 1 + peers - deciding
+	return max(0, (1+peers)/2+1-starters)
 }
 
 // firstAsked is, for the member whose peer URL sorts first, the peer
@@ -437,7 +479,7 @@ func (s *self) waitServing(ctx context.Context, p peer, bound time.Duration) boo
 	defer cancel()
 	for {
 		switch s.observe(ctx, p).State {
-		case "bootstrapping", "restored", "data", "etcd":
+		case "undecided", "restored", "data", "etcd":
 			return true
 		}
 		select {
@@ -464,7 +506,10 @@ func (p *probe) markTold(name string) {
 
 // markStarters remembers the peers that said they are starting the new
 // cluster, and keeps them starters while their peer port is silent or
-// their etcd loads its data (of this cluster) without serving yet.
+// their etcd runs without a decided version (the new cluster, waiting
+// for a quorum) or loads its data (of this cluster) without serving yet.
+// A peer never heard starting gets no such credit: an undecided etcd
+// may be restarting from its data (see decide).
 func markStarters(states []peerState, starting map[string]bool, want uint64) {
 	for i, st := range states {
 		switch {
@@ -472,7 +517,7 @@ func markStarters(states []peerState, starting map[string]bool, want uint64) {
 			starting[st.Name] = true
 		case st.State == "blank":
 			delete(starting, st.Name) // it rebooted before starting
-		case starting[st.Name] && (st.State == "unreachable" || (st.State == "data" && (st.ClusterID == 0 || st.ClusterID == want))):
+		case starting[st.Name] && (st.State == "unreachable" || st.State == "undecided" || (st.State == "data" && (st.ClusterID == 0 || st.ClusterID == want))):
 			states[i].State = "starting"
 		}
 	}
@@ -594,7 +639,18 @@ func (s *self) bootstrapOrJoin(ctx context.Context) (*joinPlan, error) {
 				}
 			}
 			release := func() {
-				s.waitTold(ctx, pr, deciding, 3*time.Second)
+				if !s.waitTold(ctx, pr, deciding, 3*time.Second) {
+					// A peer that never heard "starting" takes this
+					// member's etcd, whose version is undecided until a
+					// quorum forms, for one that may hold data, and
+					// waits for it to serve (decide). Unless the members
+					// known to start make a quorum, that would be for
+					// ever: keep telling until they do.
+					if need := toTellForQuorum(len(s.Peers), len(deciding)); need > 0 {
+						logf("join: starting the new cluster; waiting until %d more of the members still deciding hear so, for a quorum of members known to start it", need)
+						s.waitHeard(ctx, pr, deciding, need, 0)
+					}
+				}
 				if next, ok := s.firstAsked(); ok && s.Restore == nil {
 					s.waitServing(ctx, next, 10*time.Second)
 				}
