@@ -9,8 +9,26 @@ import (
 )
 
 // deviceWait bounds how long firstboot waits for block devices to appear
-// after their drivers load.
+// after their drivers load: on metal and in clouds, where a volume may be
+// enumerated after an instance store, the whole of it passes before a
+// blank disk is taken.
 const deviceWait = 10 * time.Second
+
+// launchedDeviceWait is the device window of a machine whose config came
+// through QEMU's fw_cfg (`etcdimg up`, or QEMU started by hand as the
+// README shows): its disks are attached when QEMU starts, and virtio's
+// drivers publish them while they load, before the node binary runs. A
+// blank first boot would otherwise wait 10 s for a disk that cannot come.
+const launchedDeviceWait = 2 * time.Second
+
+// deviceWindowFor is the device window for a config read from source
+// (as readConfig describes it).
+func deviceWindowFor(source string) time.Duration {
+	if strings.HasPrefix(source, fwCfg{}.Name()+",") {
+		return launchedDeviceWait
+	}
+	return deviceWait
+}
 
 // windowOpened is when the device window opened: when the node binary
 // started, which is after the initramfs loaded the disk drivers.
@@ -149,6 +167,7 @@ func pickDataDisk(devs []blockDev) (string, bool) {
 // confirmAlone: it looks every 100 ms.
 type deviceWindow struct {
 	opened time.Time
+	window time.Duration // how long it stays open (deviceWindowFor)
 	looks  []diskLook
 }
 
@@ -173,7 +192,7 @@ func (w *deviceWindow) findDataDisk() (string, error) {
 		if err := w.look(); err != nil {
 			return "", err
 		}
-		if dev, done, err := pickFromLooks(w.looks, deviceWait); done {
+		if dev, done, err := pickFromLooks(w.looks, w.window); done {
 			return dev, err
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -187,7 +206,7 @@ func (w *deviceWindow) confirmAlone(taken string) error {
 		if err := w.look(); err != nil {
 			return err
 		}
-		if done, err := confirmAlone(w.looks, taken, deviceWait); done {
+		if done, err := confirmAlone(w.looks, taken, w.window); done {
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -171,3 +171,23 @@ func TestAnInterruptedFirstFormatIsNotYetLabelled(t *testing.T) {
 		})
 	}
 }
+
+// TestTheDeviceWindowFollowsTheConfigSource: a machine QEMU started with
+// the config on fw_cfg has its disks from power-on and waits 2 s for a
+// labelled one; any other (an image's own config, a cloud's user-data)
+// waits the whole 10 s.
+func TestTheDeviceWindowFollowsTheConfigSource(t *testing.T) {
+	for _, tc := range []struct {
+		from string
+		want time.Duration
+	}{
+		{"fw_cfg opt/com.coreos/config, 4551 bytes, Ignition 3.4.0", launchedDeviceWait},
+		{"ESP /etcdimg/node.ign, 4551 bytes, Ignition 3.4.0", deviceWait},
+		{"aws user-data, 4551 bytes, Ignition 3.4.0", deviceWait},
+		{"", deviceWait},
+	} {
+		if got := deviceWindowFor(tc.from); got != tc.want {
+			t.Errorf("%q: %s, want %s", tc.from, got, tc.want)
+		}
+	}
+}

@@ -311,8 +311,8 @@ func deviceSize(f *os.File) (int64, error) {
 // whether this boot formatted it. A disk that will start without etcd
 // data (formatted now, or ours with no WAL) is taken only once the
 // device window has closed with no other disk of this appliance's label.
-func prepareDataDisk(dir string, in intent) (dev, detail string, formatted bool, err error) {
-	w := &deviceWindow{opened: windowOpened}
+func prepareDataDisk(dir string, in intent, window time.Duration) (dev, detail string, formatted bool, err error) {
+	w := &deviceWindow{opened: windowOpened, window: window}
 	dev, err = w.findDataDisk()
 	if err != nil {
 		return "", "", false, err

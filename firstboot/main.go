@@ -112,6 +112,7 @@ func (n *node) boot() error {
 		}
 	}
 	var cfg ign.Config
+	var cfgFrom string
 	if err := step("read config", func() (string, error) {
 		if cloud {
 			raw, from, err := fetchWithRetry(n.ctx, configSources(platform), configWait, func(b []byte) error {
@@ -125,9 +126,8 @@ func (n *node) boot() error {
 			return fmt.Sprintf("%s, %d bytes, Ignition %s", from, len(raw), cfg.Ignition.Version), nil
 		}
 		var err error
-		var from string
-		cfg, from, err = readConfig(configSources(platform))
-		return from, err
+		cfg, cfgFrom, err = readConfig(configSources(platform))
+		return cfgFrom, err
 	}); err != nil {
 		return err
 	}
@@ -200,7 +200,7 @@ func (n *node) boot() error {
 	}
 	var formatted bool
 	if err := step("prepare data disk", func() (string, error) {
-		dev, what, f, err := prepareDataDisk(layout.DataMount, intent{Cluster: me.Cluster, Member: me.Name})
+		dev, what, f, err := prepareDataDisk(layout.DataMount, intent{Cluster: me.Cluster, Member: me.Name}, deviceWindowFor(cfgFrom))
 		if err == nil {
 			n.mu.Lock()
 			n.dataDev = dev
