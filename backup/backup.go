@@ -107,6 +107,11 @@ type Service struct {
 	// from the future and about this member's clock, so each is said
 	// once, not every round.
 	futureSaid, doubtSaid string
+	// seen is the name of the cluster's record as this member last
+	// read it, and seenAt when it first did (see due); answered, the
+	// last record from the future a backup of this member answered.
+	seen, answered string
+	seenAt         time.Time
 }
 
 // Uploader is an S3 bucket (see NewS3).
@@ -121,6 +126,9 @@ type Uploader interface {
 	Where() string
 }
 
+// now is the member's clock. time.Now's readings carry the monotonic
+// clock, so the time a record has stood (due) does not follow a step of
+// the wall clock.
 func (s *Service) now() time.Time {
 	if s.clock != nil {
 		return s.clock()
@@ -188,10 +196,11 @@ func (s *Service) Once(ctx context.Context) error {
 	}
 	if last != nil && s.fromFuture(last) {
 		s.futureRecord(last)
-		last = nil
+		s.setLast(nil)
+	} else {
+		s.setLast(last)
 	}
-	s.setLast(last)
-	if last != nil && s.now().Sub(last.Time) < s.interval() {
+	if !s.due(last) {
 		return nil
 	}
 	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(30), concurrency.WithContext(ctx))
@@ -217,8 +226,10 @@ func (s *Service) Once(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read the last backup: %w", err)
 	}
-	if prev != nil && !s.fromFuture(prev) && s.now().Sub(prev.Time) < s.interval() {
-		s.setLast(prev)
+	if !s.due(prev) {
+		if !s.fromFuture(prev) {
+			s.setLast(prev)
+		}
 		return nil
 	}
 	m, err := s.take(ctx, cli)
@@ -242,12 +253,13 @@ func (s *Service) Once(ctx context.Context) error {
 	}
 	// Retention runs before the record is written: a round is over, for
 	// whoever reads the record, once its old backups are gone too.
-	s.retain(ctx, m.ClusterID, prev)
+	s.retain(ctx, m.ClusterID, m.Name, prev)
 	b, _ := json.Marshal(m)
 	if _, err := cli.Put(ctx, RecordKey, string(b)); err != nil {
 		return fmt.Errorf("record the backup: %w", err)
 	}
 	s.setLast(m)
+	s.tookOver(prev, m)
 	where := "on the data disk"
 	if slices.Contains(m.Targets, "s3") {
 		where += " and in " + s.S3.Where()
@@ -416,6 +428,48 @@ func Expired(ms []Manifest, retain int, maxAge time.Duration, now time.Time) []M
 	return out
 }
 
+// due says whether the cluster's record m (nil: none) calls for a
+// backup. How long a record has stood is measured on this member's own
+// clock, from when it first saw it, never by comparing its date with
+// this member's clock: a member whose clock is a month off, beside one
+// that is right, would otherwise find every record of the other an
+// interval old (or from the future) and the two would back up at every
+// tick, and retention by count would then drop every older restore
+// point. Only the first record a member sees after it starts is aged
+// by its date (a member that boots after backups stopped backs up at
+// once). A record from the future is answered by one backup, once.
+func (s *Service) due(m *Manifest) bool {
+	if m == nil {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if m.Name != s.seen {
+		first := s.seen == ""
+		s.seen, s.seenAt = m.Name, now
+		if age := now.Sub(m.Time); first && age > 0 {
+			s.seenAt = now.Add(-min(age, s.interval()))
+		}
+	}
+	if m.Time.Sub(now) > MaxSkew {
+		return s.answered != m.Name
+	}
+	return now.Sub(s.seenAt) >= s.interval()
+}
+
+// tookOver notes that backup m replaced the cluster's record prev: m is
+// seen from now, and a record from the future, once answered by a
+// backup, calls for no other.
+func (s *Service) tookOver(prev, m *Manifest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if prev != nil {
+		s.answered = prev.Name
+	}
+	s.seen, s.seenAt = m.Name, s.now()
+}
+
 // fromFuture says whether record m is dated after this member's clock by
 // more than MaxSkew: then it does not count as the cluster's last backup.
 func (s *Service) fromFuture(m *Manifest) bool {
@@ -497,11 +551,17 @@ func (s *Service) ageLimit(ctx context.Context, prev *Manifest) time.Duration {
 // retain applies retention to this cluster's backups (clusterID) on the
 // data disk and in the bucket. prev is the cluster's record read before
 // this round.
-func (s *Service) retain(ctx context.Context, clusterID string, prev *Manifest) {
+func (s *Service) retain(ctx context.Context, clusterID, just string, prev *Manifest) {
 	maxAge := s.ageLimit(ctx, prev)
 	now := s.now()
+	// The backup this round just verified is never a victim, whatever
+	// else shares its cluster ID (clusters of an older etcdimg made
+	// from one spec do).
+	expired := func(ms []Manifest) []Manifest {
+		return slices.DeleteFunc(Expired(Own(ms, clusterID), s.Config.Retain, maxAge, now), func(m Manifest) bool { return m.Name == just })
+	}
 	if ms, err := List(s.Dir); err == nil {
-		for _, m := range Expired(Own(ms, clusterID), s.Config.Retain, maxAge, now) {
+		for _, m := range expired(ms) {
 			os.Remove(filepath.Join(s.Dir, m.Name+".json"))
 			os.Remove(filepath.Join(s.Dir, m.Name+".db"))
 		}
@@ -514,7 +574,7 @@ func (s *Service) retain(ctx context.Context, clusterID string, prev *Manifest) 
 			s.Log("backup: retention in %s: %v", s.S3.Where(), err)
 			return
 		}
-		for _, m := range Expired(Own(ms, clusterID), s.Config.Retain, maxAge, now) {
+		for _, m := range expired(ms) {
 			if err := s.S3.Delete(ctx, m); err != nil {
 				s.Log("backup: retention in %s: %v", s.S3.Where(), err)
 			}

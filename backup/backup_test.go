@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -619,5 +620,77 @@ func TestClockDoubt(t *testing.T) {
 				t.Errorf("doubt %q (%s), want %q", kind, why, tc.want)
 			}
 		})
+	}
+}
+
+// TestAClockAMonthOffDoesNotBackUpAtEveryTick: one member's clock runs
+// 31 days ahead of the other's. With records aged by their dates, each
+// found the other's record an interval old (or from the future) and the
+// two backed up at every round, so retention by count dropped every
+// older restore point within minutes. How long a record has stood is now
+// measured on each member's own clock: 8 rounds in ~9 s with a 60 s
+// interval take at most two backups (the first record each member sees
+// is aged once by its date).
+func TestAClockAMonthOffDoesNotBackUpAtEveryTick(t *testing.T) {
+	ep := startEtcd(t)
+	a, b := service(t, "etcd-1", ep, 3), service(t, "etcd-2", ep, 3)
+	a.clock = func() time.Time { return time.Now().Add(31 * 24 * time.Hour) }
+	ctx := context.Background()
+	names := map[string]bool{}
+	for i := range 8 {
+		s := []*Service{a, b}[i%2]
+		if err := s.Once(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ma, _ := List(a.Dir)
+		mb, _ := List(b.Dir)
+		for _, m := range append(ma, mb...) {
+			names[m.Name] = true
+		}
+		time.Sleep(1100 * time.Millisecond) // names are to the second
+	}
+	if len(names) > 2 {
+		t.Errorf("%d backups in 8 rounds (~9 s) with a 60 s interval: the two clocks overrule each other", len(names))
+	}
+}
+
+// TestTheBackupJustTakenIsNeverRetentionsVictim: clusters made by an
+// older etcdimg from one spec share a cluster ID (the token was the
+// name). Another such cluster's 24 backups, at revisions far above
+// ours, sat in the shared path; with retain 24, retention ordered by
+// revision deleted the backup this round had just verified and
+// uploaded. It is never a victim.
+func TestTheBackupJustTakenIsNeverRetentionsVictim(t *testing.T) {
+	srv := s3test.Start(t, 0)
+	srv.MakeBucket(t, "shared")
+	ep := startEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	id := clusterID(t, cli)
+	s := service(t, "etcd-1", ep, 24)
+	up, err := NewS3(ign.S3Target{Endpoint: "http://" + srv.Addr, Bucket: "shared", Prefix: "prod", Region: "us-east-1"}, "c1", s3test.Credentials(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.S3 = up
+	now := time.Now()
+	other := service(t, "etcd-1", ep, 24) // the other cluster's member, to seed the bucket
+	for i := range 24 {
+		seed(t, other, up, Manifest{Name: fmt.Sprintf("c1-theirs-%02d", i), Cluster: "c1", ClusterID: id, Member: "etcd-1", Time: now.Add(time.Duration(i-24) * time.Hour).UTC(), Revision: int64(100000 + i)})
+	}
+	if err := s.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mine, _ := List(s.Dir)
+	ms, err := up.List(context.Background())
+	if err != nil || len(mine) == 0 {
+		t.Fatalf("bucket %v, disk %v", err, mine)
+	}
+	newest := mine[len(mine)-1].Name
+	if !slices.ContainsFunc(ms, func(m Manifest) bool { return m.Name == newest }) {
+		t.Errorf("retention deleted %s, the backup this round verified, from the bucket", newest)
 	}
 }

@@ -1,11 +1,14 @@
 package render
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -41,8 +44,12 @@ func (r *ClusterRecord) ID() uint64 {
 }
 
 // Pending are the names, among members, that were not in the cluster's
-// initial membership: added to the spec after the first bootstrap.
+// initial membership: added to the spec after the first bootstrap. A
+// provisional record (never seen running) has none.
 func (r *ClusterRecord) Pending(members []string) []string {
+	if r == nil || r.Source != SourceLive {
+		return nil
+	}
 	initial := map[string]bool{}
 	for _, m := range strings.Split(r.InitialCluster, ",") {
 		name, _, _ := strings.Cut(m, "=")
@@ -74,15 +81,51 @@ func LoadClusterRecord(dir outdir.Layout) (*ClusterRecord, error) {
 	return &r, nil
 }
 
-// clusterRecord is the record a render keeps: dir's own while its token
-// is the one the images carry, else (the first render, or a restore with
-// its new token) the ID the spec's initial cluster gives with token.
-func clusterRecord(c *spec.Cluster, dir outdir.Layout, token string) (*ClusterRecord, error) {
+// The record's sources.
+const (
+	// SourceSpec: computed from the spec; provisional, recomputed at
+	// every render until the cluster was seen running with that ID.
+	SourceSpec = "spec"
+	// SourceLive: the ID of the running cluster, seen by up, replace,
+	// roll or health with the admin certificate; kept whatever the spec
+	// becomes.
+	SourceLive = "live"
+)
+
+// clusterRecord is the record a render keeps (nil: none, images compute
+// the ID from their spec as older ones did):
+//   - a record of the cluster seen running is kept while its token is
+//     the images' (a restore brings a new token, and a new cluster);
+//   - a provisional one is recomputed from the current spec, so that a
+//     spec corrected before the first boot gives images that bootstrap;
+//   - a new directory gets a new token, the spec's name and a random
+//     suffix: two clusters made from one spec (the default one, a
+//     template used twice) get different cluster IDs, so that their
+//     backups in a shared bucket are told apart by ID;
+//   - a directory rendered by an older etcdimg (configs but no record)
+//     gets none: the first replace, roll, up or health records the
+//     running cluster's ID instead of one a changed spec would give.
+func clusterRecord(c *spec.Cluster, dir outdir.Layout, plan *restore.Plan) (*ClusterRecord, error) {
 	rec, err := LoadClusterRecord(dir)
 	if err != nil {
 		return nil, err
 	}
-	if rec != nil && rec.Token == token {
+	var token string
+	switch {
+	case plan != nil:
+		token = plan.Token
+	case rec != nil:
+		token = rec.Token
+	case olderDirectory(dir):
+		return nil, nil
+	default:
+		b := make([]byte, 4)
+		if _, err := rand.Read(b); err != nil {
+			return nil, fmt.Errorf("render: cluster token: %w", err)
+		}
+		token = c.Name + "-" + hex.EncodeToString(b)
+	}
+	if rec != nil && rec.Token == token && rec.Source == SourceLive {
 		return rec, nil
 	}
 	initial := ignition.InitialCluster(c)
@@ -90,7 +133,18 @@ func clusterRecord(c *spec.Cluster, dir outdir.Layout, token string) (*ClusterRe
 	if err != nil {
 		return nil, err
 	}
-	return &ClusterRecord{ClusterID: strconv.FormatUint(id, 16), Token: token, InitialCluster: initial, Source: "spec"}, nil
+	return &ClusterRecord{ClusterID: strconv.FormatUint(id, 16), Token: token, InitialCluster: initial, Source: SourceSpec}, nil
+}
+
+// olderDirectory says whether dir holds members' configs but no cluster
+// record: an older etcdimg rendered it, and its cluster may run with the
+// name as its token and a membership the spec no longer shows.
+func olderDirectory(dir outdir.Layout) bool {
+	if _, err := os.Stat(dir.ClusterRecord()); err == nil {
+		return false
+	}
+	configs, _ := filepath.Glob(filepath.Join(dir.Dir(), "ignition", "*.ign"))
+	return len(configs) > 0
 }
 
 func (r *ClusterRecord) file(dir outdir.Layout) (outdir.File, error) {
@@ -103,7 +157,8 @@ func (r *ClusterRecord) file(dir outdir.Layout) (outdir.File, error) {
 }
 
 // Token is the initial-cluster token dir's images carry: a restored
-// cluster's own, else the spec's name.
+// cluster's own, else the record's, else (an older directory) the
+// spec's name.
 func Token(c *spec.Cluster, dir outdir.Layout) (string, error) {
 	plan, err := restore.Load(dir)
 	if err != nil {
@@ -112,15 +167,24 @@ func Token(c *spec.Cluster, dir outdir.Layout) (string, error) {
 	if plan != nil {
 		return plan.Token, nil
 	}
+	rec, err := LoadClusterRecord(dir)
+	if err != nil {
+		return "", err
+	}
+	if rec != nil {
+		return rec.Token, nil
+	}
 	return c.Name, nil
 }
 
 // CheckClusterID compares the cluster that answers at the spec's
-// addresses (live, its ID) with the one dir's images belong to, before
-// replace or roll builds an image or powers anything off. A directory
-// without a record (rendered by an older etcdimg) adopts the live ID,
-// which the admin certificate of this directory's CA just reached; it
-// says so. A record that names another cluster is refused.
+// addresses (live, its ID) with the one dir's images belong to: replace
+// and roll before they build an image or power anything off, up and
+// health once the cluster answers. A matching record is confirmed (kept
+// from then on whatever the spec becomes). A directory without a record
+// (rendered by an older etcdimg) adopts the live ID, which the admin
+// certificate of this directory's CA just reached; it says so. A record
+// that names another cluster is refused.
 func CheckClusterID(c *spec.Cluster, dir outdir.Layout, live uint64) (adopted bool, err error) {
 	token, err := Token(c, dir)
 	if err != nil {
@@ -130,23 +194,25 @@ func CheckClusterID(c *spec.Cluster, dir outdir.Layout, live uint64) (adopted bo
 	if err != nil {
 		return false, err
 	}
-	if have == nil {
-		rec := &ClusterRecord{ClusterID: strconv.FormatUint(live, 16), Token: token, InitialCluster: ignition.InitialCluster(c), Source: "live"}
+	write := func(rec *ClusterRecord) error {
 		f, err := rec.file(dir)
 		if err != nil {
-			return false, err
+			return err
 		}
 		if _, err := outdir.Write(dir.Dir(), []outdir.File{f}); err != nil {
-			return false, fmt.Errorf("render: record the cluster ID: %w", err)
+			return fmt.Errorf("render: record the cluster ID: %w", err)
 		}
-		return true, nil
+		return nil
 	}
-	want, err := clusterRecord(c, dir, token)
-	if err != nil {
-		return false, err
+	if have == nil {
+		return true, write(&ClusterRecord{ClusterID: strconv.FormatUint(live, 16), Token: token, InitialCluster: ignition.InitialCluster(c), Source: SourceLive})
 	}
-	if want.ID() != live {
-		return false, fmt.Errorf("the members at the spec's addresses run cluster %x, but the images of %s belong to cluster %x (%s): refusing before any member goes down, a blank member would never join. If the running cluster is this directory's (its membership changed before etcdimg kept a record), move %s aside and run the command again to adopt it", live, dir.Dir(), want.ID(), dir.ClusterRecord(), dir.ClusterRecord())
+	if have.Token != token || have.ID() != live {
+		return false, fmt.Errorf("the members at the spec's addresses run cluster %x, but the images of %s belong to cluster %x (%s, token %s): refusing before any member goes down, a blank member would never join. If the running cluster is this directory's (its membership changed before etcdimg kept a record), move %s aside and run the command again to adopt it", live, dir.Dir(), have.ID(), dir.ClusterRecord(), have.Token, dir.ClusterRecord())
+	}
+	if have.Source != SourceLive {
+		have.Source = SourceLive
+		return false, write(have)
 	}
 	return false, nil
 }

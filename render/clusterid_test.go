@@ -1,6 +1,7 @@
 package render
 
 import (
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -37,6 +38,18 @@ func etcdConf(t *testing.T, res *Result, member string) map[string]string {
 	return nil
 }
 
+// bootID is the cluster ID the members of res bootstrap with: their
+// token and initial cluster.
+func bootID(t *testing.T, res *Result, member string) uint64 {
+	t.Helper()
+	env := etcdConf(t, res, member)
+	id, err := snapshot.ClusterID(env["ETCD_INITIAL_CLUSTER_TOKEN"], env["ETCD_INITIAL_CLUSTER"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
 // TestAGrownSpecKeepsTheClusterID: etcd fixes a cluster's ID at its first
 // bootstrap, from the token and the initial members. After a member is
 // added to the spec, the spec's initial cluster gives another ID; the
@@ -49,19 +62,20 @@ func TestAGrownSpecKeepsTheClusterID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := snapshot.ClusterID(three.Name, ignition.InitialCluster(three))
-	if err != nil {
-		t.Fatal(err)
-	}
+	want := bootID(t, first, "etcd-1")
 	if got := etcdConf(t, first, "etcd-1")[ign.ClusterIDVar]; got != strconv.FormatUint(want, 16) {
 		t.Fatalf("first render: %s=%q, want %x", ign.ClusterIDVar, got, want)
+	}
+	// up (or health) sees the cluster running with that ID.
+	if _, err := CheckClusterID(three, dir, want); err != nil {
+		t.Fatal(err)
 	}
 	four := spec.Default(4)
 	grown, err := Run(four, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if other, _ := snapshot.ClusterID(four.Name, ignition.InitialCluster(four)); other == want {
+	if bootID(t, grown, "etcd-1") == want {
 		t.Fatal("the grown spec gives the same ID: the test proves nothing")
 	}
 	for _, m := range []string{"etcd-1", "etcd-4"} {
@@ -73,6 +87,10 @@ func TestAGrownSpecKeepsTheClusterID(t *testing.T) {
 			t.Errorf("%s: ETCD_INITIAL_CLUSTER %q lacks the new member", m, env["ETCD_INITIAL_CLUSTER"])
 		}
 	}
+	rec, err := LoadClusterRecord(dir)
+	if err != nil || strings.Join(rec.Pending(four.Names()), ",") != "etcd-4" {
+		t.Errorf("pending members: %v (%v), want etcd-4", rec.Pending(four.Names()), err)
+	}
 	// replace and roll compare the live cluster with the record before
 	// anything goes down.
 	if _, err := CheckClusterID(four, dir, want); err != nil {
@@ -83,18 +101,75 @@ func TestAGrownSpecKeepsTheClusterID(t *testing.T) {
 	}
 }
 
+// TestASpecCorrectedBeforeTheFirstBootBootstraps: until a cluster was
+// seen running, the record follows the spec: a member's address fixed
+// and rendered again gives images that bootstrap (the recorded ID is the
+// one their initial cluster gives), not images that wait for ever to
+// join a cluster that never existed.
+func TestASpecCorrectedBeforeTheFirstBootBootstraps(t *testing.T) {
+	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	c := spec.Default(3)
+	if _, err := Run(c, dir); err != nil {
+		t.Fatal(err)
+	}
+	c.Members[2].IP = "192.168.2.60"
+	res, err := Run(c, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := etcdConf(t, res, "etcd-1")[ign.ClusterIDVar], strconv.FormatUint(bootID(t, res, "etcd-1"), 16); got != want {
+		t.Errorf("after a correction before the first boot: %s=%s, the images bootstrap %s", ign.ClusterIDVar, got, want)
+	}
+}
+
+// TestTwoClustersOfOneSpecHaveTwoIDs: the default spec (or one template)
+// rendered twice made two clusters with one cluster ID, as the ID comes
+// from the token (the name) and the members' addresses; their backups
+// in one bucket could not be told apart, and one's retention deleted the
+// other's. A new directory's token carries a random part.
+func TestTwoClustersOfOneSpecHaveTwoIDs(t *testing.T) {
+	a, err := Run(spec.Default(3), outdir.Layout(filepath.Join(t.TempDir(), "a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Run(spec.Default(3), outdir.Layout(filepath.Join(t.TempDir(), "b")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idA, idB := bootID(t, a, "etcd-1"), bootID(t, b, "etcd-1"); idA == idB {
+		t.Errorf("two clusters of the default spec share cluster ID %x", idA)
+	}
+	if tok := etcdConf(t, a, "etcd-1")["ETCD_INITIAL_CLUSTER_TOKEN"]; !strings.HasPrefix(tok, "etcd-cluster-1-") {
+		t.Errorf("token %q, want the name and a random part", tok)
+	}
+}
+
 // TestADirectoryWithoutARecordAdoptsTheLiveCluster: a directory rendered
-// before etcdimg kept a record takes the ID of the cluster its admin
-// certificate reaches at the spec's addresses, once, and keeps it.
+// by an older etcdimg (configs, no record) keeps its images' old token
+// and gets no recorded ID from a render (its spec may have changed since
+// the cluster formed); the first replace, roll, up or health records the
+// cluster its admin certificate reaches, and it is kept.
 func TestADirectoryWithoutARecordAdoptsTheLiveCluster(t *testing.T) {
 	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
 	four := spec.Default(4)
-	const live = 0xabcdef0123
-	// No render yet: no record.
+	if _, err := Run(spec.Default(3), dir); err != nil {
+		t.Fatal(err)
+	}
+	// What an older etcdimg left: no record, the name as the token.
+	os.Remove(dir.ClusterRecord())
+	res, err := Run(four, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := etcdConf(t, res, "etcd-2")
+	if env[ign.ClusterIDVar] != "" || env["ETCD_INITIAL_CLUSTER_TOKEN"] != four.Name {
+		t.Fatalf("an older directory: %s=%q, token %q", ign.ClusterIDVar, env[ign.ClusterIDVar], env["ETCD_INITIAL_CLUSTER_TOKEN"])
+	}
+	live, _ := snapshot.ClusterID(four.Name, ignition.InitialCluster(spec.Default(3)))
 	if adopted, err := CheckClusterID(four, dir, live); err != nil || !adopted {
 		t.Fatalf("adopted %v, %v", adopted, err)
 	}
-	res, err := Run(four, dir)
+	res, err = Run(four, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

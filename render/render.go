@@ -165,21 +165,19 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 		opts.Token, opts.Restore = plan.Token, plan.Config()
 	}
 	// The images name the cluster they belong to as recorded, not as
-	// the current spec's member list would give it.
-	token := c.Name
-	if plan != nil {
-		token = plan.Token
-	}
-	rec, err := clusterRecord(c, dir, token)
+	// the current spec's member list would give it, with its token.
+	rec, err := clusterRecord(c, dir, plan)
 	if err != nil {
 		return nil, nil, err
 	}
-	opts.ClusterID = rec.ID()
-	recFile, err := rec.file(dir)
-	if err != nil {
-		return nil, nil, err
+	if rec != nil {
+		opts.Token, opts.ClusterID = rec.Token, rec.ID()
+		recFile, err := rec.file(dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		files = append(files, recFile)
 	}
-	files = append(files, recFile)
 	opts.S3Credentials, opts.S3CA = s3Creds, s3CA
 	for _, m := range c.Members {
 		p := set.Members[m.Name]

@@ -259,6 +259,7 @@ func upCmd() *cobra.Command {
 				}
 				return fmt.Errorf("up: the cluster was not healthy within %s (see the consoles above)", timeout)
 			}
+			confirmClusterID(ctx, c, dir, e)
 			fmt.Fprintf(w, "cluster %s healthy in %.1fs; etcdctl: source %s, or etcdimg etcdctl -- member list\n", c.Name, time.Since(start).Seconds(), localEtcdctlEnv(dir))
 			if detach {
 				fmt.Fprintf(w, "running in the background; stop it with: etcdimg down --out %s\n", out)
@@ -414,12 +415,19 @@ func healthCmd() *cobra.Command {
 		Short: "Check every member over mTLS; print ENDPOINT, HEALTH, TOOK, ERROR; exit 1 if any is unhealthy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := builtEtcd(out)
+			c, dir, err := loadBuilt(out)
+			if err != nil {
+				return err
+			}
+			e, err := adminEtcd(c, dir)
 			if err != nil {
 				return err
 			}
 			rs := health.Check(context.Background(), e.Endpoints, e.TLS, timeout)
 			health.Table(cmd.OutOrStdout(), rs)
+			if health.Healthy(rs) {
+				confirmClusterID(cmd.Context(), c, dir, e)
+			}
 			for _, w := range health.Expiring(context.Background(), e.Endpoints, e.TLS, time.Now(), health.ExpiryWindow) {
 				fmt.Fprintf(os.Stderr, "warning: %s: rebuild and roll the members (a leaf is reissued within 30 days of its end), or make a new CA\n", w)
 			}
@@ -543,4 +551,21 @@ func lanCmd() *cobra.Command {
 	c.Flags().StringVar(&socket, "socket", "", "unix socket to listen on")
 	c.Flags().StringVar(&relay, "relay", "", "relay standard input and output to this TCP address")
 	return c
+}
+
+// confirmClusterID records that the cluster answering is the one the
+// directory's images belong to (render.CheckClusterID), once it is
+// healthy; from then on its ID is kept whatever the spec becomes. A
+// cluster of another ID is said, not fatal here: replace and roll refuse
+// it.
+func confirmClusterID(ctx context.Context, c *spec.Cluster, dir outdir.Layout, e *cluster.Etcd) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	snap, err := e.Observe(ctx)
+	if err == nil {
+		_, err = render.CheckClusterID(c, dir, snap.ClusterID)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "warning: cluster ID: %v\n", err)
+	}
 }

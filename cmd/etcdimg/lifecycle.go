@@ -130,20 +130,6 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 		Etcd: e, Members: c.Names(), Timeout: f.timeout,
 		Say: func(step string, took time.Duration) { fmt.Fprintf(w, "%-70s %6.1fs\n", step, took.Seconds()) },
 	}
-	// The images belong to the cluster the output directory recorded;
-	// members added to the spec since its first bootstrap are not
-	// waited for until they joined.
-	rec, err := render.LoadClusterRecord(dir)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	token, err := render.Token(c, dir)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	if rec != nil && rec.Token == token {
-		l.ClusterID, l.Pending = rec.ID(), rec.Pending(c.Names())
-	}
 	release = func() {}
 	st, lock, err := localCluster(dir)
 	switch {
@@ -159,26 +145,33 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 	default:
 		return nil, nil, nil, err
 	}
+	// Members added to the spec since the first bootstrap are not
+	// waited for until they joined.
+	rec, err := render.LoadClusterRecord(dir)
+	if err != nil {
+		release()
+		return nil, nil, nil, err
+	}
+	l.Pending = rec.Pending(c.Names())
 	if err := check(cmd.Context(), l); err != nil {
 		release()
 		return nil, nil, nil, err
 	}
-	if l.ClusterID == 0 {
-		// No record yet (a directory of an older etcdimg): the cluster
-		// the admin certificate reaches is recorded, before any image
-		// is built from it.
-		snap, err := e.Observe(cmd.Context())
-		if err == nil {
-			var adopted bool
-			if adopted, err = render.CheckClusterID(c, dir, snap.ClusterID); adopted {
-				fmt.Fprintf(w, "recorded cluster %x (the one answering at the spec's addresses) in %s\n", snap.ClusterID, dir.ClusterRecord())
-			}
-		}
-		if err != nil {
-			release()
-			return nil, nil, nil, err
+	// The images belong to the cluster the output directory recorded:
+	// the one answering must be it (a directory of an older etcdimg,
+	// with no record, adopts it), before any image is built.
+	snap, err := e.Observe(cmd.Context())
+	if err == nil {
+		var adopted bool
+		if adopted, err = render.CheckClusterID(c, dir, snap.ClusterID); adopted {
+			fmt.Fprintf(w, "recorded cluster %x (the one answering at the spec's addresses) in %s\n", snap.ClusterID, dir.ClusterRecord())
 		}
 	}
+	if err != nil {
+		release()
+		return nil, nil, nil, err
+	}
+	l.ClusterID = snap.ClusterID
 	if f.prepare != nil {
 		if err := f.prepare(dir); err != nil {
 			release()
