@@ -72,7 +72,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	}
 	sort.Strings(files)
 	want := []string{
-		"etcdctl.env", "etcdimg.yaml",
+		"cluster-id.json", "etcdctl.env", "etcdimg.yaml",
 		"ignition/etcd-1.bu", "ignition/etcd-1.ign", "ignition/etcd-2.bu", "ignition/etcd-2.ign", "ignition/etcd-3.bu", "ignition/etcd-3.ign",
 		"kubernetes/apiserver-etcd-client-key.pem", "kubernetes/apiserver-etcd-client.pem", "kubernetes/etcd-ca.pem",
 		"kubernetes/k3s-datastore.yaml", "kubernetes/kubeadm-etcd.yaml",
@@ -136,7 +136,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("rerun: exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 26 unchanged") {
+	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 27 unchanged") {
 		t.Errorf("rerun output:\n%s", stdout)
 	}
 	after := tree(t, out)
@@ -200,7 +200,7 @@ func TestBadInputIsRefusedAndNothingWritten(t *testing.T) {
 		{"unknown field", []string{"--config", write("unk.yaml", three+"etcd: {heartbeat: 100ms}\n")}, 1, "unknown field etcd.heartbeat"},
 		{"bad size", []string{"--config", write("size.yaml", three+"etcd: {backendQuota: lots}\n")}, 1, "etcd.backendQuota"},
 		{"bad name", []string{"--config", write("name.yaml", strings.Replace(three, "etcd-2", "etcd_2", 1))}, 1, `members[1].name "etcd_2"`},
-		{"endless spec", []string{"--config", "/dev/zero"}, 1, "spec: /dev/zero is over 1024 KiB"},
+		{"endless spec", []string{"--config", "/dev/zero"}, 1, "spec: /dev/zero is not a regular file (a device)"},
 		{"second document", []string{"--config", write("two.yaml", three+"---\n"+three)}, 1, "holds more than one YAML document"},
 		{"empty out", []string{"--out", ""}, 1, "--out is empty"},
 		{"out is a file", []string{"--out", write("a-file", "x")}, 1, "is a file, not a directory"},
