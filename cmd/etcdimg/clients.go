@@ -126,6 +126,11 @@ func clientListCmd() *cobra.Command {
 					access = "read-only"
 				}
 				fmt.Fprintf(w, "client   %-16s %-10s %s\n", cl.Name, access, cl.Prefix)
+				// A client added before prefixes were checked may reach
+				// etcdimg's own keys or the API server's.
+				if err := authz.CheckPrefix(cl.Prefix); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: client %s: %v; remove it (etcdimg client remove %s) and add it again with a narrower prefix\n", cl.Name, err, cl.Name)
+				}
 			}
 			return nil
 		},
