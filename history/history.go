@@ -13,7 +13,9 @@
 // that does not say whether etcd applied it) may have happened or not,
 // at any time after its call. Across keys, the answers' revisions are
 // checked against the order of time: what began after an answer at
-// revision R returned is answered at R or later, and writes above R.
+// revision R returned is answered at R or later, and writes above R; and
+// no two writes take one revision. A write of unknown outcome that a
+// read saw is, for these, a write at the mod revision the read gives.
 package history
 
 import (
@@ -350,53 +352,138 @@ func (o Op) wrote() (int64, bool) {
 //     transaction);
 //   - no read sees a key written after the revision it was read at.
 //
+// A write of unknown outcome that a read saw (see revealed) is a write
+// at the revision the read gives, for the second and third as much as
+// one acknowledged: left out, it could take a revision another write
+// took, or one acknowledged before it began.
+//
 // These are what a global model would check, in O(n log n) rather than
 // in a search over every key at once.
 func revisionOrder(ops []Op) []string {
 	var out []string
 	var acked, checked []Op
-	byRev := map[int64]Op{}
+	var writes []write
 	for _, o := range ops {
 		if o.Unknown || o.Failed {
 			continue
 		}
 		acked = append(acked, o)
-		if !(o.Kind == Get && o.Serializable) {
-			checked = append(checked, o)
-		}
 		if w, ok := o.wrote(); ok {
-			if p, dup := byRev[w]; dup {
-				out = append(out, fmt.Sprintf("%s at %s and %s at %s both wrote at revision %d", p, ms(p.Call), o, ms(o.Call), w))
-			}
-			byRev[w] = o
+			writes = append(writes, write{op: o, rev: w})
+		} else if !(o.Kind == Get && o.Serializable) {
+			checked = append(checked, o)
 		}
 		if o.Kind == Get && o.Found && o.ModRev > o.Rev {
 			out = append(out, fmt.Sprintf("%s at %s was answered at revision %d, below the key's", o, ms(o.Call), o.Rev))
 		}
 	}
+	writes = append(writes, revealed(ops)...)
+	byRev := map[int64]write{}
+	for _, w := range writes {
+		if p, dup := byRev[w.rev]; dup {
+			out = append(out, fmt.Sprintf("%s and %s both wrote at revision %d", p, w, w.rev))
+		}
+		byRev[w.rev] = w
+	}
+
+	// before(t) is the highest revision acknowledged by an answer that
+	// returned before t, and that answer: the store's least revision for
+	// whatever began at t. acked is sorted by return, with the running
+	// highest beside it, so each question is one binary search.
 	slices.SortStableFunc(acked, func(a, b Op) int { return cmp.Compare(a.Return, b.Return) })
+	high := make([]int64, len(acked))
+	by := make([]int, len(acked))
+	for i, a := range acked {
+		r := a.Rev
+		if w, ok := a.wrote(); ok {
+			r = max(r, w)
+		}
+		high[i], by[i] = r, i
+		if i > 0 && high[i-1] >= r {
+			high[i], by[i] = high[i-1], by[i-1]
+		}
+	}
+	before := func(t time.Duration) (int64, Op) {
+		n, _ := slices.BinarySearchFunc(acked, t, func(a Op, t time.Duration) int {
+			if a.Return < t {
+				return -1
+			}
+			return 1
+		})
+		if n == 0 {
+			return 0, Op{}
+		}
+		return high[n-1], acked[by[n-1]]
+	}
+
+	// In the order they began, so the report reads as the run went.
+	slices.SortStableFunc(writes, func(a, b write) int { return cmp.Compare(a.op.Call, b.op.Call) })
+	for _, w := range writes {
+		if h, b := before(w.op.Call); w.rev <= h {
+			out = append(out, fmt.Sprintf("%s wrote at revision %d, not above revision %d of %s, acknowledged at %s before it began",
+				w, w.rev, h, b, ms(b.Return)))
+		}
+	}
 	slices.SortStableFunc(checked, func(a, b Op) int { return cmp.Compare(a.Call, b.Call) })
-	var high int64 // the highest revision acknowledged so far
-	var by Op      // the answer that acknowledged it
-	i := 0
 	for _, o := range checked {
-		for ; i < len(acked) && acked[i].Return < o.Call; i++ {
-			a := acked[i]
-			r := a.Rev
-			if w, ok := a.wrote(); ok {
-				r = max(r, w)
-			}
-			if r > high {
-				high, by = r, a
-			}
-		}
-		if w, ok := o.wrote(); ok && w <= high {
-			out = append(out, fmt.Sprintf("%s at %s wrote at revision %d, not above revision %d of %s, acknowledged at %s before it began",
-				o, ms(o.Call), w, high, by, ms(by.Return)))
-		} else if !ok && o.Rev < high {
+		if h, b := before(o.Call); o.Rev < h {
 			out = append(out, fmt.Sprintf("%s at %s was answered at revision %d, below revision %d of %s, acknowledged at %s before it began",
-				o, ms(o.Call), o.Rev, high, by, ms(by.Return)))
+				o, ms(o.Call), o.Rev, h, b, ms(b.Return)))
 		}
+	}
+	return out
+}
+
+// write is a revision a write took, as an answer tells it: the write's
+// own, or, for a write of unknown outcome, that of a read that saw it.
+type write struct {
+	op   Op
+	rev  int64
+	read Op // when op.Unknown: the read that saw its value at rev
+}
+
+func (w write) String() string {
+	if !w.op.Unknown {
+		return fmt.Sprintf("%s at %s", w.op, ms(w.op.Call))
+	}
+	return fmt.Sprintf("%s at %s, read at revision %d by %s at %s,", w.op, ms(w.op.Call), w.rev, w.read, ms(w.read.Call))
+}
+
+// revealed lists the writes of unknown outcome (a put, a compare-and-
+// swap) that a read saw, each at the mod revision the read gives. A
+// value is written once in a run, so a read of a key that returns it
+// names the one write that wrote it, and says that write was applied,
+// at that revision. A serializable read counts: stale or not, what a
+// member serves the cluster committed, at the revision it committed it
+// at. A write many reads saw is listed once per revision they give:
+// once, in any history etcd answers (the model refuses linearizable
+// reads of one write at two revisions).
+func revealed(ops []Op) []write {
+	unknown := map[string]int{} // key and value: the index in ops of the unknown write of it
+	for i, o := range ops {
+		if o.Unknown && (o.Kind == Put || o.Kind == CAS) {
+			unknown[o.Key+"\x00"+o.Value] = i
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	type at struct {
+		op  int
+		rev int64
+	}
+	listed := map[at]bool{}
+	var out []write
+	for _, o := range ops {
+		if o.Kind != Get || !o.Found || o.Unknown || o.Failed {
+			continue
+		}
+		i, ok := unknown[o.Key+"\x00"+o.Got]
+		if !ok || listed[at{i, o.ModRev}] {
+			continue
+		}
+		listed[at{i, o.ModRev}] = true
+		out = append(out, write{op: ops[i], rev: o.ModRev, read: o})
 	}
 	return out
 }

@@ -3,6 +3,7 @@ package history
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -156,53 +157,80 @@ func TestImpossibleHistories(t *testing.T) {
 		name string
 		by   string // "model" or "revisions"
 		ops  []Op
+		says string // when set, in one of the revisions named
 	}{
 		// (a) The put of "b" was linearized after the delete (the last
 		// read sees it), so its revision must exceed the delete's.
 		{"a key's revision goes back after a delete", "model", []Op{
 			at(0, 10, put(0, "k1", "a", 5)), at(5, 50, put(1, "k1", "b", 3)), at(20, 30, del(2, "k1", true, 6)),
 			at(60, 70, hdr(6, get(3, "k1", "b", 3))),
-		}},
+		}, ""},
 		// (b) The compare-and-swap failing says the unknown put of "b"
 		// came after "a"@5, and "c", read last, came after it: at a
 		// revision above 5, not 4.
 		{"a key's revision goes back after an unknown write a failed compare-and-swap revealed", "model", []Op{
 			at(0, 10, put(0, "k1", "a", 5)), unknown(at(20, 0, put(1, "k1", "b", 0))), at(5, 100, put(2, "k1", "c", 4)),
 			at(40, 50, cas(3, "k1", 5, "d", false, 6)), at(110, 120, hdr(6, get(3, "k1", "c", 4))),
-		}},
+		}, ""},
 		// (c) The first compare-and-swap failing says the unknown put
 		// made the key exist; nothing deleted it before the second.
 		{"a compare-and-swap expecting absent holds on a key that exists", "model", []Op{
 			unknown(at(0, 0, put(0, "k1", "b", 0))), at(20, 30, cas(1, "k1", 0, "c", false, 2)), at(40, 50, cas(1, "k1", 0, "d", true, 3)),
-		}},
+		}, ""},
 		// (d) Revision 5 was acknowledged before the read began: the
 		// store it read was at 5 or later.
 		{"a linearizable read at a revision below one acknowledged before it began", "revisions", []Op{
 			at(0, 10, put(0, "k1", "a", 5)), at(20, 30, hdr(4, get(1, "k2", "", 0))),
-		}},
+		}, ""},
 		// (e) etcd's revision is one counter for every key: a write that
 		// began after revision 5 was acknowledged is above it.
 		{"revisions out of order across keys", "revisions", []Op{
 			at(0, 10, put(0, "k1", "a", 5)), at(20, 30, put(1, "k2", "x", 3)),
-		}},
+		}, ""},
 		// The failed compare-and-swap says the unknown put of "b" came
 		// after "a"@2, at 3 or later: the revision 2 is gone for good.
 		{"a compare-and-swap expecting the revision an unknown write overwrote", "model", []Op{
 			at(0, 10, put(0, "k1", "a", 2)), unknown(at(20, 0, put(1, "k1", "b", 0))),
 			at(40, 50, cas(2, "k1", 2, "c", false, 3)), at(60, 70, cas(2, "k1", 2, "d", true, 4)),
-		}},
+		}, ""},
 		// Each write is a revision of its own.
 		{"two writes at one revision", "revisions", []Op{
 			at(0, 10, put(0, "k1", "a", 5)), at(0, 10, put(1, "k2", "x", 5)),
-		}},
+		}, ""},
+		// A write of unknown outcome that a read saw was applied, at the
+		// mod revision the read gives (values are unique in a run): it
+		// is a write at that revision like any other. Each key on its
+		// own is possible, so only the revisions across keys can say.
+		{"an unknown write read at the revision of a write to another key", "revisions", []Op{
+			unknown(at(0, 0, put(0, "k1", "v", 0))), at(0, 10, put(1, "k2", "x", 10)),
+			at(20, 30, get(2, "k1", "v", 10)),
+		}, `put(k2, "x") → @10 at 0s and put(k1, "v") → unknown at 0s, read at revision 10 by get(k1) → "v" @10 at 20ms, both wrote at revision 10`},
+		// Revision 10 was acknowledged before the unknown write began:
+		// the store was at 10, and the write took a revision above it.
+		// The read that saw it was answered at 10, which passes alone.
+		{"an unknown write read at a revision below one acknowledged before it began", "revisions", []Op{
+			at(0, 10, put(0, "k2", "x", 10)), unknown(at(20, 0, put(1, "k1", "v", 0))),
+			at(30, 40, hdr(10, get(2, "k1", "v", 3))),
+		}, `put(k1, "v") → unknown at 20ms, read at revision 3 by get(k1) → "v" @3 at 30ms, wrote at revision 3, not above revision 10 of put(k2, "x") → @10, acknowledged at 10ms before it began`},
+		// Two writes of unknown outcome, each read at revision 10, one
+		// by a serializable read: stale, maybe, but of a write etcd
+		// committed, at the revision it committed it at.
+		{"two unknown writes read at one revision", "revisions", []Op{
+			unknown(at(0, 0, put(0, "k1", "v", 0))), unknown(at(0, 0, put(1, "k2", "w", 0))),
+			at(20, 30, get(2, "k1", "v", 10)),
+			at(20, 30, Op{Client: 3, Kind: Get, Serializable: true, Key: "k2", Found: true, Got: "w", ModRev: 10, Rev: 10}),
+		}, "both wrote at revision 10"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := Check(tc.ops, 10*time.Second)
 			if r.Linearizable || r.TimedOut {
-				t.Errorf("linearizable %v (timed out %v), want false", r.Linearizable, r.TimedOut)
+				t.Errorf("linearizable %v (timed out %v), revisions %q; want false", r.Linearizable, r.TimedOut, r.Revisions)
 			}
 			if (tc.by == "revisions") != (len(r.Revisions) > 0) {
 				t.Errorf("revisions %q, want them to be what rules it out: %v", r.Revisions, tc.by == "revisions")
+			}
+			if tc.says != "" && !slices.ContainsFunc(r.Revisions, func(s string) bool { return strings.Contains(s, tc.says) }) {
+				t.Errorf("revisions %q, want one that says %s", r.Revisions, tc.says)
 			}
 		})
 	}
@@ -240,6 +268,20 @@ func TestPossibleHistories(t *testing.T) {
 		{"an unknown write that may not have happened, though a failed compare-and-swap followed it", []Op{
 			at(0, 10, put(0, "k1", "a", 2)), unknown(at(20, 0, put(1, "k1", "b", 0))), at(30, 40, put(2, "k1", "c", 3)),
 			at(50, 60, cas(3, "k1", 2, "d", false, 3)), at(70, 80, get(3, "k1", "c", 3)),
+		}},
+		// The write began after revision 5 was acknowledged and before
+		// 7 was; read at 6, by a linearizable read and a serializable
+		// one: one write, one revision, above all acknowledged before.
+		{"an unknown write read twice at a revision between writes to another key", []Op{
+			at(0, 10, put(0, "k2", "x", 5)), unknown(at(20, 0, put(1, "k1", "v", 0))), at(30, 40, put(0, "k2", "y", 7)),
+			at(50, 60, hdr(7, get(2, "k1", "v", 6))),
+			at(70, 80, Op{Client: 3, Kind: Get, Serializable: true, Key: "k1", Found: true, Got: "v", ModRev: 6, Rev: 7}),
+		}},
+		// Begun before revision 5 was acknowledged, the write may have
+		// taken a revision below it.
+		{"an unknown write read below a revision acknowledged after it began", []Op{
+			unknown(at(0, 0, put(1, "k1", "v", 0))), at(10, 20, put(0, "k2", "x", 5)),
+			at(30, 40, hdr(5, get(2, "k1", "v", 4))),
 		}},
 		{"an unknown compare-and-swap that held", []Op{
 			at(0, 10, put(0, "k1", "a", 2)), unknown(at(20, 0, cas(1, "k1", 2, "b", true, 0))), at(30, 40, get(2, "k1", "b", 3)),
