@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,10 +21,12 @@ import (
 	"etcdimg/layout"
 )
 
-// A clockSource tells how far this machine's clock is off.
+// A clockSource tells how far this machine's clock is off, answering
+// within timeout: sources are asked in parallel, and a round of them must
+// end within a bound (boot waits for it).
 type clockSource struct {
 	Name   string
-	Offset func() (time.Duration, error)
+	Offset func(timeout time.Duration) (time.Duration, error)
 }
 
 // AWS's Time Sync Service, on every instance.
@@ -49,7 +52,8 @@ func clockSources(platform string, servers []netip.Addr) []clockSource {
 	case layout.PlatformGCP:
 		add(layout.MetadataAddr, "GCP metadata server")
 	case layout.PlatformAzure:
-		out = append(out, clockSource{Name: "Azure host clock (Hyper-V PTP)", Offset: hypervPTPOffset})
+		// A local device: it answers at once, or not at all.
+		out = append(out, clockSource{Name: "Azure host clock (Hyper-V PTP)", Offset: func(time.Duration) (time.Duration, error) { return hypervPTPOffset() }})
 	}
 	for _, a := range servers {
 		add(a.Unmap().String(), "NTP")
@@ -57,8 +61,14 @@ func clockSources(platform string, servers []netip.Addr) []clockSource {
 	return out
 }
 
+// ntpTimeout is how long one NTP exchange may take. It is also the bound
+// on a round that asks every source at once: at boot, more than one
+// source is asked in parallel and the boot waits no longer than this for
+// them all, retries included.
+const ntpTimeout = 2 * time.Second
+
 func ntpSource(name, hostport string) clockSource {
-	return clockSource{Name: name, Offset: func() (time.Duration, error) { return sntpOffset(hostport, 2*time.Second) }}
+	return clockSource{Name: name, Offset: func(timeout time.Duration) (time.Duration, error) { return sntpOffset(hostport, timeout) }}
 }
 
 // sntpOffset asks an NTP server once and returns the clock offset it
@@ -192,8 +202,8 @@ var errBeforeFloor = errors.New("before the image's floor")
 
 // measure asks s for the clock's offset, reads the source's time in the
 // NTP era nearest the floor and refuses a time before the floor.
-func measure(s clockSource, floor time.Time) (time.Duration, error) {
-	off, err := s.Offset()
+func measure(s clockSource, floor time.Time, timeout time.Duration) (time.Duration, error) {
+	off, err := s.Offset(timeout)
 	if err != nil {
 		return 0, err
 	}
@@ -205,36 +215,205 @@ func measure(s clockSource, floor time.Time) (time.Duration, error) {
 	return t.Sub(now), nil
 }
 
+// measureAll asks every source at once, each up to tries times, and
+// returns the sane answers and the failures, both in the sources' order.
+// With a bound, the round ends within it: each try gets the time left,
+// shared with the tries still to come, so that a lost packet can be
+// asked again. With none, each try gets ntpTimeout. A time before the
+// floor is not asked again: the source is wrong, not unlucky.
+//
+// With early, the round ends as soon as a strict majority of the sources
+// agree (vote): the rest cannot outvote them, and the boot need not wait
+// out a silent server. A query still under way then ends by its own
+// timeout, unheard, and is not tried again.
+func measureAll(sources []clockSource, floor time.Time, tries int, bound time.Duration, early bool) (got []clockSample, failed []string) {
+	type result struct {
+		i   int
+		off time.Duration
+		err error
+	}
+	deadline := time.Now().Add(bound)
+	// Buffered: a query that ends after an early return must not block.
+	results := make(chan result, len(sources))
+	stop := make(chan struct{})
+	defer close(stop)
+	for i, s := range sources {
+		go func() {
+			r := result{i: i, err: fmt.Errorf("no time left to ask within %s", bound)}
+			for n := range tries {
+				timeout := ntpTimeout
+				if bound > 0 {
+					timeout = time.Until(deadline) / time.Duration(tries-n)
+				}
+				select {
+				case <-stop:
+					timeout = 0
+				default:
+				}
+				if timeout <= 0 {
+					break
+				}
+				if r.off, r.err = measure(s, floor, timeout); r.err == nil || errors.Is(r.err, errBeforeFloor) {
+					break
+				}
+			}
+			results <- r
+		}()
+	}
+	// Every source honours its timeout, so this wait is the bound.
+	answers := make([]*result, len(sources))
+	for range sources {
+		r := <-results
+		answers[r.i] = &r
+		got, failed = nil, nil
+		for i, a := range answers {
+			switch {
+			case a == nil:
+			case a.err != nil:
+				failed = append(failed, fmt.Sprintf("%s: %v", sources[i].Name, a.err))
+			default:
+				got = append(got, clockSample{sources[i].Name, a.off})
+			}
+		}
+		if v, ok := vote(got); early && ok && 2*v.agree > len(sources) {
+			break
+		}
+	}
+	return got, failed
+}
+
+// A clockVote is what the sources that answered agree on.
+type clockVote struct {
+	name     string        // who agrees: "A", "A and B", "A, B and C"
+	off      time.Duration // their mean offset
+	agree    int           // how many they are
+	outliers []clockSample // the answers that disagree with them
+}
+
+// vote finds the offset the answers agree on: the largest group within
+// clockAgree of one of its members, when it has at least two and no
+// other group as large stands apart from it (two against two is no
+// answer), or the only answer there is. One server that lies is then
+// outvoted by two that do not, wherever it is in the list; a majority
+// that lies is not caught, nor can it be without a trusted source.
+func vote(got []clockSample) (clockVote, bool) {
+	if len(got) == 0 {
+		return clockVote{}, false
+	}
+	groups := make([][]int, len(got))
+	best := 0
+	for i, a := range got {
+		for j, b := range got {
+			if (a.off - b.off).Abs() <= clockAgree {
+				groups[i] = append(groups[i], j)
+			}
+		}
+		if len(groups[i]) > len(groups[best]) {
+			best = i
+		}
+	}
+	g := groups[best]
+	if len(got) > 1 {
+		if len(g) < 2 {
+			return clockVote{}, false
+		}
+		for _, h := range groups {
+			if len(h) == len(g) && !slices.ContainsFunc(h, func(j int) bool { return slices.Contains(g, j) }) {
+				return clockVote{}, false
+			}
+		}
+	}
+	var v clockVote
+	var names []string
+	var sum time.Duration
+	for i, s := range got {
+		if slices.Contains(g, i) {
+			names = append(names, s.name)
+			sum += s.off
+		} else {
+			v.outliers = append(v.outliers, s)
+		}
+	}
+	v.name, v.off, v.agree = joinNames(names), sum/time.Duration(len(g)), len(g)
+	return v, true
+}
+
+func joinNames(names []string) string {
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
+}
+
+// outlierNote names the answers the vote left out and how far each is
+// from the agreed time, so that a server that lies can be found and
+// taken out of the spec.
+func (v clockVote) outlierNote() string {
+	var says []string
+	for _, s := range v.outliers {
+		d, way := s.off-v.off, "ahead of"
+		if d < 0 {
+			d, way = -d, "behind"
+		}
+		says = append(says, fmt.Sprintf("%s reads %s %s", s.name, d.Round(time.Millisecond), way))
+	}
+	return strings.Join(says, ", ") + fmt.Sprintf(" %s: ignored", v.name)
+}
+
+// saying is the answers, for a log: "A finds the clock off by 1s, B by 2s".
+func saying(got []clockSample) string {
+	var says []string
+	for i, s := range got {
+		if i == 0 {
+			says = append(says, fmt.Sprintf("%s finds the clock off by %s", s.name, s.off.Round(time.Millisecond)))
+		} else {
+			says = append(says, fmt.Sprintf("%s by %s", s.name, s.off.Round(time.Millisecond)))
+		}
+	}
+	return strings.Join(says, ", ")
+}
+
 // syncClock sets the clock at boot, when it may read 1970 or whatever
-// the hardware kept: the first source that answers sanely steps it by
-// any amount, but never to before the floor. With no sane answer the
+// the hardware kept, by any amount but never to before the floor. One
+// source alone is followed once it answers sanely (asked up to three
+// times). More are asked all at once, within ntpTimeout, and the clock
+// is stepped only to what they agree on (vote): the first in the list
+// is not trusted more, since one server that lies would otherwise set
+// the clock for good (after boot a far step needs two that agree). When
+// only one of them answers, it is followed as if it were the only one:
+// nothing says it lies, and a clock left at the floor may be months
+// behind; the upkeep asks them all again. With no answer to follow the
 // clock is still raised to the floor, where the member's certificates
 // are valid. No answer is not fatal: the boot goes on and says so.
 func syncClock(sources []clockSource, floor time.Time) (string, error) {
-	var tried []string
-	for _, s := range sources {
-		var off time.Duration
-		var err error
-		for range 3 {
-			if off, err = measure(s, floor); err == nil || errors.Is(err, errBeforeFloor) {
-				break
-			}
-		}
-		if err != nil {
-			tried = append(tried, fmt.Sprintf("%s: %v", s.Name, err))
-			continue
-		}
-		if off.Abs() < clockStep {
-			return fmt.Sprintf("%s: off by %s, left as it is", s.Name, off.Round(time.Millisecond)), nil
-		}
-		if err := stepClock(off); err != nil {
-			return "", fmt.Errorf("step the clock by %s: %w", off, err)
-		}
-		return fmt.Sprintf("%s: stepped by %s to %s", s.Name, off.Round(time.Millisecond), clockNow().UTC().Format(time.RFC3339)), nil
+	bound := time.Duration(0) // one source: each of its tries gets ntpTimeout
+	if len(sources) > 1 {
+		bound = ntpTimeout
 	}
-	what := "no time source on this platform or in the spec (network.ntp)"
-	if len(sources) > 0 {
-		what = "no time source answered (" + strings.Join(tried, "; ") + ")"
+	got, failed := measureAll(sources, floor, 3, bound, true)
+	var what string
+	switch v, ok := vote(got); {
+	case len(sources) == 0:
+		what = "no time source on this platform or in the spec (network.ntp)"
+	case len(got) == 0:
+		what = "no time source answered (" + strings.Join(failed, "; ") + ")"
+	case !ok:
+		what = saying(got) + ": they disagree, so none is followed (name more NTP servers in the spec's network.ntp)"
+	default:
+		note := ""
+		if len(v.outliers) > 0 {
+			note = "; " + v.outlierNote()
+		}
+		if v.agree == 1 && len(failed) > 0 {
+			note = "; the only answer (" + strings.Join(failed, "; ") + ")"
+		}
+		if v.off.Abs() < clockStep {
+			return fmt.Sprintf("%s: off by %s, left as it is%s", v.name, v.off.Round(time.Millisecond), note), nil
+		}
+		if err := stepClock(v.off); err != nil {
+			return "", fmt.Errorf("step the clock by %s (%s): %w", v.off, v.name, err)
+		}
+		return fmt.Sprintf("%s: stepped by %s to %s%s", v.name, v.off.Round(time.Millisecond), clockNow().UTC().Format(time.RFC3339), note), nil
 	}
 	if now := clockNow(); now.Before(floor) {
 		if err := stepClock(floor.Sub(now)); err != nil {
@@ -321,55 +500,60 @@ type clockSample struct {
 	off  time.Duration
 }
 
-// check measures once and corrects the clock, returning what to log:
-//   - the first sane answer within clockStepBound is slewed, and no
-//     other source is asked (the usual case);
-//   - otherwise every source is asked, and two that agree within
-//     clockAgree step the clock by their mean;
+// check asks every source once, all at once, and corrects the clock,
+// returning what to log:
+//   - two or more that agree (vote) slew the clock by their mean, or step
+//     it when that is clockStepBound or more; an answer that disagrees
+//     with them is named, once. Every source is asked every time (a few
+//     packets every 15 minutes): asking only the first while it found
+//     the clock near would follow a first source that lies, and never
+//     hear the others say so;
+//   - otherwise, when every answer is within clockStepBound, the first
+//     is slewed to (the usual case with one source);
 //   - otherwise the clock is not stepped: a source that finds it within
-//     clockStepBound is slewed, and the trouble is logged once.
+//     clockStepBound is slewed to, and the trouble is logged once.
 func (k *clockKeeper) check() string {
-	var got []clockSample
-	var failed []string
-	for _, s := range k.sources {
-		off, err := measure(s, k.floor)
-		if err != nil {
-			failed = append(failed, fmt.Sprintf("%s: %v", s.Name, err))
-			continue
-		}
-		got = append(got, clockSample{s.Name, off})
-		if len(got) == 1 && off.Abs() < clockStepBound {
-			return k.slew(got[0])
-		}
-	}
+	got, failed := measureAll(k.sources, k.floor, 1, ntpTimeout, false)
 	if len(got) == 0 {
 		return k.warn("none", "no time source answered ("+strings.Join(failed, "; ")+"): the clock is left as it is")
 	}
-	for i, a := range got {
-		for _, b := range got[i+1:] {
-			if (a.off - b.off).Abs() > clockAgree {
-				continue
+	if v, ok := vote(got); ok && v.agree >= 2 {
+		stepped := ""
+		if v.off.Abs() < clockStepBound {
+			if err := slewBy(v.off); err != nil {
+				return err.Error()
 			}
-			mean := a.off + (b.off-a.off)/2
-			if mean.Abs() < clockStepBound {
-				return k.slew(clockSample{a.name + " and " + b.name, mean})
-			}
-			if err := stepClock(mean); err != nil {
-				return fmt.Sprintf("step by %s: %v", mean, err)
-			}
-			k.warned = ""
-			return fmt.Sprintf("%s and %s agree the clock was off by %s; stepped", a.name, b.name, mean.Round(time.Millisecond))
-		}
-	}
-	var says []string
-	for i, s := range got {
-		if i == 0 {
-			says = append(says, fmt.Sprintf("%s finds the clock off by %s", s.name, s.off.Round(time.Millisecond)))
 		} else {
-			says = append(says, fmt.Sprintf("%s by %s", s.name, s.off.Round(time.Millisecond)))
+			if err := stepClock(v.off); err != nil {
+				return fmt.Sprintf("step by %s: %v", v.off, err)
+			}
+			stepped = fmt.Sprintf("%s agree the clock was off by %s; stepped", v.name, v.off.Round(time.Millisecond))
 		}
+		if len(v.outliers) == 0 {
+			if stepped != "" {
+				k.warned = ""
+				return stepped
+			}
+			return k.resolved(clockSample{v.name, v.off})
+		}
+		var names []string
+		for _, s := range v.outliers {
+			names = append(names, s.name)
+		}
+		kind := "outlier " + strings.Join(names, ", ")
+		if stepped != "" {
+			k.warned = kind
+			return stepped + "; " + v.outlierNote()
+		}
+		return k.warn(kind, v.outlierNote())
 	}
-	msg := strings.Join(says, ", ") + fmt.Sprintf("; not stepped: after boot a step of more than %s needs two time sources that agree within %s (name more NTP servers in the spec's network.ntp)", clockStepBound, clockAgree)
+	if !slices.ContainsFunc(got, func(s clockSample) bool { return s.off.Abs() >= clockStepBound }) {
+		if err := slewBy(got[0].off); err != nil {
+			return err.Error()
+		}
+		return k.resolved(got[0])
+	}
+	msg := saying(got) + fmt.Sprintf("; not stepped: after boot a step of more than %s needs two time sources that agree within %s (name more NTP servers in the spec's network.ntp)", clockStepBound, clockAgree)
 	// A source that finds the clock near confirms it, against the
 	// others: follow that one, gently.
 	for _, s := range got {
@@ -383,12 +567,9 @@ func (k *clockKeeper) check() string {
 	return k.warn("unconfirmed", msg)
 }
 
-// slew corrects the clock gradually by s.off; when that ends a trouble
-// logged before, it says so.
-func (k *clockKeeper) slew(s clockSample) string {
-	if err := slewBy(s.off); err != nil {
-		return err.Error()
-	}
+// resolved is called once the clock is being slewed by s.off with no
+// trouble left; when that ends a trouble logged before, it says so.
+func (k *clockKeeper) resolved(s clockSample) string {
 	if k.warned == "" {
 		return ""
 	}

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/pem"
+	"math"
 	"math/big"
 	"net"
 	"net/netip"
@@ -46,7 +47,7 @@ func TestSNTPMeasuresTheOffset(t *testing.T) {
 	if _, err := sntpOffset(silent.LocalAddr().String(), 300*time.Millisecond); err == nil {
 		t.Error("a silent server gave an offset")
 	}
-	msg, err := syncClock([]clockSource{{Name: "silent", Offset: func() (time.Duration, error) {
+	msg, err := syncClock([]clockSource{{Name: "silent", Offset: func(time.Duration) (time.Duration, error) {
 		return sntpOffset(silent.LocalAddr().String(), 100*time.Millisecond)
 	}}}, time.Time{})
 	if err != nil || !strings.Contains(msg, "no time source answered (silent: ") {
@@ -118,8 +119,9 @@ func useFakeClock(t *testing.T, shift, err time.Duration) *fakeClock {
 
 // A clock scenario: the true time plays at now (zero: the host's real
 // time), this machine's clock reads local (zero: the true time), each
-// server reads the true time plus its skew, and the image's floor is
-// floor (or, when zero, a day before the true time).
+// server reads the true time plus its skew (or never answers: silent),
+// and the image's floor is floor (or, when zero, a day before the true
+// time).
 type clockScenario struct {
 	name    string
 	now     time.Time
@@ -147,11 +149,24 @@ func (sc clockScenario) start(t *testing.T) ([]clockSource, time.Time, *fakeCloc
 	}
 	var sources []clockSource
 	for _, skew := range sc.servers {
+		if skew == silent {
+			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pc.Close() })
+			addr := pc.LocalAddr().String()
+			sources = append(sources, ntpSource("NTP "+addr, addr))
+			continue
+		}
 		addr := serveNTP(t, func() time.Time { return time.Now().Add(shift + skew) })
 		sources = append(sources, ntpSource("NTP "+addr, addr))
 	}
 	return sources, floor, useFakeClock(t, shift, localErr)
 }
+
+// silent, as a server's skew, is a server that never answers.
+const silent = time.Duration(math.MinInt64)
 
 var (
 	in2036   = time.Date(2036, 6, 1, 12, 0, 0, 0, time.UTC) // NTP era 1 began on 2036-02-07
@@ -385,5 +400,106 @@ func TestClockSources(t *testing.T) {
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("%s %v: %q, want %q", tc.platform, tc.servers, got, tc.want)
 		}
+	}
+}
+
+// TestClockOneLyingServer: one server that lies, first in the list, is
+// outvoted by the others that agree, at boot and in the upkeep, and is
+// named in the log; servers that all disagree step the clock to none of
+// them (only the floor rule).
+func TestClockOneLyingServer(t *testing.T) {
+	liar := 31 * day
+	for _, tc := range []struct {
+		clockScenario
+		skipBoot bool          // the clock was set before (by a liar, say): upkeep only
+		want     time.Duration // the clock's error after boot and four checks
+		log      int           // the server named, as lying, in the first two logs (-1: none)
+	}{
+		{clockScenario: clockScenario{name: "a liar first, two right, the clock right", servers: []time.Duration{liar, 0, 0}}},
+		{clockScenario: clockScenario{name: "a liar first, two right, the clock at 1970", local: unixZero, servers: []time.Duration{liar, 0, 0}}},
+		{clockScenario: clockScenario{name: "a liar first, two right, the clock a year behind", local: time.Now().Add(-365 * day), floor: time.Now().Add(-400 * day), servers: []time.Duration{liar, 0, 0}}},
+		{clockScenario: clockScenario{name: "a liar last, two right, the clock at 1970", local: unixZero, servers: []time.Duration{0, 0, liar}}, log: 2},
+		{clockScenario: clockScenario{name: "the upkeep: the clock follows a liar, two right", local: time.Now().Add(liar), servers: []time.Duration{liar, 0, 0}}, skipBoot: true},
+		{clockScenario: clockScenario{name: "the upkeep: the clock follows a liar, two right, in 2036", now: in2036, local: in2036.Add(liar), floor: in2036.Add(-30 * day), servers: []time.Duration{liar, 0, 0}}, skipBoot: true},
+		// No two agree: no server is followed, the floor still holds.
+		{clockScenario: clockScenario{name: "a liar and a right one, the clock at 1970", local: unixZero, servers: []time.Duration{liar, 0}}, want: -day, log: -1},
+		{clockScenario: clockScenario{name: "two liars and two right ones, the clock at 1970", local: unixZero, servers: []time.Duration{liar, liar, 0, 0}}, want: -day, log: -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sources, floor, clk := tc.start(t)
+			err0 := clk.err
+			var logs []string
+			if !tc.skipBoot {
+				msg, err := syncClock(sources, floor)
+				if err != nil {
+					t.Fatal(err)
+				}
+				logs = append(logs, msg)
+			}
+			k := &clockKeeper{sources: sources, floor: floor}
+			for range 4 {
+				logs = append(logs, k.check())
+			}
+			t.Logf("%q", logs)
+			if d := clk.err - tc.want; d.Abs() > 500*time.Millisecond {
+				t.Errorf("clock error after boot + 4 checks: %s, steps %v; want %s", clk.err, clk.steps, tc.want)
+			}
+			// The clock's error right after each step: never the liar's.
+			e := err0
+			for _, s := range clk.steps {
+				if e += s; (e - liar).Abs() < time.Hour {
+					t.Errorf("steps %v: one follows the liar", clk.steps)
+				}
+			}
+			// At boot a liar that answers after two agree is not waited
+			// for: the first check names it.
+			if tc.log >= 0 && !strings.Contains(logs[0]+logs[1], sources[tc.log].Name) {
+				t.Errorf("the first logs %q do not name the liar %s", logs[:2], sources[tc.log].Name)
+			}
+		})
+	}
+}
+
+// TestClockBootRound: at boot more than one source is asked at once, and
+// the boot waits for them no longer than ntpTimeout, however many are
+// silent, and not at all once most agree; when only one answers it is
+// followed, as a lone source is.
+func TestClockBootRound(t *testing.T) {
+	for _, tc := range []struct {
+		clockScenario
+		want    time.Duration // the clock's error after boot
+		msg     string        // in the boot's message
+		maxTook time.Duration // how long the boot may wait (zero: ntpTimeout)
+	}{
+		{clockScenario: clockScenario{name: "two right, one silent: not waited for", local: unixZero, servers: []time.Duration{silent, 0, 0}}, msg: "stepped", maxTook: 500 * time.Millisecond},
+		{clockScenario: clockScenario{name: "one right, two silent, the clock at 1970", local: unixZero, servers: []time.Duration{silent, 0, silent}}, msg: "the only answer"},
+		{clockScenario: clockScenario{name: "a liar, one right, one silent, the clock at 1970", local: unixZero, servers: []time.Duration{31 * day, silent, 0}}, want: -day, msg: "they disagree"},
+		{clockScenario: clockScenario{name: "all silent, the clock at 1970", local: unixZero, servers: []time.Duration{silent, silent, silent}}, want: -day, msg: "no time source answered"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sources, floor, clk := tc.start(t)
+			start := time.Now()
+			msg, err := syncClock(sources, floor)
+			took := time.Since(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: %s", took, msg)
+			maxTook := tc.maxTook
+			if maxTook == 0 {
+				maxTook = ntpTimeout + 500*time.Millisecond
+			}
+			if took > maxTook {
+				t.Errorf("the boot waited %s for its time sources, want at most %s", took, maxTook)
+			}
+			// The floor was a day before the true time when the boot
+			// began, took ago.
+			if d := clk.err - tc.want; d.Abs() > 500*time.Millisecond+took {
+				t.Errorf("the clock is off by %s after %q (steps %v); want %s", clk.err, msg, clk.steps, tc.want)
+			}
+			if !strings.Contains(msg, tc.msg) {
+				t.Errorf("%q, want it to say %q", msg, tc.msg)
+			}
+		})
 	}
 }
