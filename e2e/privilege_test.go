@@ -64,9 +64,15 @@ func checkLeastPrivilege(t *testing.T, u *upCluster) {
 		t.Fatal(err)
 	}
 	c.Metrics.TLS = true
-	if _, err := pki.Ensure(c, scraperPKI); err != nil {
+	set, err := pki.Ensure(c, scraperPKI)
+	if err != nil {
 		t.Fatal(err)
 	}
+	if set.Prometheus == nil {
+		t.Fatal("pki issued no scraper certificate with metrics.tls")
+	}
+	os.WriteFile(filepath.Join(scraperPKI, pki.PrometheusCert), set.Prometheus.Cert, 0o644)
+	os.WriteFile(filepath.Join(scraperPKI, pki.PrometheusKey), set.Prometheus.Key, 0o600)
 	ca := filepath.Join(u.out, "pki", pki.CACertFile)
 	for _, tc := range []struct {
 		what string
