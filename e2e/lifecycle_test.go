@@ -535,22 +535,15 @@ func servedSerials(t *testing.T, u *upCluster) map[string]string {
 func etcdConfVar(t *testing.T, path, key string) string {
 	t.Helper()
 	cfg, err := ign.Parse([]byte(mustRead(t, path)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range cfg.Storage.Files {
-		if f.Path == ign.EtcdConfPath {
-			b, err := ign.Contents(f)
-			if err != nil {
-				t.Fatal(err)
+	if err == nil {
+		var b []byte
+		if b, err = ign.FileContents(cfg, ign.EtcdConfPath); err == nil {
+			var env map[string]string
+			if env, err = ign.EnvMap(b); err == nil {
+				return env[key]
 			}
-			env, err := ign.EnvMap(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return env[key]
 		}
 	}
-	t.Fatalf("%s has no %s", path, ign.EtcdConfPath)
+	t.Fatalf("%s: %v", path, err)
 	return ""
 }

@@ -21,21 +21,15 @@ func etcdConf(t *testing.T, res *Result, member string) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range cfg.Storage.Files {
-		if f.Path == ign.EtcdConfPath {
-			b, err := ign.Contents(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			env, err := ign.EnvMap(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return env
-		}
+	b, err := ign.FileContents(cfg, ign.EtcdConfPath)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("%s's config has no %s", member, ign.EtcdConfPath)
-	return nil
+	env, err := ign.EnvMap(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
 }
 
 // bootID is the cluster ID the members of res bootstrap with: their
