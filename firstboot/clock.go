@@ -126,7 +126,8 @@ const (
 	clockStep = 100 * time.Millisecond
 	// clockStepBound is the largest offset one source may correct after
 	// boot, and it is slewed, not stepped: a larger one is stepped only
-	// when two sources agree on it. An unauthenticated answer could
+	// when two sources agree on it, and they are most of those that
+	// answered (vote). An unauthenticated answer could
 	// otherwise move a running member by any amount, every 15 minutes
 	// (a future-dated backup, retention by a wrong age, certificates
 	// "expired" or "not yet valid").
@@ -296,6 +297,16 @@ type clockVote struct {
 // answer), or the only answer there is. One server that lies is then
 // outvoted by two that do not, wherever it is in the list; a majority
 // that lies is not caught, nor can it be without a trusted source.
+//
+// An offset of clockStepBound or more also needs the group to be a
+// strict majority of the answers. Being the largest group is not enough:
+// right servers can be more than clockAgree apart (a congested path, a
+// server not yet settled), and each is then a group of one, so two liars
+// that agree would outnumber, say, two right servers 300 ms apart, and
+// step a right clock by whatever they say. A majority cannot be outvoted
+// by the rest however those rest are scattered. A smaller offset keeps
+// the weaker rule: it is slewed after boot, and at boot it costs at most
+// a second, which the upkeep corrects.
 func vote(got []clockSample) (clockVote, bool) {
 	if len(got) == 0 {
 		return clockVote{}, false
@@ -335,6 +346,9 @@ func vote(got []clockSample) (clockVote, bool) {
 		}
 	}
 	v.name, v.off, v.agree = joinNames(names), sum/time.Duration(len(g)), len(g)
+	if v.off.Abs() >= clockStepBound && 2*v.agree <= len(got) {
+		return clockVote{}, false
+	}
 	return v, true
 }
 
@@ -377,9 +391,10 @@ func saying(got []clockSample) string {
 // the hardware kept, by any amount but never to before the floor. One
 // source alone is followed once it answers sanely (asked up to three
 // times). More are asked all at once, within ntpTimeout, and the clock
-// is stepped only to what they agree on (vote): the first in the list
-// is not trusted more, since one server that lies would otherwise set
-// the clock for good (after boot a far step needs two that agree). When
+// is stepped only to what they agree on (vote: a step of clockStepBound
+// or more needs most of the answers): the first in the list is not
+// trusted more, since one server that lies would otherwise set the clock
+// for good (after boot a far step needs two that agree). When
 // only one of them answers, it is followed as if it were the only one:
 // nothing says it lies, and a clock left at the floor may be months
 // behind; the upkeep asks them all again. With no answer to follow the
@@ -503,7 +518,8 @@ type clockSample struct {
 // check asks every source once, all at once, and corrects the clock,
 // returning what to log:
 //   - two or more that agree (vote) slew the clock by their mean, or step
-//     it when that is clockStepBound or more; an answer that disagrees
+//     it when that is clockStepBound or more (then they must be most of
+//     the answers, or vote finds no agreement); an answer that disagrees
 //     with them is named, once. Every source is asked every time (a few
 //     packets every 15 minutes): asking only the first while it found
 //     the clock near would follow a first source that lies, and never
@@ -553,7 +569,7 @@ func (k *clockKeeper) check() string {
 		}
 		return k.resolved(got[0])
 	}
-	msg := saying(got) + fmt.Sprintf("; not stepped: after boot a step of more than %s needs two time sources that agree within %s (name more NTP servers in the spec's network.ntp)", clockStepBound, clockAgree)
+	msg := saying(got) + fmt.Sprintf("; not stepped: after boot a step of %s or more needs two time sources, most of those that answer, that agree within %s (name more NTP servers in the spec's network.ntp)", clockStepBound, clockAgree)
 	// A source that finds the clock near confirms it, against the
 	// others: follow that one, gently.
 	for _, s := range got {

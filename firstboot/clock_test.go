@@ -503,3 +503,74 @@ func TestClockBootRound(t *testing.T) {
 		})
 	}
 }
+
+// TestClockStepNeedsMajority: a step of clockStepBound or more needs a
+// strict majority of the sources that answered, not merely the largest
+// group. Two right servers 300 ms apart (more than clockAgree) form two
+// groups of one, so two liars that agree were the largest group and
+// stepped a right clock by an hour, at boot and after. An offset under
+// the bound keeps the old rule: the largest group of two or more, with
+// no rival as large, is followed.
+func TestClockStepNeedsMajority(t *testing.T) {
+	liar := time.Hour
+	liars := []time.Duration{liar, liar + 10*time.Millisecond}
+	right := []time.Duration{0, 300 * time.Millisecond}
+	for _, tc := range []struct {
+		clockScenario
+		boot  bool          // syncClock once; otherwise the upkeep checks twice
+		want  time.Duration // the clock's error afterwards
+		steps int
+		slew  time.Duration // the first slew asked for, if any
+		log   string        // in the first message
+	}{
+		{clockScenario: clockScenario{name: "upkeep: two right 300ms apart, then two agreeing liars", servers: slices.Concat(right, liars)}, log: "not stepped"},
+		{clockScenario: clockScenario{name: "upkeep: two agreeing liars, then two right 300ms apart", servers: slices.Concat(liars, right)}, log: "not stepped"},
+		{clockScenario: clockScenario{name: "boot: two agreeing liars, two right 300ms apart, the clock right", servers: slices.Concat(liars, right)}, boot: true, log: "they disagree"},
+		{clockScenario: clockScenario{name: "boot: two agreeing liars, two right 300ms apart, the clock at 1970", local: unixZero, servers: slices.Concat(liars, right)}, boot: true, want: -day, steps: 1, log: "image's floor"},
+		// A strict majority still steps, with a liar among the sources.
+		{clockScenario: clockScenario{name: "upkeep: three of four agree, the clock an hour behind", local: time.Now().Add(-time.Hour), servers: []time.Duration{0, 100 * time.Millisecond, 200 * time.Millisecond, 31 * day}}, want: 100 * time.Millisecond, steps: 1, log: "stepped"},
+		{clockScenario: clockScenario{name: "boot: three of four agree, the clock at 1970", local: unixZero, servers: []time.Duration{31 * day, 0, 100 * time.Millisecond, 200 * time.Millisecond}}, boot: true, want: 100 * time.Millisecond, steps: 1, log: "stepped"},
+		// Under the bound two of four are still followed (slewed).
+		{clockScenario: clockScenario{name: "upkeep: two of four agree, 500ms slow", local: time.Now().Add(-500 * time.Millisecond), servers: []time.Duration{0, 10 * time.Millisecond, 2 * time.Hour, -2 * time.Hour}}, want: -500 * time.Millisecond, slew: 505 * time.Millisecond, log: "ignored"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sources, floor, clk := tc.start(t)
+			err0 := clk.err
+			var logs []string
+			if tc.boot {
+				msg, err := syncClock(sources, floor)
+				if err != nil {
+					t.Fatal(err)
+				}
+				logs = append(logs, msg)
+			} else {
+				k := &clockKeeper{sources: sources, floor: floor}
+				for range 2 {
+					logs = append(logs, k.check())
+				}
+			}
+			t.Logf("%q", logs)
+			if d := clk.err - tc.want; d.Abs() > 500*time.Millisecond {
+				t.Errorf("the clock is off by %s after %q (steps %v); want %s", clk.err, logs, clk.steps, tc.want)
+			}
+			if len(clk.steps) != tc.steps {
+				t.Errorf("steps %v, want %d", clk.steps, tc.steps)
+			}
+			e := err0
+			for _, s := range clk.steps {
+				if e += s; (e - liar).Abs() < time.Minute {
+					t.Errorf("steps %v: one follows the liars", clk.steps)
+				}
+			}
+			switch {
+			case tc.slew == 0 && len(clk.slews) > 0 && clk.slews[0].Abs() > 100*time.Millisecond:
+				t.Errorf("slews %v, want none of note", clk.slews)
+			case tc.slew != 0 && (len(clk.slews) == 0 || (clk.slews[0]-tc.slew).Abs() > 100*time.Millisecond):
+				t.Errorf("slews %v, want %s first", clk.slews, tc.slew)
+			}
+			if !strings.Contains(logs[0], tc.log) {
+				t.Errorf("%q, want it to say %q", logs[0], tc.log)
+			}
+		})
+	}
+}
