@@ -26,6 +26,8 @@ package backup
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,7 +51,36 @@ import (
 const (
 	LockKey   = "/etcdimg/backup/lock"
 	RecordKey = "/etcdimg/backup/last"
+	// IncarnationKey holds a random value the cluster writes once, at
+	// its first backup: it tells this cluster's backups from those of
+	// another bootstrapped with the same ID (Own).
+	IncarnationKey = "/etcdimg/backup/incarnation"
 )
+
+// incarnation returns the cluster's value at IncarnationKey, writing a
+// new random one if there is none yet (one transaction: members that
+// race agree on the first written).
+func incarnation(ctx context.Context, cli *clientv3.Client) (string, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("incarnation: %w", err)
+	}
+	r, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(IncarnationKey), "=", 0)).
+		Then(clientv3.OpPut(IncarnationKey, hex.EncodeToString(b))).
+		Else(clientv3.OpGet(IncarnationKey)).
+		Commit()
+	if err != nil {
+		return "", fmt.Errorf("incarnation: %w", err)
+	}
+	if r.Succeeded {
+		return hex.EncodeToString(b), nil
+	}
+	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && len(kvs[0].Value) > 0 {
+		return string(kvs[0].Value), nil
+	}
+	return "", fmt.Errorf("incarnation: %s is empty", IncarnationKey)
+}
 
 // MaxSkew is how far apart two clocks may be and still agree: a record
 // dated later than this after the member's clock is from the future,
@@ -72,7 +103,10 @@ type Manifest struct {
 	SHA256      string    `json:"sha256"`
 	EtcdVersion string    `json:"etcdVersion"`
 	Seconds     float64   `json:"seconds"` // to save and verify
-	Targets     []string  `json:"targets"` // where it was stored: local, s3
+	// Incarnation is the cluster's random value at IncarnationKey (see
+	// Own): with ClusterID, which cluster wrote the backup.
+	Incarnation string   `json:"incarnation,omitempty"`
+	Targets     []string `json:"targets"` // where it was stored: local, s3
 }
 
 // walReserve is what backups leave free on the data disk beside the
@@ -112,6 +146,7 @@ type Service struct {
 	// last record from the future a backup of this member answered.
 	seen, answered string
 	seenAt         time.Time
+	answeredFuture bool
 }
 
 // Uploader is an S3 bucket (see NewS3).
@@ -232,7 +267,14 @@ func (s *Service) Once(ctx context.Context) error {
 		}
 		return nil
 	}
+	inc, err := incarnation(ctx, cli)
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
 	m, err := s.take(ctx, cli)
+	if err == nil {
+		m.Incarnation = inc
+	}
 	if err != nil {
 		s.fail("local")
 		return err
@@ -253,7 +295,7 @@ func (s *Service) Once(ctx context.Context) error {
 	}
 	// Retention runs before the record is written: a round is over, for
 	// whoever reads the record, once its old backups are gone too.
-	s.retain(ctx, m.ClusterID, m.Name, prev)
+	s.retain(ctx, m.ClusterID, m.Incarnation, m.Name, prev)
 	b, _ := json.Marshal(m)
 	if _, err := cli.Put(ctx, RecordKey, string(b)); err != nil {
 		return fmt.Errorf("record the backup: %w", err)
@@ -389,10 +431,18 @@ func sortManifests(ms []Manifest) {
 // cluster, whatever the clocks of the members that took them say.
 // Retention looks at these only: a cluster never deletes a backup it
 // did not write.
-func Own(ms []Manifest, clusterID string) []Manifest {
+//
+// A cluster ID alone does not tell two clusters apart when both were
+// bootstrapped with the same token and members (the data disks of one
+// output directory wiped and the cluster started again, or clusters of
+// an older etcdimg made from one spec): incarnation, a random value the
+// cluster keeps at IncarnationKey from its first backup, does. A backup
+// of another incarnation (or one taken before incarnations were kept)
+// is not this cluster's to delete.
+func Own(ms []Manifest, clusterID, incarnation string) []Manifest {
 	var out []Manifest
 	for _, m := range ms {
-		if clusterID != "" && m.ClusterID == clusterID {
+		if clusterID != "" && m.ClusterID == clusterID && m.Incarnation == incarnation {
 			out = append(out, m)
 		}
 	}
@@ -452,7 +502,12 @@ func (s *Service) due(m *Manifest) bool {
 			s.seenAt = now.Add(-min(age, s.interval()))
 		}
 	}
-	if m.Time.Sub(now) > MaxSkew {
+	if m.Time.Sub(now) > MaxSkew && !s.answeredFuture {
+		// The first record from the future this member meets is
+		// answered at once (a planted record must not delay a backup
+		// by an interval); later ones, which a member whose clock runs
+		// ahead writes again at each of its restarts, at the pace of
+		// any record, or the two would trade backups at every restart.
 		return s.answered != m.Name
 	}
 	return now.Sub(s.seenAt) >= s.interval()
@@ -466,6 +521,9 @@ func (s *Service) tookOver(prev, m *Manifest) {
 	defer s.mu.Unlock()
 	if prev != nil {
 		s.answered = prev.Name
+		if prev.Time.Sub(s.now()) > MaxSkew {
+			s.answeredFuture = true
+		}
 	}
 	s.seen, s.seenAt = m.Name, s.now()
 }
@@ -551,14 +609,14 @@ func (s *Service) ageLimit(ctx context.Context, prev *Manifest) time.Duration {
 // retain applies retention to this cluster's backups (clusterID) on the
 // data disk and in the bucket. prev is the cluster's record read before
 // this round.
-func (s *Service) retain(ctx context.Context, clusterID, just string, prev *Manifest) {
+func (s *Service) retain(ctx context.Context, clusterID, incarnation, just string, prev *Manifest) {
 	maxAge := s.ageLimit(ctx, prev)
 	now := s.now()
 	// The backup this round just verified is never a victim, whatever
 	// else shares its cluster ID (clusters of an older etcdimg made
 	// from one spec do).
 	expired := func(ms []Manifest) []Manifest {
-		return slices.DeleteFunc(Expired(Own(ms, clusterID), s.Config.Retain, maxAge, now), func(m Manifest) bool { return m.Name == just })
+		return slices.DeleteFunc(Expired(Own(ms, clusterID, incarnation), s.Config.Retain, maxAge, now), func(m Manifest) bool { return m.Name == just })
 	}
 	if ms, err := List(s.Dir); err == nil {
 		for _, m := range expired(ms) {

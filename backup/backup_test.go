@@ -68,7 +68,7 @@ func TestOneBackupPerIntervalForTheCluster(t *testing.T) {
 	}
 	m := append(la, lb...)[0]
 	last, err := LastBackup(ctx, cli)
-	if err != nil || last == nil || last.Name != m.Name || last.Keys != 51 { // 50 keys and the backup lock
+	if err != nil || last == nil || last.Name != m.Name || last.Keys != 52 { // 50 keys, the backup lock and the incarnation
 		t.Fatalf("record %+v (%v), backup %+v", last, err, m)
 	}
 	dir := a.Dir
@@ -442,9 +442,13 @@ func TestAgeRetentionDistrustsAWrongClock(t *testing.T) {
 			s.S3 = up
 			s.clock = func() time.Time { return time.Now().Add(tc.skew) }
 			now := s.now()
+			inc, err := incarnation(context.Background(), cli)
+			if err != nil {
+				t.Fatal(err)
+			}
 			var last Manifest
 			for i := range 24 {
-				last = Manifest{Name: fmt.Sprintf("c1-seed-%02d", i), Cluster: "c1", ClusterID: id, Member: "etcd-2", Time: now.Add(-tc.age(i)).UTC(), Revision: int64(i + 1)}
+				last = Manifest{Name: fmt.Sprintf("c1-seed-%02d", i), Cluster: "c1", ClusterID: id, Incarnation: inc, Member: "etcd-2", Time: now.Add(-tc.age(i)).UTC(), Revision: int64(i + 1)}
 				seed(t, s, up, last)
 			}
 			b, _ := json.Marshal(last)
@@ -534,7 +538,7 @@ func TestRetentionKeepsAnotherClustersBackups(t *testing.T) {
 		t.Error("deleted the other cluster's backup by name")
 	}
 	ms, _ := up.List(context.Background())
-	if n := len(Own(ms, "deadbeef")); n != 24 {
+	if n := len(Own(ms, "deadbeef", "")); n != 24 {
 		t.Errorf("the other cluster has %d backups left, want 24", n)
 	}
 }
@@ -561,10 +565,10 @@ func TestRetentionOrdersByRevision(t *testing.T) {
 		}
 		return strings.Join(s, ",")
 	}
-	if got := names(Own(ms, "a1")); got != "r1,r2,r3-clock-behind,r4-clock-ahead,r5" {
+	if got := names(Own(ms, "a1", "")); got != "r1,r2,r3-clock-behind,r4-clock-ahead,r5" {
 		t.Fatalf("own backups %q", got)
 	}
-	if got := names(Own(ms, "")); got != "" {
+	if got := names(Own(ms, "", "")); got != "" {
 		t.Fatalf("backups of no cluster ID: %q", got)
 	}
 	for _, tc := range []struct {
@@ -580,7 +584,7 @@ func TestRetentionOrdersByRevision(t *testing.T) {
 		{"age past all keeps the newest", 9, time.Nanosecond, "r1,r2,r3-clock-behind"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := names(Expired(Own(ms, "a1"), tc.retain, tc.maxAge, now)); got != tc.want {
+			if got := names(Expired(Own(ms, "a1", ""), tc.retain, tc.maxAge, now)); got != tc.want {
 				t.Errorf("expired %q, want %q", got, tc.want)
 			}
 		})
@@ -692,5 +696,105 @@ func TestTheBackupJustTakenIsNeverRetentionsVictim(t *testing.T) {
 	newest := mine[len(mine)-1].Name
 	if !slices.ContainsFunc(ms, func(m Manifest) bool { return m.Name == newest }) {
 		t.Errorf("retention deleted %s, the backup this round verified, from the bucket", newest)
+	}
+}
+
+// TestASkewedMemberRestartingOftenDoesNotMultiplyBackups: a member whose
+// clock runs 2 h ahead (an RTC in local time, its time sources out of
+// reach) restarts every 5 minutes beside a member whose clock is right.
+// At each restart it aged the other's record by its own clock and backed
+// up, and the other answered that record from the future at once: 49
+// backups in two 1 h intervals, and retention by count (24) kept under
+// two hours of restore points. A member answers only the first record
+// from the future at once; later ones wait their interval like any.
+func TestASkewedMemberRestartingOftenDoesNotMultiplyBackups(t *testing.T) {
+	for _, skew := range []time.Duration{-time.Hour, 2 * time.Hour} {
+		t.Run(skew.String(), func(t *testing.T) {
+			ep := startEtcd(t)
+			base := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+			var elapsed time.Duration
+			member := func(name string, skew time.Duration, dir string) *Service {
+				s := service(t, name, ep, 24)
+				s.Config.IntervalSeconds = 3600
+				if dir != "" {
+					s.Dir = dir
+				}
+				s.Log = func(string, ...any) {}
+				s.clock = func() time.Time { return base.Add(elapsed + skew) }
+				return s
+			}
+			right := member("etcd-1", 0, "")
+			skewed := member("etcd-2", skew, "")
+			taken := map[string]bool{}
+			for tick := range 120 { // a round a minute for 2 h
+				if tick%5 == 0 {
+					skewed = member("etcd-2", skew, skewed.Dir) // a restart: same disk, a new process
+				}
+				for _, s := range []*Service{right, skewed} {
+					if err := s.Once(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+					ms, _ := List(s.Dir)
+					for _, m := range ms {
+						taken[m.Name] = true
+					}
+				}
+				elapsed += time.Minute
+			}
+			if len(taken) > 5 {
+				t.Errorf("%d backups in two 1 h intervals", len(taken))
+			}
+		})
+	}
+}
+
+// TestAClusterBootstrappedAgainKeepsItsRestorePoints: the data disks of
+// one output directory wiped and the cluster started again bootstraps
+// the same cluster ID, with revisions from 1. The bucket still held the
+// first incarnation's 24 backups at revisions near 100000: ordered by
+// revision they were "newer", so each round deleted the previous round's
+// backup of the running cluster, which kept one restore point. The
+// incarnation (IncarnationKey) tells the two apart: the running cluster
+// keeps its own, and leaves the other's alone.
+func TestAClusterBootstrappedAgainKeepsItsRestorePoints(t *testing.T) {
+	srv := s3test.Start(t, 0)
+	srv.MakeBucket(t, "again")
+	ep := startEtcd(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	id := clusterID(t, cli)
+	up, err := NewS3(ign.S3Target{Endpoint: "http://" + srv.Addr, Bucket: "again", Region: "us-east-1"}, "c1", s3test.Credentials(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := service(t, "etcd-1", ep, 24) // the first incarnation's disk
+	now := time.Now()
+	for i := range 24 {
+		seed(t, first, up, Manifest{Name: fmt.Sprintf("c1-first-%02d", i), Cluster: "c1", ClusterID: id, Incarnation: "0123456789abcdef", Member: "etcd-1", Time: now.Add(time.Duration(i-48) * time.Hour).UTC(), Revision: int64(100000 + i)})
+	}
+	s := service(t, "etcd-1", ep, 24)
+	s.Config.IntervalSeconds = 1
+	s.S3 = up
+	for range 4 {
+		time.Sleep(1100 * time.Millisecond) // an interval; names are to the second
+		if err := s.Once(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, err := up.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := 0
+	for _, m := range ms {
+		if m.Incarnation != "0123456789abcdef" {
+			mine++
+		}
+	}
+	if mine != 4 || len(ms)-mine != 24 {
+		t.Errorf("the bucket holds %d of the running cluster's 4 backups and %d of the first incarnation's 24", mine, len(ms)-mine)
 	}
 }

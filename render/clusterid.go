@@ -9,10 +9,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 
 	"etcdimg/ignition"
+	"etcdimg/ignition/ign"
 	"etcdimg/outdir"
 	"etcdimg/restore"
 	"etcdimg/snapshot"
@@ -102,13 +104,17 @@ const (
 //     suffix: two clusters made from one spec (the default one, a
 //     template used twice) get different cluster IDs, so that their
 //     backups in a shared bucket are told apart by ID;
-//   - a directory rendered by an older etcdimg (configs but no record)
-//     gets none: the first replace, roll, up or health records the
-//     running cluster's ID instead of one a changed spec would give.
-func clusterRecord(c *spec.Cluster, dir outdir.Layout, plan *restore.Plan) (*ClusterRecord, error) {
+//   - a directory rendered by an older etcdimg (configs but no record),
+//     or one whose record was lost, gets none: the first replace, roll,
+//     up or health records the running cluster's ID instead of one a
+//     changed spec would give. Its images keep the token its configs
+//     already carry (the members' disks are marked with it).
+//
+// It returns the token the images carry too.
+func clusterRecord(c *spec.Cluster, dir outdir.Layout, plan *restore.Plan) (*ClusterRecord, string, error) {
 	rec, err := LoadClusterRecord(dir)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var token string
 	switch {
@@ -117,34 +123,62 @@ func clusterRecord(c *spec.Cluster, dir outdir.Layout, plan *restore.Plan) (*Clu
 	case rec != nil:
 		token = rec.Token
 	case olderDirectory(dir):
-		return nil, nil
+		return nil, priorToken(c, dir), nil
 	default:
 		b := make([]byte, 4)
 		if _, err := rand.Read(b); err != nil {
-			return nil, fmt.Errorf("render: cluster token: %w", err)
+			return nil, "", fmt.Errorf("render: cluster token: %w", err)
 		}
 		token = c.Name + "-" + hex.EncodeToString(b)
 	}
 	if rec != nil && rec.Token == token && rec.Source == SourceLive {
-		return rec, nil
+		return rec, token, nil
 	}
 	initial := ignition.InitialCluster(c)
 	id, err := snapshot.ClusterID(token, initial)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return &ClusterRecord{ClusterID: strconv.FormatUint(id, 16), Token: token, InitialCluster: initial, Source: SourceSpec}, nil
+	return &ClusterRecord{ClusterID: strconv.FormatUint(id, 16), Token: token, InitialCluster: initial, Source: SourceSpec}, token, nil
 }
 
 // olderDirectory says whether dir holds members' configs but no cluster
-// record: an older etcdimg rendered it, and its cluster may run with the
-// name as its token and a membership the spec no longer shows.
+// record: an older etcdimg rendered it (or its record was lost), and its
+// cluster may run with a membership the spec no longer shows.
 func olderDirectory(dir outdir.Layout) bool {
 	if _, err := os.Stat(dir.ClusterRecord()); err == nil {
 		return false
 	}
 	configs, _ := filepath.Glob(filepath.Join(dir.Dir(), "ignition", "*.ign"))
 	return len(configs) > 0
+}
+
+// priorToken is the initial-cluster token dir's member configs carry
+// (an older etcdimg's: the spec's name; a newer one's, whose record was
+// lost: the name and its random part), else the spec's name. A token
+// must never change under a running cluster: each member's data disk is
+// marked with it, and a member refuses a disk of another token.
+func priorToken(c *spec.Cluster, dir outdir.Layout) string {
+	configs, _ := filepath.Glob(filepath.Join(dir.Dir(), "ignition", "*.ign"))
+	sort.Strings(configs)
+	for _, p := range configs {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		cfg, err := ign.Parse(raw)
+		if err != nil {
+			continue
+		}
+		conf, err := ign.FileContents(cfg, ign.EtcdConfPath)
+		if err != nil {
+			continue
+		}
+		if env, err := ign.EnvMap(conf); err == nil && env["ETCD_INITIAL_CLUSTER_TOKEN"] != "" {
+			return env["ETCD_INITIAL_CLUSTER_TOKEN"]
+		}
+	}
+	return c.Name
 }
 
 func (r *ClusterRecord) file(dir outdir.Layout) (outdir.File, error) {
@@ -157,8 +191,8 @@ func (r *ClusterRecord) file(dir outdir.Layout) (outdir.File, error) {
 }
 
 // Token is the initial-cluster token dir's images carry: a restored
-// cluster's own, else the record's, else (an older directory) the
-// spec's name.
+// cluster's own, else the record's, else the one its configs carry, else
+// (a new directory) the spec's name.
 func Token(c *spec.Cluster, dir outdir.Layout) (string, error) {
 	plan, err := restore.Load(dir)
 	if err != nil {
@@ -174,7 +208,7 @@ func Token(c *spec.Cluster, dir outdir.Layout) (string, error) {
 	if rec != nil {
 		return rec.Token, nil
 	}
-	return c.Name, nil
+	return priorToken(c, dir), nil
 }
 
 // CheckClusterID compares the cluster that answers at the spec's

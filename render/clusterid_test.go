@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"etcdimg/ignition"
 	"etcdimg/ignition/ign"
 	"etcdimg/outdir"
 	"etcdimg/snapshot"
@@ -138,28 +137,33 @@ func TestTwoClustersOfOneSpecHaveTwoIDs(t *testing.T) {
 	}
 }
 
-// TestADirectoryWithoutARecordAdoptsTheLiveCluster: a directory rendered
-// by an older etcdimg (configs, no record) keeps its images' old token
-// and gets no recorded ID from a render (its spec may have changed since
-// the cluster formed); the first replace, roll, up or health records the
-// cluster its admin certificate reaches, and it is kept.
+// TestADirectoryWithoutARecordAdoptsTheLiveCluster: a directory whose
+// configs exist but whose record does not (an older etcdimg's, or one
+// whose record was lost or moved aside, as a refusal advises) keeps the
+// token its configs carry: the members' disks are marked with it, and a
+// member refuses a disk of another token (a first version of this fell
+// back to the spec's name, and every rebuilt member refused its own
+// disk). It gets no recorded ID from a render (its spec may have changed
+// since the cluster formed); the first replace, roll, up or health
+// records the cluster its admin certificate reaches, and it is kept.
 func TestADirectoryWithoutARecordAdoptsTheLiveCluster(t *testing.T) {
 	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
-	four := spec.Default(4)
-	if _, err := Run(spec.Default(3), dir); err != nil {
+	three, four := spec.Default(3), spec.Default(4)
+	first, err := Run(three, dir)
+	if err != nil {
 		t.Fatal(err)
 	}
-	// What an older etcdimg left: no record, the name as the token.
+	token := etcdConf(t, first, "etcd-1")["ETCD_INITIAL_CLUSTER_TOKEN"]
+	live := bootID(t, first, "etcd-1")
 	os.Remove(dir.ClusterRecord())
 	res, err := Run(four, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := etcdConf(t, res, "etcd-2")
-	if env[ign.ClusterIDVar] != "" || env["ETCD_INITIAL_CLUSTER_TOKEN"] != four.Name {
-		t.Fatalf("an older directory: %s=%q, token %q", ign.ClusterIDVar, env[ign.ClusterIDVar], env["ETCD_INITIAL_CLUSTER_TOKEN"])
+	if env[ign.ClusterIDVar] != "" || env["ETCD_INITIAL_CLUSTER_TOKEN"] != token {
+		t.Fatalf("a directory without its record: %s=%q, token %q, want none and the configs' %q", ign.ClusterIDVar, env[ign.ClusterIDVar], env["ETCD_INITIAL_CLUSTER_TOKEN"], token)
 	}
-	live, _ := snapshot.ClusterID(four.Name, ignition.InitialCluster(spec.Default(3)))
 	if adopted, err := CheckClusterID(four, dir, live); err != nil || !adopted {
 		t.Fatalf("adopted %v, %v", adopted, err)
 	}
@@ -167,10 +171,15 @@ func TestADirectoryWithoutARecordAdoptsTheLiveCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := etcdConf(t, res, "etcd-2")[ign.ClusterIDVar]; got != strconv.FormatUint(live, 16) {
-		t.Errorf("%s=%q, want the adopted %x", ign.ClusterIDVar, got, live)
+	env = etcdConf(t, res, "etcd-2")
+	if env[ign.ClusterIDVar] != strconv.FormatUint(live, 16) || env["ETCD_INITIAL_CLUSTER_TOKEN"] != token {
+		t.Errorf("after adopting: %s=%q, token %q; want %x and %q", ign.ClusterIDVar, env[ign.ClusterIDVar], env["ETCD_INITIAL_CLUSTER_TOKEN"], live, token)
 	}
 	if adopted, err := CheckClusterID(four, dir, live); err != nil || adopted {
 		t.Errorf("second check: adopted %v, %v", adopted, err)
+	}
+	// A directory of an older etcdimg: its configs carry the name.
+	if got := priorToken(three, outdir.Layout(t.TempDir())); got != three.Name {
+		t.Errorf("no configs: token %q, want the name", got)
 	}
 }

@@ -166,12 +166,13 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 	}
 	// The images name the cluster they belong to as recorded, not as
 	// the current spec's member list would give it, with its token.
-	rec, err := clusterRecord(c, dir, plan)
+	rec, token, err := clusterRecord(c, dir, plan)
 	if err != nil {
 		return nil, nil, err
 	}
+	opts.Token = token
 	if rec != nil {
-		opts.Token, opts.ClusterID = rec.Token, rec.ID()
+		opts.ClusterID = rec.ID()
 		recFile, err := rec.file(dir)
 		if err != nil {
 			return nil, nil, err
