@@ -46,10 +46,10 @@ func (r *ClusterRecord) ID() uint64 {
 }
 
 // Pending are the names, among members, that were not in the cluster's
-// initial membership: added to the spec after the first bootstrap. A
-// provisional record (never seen running) has none.
+// initial membership: added to the spec after the first bootstrap. Ask
+// it of a record whose ID is the running cluster's.
 func (r *ClusterRecord) Pending(members []string) []string {
-	if r == nil || r.Source != SourceLive {
+	if r == nil {
 		return nil
 	}
 	initial := map[string]bool{}

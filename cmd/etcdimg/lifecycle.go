@@ -145,14 +145,16 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 	default:
 		return nil, nil, nil, err
 	}
-	// Members added to the spec since the first bootstrap are not
-	// waited for until they joined.
+	// Members added to the spec since the first bootstrap of the
+	// cluster that answers are not waited for until they joined.
 	rec, err := render.LoadClusterRecord(dir)
 	if err != nil {
 		release()
 		return nil, nil, nil, err
 	}
-	l.Pending = rec.Pending(c.Names())
+	if snap, err := e.Observe(cmd.Context()); err == nil && rec != nil && rec.ID() == snap.ClusterID {
+		l.Pending = rec.Pending(c.Names())
+	}
 	if err := check(cmd.Context(), l); err != nil {
 		release()
 		return nil, nil, nil, err
