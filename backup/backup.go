@@ -272,13 +272,11 @@ func (s *Service) Once(ctx context.Context) error {
 		return fmt.Errorf("backup: %w", err)
 	}
 	m, err := s.take(ctx, cli)
-	if err == nil {
-		m.Incarnation = inc
-	}
 	if err != nil {
 		s.fail("local")
 		return err
 	}
+	m.Incarnation = inc
 	s.ok("local")
 	m.Targets = []string{"local"}
 	if s.S3 != nil {
@@ -502,7 +500,7 @@ func (s *Service) due(m *Manifest) bool {
 			s.seenAt = now.Add(-min(age, s.interval()))
 		}
 	}
-	if m.Time.Sub(now) > MaxSkew && !s.answeredFuture {
+	if s.fromFuture(m) && !s.answeredFuture {
 		// The first record from the future this member meets is
 		// answered at once (a planted record must not delay a backup
 		// by an interval); later ones, which a member whose clock runs
@@ -521,7 +519,7 @@ func (s *Service) tookOver(prev, m *Manifest) {
 	defer s.mu.Unlock()
 	if prev != nil {
 		s.answered = prev.Name
-		if prev.Time.Sub(s.now()) > MaxSkew {
+		if s.fromFuture(prev) {
 			s.answeredFuture = true
 		}
 	}
@@ -546,7 +544,7 @@ func (s *Service) futureRecord(m *Manifest) {
 	}
 	s.mu.Unlock()
 	if !said {
-		s.Log("backup: the cluster's backup record %s (by %s) is dated %s, %s after this member's clock: a clock runs ahead (check NTP on the members) or a client wrote %s; it does not count, a backup is taken now", m.Name, m.Member, m.Time.UTC().Format(time.RFC3339), m.Time.Sub(s.now()).Round(time.Second), RecordKey)
+		s.Log("backup: the cluster's backup record %s (by %s) is dated %s, %s after this member's clock: a clock runs ahead (check NTP on the members) or a client wrote %s; it does not count: a backup follows (at once for the first such record this member meets, else once it has stood an interval)", m.Name, m.Member, m.Time.UTC().Format(time.RFC3339), m.Time.Sub(s.now()).Round(time.Second), RecordKey)
 	}
 }
 

@@ -25,17 +25,17 @@ import (
 // its images belong to. etcd gives a cluster its ID once, from the token
 // and the initial membership of its first bootstrap (or restore); the ID
 // never changes after that, while the spec's member list may. So the ID
-// is recorded at the first render and every later render puts the
-// recorded ID, not one computed from the current spec, into the images:
-// a blank member of a cluster that grew, shrank or moved a member still
-// knows which cluster it may join.
+// is recorded, and once the cluster was seen running with it every
+// later render puts the recorded ID, not one computed from the current
+// spec, into the images: a blank member of a cluster that grew, shrank
+// or moved a member still knows which cluster it may join.
 type ClusterRecord struct {
 	ClusterID string `json:"clusterID"` // hex, as etcd prints it
 	Token     string `json:"token"`
 	// InitialCluster is the membership the cluster was formed with.
 	InitialCluster string `json:"initialCluster"`
-	// Source is "spec" when computed from the spec at the first render,
-	// or "live" when taken from the running cluster (AdoptClusterID).
+	// Source is SourceSpec (provisional) or SourceLive (seen running,
+	// CheckClusterID).
 	Source string `json:"source"`
 }
 
@@ -122,9 +122,12 @@ func clusterRecord(c *spec.Cluster, dir outdir.Layout, plan *restore.Plan) (*Clu
 		token = plan.Token
 	case rec != nil:
 		token = rec.Token
-	case olderDirectory(dir):
-		return nil, priorToken(c, dir), nil
 	default:
+		// No record: a directory with configs (an older etcdimg's, or
+		// one whose record was lost) keeps their token and gets none.
+		if prior, older := priorToken(c, dir); older {
+			return nil, prior, nil
+		}
 		b := make([]byte, 4)
 		if _, err := rand.Read(b); err != nil {
 			return nil, "", fmt.Errorf("render: cluster token: %w", err)
@@ -142,24 +145,15 @@ func clusterRecord(c *spec.Cluster, dir outdir.Layout, plan *restore.Plan) (*Clu
 	return &ClusterRecord{ClusterID: strconv.FormatUint(id, 16), Token: token, InitialCluster: initial, Source: SourceSpec}, token, nil
 }
 
-// olderDirectory says whether dir holds members' configs but no cluster
-// record: an older etcdimg rendered it (or its record was lost), and its
-// cluster may run with a membership the spec no longer shows.
-func olderDirectory(dir outdir.Layout) bool {
-	if _, err := os.Stat(dir.ClusterRecord()); err == nil {
-		return false
-	}
-	configs, _ := filepath.Glob(filepath.Join(dir.Dir(), "ignition", "*.ign"))
-	return len(configs) > 0
-}
-
 // priorToken is the initial-cluster token dir's member configs carry
 // (an older etcdimg's: the spec's name; a newer one's, whose record was
-// lost: the name and its random part), else the spec's name. A token
-// must never change under a running cluster: each member's data disk is
-// marked with it, and a member refuses a disk of another token.
-func priorToken(c *spec.Cluster, dir outdir.Layout) string {
-	configs, _ := filepath.Glob(filepath.Join(dir.Dir(), "ignition", "*.ign"))
+// lost: the name and its random part), else the spec's name; older
+// reports whether dir holds member configs at all, i.e. whether a
+// cluster may already run from them. A token must never change under a
+// running cluster: each member's data disk is marked with it, and a
+// member refuses a disk of another token.
+func priorToken(c *spec.Cluster, dir outdir.Layout) (token string, older bool) {
+	configs, _ := filepath.Glob(dir.Ignition("*"))
 	sort.Strings(configs)
 	for _, p := range configs {
 		raw, err := os.ReadFile(p)
@@ -175,10 +169,10 @@ func priorToken(c *spec.Cluster, dir outdir.Layout) string {
 			continue
 		}
 		if env, err := ign.EnvMap(conf); err == nil && env["ETCD_INITIAL_CLUSTER_TOKEN"] != "" {
-			return env["ETCD_INITIAL_CLUSTER_TOKEN"]
+			return env["ETCD_INITIAL_CLUSTER_TOKEN"], true
 		}
 	}
-	return c.Name
+	return c.Name, len(configs) > 0
 }
 
 func (r *ClusterRecord) file(dir outdir.Layout) (outdir.File, error) {
@@ -208,7 +202,8 @@ func Token(c *spec.Cluster, dir outdir.Layout) (string, error) {
 	if rec != nil {
 		return rec.Token, nil
 	}
-	return priorToken(c, dir), nil
+	token, _ := priorToken(c, dir)
+	return token, nil
 }
 
 // CheckClusterID compares the cluster that answers at the spec's

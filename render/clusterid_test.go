@@ -179,7 +179,7 @@ func TestADirectoryWithoutARecordAdoptsTheLiveCluster(t *testing.T) {
 		t.Errorf("second check: adopted %v, %v", adopted, err)
 	}
 	// A directory of an older etcdimg: its configs carry the name.
-	if got := priorToken(three, outdir.Layout(t.TempDir())); got != three.Name {
-		t.Errorf("no configs: token %q, want the name", got)
+	if got, older := priorToken(three, outdir.Layout(t.TempDir())); got != three.Name || older {
+		t.Errorf("no configs: token %q (older %v), want the name", got, older)
 	}
 }

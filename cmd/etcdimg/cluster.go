@@ -559,13 +559,21 @@ func lanCmd() *cobra.Command {
 // cluster of another ID is said, not fatal here: replace and roll refuse
 // it.
 func confirmClusterID(ctx context.Context, c *spec.Cluster, dir outdir.Layout, e *cluster.Etcd) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	snap, err := e.Observe(ctx)
+	live, err := liveClusterID(ctx, e)
 	if err == nil {
-		_, err = render.CheckClusterID(c, dir, snap.ClusterID)
+		_, err = render.CheckClusterID(c, dir, live)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "warning: cluster ID: %v\n", err)
 	}
+}
+
+// liveClusterID is the ID of the cluster that answers: the header of a
+// member list (one request, not every member's status).
+func liveClusterID(ctx context.Context, e *cluster.Etcd) (uint64, error) {
+	list, err := e.MemberList(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("member list: %w", err)
+	}
+	return list.Header.ClusterId, nil
 }

@@ -152,7 +152,8 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 		release()
 		return nil, nil, nil, err
 	}
-	if snap, err := e.Observe(cmd.Context()); err == nil && rec != nil && rec.ID() == snap.ClusterID {
+	live, liveErr := liveClusterID(cmd.Context(), e)
+	if liveErr == nil && rec != nil && rec.ID() == live {
 		l.Pending = rec.Pending(c.Names())
 	}
 	if err := check(cmd.Context(), l); err != nil {
@@ -162,18 +163,21 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 	// The images belong to the cluster the output directory recorded:
 	// the one answering must be it (a directory of an older etcdimg,
 	// with no record, adopts it), before any image is built.
-	snap, err := e.Observe(cmd.Context())
+	if liveErr != nil {
+		live, liveErr = liveClusterID(cmd.Context(), e) // the check found it answering
+	}
+	err = liveErr
 	if err == nil {
 		var adopted bool
-		if adopted, err = render.CheckClusterID(c, dir, snap.ClusterID); adopted {
-			fmt.Fprintf(w, "recorded cluster %x (the one answering at the spec's addresses) in %s\n", snap.ClusterID, dir.ClusterRecord())
+		if adopted, err = render.CheckClusterID(c, dir, live); adopted {
+			fmt.Fprintf(w, "recorded cluster %x (the one answering at the spec's addresses) in %s\n", live, dir.ClusterRecord())
 		}
 	}
 	if err != nil {
 		release()
 		return nil, nil, nil, err
 	}
-	l.ClusterID = snap.ClusterID
+	l.ClusterID = live
 	if f.prepare != nil {
 		if err := f.prepare(dir); err != nil {
 			release()
