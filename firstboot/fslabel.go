@@ -61,16 +61,13 @@ func probeDevice(name string) (string, string) {
 // (it carries the first-format record) has no label yet: it never held
 // data, and is taken only as a blank disk is.
 func probeDataDisk(name string) (string, string) {
-	fstype, label := probeDevice(name)
-	if fstype != "ext4" || label != layout.DataLabel {
-		return fstype, label
-	}
 	f, err := os.Open("/dev/" + name)
 	if err != nil {
-		return fstype, label
+		return "", ""
 	}
 	defer f.Close()
-	if interruptedFormat(f) {
+	fstype, label := probeFS(f)
+	if fstype == "ext4" && label == layout.DataLabel && interruptedFormat(f) {
 		return fstype, ""
 	}
 	return fstype, label
