@@ -14,14 +14,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"syscall"
 	"time"
 
 	"github.com/olekukonko/tablewriter"
 	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 	"go.uber.org/zap"
+
+	"etcdimg/internal/input"
 )
 
 // Info is what a verified snapshot holds.
@@ -55,28 +55,16 @@ func Status(path string, skipHash bool) (Info, error) { return verify(path, skip
 
 func verify(path string, skipHash, digest bool) (info Info, err error) {
 	info.Path = path
-	// Only a regular file, refused before it is opened: opening a FIFO
-	// waits for a writer for ever. The open does not block either, and
-	// what was opened is checked again.
-	st, err := os.Stat(path)
-	if err != nil {
-		return info, fmt.Errorf("snapshot: %w", err)
+	// Only a regular file (opening a FIFO waits for a writer for ever).
+	f, st, err := input.OpenRegular(path)
+	if errors.Is(err, input.ErrNotRegular) {
+		return info, fmt.Errorf("snapshot: %w; name a snapshot file", err)
 	}
-	if !st.Mode().IsRegular() {
-		return info, fmt.Errorf("snapshot: %s is not a regular file; name a snapshot file", path)
-	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return info, fmt.Errorf("snapshot: %w", err)
 	}
 	defer f.Close()
-	if st, err = f.Stat(); err != nil {
-		return info, fmt.Errorf("snapshot: %w", err)
-	}
 	info.Size = st.Size()
-	if !st.Mode().IsRegular() {
-		return info, fmt.Errorf("snapshot: %s is not a regular file; name a snapshot file", path)
-	}
 	if info.Size == 0 {
 		return info, fmt.Errorf("snapshot: %s is empty", path)
 	}
