@@ -15,8 +15,8 @@ import (
 	"sync"
 	"time"
 
-	"etcdimg/backup"
-	"etcdimg/snapshot"
+	"etcdimg/internal/backup"
+	"etcdimg/internal/snapshot"
 )
 
 // LastBackup reads the cluster's last backup record (nil before the

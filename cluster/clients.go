@@ -10,7 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"etcdimg/authz"
+	"etcdimg/internal/authz"
 )
 
 // adminTimeout bounds one client command on the cluster; reachTimeout

@@ -13,11 +13,11 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 
-	"etcdimg/authz"
-	"etcdimg/health"
+	"etcdimg/cluster/health"
+	"etcdimg/internal/authz"
 	"etcdimg/internal/etcdtest"
+	"etcdimg/internal/spec"
 	"etcdimg/pki"
-	"etcdimg/spec"
 )
 
 // TestClientCommandsWithTheClusterDownNameTheEndpoints: with no member

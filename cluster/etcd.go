@@ -26,7 +26,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"etcdimg/health"
+	"etcdimg/cluster/health"
 )
 
 // Etcd reaches the members' client ports with one client certificate.

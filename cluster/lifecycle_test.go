@@ -10,7 +10,7 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/embed"
 
-	"etcdimg/health"
+	"etcdimg/cluster/health"
 	"etcdimg/internal/etcdtest"
 )
 

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 	"etcdimg/testvm"
 )
 

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"etcdimg/console"
+	"etcdimg/internal/layout"
 	"etcdimg/testvm"
 )
 
@@ -168,7 +168,7 @@ func TestStoppedFindsTheMemberThatGaveUp(t *testing.T) {
 	st := &State{}
 	for i, text := range []string{
 		"[   1.0] firstboot: node binary running (pid 1)\n",
-		strings.Repeat("etcd: a line\n", 10000) + "[   2.5] firstboot: " + console.Stopped + " run /boot/etcdimg/etcdnode: no such file or directory\n[   2.6] firstboot: no disk was written; powering off in 5m0s\n",
+		strings.Repeat("etcd: a line\n", 10000) + "[   2.5] firstboot: " + layout.ConsoleStopped + " run /boot/etcdimg/etcdnode: no such file or directory\n[   2.6] firstboot: no disk was written; powering off in 5m0s\n",
 	} {
 		path := filepath.Join(dir, fmt.Sprintf("etcd-%d-console.log", i+1))
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {

@@ -12,7 +12,7 @@ import (
 	csnap "go.etcd.io/etcd/client/v3/snapshot"
 	"go.uber.org/zap"
 
-	"etcdimg/snapshot"
+	"etcdimg/internal/snapshot"
 )
 
 // SavedSnapshot is a snapshot taken and verified.

@@ -13,8 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"etcdimg/console"
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 	"etcdimg/testvm"
 )
 
@@ -151,7 +150,7 @@ func (st *State) Running() []MemberState {
 }
 
 // Stopped returns the first member whose console says it stopped its
-// boot (console.Stopped: a member that found a reason not to go on, such
+// boot (layout.ConsoleStopped: a member that found a reason not to go on, such
 // as a data disk it must not format, prints why and waits to be powered
 // off), with the reason; ok is false while none has. It reads the last
 // 64 KiB of each console.
@@ -178,7 +177,7 @@ func stoppedLine(path string) (string, bool) {
 	b := make([]byte, tail)
 	n, _ := f.ReadAt(b, off)
 	for _, line := range strings.Split(string(b[:n]), "\n") {
-		if _, why, found := strings.Cut(line, console.Stopped); found {
+		if _, why, found := strings.Cut(line, layout.ConsoleStopped); found {
 			return strings.TrimSpace(why), true
 		}
 	}

@@ -21,11 +21,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"etcdimg/deb"
 	"etcdimg/firstboot"
 	"etcdimg/ignition/ign"
 	"etcdimg/image"
-	"etcdimg/layout"
+	"etcdimg/image/deb"
+	"etcdimg/internal/layout"
 	"etcdimg/pki"
 	"etcdimg/testvm"
 )

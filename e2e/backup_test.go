@@ -13,10 +13,10 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
-	"etcdimg/backup"
+	"etcdimg/internal/backup"
 	"etcdimg/internal/s3test"
-	"etcdimg/snapshot"
-	"etcdimg/spec"
+	"etcdimg/internal/snapshot"
+	"etcdimg/internal/spec"
 	"etcdimg/testvm"
 )
 

@@ -18,8 +18,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"etcdimg/chaos"
 	"etcdimg/cluster"
+	"etcdimg/testvm/chaos"
 )
 
 // BenchmarkOneMember measures, for a one-member cluster under TCG: the

@@ -28,7 +28,7 @@ import (
 
 	"etcdimg/firstboot"
 	"etcdimg/internal/cloudsim"
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 	"etcdimg/testvm"
 )
 

@@ -15,8 +15,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
 
-	"etcdimg/deb"
 	"etcdimg/image"
+	"etcdimg/image/deb"
 	"etcdimg/testvm"
 )
 

@@ -25,7 +25,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"etcdimg/authz"
+	"etcdimg/internal/authz"
 	"etcdimg/testvm"
 )
 

@@ -16,7 +16,7 @@ import (
 
 	"etcdimg/cluster"
 	"etcdimg/ignition/ign"
-	"etcdimg/spec"
+	"etcdimg/internal/spec"
 )
 
 // writer is an independent client that writes keys through every

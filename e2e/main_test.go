@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"etcdimg/deb"
+	"etcdimg/image/deb"
 )
 
 // bin holds the binaries built once for all tests.

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"etcdimg/backup"
+	"etcdimg/internal/backup"
+	"etcdimg/internal/spec"
 	"etcdimg/pki"
-	"etcdimg/spec"
 )
 
 // checkLeastPrivilege is the README's least privilege on a cluster under

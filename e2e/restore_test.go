@@ -16,7 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"etcdimg/snapshot"
+	"etcdimg/internal/snapshot"
 	"etcdimg/testvm"
 )
 

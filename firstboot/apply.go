@@ -18,7 +18,7 @@ import (
 	"strings"
 
 	"etcdimg/ignition/ign"
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // UnitDir is where applied units are written, as on a systemd host.

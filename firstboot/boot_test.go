@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"etcdimg/ignition"
-	"etcdimg/layout"
-	"etcdimg/spec"
+	"etcdimg/internal/layout"
+	"etcdimg/internal/spec"
 )
 
 func TestParseUnitTheRunbooksEtcdService(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"etcdimg/ignition/ign"
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // A clockSource tells how far this machine's clock is off, answering

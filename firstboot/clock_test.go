@@ -23,7 +23,7 @@ import (
 
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/cloudsim"
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // TestSNTPMeasuresTheOffset asks a real UDP NTP server (the test's,

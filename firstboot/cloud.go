@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // platformFromCmdline reads layout.PlatformArg from a kernel command

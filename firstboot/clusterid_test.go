@@ -10,9 +10,9 @@ import (
 
 	"etcdimg/ignition"
 	"etcdimg/ignition/ign"
+	"etcdimg/internal/snapshot"
+	"etcdimg/internal/spec"
 	"etcdimg/pki"
-	"etcdimg/snapshot"
-	"etcdimg/spec"
 )
 
 // writeConf writes member m's etcd.conf (as render writes it, with the

@@ -9,9 +9,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"etcdimg/firstboot/internal/kernelfs"
 	"etcdimg/ignition/ign"
-	"etcdimg/kernelfs"
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // A Source is one place a member's config may come from. Fetch returns

@@ -1,8 +1,8 @@
 package firstboot
 
 import (
-	"etcdimg/blockdev"
-	"etcdimg/layout"
+	"etcdimg/firstboot/internal/blockdev"
+	"etcdimg/internal/layout"
 	"fmt"
 	"strings"
 	"time"

@@ -17,7 +17,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/ext4"
 	"golang.org/x/sys/unix"
 
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // The disk rule: a data disk is formatted only when it is provably blank,

@@ -15,7 +15,7 @@ import (
 	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/backend/file"
 
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 const testDiskSize = 1 << 30

@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // probeFS names the file system at the start of r and its label, for the

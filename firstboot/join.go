@@ -24,10 +24,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"etcdimg/authz"
 	"etcdimg/ignition/ign"
-	"etcdimg/layout"
-	"etcdimg/snapshot"
+	"etcdimg/internal/authz"
+	"etcdimg/internal/layout"
+	"etcdimg/internal/snapshot"
 )
 
 // Bootstrap or join, decided here with nothing from outside the cluster:

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"etcdimg/ignition/ign"
+	"etcdimg/internal/spec"
 	"etcdimg/pki"
-	"etcdimg/spec"
 
 	"go.etcd.io/etcd/server/v3/etcdserver"
 	"go.uber.org/zap"

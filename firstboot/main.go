@@ -15,10 +15,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"etcdimg/console"
+	"etcdimg/firstboot/internal/console"
+	"etcdimg/firstboot/internal/kernelfs"
 	"etcdimg/ignition/ign"
-	"etcdimg/kernelfs"
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // Console prefixes every line firstboot prints; tests and operators grep

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // marker is the data disk's record of whose it is, at layout.MarkerFile.

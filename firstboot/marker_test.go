@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 func TestAdoptLegacyLayout(t *testing.T) {

@@ -13,8 +13,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
-	"etcdimg/authz"
 	"etcdimg/ignition/ign"
+	"etcdimg/internal/authz"
 	"etcdimg/internal/etcdtest"
 	"etcdimg/pki"
 )

@@ -8,8 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"etcdimg/layout"
-	"etcdimg/snapshot"
+	"etcdimg/internal/layout"
+	"etcdimg/internal/snapshot"
 )
 
 // restoreFromImage starts this member of a restored cluster: it copies

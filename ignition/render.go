@@ -24,8 +24,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"etcdimg/ignition/ign"
-	"etcdimg/layout"
-	"etcdimg/spec"
+	"etcdimg/internal/layout"
+	"etcdimg/internal/spec"
 )
 
 const (

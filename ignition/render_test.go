@@ -10,9 +10,9 @@ import (
 	"testing"
 
 	"etcdimg/ignition/ign"
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
+	"etcdimg/internal/spec"
 	"etcdimg/pki"
-	"etcdimg/spec"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")

@@ -31,8 +31,8 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
-	"etcdimg/deb"
-	"etcdimg/layout"
+	"etcdimg/image/deb"
+	"etcdimg/internal/layout"
 )
 
 // Paths on the EFI system partition, shared with firstboot.

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"etcdimg/deb"
-	"etcdimg/layout"
+	"etcdimg/image/deb"
+	"etcdimg/internal/layout"
 )
 
 // fakeBoot is enough for the disk writer: the real EFI stub (the UKI is

@@ -2,7 +2,7 @@ package image
 
 import (
 	"bytes"
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 	"fmt"
 	"path"
 	"slices"

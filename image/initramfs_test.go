@@ -12,7 +12,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
 
-	"etcdimg/layout"
+	"etcdimg/internal/layout"
 )
 
 // TestNodeBinaryGoesOnTheESP: the initramfs holds the small init as

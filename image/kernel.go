@@ -10,7 +10,7 @@ import (
 	"slices"
 	"strings"
 
-	"etcdimg/deb"
+	"etcdimg/image/deb"
 )
 
 // Kernel is what the image takes from Debian's kernel package.

@@ -35,7 +35,7 @@ import (
 	"github.com/cloudflare/cfssl/signer"
 	"github.com/cloudflare/cfssl/signer/local"
 
-	"etcdimg/spec"
+	"etcdimg/internal/spec"
 )
 
 // File names inside the pki directory, as in the runbook.

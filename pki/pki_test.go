@@ -22,7 +22,7 @@ import (
 	"github.com/cloudflare/cfssl/config"
 	"github.com/cloudflare/cfssl/helpers"
 
-	"etcdimg/spec"
+	"etcdimg/internal/spec"
 )
 
 func write(t *testing.T, dir string, s *Set) {

@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"etcdimg/spec"
+	"etcdimg/internal/spec"
 )
 
 // A CA rotation replaces the CA in three phases, each rolled out to every

@@ -13,15 +13,15 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/backup"
 	"etcdimg/cluster"
-	"etcdimg/health"
+	"etcdimg/cluster/health"
 	"etcdimg/ignition"
-	"etcdimg/layout"
-	"etcdimg/outdir"
+	"etcdimg/internal/backup"
+	"etcdimg/internal/layout"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/render"
+	"etcdimg/internal/spec"
 	"etcdimg/pki"
-	"etcdimg/render"
-	"etcdimg/spec"
 )
 
 func backupsCmd() *cobra.Command {

@@ -10,12 +10,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/deb"
 	"etcdimg/image"
-	"etcdimg/layout"
-	"etcdimg/outdir"
-	"etcdimg/restore"
-	"etcdimg/spec"
+	"etcdimg/image/deb"
+	"etcdimg/internal/layout"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/restore"
+	"etcdimg/internal/spec"
 )
 
 // bootFlags name the inputs every image is made from.

@@ -15,9 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/chaos"
 	"etcdimg/cluster"
-	"etcdimg/outdir"
+	"etcdimg/internal/outdir"
+	"etcdimg/testvm/chaos"
 )
 
 func chaosCmd() *cobra.Command {

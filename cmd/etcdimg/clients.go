@@ -9,11 +9,11 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/authz"
-	"etcdimg/outdir"
+	"etcdimg/internal/authz"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/render"
+	"etcdimg/internal/spec"
 	"etcdimg/pki"
-	"etcdimg/render"
-	"etcdimg/spec"
 )
 
 func clientCmd() *cobra.Command {

@@ -18,12 +18,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"etcdimg/cluster"
-	"etcdimg/health"
-	"etcdimg/layout"
-	"etcdimg/outdir"
+	"etcdimg/cluster/health"
+	"etcdimg/internal/layout"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/render"
+	"etcdimg/internal/spec"
 	"etcdimg/pki"
-	"etcdimg/render"
-	"etcdimg/spec"
 	"etcdimg/testvm"
 )
 

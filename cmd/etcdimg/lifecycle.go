@@ -13,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"etcdimg/cluster"
-	"etcdimg/outdir"
-	"etcdimg/render"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/render"
 )
 
 // localCluster loads the state of the cluster under `up` in dir, under

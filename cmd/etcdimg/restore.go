@@ -11,9 +11,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"etcdimg/cluster"
-	"etcdimg/outdir"
-	"etcdimg/restore"
-	"etcdimg/snapshot"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/restore"
+	"etcdimg/internal/snapshot"
 )
 
 func restoreCmd() *cobra.Command {

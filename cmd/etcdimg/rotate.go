@@ -11,10 +11,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/outdir"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/render"
+	"etcdimg/internal/spec"
 	"etcdimg/pki"
-	"etcdimg/render"
-	"etcdimg/spec"
 )
 
 func rotateCmd() *cobra.Command {

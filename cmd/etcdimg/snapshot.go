@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/snapshot"
+	"etcdimg/internal/snapshot"
 )
 
 func snapshotCmd() *cobra.Command {

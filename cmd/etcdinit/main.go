@@ -3,6 +3,6 @@
 // binary (cmd/etcdnode) from it. See package preinit.
 package main
 
-import "etcdimg/preinit"
+import "etcdimg/firstboot/preinit"
 
 func main() { preinit.Main() }

@@ -18,8 +18,8 @@ import (
 	"go.etcd.io/etcd/pkg/v3/cobrautl"
 	"go.etcd.io/etcd/server/v3/etcdmain"
 
-	"etcdimg/backup"
 	"etcdimg/firstboot"
+	"etcdimg/internal/backup"
 )
 
 var programs = map[string]func(args []string){
