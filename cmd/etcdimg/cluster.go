@@ -30,8 +30,8 @@ import (
 // runDir and diskDir sit in the output directory: what a running cluster
 // needs (consoles, sockets, state, the tool configs for its forwarded
 // ports) and the data disks, kept across down and up.
-func runDir(dir outdir.Layout) string  { return filepath.Join(dir.Dir(), "run") }
-func diskDir(dir outdir.Layout) string { return filepath.Join(dir.Dir(), "disks") }
+func runDir(dir outdir.Layout) string  { return dir.RunDir() }
+func diskDir(dir outdir.Layout) string { return dir.DisksDir() }
 
 // loadBuilt reads the spec of an output directory that `build` wrote.
 func loadBuilt(out string) (*spec.Cluster, outdir.Layout, error) {

@@ -25,6 +25,8 @@ of them.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	var a app
+	a.register(root)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(initCmd(), clientCmd(), rotateCmd(), renderCmd(), buildCmd(), upCmd(), downCmd(), statusCmd(), healthCmd(), etcdctlCmd(),
 		stopCmd(), startCmd(), replaceCmd(), rollCmd(), snapshotCmd(), backupsCmd(), restoreCmd(), chaosCmd(), lanCmd())

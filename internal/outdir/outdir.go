@@ -44,6 +44,13 @@ func (l Layout) Prometheus() string { return filepath.Join(string(l), "prometheu
 func (l Layout) ClusterRecord() string      { return filepath.Join(string(l), "cluster-id.json") }
 func (l Layout) ImagesDir() string          { return filepath.Join(string(l), "images") }
 func (l Layout) Image(member string) string { return filepath.Join(string(l), "images", member+".img") }
+
+// RunDir holds what a cluster under `up` needs while it runs (consoles,
+// sockets, its state file and lock, the tool configs for its forwarded
+// ports); DisksDir its members' data disks, kept across down and up.
+func (l Layout) RunDir() string   { return filepath.Join(string(l), "run") }
+func (l Layout) DisksDir() string { return filepath.Join(string(l), "disks") }
+
 func (l Layout) Rel(path string) (string, bool) {
 	r, err := filepath.Rel(string(l), path)
 	return r, err == nil
