@@ -1,0 +1,100 @@
+package arch
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// imageSide are the roots of the code that runs inside the image.
+var imageSide = []string{"etcdimg/cmd/etcdnode", "etcdimg/cmd/etcdinit", "etcdimg/firstboot"}
+
+// hostOnly are what the image's code must never reach, even through
+// another package.
+var hostOnly = []string{
+	"etcdimg/pki", "etcdimg/image", "etcdimg/ignition", "etcdimg/cluster", "etcdimg/testvm", "etcdimg/cmd/etcdimg",
+	"etcdimg/internal/spec", "etcdimg/internal/render", "etcdimg/internal/restore", "etcdimg/internal/outdir",
+}
+
+// guestAllowed are inside a hostOnly tree but read by the image.
+var guestAllowed = []string{"etcdimg/ignition/ign"}
+
+// testDoubles serve tests only.
+var testDoubles = []string{"etcdimg/internal/etcdtest", "etcdimg/internal/s3test", "etcdimg/internal/cloudsim"}
+
+func under(pkg, prefix string) bool { return pkg == prefix || strings.HasPrefix(pkg, prefix+"/") }
+
+func underAny(pkg string, prefixes []string) bool {
+	return slices.ContainsFunc(prefixes, func(p string) bool { return under(pkg, p) })
+}
+
+// Violations checks a module's import graph (each package of the module
+// and its direct, non-test imports) against the rules, and returns one
+// line per broken rule, sorted; none when the graph keeps them.
+func Violations(imports map[string][]string) []string {
+	var out []string
+	for pkg, deps := range imports {
+		if pkg == "etcdimg/internal/arch" || underAny(pkg, testDoubles) {
+			continue
+		}
+		r, group, ok := rankOf(pkg)
+		if !ok {
+			out = append(out, fmt.Sprintf("%s is in no layer: add it to arch.Rank where its side and place in the flow put it", pkg))
+			continue
+		}
+		for _, d := range deps {
+			if !strings.HasPrefix(d, "etcdimg/") {
+				continue
+			}
+			switch dr, dgroup, dok := rankOf(d); {
+			case underAny(d, testDoubles):
+				out = append(out, fmt.Sprintf("%s imports the test double %s: test doubles are for _test.go files", pkg, d))
+			case !dok:
+				out = append(out, fmt.Sprintf("%s imports %s, which is in no layer", pkg, d))
+			case under(pkg, "etcdimg/cluster") && (under(d, "etcdimg/testvm") || under(d, "etcdimg/firstboot")):
+				out = append(out, fmt.Sprintf("%s imports %s: cluster operates any deployment; QEMU comes in through cluster.Driver", pkg, d))
+			case dgroup != group && dr >= r:
+				out = append(out, fmt.Sprintf("%s (rank %d) imports %s (rank %d): a lower layer never imports an upper one", pkg, r, d, dr))
+			case under(pkg, "etcdimg/firstboot") && pkg != "etcdimg/firstboot" && d == "etcdimg/firstboot":
+				out = append(out, fmt.Sprintf("%s imports its parent etcdimg/firstboot: PID 1 imports its steps, not the reverse", pkg))
+			}
+		}
+	}
+	// The image's code, with everything it reaches.
+	for pkg := range imports {
+		if !underAny(pkg, imageSide) {
+			continue
+		}
+		for _, path := range reach(imports, pkg) {
+			d := path[len(path)-1]
+			if underAny(d, hostOnly) && !underAny(d, guestAllowed) {
+				out = append(out, fmt.Sprintf("the image's %s reaches the host's %s (%s)", pkg, d, strings.Join(path, " → ")))
+			}
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// reach returns, for each module package pkg reaches, one import path
+// from pkg to it.
+func reach(imports map[string][]string, pkg string) [][]string {
+	seen := map[string]bool{pkg: true}
+	var out [][]string
+	queue := [][]string{{pkg}}
+	for len(queue) > 0 {
+		path := queue[0]
+		queue = queue[1:]
+		for _, d := range imports[path[len(path)-1]] {
+			if !strings.HasPrefix(d, "etcdimg/") || seen[d] {
+				continue
+			}
+			seen[d] = true
+			p := append(slices.Clone(path), d)
+			out = append(out, p)
+			queue = append(queue, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,87 @@
+package arch
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// moduleImports is the module's import graph as the go command sees it:
+// each package and its direct, non-test imports.
+func moduleImports(t *testing.T) map[string][]string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-e", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", "etcdimg/...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	g := map[string][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		g[f[0]] = f[1:]
+	}
+	if len(g) < 20 {
+		t.Fatalf("go list found %d packages; is the test run inside the module?", len(g))
+	}
+	return g
+}
+
+// TestTheModuleKeepsTheLayoutsImportRules is the rule the layout is built
+// on: it fails, naming the edge, when a forbidden import appears.
+func TestTheModuleKeepsTheLayoutsImportRules(t *testing.T) {
+	for _, v := range Violations(moduleImports(t)) {
+		t.Error(v)
+	}
+}
+
+// TestTheCheckerCatchesEachKindOfForbiddenEdge: the checker itself, on
+// small graphs that break one rule each, so that it cannot pass a
+// graph it should refuse.
+func TestTheCheckerCatchesEachKindOfForbiddenEdge(t *testing.T) {
+	base := map[string][]string{
+		"etcdimg/internal/layout":   nil,
+		"etcdimg/internal/spec":     {"etcdimg/internal/layout", "gopkg.in/yaml.v3"},
+		"etcdimg/ignition/ign":      {"etcdimg/internal/layout"},
+		"etcdimg/pki":               {"etcdimg/internal/spec"},
+		"etcdimg/ignition":          {"etcdimg/pki", "etcdimg/ignition/ign"},
+		"etcdimg/firstboot/join":    {"etcdimg/ignition/ign"},
+		"etcdimg/firstboot":         {"etcdimg/firstboot/join"},
+		"etcdimg/cmd/etcdnode":      {"etcdimg/firstboot"},
+		"etcdimg/cluster":           {"etcdimg/internal/layout"},
+		"etcdimg/testvm":            nil,
+		"etcdimg/testvm/local":      {"etcdimg/cluster", "etcdimg/testvm"},
+		"etcdimg/internal/etcdtest": nil,
+	}
+	with := func(pkg string, deps ...string) map[string][]string {
+		g := map[string][]string{}
+		for k, v := range base {
+			g[k] = v
+		}
+		g[pkg] = append(append([]string(nil), g[pkg]...), deps...)
+		return g
+	}
+	if v := Violations(base); len(v) != 0 {
+		t.Fatalf("a graph that keeps the rules: %q", v)
+	}
+	for _, tc := range []struct {
+		name  string
+		graph map[string][]string
+		want  string
+	}{
+		{"the image reaches pki through another package", with("etcdimg/ignition/ign", "etcdimg/pki"), "the image's etcdimg/cmd/etcdnode reaches the host's etcdimg/pki"},
+		{"firstboot imports the spec parser", with("etcdimg/firstboot/join", "etcdimg/internal/spec"), "reaches the host's etcdimg/internal/spec"},
+		{"firstboot imports ignition itself", with("etcdimg/firstboot", "etcdimg/ignition"), "reaches the host's etcdimg/ignition ("},
+		{"cluster imports testvm", with("etcdimg/cluster", "etcdimg/testvm"), "QEMU comes in through cluster.Driver"},
+		{"cluster imports firstboot", with("etcdimg/cluster", "etcdimg/firstboot/join"), "QEMU comes in through cluster.Driver"},
+		{"a lower layer imports an upper one", with("etcdimg/pki", "etcdimg/ignition"), "a lower layer never imports an upper one"},
+		{"a step imports PID 1", with("etcdimg/firstboot/join", "etcdimg/firstboot"), "imports its parent etcdimg/firstboot"},
+		{"production code imports a test double", with("etcdimg/cluster", "etcdimg/internal/etcdtest"), "test doubles are for _test.go files"},
+		{"a package in no layer", with("etcdimg/util"), "etcdimg/util is in no layer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := Violations(tc.graph)
+			if !strings.Contains(strings.Join(v, "\n"), tc.want) {
+				t.Errorf("violations %q, want one containing %q", v, tc.want)
+			}
+		})
+	}
+}
