@@ -80,23 +80,11 @@ func run() error {
 // credentials and CA. It returns the member's server TLS config (for the
 // backups API, client certificates from the CA required) and IP too.
 func Load(root string) (*Service, *tls.Config, string, error) {
-	conf, err := os.ReadFile(filepath.Join(root, ign.EtcdConfPath))
+	me, err := ign.ReadMember(root)
 	if err != nil {
 		return nil, nil, "", err
 	}
-	env, err := ign.EnvMap(conf)
-	if err != nil {
-		return nil, nil, "", fmt.Errorf("%s: %w", ign.EtcdConfPath, err)
-	}
-	// firstboot's runtime overrides (a lowered quota) win, as for etcd.
-	if b, err := os.ReadFile(filepath.Join(root, layout.RuntimeEnvPath)); err == nil {
-		if over, err := ign.EnvMap(b); err == nil {
-			for k, v := range over {
-				env[k] = v
-			}
-		}
-	}
-	quota, _ := strconv.ParseInt(env["ETCD_QUOTA_BACKEND_BYTES"], 10, 64)
+	env := me.Env
 	var cfg ign.BackupConfig
 	b, err := os.ReadFile(filepath.Join(root, layout.BackupConfigPath))
 	if err != nil {
@@ -114,19 +102,19 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 		return nil, nil, "", fmt.Errorf("ETCD_ADVERTISE_CLIENT_URLS %q: %v", env["ETCD_ADVERTISE_CLIENT_URLS"], err)
 	}
 	s := &Service{
-		Member:   env["ETCD_NAME"],
+		Member:   me.Name,
 		Endpoint: u.String(),
 		Client:   clientv3.Config{Endpoints: []string{u.String()}, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()},
 		Config:   cfg,
 		Dir:      filepath.Join(root, layout.BackupDir),
-		Quota:    quota,
+		Quota:    me.Quota,
 		// etcd.conf says whether metrics are served over mTLS.
 		MetricsTLS: strings.HasPrefix(env["ETCD_LISTEN_METRICS_URLS"], "https://"),
 		// etcd needs the CPU while it starts; a backup can wait.
 		FirstDelay: 15 * time.Second,
 		// The backups API serves root and the members, whose names
 		// the peer port allows (ETCD_PEER_CERT_ALLOWED_CN).
-		Readers: Readers(memberNames(env)),
+		Readers: Readers(me.Names),
 		Log:     func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
 	}
 	if cfg.S3 != nil {
@@ -166,21 +154,6 @@ func Readers(members []string) []string {
 		}
 	}
 	return out
-}
-
-// memberNames are the members' names (their certificates' CNs) in
-// etcd.conf: those the peer port allows, else the initial cluster's.
-func memberNames(env map[string]string) []string {
-	if cns := env["ETCD_PEER_CERT_ALLOWED_CN"]; cns != "" {
-		return strings.Split(cns, ",")
-	}
-	var names []string
-	for _, m := range strings.Split(env["ETCD_INITIAL_CLUSTER"], ",") {
-		if name, _, ok := strings.Cut(m, "="); ok {
-			names = append(names, name)
-		}
-	}
-	return names
 }
 
 // APIHandler serves the backups in dir (the list, and each snapshot) to

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"etcdimg/ignition/ign"
 	"etcdimg/internal/spec"
 	"etcdimg/pki"
 )
@@ -103,17 +104,27 @@ func TestBackupAPITakesTheAdminAndMembersOnly(t *testing.T) {
 // etcd.conf: root and the names the peer port allows (else the initial
 // cluster's).
 func TestReadersAreRootAndTheMembers(t *testing.T) {
+	const base = "ETCD_NAME=etcd-1\nETCD_INITIAL_CLUSTER_TOKEN=t\nETCD_INITIAL_ADVERTISE_PEER_URLS=https://10.0.0.1:2380\n"
 	for _, tc := range []struct {
 		name string
-		env  map[string]string
+		conf string
 		want string
 	}{
-		{"peer CNs", map[string]string{"ETCD_PEER_CERT_ALLOWED_CN": "etcd-1,etcd-2,etcd-3", "ETCD_INITIAL_CLUSTER": "etcd-1=https://10.0.0.1:2380"}, "root,etcd-1,etcd-2,etcd-3"},
-		{"initial cluster", map[string]string{"ETCD_INITIAL_CLUSTER": "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380"}, "root,etcd-1,etcd-2"},
-		{"nothing", map[string]string{}, "root"},
+		{"peer CNs", base + "ETCD_PEER_CERT_ALLOWED_CN=etcd-1,etcd-2,etcd-3\nETCD_INITIAL_CLUSTER=etcd-1=https://10.0.0.1:2380\n", "root,etcd-1,etcd-2,etcd-3"},
+		{"initial cluster", base + "ETCD_INITIAL_CLUSTER=etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380\n", "root,etcd-1,etcd-2"},
+		{"nothing", base, "root"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := strings.Join(Readers(memberNames(tc.env)), ","); got != tc.want {
+			root := t.TempDir()
+			os.MkdirAll(filepath.Join(root, filepath.Dir(ign.EtcdConfPath)), 0o755)
+			if err := os.WriteFile(filepath.Join(root, ign.EtcdConfPath), []byte(tc.conf), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			me, err := ign.ReadMember(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(Readers(me.Names), ","); got != tc.want {
 				t.Errorf("readers %q, want %q", got, tc.want)
 			}
 		})

@@ -1,0 +1,132 @@
+package ign
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"etcdimg/internal/layout"
+)
+
+// Member is this member's identity as its etcd.conf states it, read and
+// parsed once by ReadMember. Its users inside the image are the backup
+// service (firstboot/backupd's Load) and firstboot's readSelf, which
+// reads the identity before it decides to bootstrap or join.
+type Member struct {
+	// Env is etcd.conf's variables with firstboot's runtime overrides
+	// (layout.RuntimeEnvPath) applied over them, as etcd sees them. On
+	// the appliance the overrides do not exist yet when firstboot reads
+	// the identity (it writes them later in the boot), so there Env is
+	// etcd.conf alone.
+	Env map[string]string
+	// Name is ETCD_NAME, Token ETCD_INITIAL_CLUSTER_TOKEN, PeerURL
+	// ETCD_INITIAL_ADVERTISE_PEER_URLS and IP that URL's host.
+	Name, Token, PeerURL, IP string
+	// InitialCluster is ETCD_INITIAL_CLUSTER (NAME=PEERURL,...).
+	InitialCluster string
+	// Peers are the other members of the initial cluster, in its order.
+	Peers []Peer
+	// Names are the members' names, which are their certificates' CNs:
+	// those the peer port allows (ETCD_PEER_CERT_ALLOWED_CN), else the
+	// initial cluster's.
+	Names []string
+	// ClusterIDVar is ClusterIDVar's value as written ("" when absent),
+	// and ClusterID that value parsed (0 when absent).
+	ClusterIDVar string
+	ClusterID    uint64
+	// Quota is ETCD_QUOTA_BACKEND_BYTES (0 when absent or not a number).
+	Quota int64
+}
+
+// Peer is another member of the initial cluster.
+type Peer struct {
+	Name, PeerURL string
+	// ClientURL is the peer's client URL: its peer URL's host on
+	// layout.ClientPort.
+	ClientURL string
+}
+
+// ReadMember reads the member's etcd.conf (EtcdConfPath under root),
+// applies firstboot's runtime overrides (layout.RuntimeEnvPath under
+// root; a missing or unreadable override file is ignored, as etcd's unit
+// names it optional), and parses the identity. An etcd.conf without
+// ETCD_NAME, ETCD_INITIAL_CLUSTER_TOKEN or ETCD_INITIAL_ADVERTISE_PEER_URLS,
+// with an unparsable peer URL, or with a ClusterIDVar that is not a
+// non-zero hex ID, is an error.
+func ReadMember(root string) (*Member, error) {
+	conf, err := os.ReadFile(filepath.Join(root, EtcdConfPath))
+	if err != nil {
+		return nil, err
+	}
+	env, err := EnvMap(conf)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", EtcdConfPath, err)
+	}
+	// firstboot's runtime overrides (a lowered quota, a join's initial
+	// cluster) win, as for etcd.
+	if b, err := os.ReadFile(filepath.Join(root, layout.RuntimeEnvPath)); err == nil {
+		if over, err := EnvMap(b); err == nil {
+			for k, v := range over {
+				env[k] = v
+			}
+		}
+	}
+	return parseMember(env)
+}
+
+// parseMember is ReadMember's parse of the variables.
+func parseMember(env map[string]string) (*Member, error) {
+	m := &Member{Env: env, Name: env["ETCD_NAME"], Token: env["ETCD_INITIAL_CLUSTER_TOKEN"], PeerURL: env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]}
+	if m.Name == "" || m.Token == "" || m.PeerURL == "" {
+		return nil, fmt.Errorf("%s lacks ETCD_NAME, ETCD_INITIAL_CLUSTER_TOKEN or ETCD_INITIAL_ADVERTISE_PEER_URLS", EtcdConfPath)
+	}
+	u, err := url.Parse(m.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("ETCD_INITIAL_ADVERTISE_PEER_URLS: %w", err)
+	}
+	m.IP = u.Hostname()
+	m.InitialCluster = env["ETCD_INITIAL_CLUSTER"]
+	// The output directory's record of the running cluster's ID.
+	if v := env[ClusterIDVar]; v != "" {
+		id, err := strconv.ParseUint(v, 16, 64)
+		if err != nil || id == 0 {
+			return nil, fmt.Errorf("%s: %s=%q is not a cluster ID; rebuild the image with `etcdimg build`", EtcdConfPath, ClusterIDVar, v)
+		}
+		m.ClusterIDVar, m.ClusterID = v, id
+	}
+	if q := env["ETCD_QUOTA_BACKEND_BYTES"]; q != "" {
+		m.Quota, _ = strconv.ParseInt(q, 10, 64)
+	}
+	for _, p := range strings.Split(m.InitialCluster, ",") {
+		name, purl, ok := strings.Cut(p, "=")
+		if !ok || name == m.Name {
+			continue
+		}
+		pu, err := url.Parse(purl)
+		if err != nil {
+			return nil, fmt.Errorf("ETCD_INITIAL_CLUSTER: %w", err)
+		}
+		m.Peers = append(m.Peers, Peer{Name: name, PeerURL: purl, ClientURL: "https://" + net.JoinHostPort(pu.Hostname(), strconv.Itoa(layout.ClientPort))})
+	}
+	m.Names = memberNames(env)
+	return m, nil
+}
+
+// memberNames are the members' names (their certificates' CNs) in
+// etcd.conf: those the peer port allows, else the initial cluster's.
+func memberNames(env map[string]string) []string {
+	if cns := env["ETCD_PEER_CERT_ALLOWED_CN"]; cns != "" {
+		return strings.Split(cns, ",")
+	}
+	var names []string
+	for _, m := range strings.Split(env["ETCD_INITIAL_CLUSTER"], ",") {
+		if name, _, ok := strings.Cut(m, "="); ok {
+			names = append(names, name)
+		}
+	}
+	return names
+}

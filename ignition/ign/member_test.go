@@ -1,0 +1,175 @@
+package ign
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"etcdimg/internal/layout"
+)
+
+// writeRoot writes etcd.conf (unless conf is "-") and, when over is not
+// empty, firstboot's runtime overrides under a new root.
+func writeRoot(t *testing.T, conf, over string) string {
+	t.Helper()
+	root := t.TempDir()
+	write := func(path, data string) {
+		p := filepath.Join(root, path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if conf != "-" {
+		write(EtcdConfPath, conf)
+	}
+	if over != "" {
+		write(layout.RuntimeEnvPath, over)
+	}
+	return root
+}
+
+const threeConf = `# etcd.conf
+ETCD_NAME=etcd-1
+ETCD_INITIAL_CLUSTER_TOKEN=prod
+ETCD_INITIAL_ADVERTISE_PEER_URLS=https://10.0.0.1:2380
+ETCD_INITIAL_CLUSTER="etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://[fd00::3]:2380"
+ETCD_QUOTA_BACKEND_BYTES=8589934592
+`
+
+// TestReadMember: the identity from etcd.conf, with firstboot's runtime
+// overrides applied where they exist.
+func TestReadMember(t *testing.T) {
+	peers := []Peer{
+		{Name: "etcd-2", PeerURL: "https://10.0.0.2:2380", ClientURL: "https://10.0.0.2:2379"},
+		{Name: "etcd-3", PeerURL: "https://[fd00::3]:2380", ClientURL: "https://[fd00::3]:2379"},
+	}
+	for _, tc := range []struct {
+		name, conf, over string
+		want             Member // Env is not compared
+	}{
+		{
+			name: "spec's first cluster",
+			conf: threeConf,
+			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://[fd00::3]:2380",
+				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3"}, Quota: 8589934592},
+		},
+		{
+			name: "peer CNs and a recorded cluster ID",
+			conf: threeConf + "ETCD_PEER_CERT_ALLOWED_CN=etcd-1,etcd-2,etcd-3,etcd-4\n" + ClusterIDVar + "=1c4a3b2f00d5e6a7\n",
+			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://[fd00::3]:2380",
+				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3", "etcd-4"},
+				ClusterIDVar: "1c4a3b2f00d5e6a7", ClusterID: 0x1c4a3b2f00d5e6a7, Quota: 8589934592},
+		},
+		{
+			name: "runtime overrides win",
+			conf: threeConf,
+			over: "ETCD_INITIAL_CLUSTER_STATE=existing\nETCD_INITIAL_CLUSTER=etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380\nETCD_QUOTA_BACKEND_BYTES=1073741824\n",
+			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380",
+				Peers:          peers[:1], Names: []string{"etcd-1", "etcd-2"}, Quota: 1073741824},
+		},
+		{
+			name: "a malformed override file is ignored",
+			conf: threeConf,
+			over: "ETCD_QUOTA_BACKEND_BYTES=1\nnot a variable\n",
+			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://[fd00::3]:2380",
+				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3"}, Quota: 8589934592},
+		},
+		{
+			name: "a lone member, no quota",
+			conf: "ETCD_NAME=solo\nETCD_INITIAL_CLUSTER_TOKEN=t\nETCD_INITIAL_ADVERTISE_PEER_URLS=https://192.168.1.5:2380\nETCD_INITIAL_CLUSTER=solo=https://192.168.1.5:2380\nETCD_QUOTA_BACKEND_BYTES=lots\n",
+			want: Member{Name: "solo", Token: "t", PeerURL: "https://192.168.1.5:2380", IP: "192.168.1.5",
+				InitialCluster: "solo=https://192.168.1.5:2380", Names: []string{"solo"}},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := ReadMember(writeRoot(t, tc.conf, tc.over))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Env["ETCD_NAME"] != tc.want.Name {
+				t.Errorf("Env[ETCD_NAME] %q, want %q", m.Env["ETCD_NAME"], tc.want.Name)
+			}
+			got := *m
+			got.Env = nil
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestReadMemberEnvHasOverrides: Env is what etcd sees, etcd.conf with
+// the runtime file over it.
+func TestReadMemberEnvHasOverrides(t *testing.T) {
+	m, err := ReadMember(writeRoot(t, threeConf+"ETCD_CERT_FILE=/etc/etcd/cert/etcd.pem\n", "ETCD_INITIAL_CLUSTER_STATE=existing\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"ETCD_CERT_FILE": "/etc/etcd/cert/etcd.pem", "ETCD_INITIAL_CLUSTER_STATE": "existing", "ETCD_INITIAL_CLUSTER_TOKEN": "prod"} {
+		if m.Env[k] != want {
+			t.Errorf("Env[%s] %q, want %q", k, m.Env[k], want)
+		}
+	}
+}
+
+// TestReadMemberRefuses: what is not an identity is an error, with the
+// texts firstboot and the backup service have always printed.
+func TestReadMemberRefuses(t *testing.T) {
+	lacks := EtcdConfPath + " lacks ETCD_NAME, ETCD_INITIAL_CLUSTER_TOKEN or ETCD_INITIAL_ADVERTISE_PEER_URLS"
+	for _, tc := range []struct {
+		name, conf, want string
+	}{
+		{"no etcd.conf", "-", "no such file or directory"},
+		{"not an environment file", "ETCD_NAME etcd-1\n", EtcdConfPath + ": line 1 has no '='"},
+		{"no name", strings.Replace(threeConf, "ETCD_NAME=etcd-1\n", "", 1), lacks},
+		{"no token", strings.Replace(threeConf, "ETCD_INITIAL_CLUSTER_TOKEN=prod\n", "", 1), lacks},
+		{"no peer URL", strings.Replace(threeConf, "ETCD_INITIAL_ADVERTISE_PEER_URLS=https://10.0.0.1:2380\n", "", 1), lacks},
+		{"bad peer URL", strings.Replace(threeConf, "https://10.0.0.1:2380\n", "https://[10.0.0.1:2380\n", 1), "ETCD_INITIAL_ADVERTISE_PEER_URLS: "},
+		{"cluster ID not hex", threeConf + ClusterIDVar + "=xyz\n", EtcdConfPath + `: ETCDIMG_CLUSTER_ID="xyz" is not a cluster ID; rebuild the image with ` + "`etcdimg build`"},
+		{"cluster ID zero", threeConf + ClusterIDVar + "=0\n", `ETCDIMG_CLUSTER_ID="0" is not a cluster ID`},
+		{"bad initial cluster", strings.Replace(threeConf, "etcd-2=https://10.0.0.2:2380", "etcd-2=https://[10.0.0.2:2380", 1), "ETCD_INITIAL_CLUSTER: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := ReadMember(writeRoot(t, tc.conf, ""))
+			if err == nil {
+				t.Fatalf("read %+v, want an error with %q", m, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q, want it to contain %q", err, tc.want)
+			}
+			if tc.conf == "-" && !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("error %v is not os.ErrNotExist", err)
+			}
+		})
+	}
+}
+
+// TestMemberNames: the members' names are those the peer port allows,
+// else the initial cluster's.
+func TestMemberNames(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"peer CNs", map[string]string{"ETCD_PEER_CERT_ALLOWED_CN": "etcd-1,etcd-2,etcd-3", "ETCD_INITIAL_CLUSTER": "etcd-1=https://10.0.0.1:2380"}, []string{"etcd-1", "etcd-2", "etcd-3"}},
+		{"initial cluster", map[string]string{"ETCD_INITIAL_CLUSTER": "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380"}, []string{"etcd-1", "etcd-2"}},
+		{"nothing", map[string]string{}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := memberNames(tc.env); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("names %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
