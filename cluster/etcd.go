@@ -1,15 +1,15 @@
 // Package cluster owns a running cluster as the operator's machine sees
-// it: the record of a local (QEMU) cluster and its per-member power and
-// disk operations, every etcd API call the host makes (member list,
-// status, add-as-learner, promote, remove, leader move), waiting until a
-// member is healthy again, and the lifecycle built on them: replacing a
-// member and rolling new images through the cluster.
+// it, whatever runs its members: every etcd API call the host makes
+// (member list, status, add-as-learner, promote, remove, leader move),
+// snapshots, backups and clients over mTLS with the admin certificate,
+// waiting until a member is healthy again, and the lifecycle built on
+// them: replacing a member and rolling new images through the cluster.
 //
-// The etcd side works against any deployment reachable over mTLS; only
-// a Driver knows how machines are powered and their disks swapped: Local
-// for clusters started by `etcdimg up`, Manual for real machines, where
-// it tells the operator what to do. It does not build images or render
-// configs: callers hand it the image to boot.
+// Only a Driver knows how machines are powered and their disks swapped:
+// testvm/local's for clusters started by `etcdimg up`, ManualDriver for
+// real machines, where it tells the operator what to do. It never
+// imports QEMU (testvm) or the image's code (firstboot), and does not
+// build images: callers hand it the image to boot.
 package cluster
 
 import (

@@ -9,8 +9,8 @@ import (
 	"time"
 )
 
-// A Driver powers members' machines and swaps their disks. Local runs
-// QEMU; Manual asks the operator.
+// A Driver powers members' machines and swaps their disks: testvm/local
+// runs QEMU, ManualDriver asks the operator.
 type Driver interface {
 	// Running reports whether member's machine is on, or an error when
 	// the driver cannot know.

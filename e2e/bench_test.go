@@ -18,8 +18,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"etcdimg/cluster"
 	"etcdimg/testvm/chaos"
+	"etcdimg/testvm/local"
 )
 
 // BenchmarkOneMember measures, for a one-member cluster under TCG: the
@@ -213,7 +213,7 @@ func BenchmarkThreeMemberUp(b *testing.B) {
 			b.Fatalf("up: %s", stderr)
 		}
 		ups = append(ups, took)
-		st, err := cluster.LoadState(filepath.Join(out, "run"))
+		st, err := local.LoadState(filepath.Join(out, "run"))
 		if err != nil {
 			b.Fatal(err)
 		}

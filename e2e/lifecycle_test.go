@@ -14,9 +14,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"etcdimg/cluster"
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/spec"
+	"etcdimg/testvm/local"
 )
 
 // writer is an independent client that writes keys through every
@@ -181,7 +181,7 @@ func raftTerm(t *testing.T, u *upCluster) uint64 {
 
 func (u *upCluster) reload(t testing.TB) {
 	t.Helper()
-	st, err := cluster.LoadState(filepath.Join(u.out, "run"))
+	st, err := local.LoadState(filepath.Join(u.out, "run"))
 	if err != nil {
 		t.Fatal(err)
 	}

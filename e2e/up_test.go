@@ -24,14 +24,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"etcdimg/cluster"
 	"etcdimg/testvm"
+	"etcdimg/testvm/local"
 )
 
 // upCluster is a cluster started with `etcdimg up --detach`.
 type upCluster struct {
 	work, out string
-	state     *cluster.State
+	state     *local.State
 	admin     *tls.Config
 }
 
@@ -45,7 +45,7 @@ func upThree(t testing.TB) *upCluster {
 }
 
 // stateMembers are the members as the last up recorded them, if any.
-func (u *upCluster) stateMembers() []cluster.MemberState {
+func (u *upCluster) stateMembers() []local.MemberState {
 	if u.state == nil {
 		return nil
 	}
@@ -62,7 +62,7 @@ func upBuilt(t testing.TB, work string, buildArgs ...string) *upCluster {
 	}
 	u := &upCluster{work: work, out: out}
 	t.Cleanup(func() {
-		st, err := cluster.LoadState(filepath.Join(out, "run"))
+		st, err := local.LoadState(filepath.Join(out, "run"))
 		// A failure after `down` (which removes the state file) shows
 		// the consoles too: they stay in the run directory.
 		members := u.stateMembers()
@@ -99,7 +99,7 @@ func (u *upCluster) up(t testing.TB) {
 	if code != 0 {
 		t.Fatalf("up: exit %d: %s", code, stderr)
 	}
-	st, err := cluster.LoadState(filepath.Join(u.out, "run"))
+	st, err := local.LoadState(filepath.Join(u.out, "run"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func freePortBase(t testing.TB, n int) int {
 	for base := 41000; base < 60000; base += 1000 {
 		free := true
 		for i := 1; i <= n && free; i++ {
-			c, m := cluster.Ports(base, i)
+			c, m := local.Ports(base, i)
 			for _, p := range []int{c, m} {
 				if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
 					free = false
@@ -130,7 +130,7 @@ func freePortBase(t testing.TB, n int) int {
 	return 0
 }
 
-func pids(st *cluster.State) []int {
+func pids(st *local.State) []int {
 	var p []int
 	for _, m := range st.Members {
 		p = append(p, m.QEMU.PID)

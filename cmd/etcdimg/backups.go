@@ -22,6 +22,7 @@ import (
 	"etcdimg/internal/render"
 	"etcdimg/internal/spec"
 	"etcdimg/pki"
+	"etcdimg/testvm/local"
 )
 
 func backupsCmd() *cobra.Command {
@@ -72,7 +73,7 @@ func bucket(c *spec.Cluster, dir outdir.Layout, endpoint string) (*backup.S3, er
 	t := *ignition.BackupConfig(c, ignition.Options{S3CA: ca}).S3
 	if endpoint != "" {
 		t.Endpoint = endpoint
-	} else if st, err := cluster.LoadState(runDir(dir)); err == nil {
+	} else if st, err := local.LoadState(runDir(dir)); err == nil {
 		if u, err := url.Parse(t.Endpoint); err == nil {
 			if ap, err := netip.ParseAddrPort(u.Host); err == nil {
 				if host, ok := st.HostServices[ap.String()]; ok {

@@ -15,9 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/cluster"
 	"etcdimg/internal/outdir"
 	"etcdimg/testvm/chaos"
+	"etcdimg/testvm/local"
 )
 
 func chaosCmd() *cobra.Command {
@@ -40,7 +40,7 @@ func chaosCmd() *cobra.Command {
 				return err
 			}
 			st, lock, err := localCluster(dir)
-			if errors.Is(err, cluster.ErrNotRunning) {
+			if errors.Is(err, local.ErrNotRunning) {
 				return fmt.Errorf("chaos: no cluster is running in %s; chaos runs against a cluster under `etcdimg up --out %s --detach`, whose machines and LAN it controls", out, out)
 			}
 			if err != nil {

@@ -25,6 +25,7 @@ import (
 	"etcdimg/internal/spec"
 	"etcdimg/pki"
 	"etcdimg/testvm"
+	"etcdimg/testvm/local"
 )
 
 // runDir and diskDir sit in the output directory: what a running cluster
@@ -45,12 +46,12 @@ func loadBuilt(out string) (*spec.Cluster, outdir.Layout, error) {
 
 // forwarded returns the local cluster's loopback ports by member, or nil
 // when no cluster runs from dir under `up`.
-func forwarded(dir outdir.Layout) map[string]cluster.MemberState {
-	st, err := cluster.LoadState(runDir(dir))
+func forwarded(dir outdir.Layout) map[string]local.MemberState {
+	st, err := local.LoadState(runDir(dir))
 	if err != nil {
 		return nil
 	}
-	ports := map[string]cluster.MemberState{}
+	ports := map[string]local.MemberState{}
 	for _, m := range st.Members {
 		ports[m.Name] = m
 	}
@@ -139,7 +140,7 @@ func writeLocalToolConfigs(c *spec.Cluster, dir outdir.Layout) error {
 
 // lockRun takes the run directory's lock for a command that changes the
 // local cluster.
-func lockRun(dir outdir.Layout) (*cluster.Lock, error) { return cluster.LockRunDir(runDir(dir)) }
+func lockRun(dir outdir.Layout) (*local.Lock, error) { return local.LockRunDir(runDir(dir)) }
 
 func upCmd() *cobra.Command {
 	var out, accel string
@@ -165,13 +166,13 @@ func upCmd() *cobra.Command {
 			if dataSize < 256*spec.MiB {
 				return usageError{fmt.Errorf("--data-size %s: a data disk needs at least 256MiB", dataSize)}
 			}
-			var members []cluster.MemberSpec
+			var members []local.MemberSpec
 			for _, m := range c.Members {
 				img := dir.Image(m.Name)
 				if !render.Exists(img) {
 					return fmt.Errorf("%s is missing; run `etcdimg build --out %s` first", img, out)
 				}
-				members = append(members, cluster.MemberSpec{Name: m.Name, IP: m.Addr(), Image: img})
+				members = append(members, local.MemberSpec{Name: m.Name, IP: m.Addr(), Image: img})
 			}
 			exe, err := os.Executable()
 			if err != nil {
@@ -187,7 +188,7 @@ func upCmd() *cobra.Command {
 				return err
 			}
 			start := time.Now()
-			st, err := cluster.Up(cluster.LocalOptions{
+			st, err := local.Boot(local.Options{
 				RunDir: runDir(dir), DiskDir: diskDir(dir),
 				Network: c.Prefix(), Reserved: reserved, Members: members,
 				MemoryMB: memory, Accel: accel, PortBase: portBase, DataSize: int64(dataSize),
@@ -267,7 +268,7 @@ func upCmd() *cobra.Command {
 			}
 			fmt.Fprintf(w, "press Ctrl-C to power the cluster off (or run with --detach)\n")
 			for ctx.Err() == nil {
-				cur, err := cluster.LoadState(runDir(dir))
+				cur, err := local.LoadState(runDir(dir))
 				if err != nil || len(cur.Running()) == 0 {
 					break
 				}
@@ -306,7 +307,7 @@ func downAndReport(w io.Writer, dir outdir.Layout) {
 		return
 	}
 	defer lock.Unlock()
-	st, err := cluster.LoadState(runDir(dir))
+	st, err := local.LoadState(runDir(dir))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)
 		return
@@ -330,7 +331,7 @@ func downCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if _, err := cluster.LoadState(runDir(dir)); errors.Is(err, cluster.ErrNotRunning) {
+			if _, err := local.LoadState(runDir(dir)); errors.Is(err, local.ErrNotRunning) {
 				fmt.Fprintln(cmd.OutOrStdout(), "no cluster is running from", out)
 				return nil
 			} else if err != nil {
@@ -355,8 +356,8 @@ func statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := cluster.LoadState(runDir(dir))
-			if errors.Is(err, cluster.ErrNotRunning) {
+			st, err := local.LoadState(runDir(dir))
+			if errors.Is(err, local.ErrNotRunning) {
 				fmt.Fprintf(cmd.OutOrStdout(), "not running (etcdimg up --out %s starts it)\n", out)
 				return errors.New("status: not running")
 			}
@@ -489,7 +490,7 @@ func etcdctlCmd() *cobra.Command {
 // to the host: an S3 endpoint at an address of the LAN that no member
 // has is the same port on the host's loopback (where a test, or the
 // operator, runs the S3 server).
-func lanServices(c *spec.Cluster) []cluster.HostService {
+func lanServices(c *spec.Cluster) []local.HostService {
 	if c.Backup.S3 == nil {
 		return nil
 	}
@@ -511,7 +512,7 @@ func lanServices(c *spec.Cluster) []cluster.HostService {
 		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
 	}
 	p, _ := strconv.Atoi(port)
-	return []cluster.HostService{{LAN: netip.AddrPortFrom(ip, uint16(p)), Host: "127.0.0.1:" + port}}
+	return []local.HostService{{LAN: netip.AddrPortFrom(ip, uint16(p)), Host: "127.0.0.1:" + port}}
 }
 
 // lanCmd runs the virtual LAN's switch; `up` starts it as its own
@@ -577,3 +578,6 @@ func liveClusterID(ctx context.Context, e *cluster.Etcd) (uint64, error) {
 	}
 	return list.Header.ClusterId, nil
 }
+
+// localState is the record of the cluster under `up` in dir.
+func localState(dir outdir.Layout) (*local.State, error) { return local.LoadState(runDir(dir)) }

@@ -15,19 +15,20 @@ import (
 	"etcdimg/cluster"
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/render"
+	"etcdimg/testvm/local"
 )
 
 // localCluster loads the state of the cluster under `up` in dir, under
 // the run directory's lock. It returns ErrNotRunning when there is none.
-func localCluster(dir outdir.Layout) (*cluster.State, *cluster.Lock, error) {
-	if _, err := cluster.LoadState(runDir(dir)); err != nil {
+func localCluster(dir outdir.Layout) (*local.State, *local.Lock, error) {
+	if _, err := local.LoadState(runDir(dir)); err != nil {
 		return nil, nil, err
 	}
 	lock, err := lockRun(dir)
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := cluster.LoadState(runDir(dir))
+	st, err := local.LoadState(runDir(dir))
 	if err != nil {
 		lock.Unlock()
 		return nil, nil, err
@@ -36,13 +37,13 @@ func localCluster(dir outdir.Layout) (*cluster.State, *cluster.Lock, error) {
 }
 
 func stopCmd() *cobra.Command {
-	return memberCmd("stop NAME", "Power one member off (ACPI) and keep its disks", func(st *cluster.State, name string) (string, error) {
+	return memberCmd("stop NAME", "Power one member off (ACPI) and keep its disks", func(st *local.State, name string) (string, error) {
 		return st.Stop(name, time.Minute)
 	})
 }
 
 func startCmd() *cobra.Command {
-	return memberCmd("start NAME", "Boot one stopped member from its image and data disk", func(st *cluster.State, name string) (string, error) {
+	return memberCmd("start NAME", "Boot one stopped member from its image and data disk", func(st *local.State, name string) (string, error) {
 		if err := st.Start(name); err != nil {
 			return "", err
 		}
@@ -53,7 +54,7 @@ func startCmd() *cobra.Command {
 
 // memberCmd is a command on one member of the local cluster, run under
 // the run directory's lock.
-func memberCmd(use, short string, do func(*cluster.State, string) (string, error)) *cobra.Command {
+func memberCmd(use, short string, do func(*local.State, string) (string, error)) *cobra.Command {
 	var out string
 	c := &cobra.Command{
 		Use:   use,
@@ -84,7 +85,7 @@ func memberCmd(use, short string, do func(*cluster.State, string) (string, error
 // notLocal explains that a per-member power command needs a cluster
 // under `up`.
 func notLocal(what string, err error) error {
-	if errors.Is(err, cluster.ErrNotRunning) {
+	if errors.Is(err, local.ErrNotRunning) {
 		return fmt.Errorf("%s: no cluster runs here under `etcdimg up`; on real machines, power the member with your platform's tools", what)
 	}
 	return err
@@ -134,9 +135,9 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 	st, lock, err := localCluster(dir)
 	switch {
 	case err == nil:
-		l.Driver = &cluster.LocalDriver{State: st}
+		l.Driver = &local.Driver{State: st}
 		release = lock.Unlock
-	case errors.Is(err, cluster.ErrNotRunning):
+	case errors.Is(err, local.ErrNotRunning):
 		addr := map[string]string{}
 		for _, m := range c.Members {
 			addr[m.Name] = m.IP

@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/cluster"
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/restore"
 	"etcdimg/internal/snapshot"
@@ -67,7 +66,7 @@ data disk; then run ` + "`etcdimg up`" + `.`,
 				return err
 			}
 			defer lock.Unlock()
-			if st, err := cluster.LoadState(runDir(dir)); err == nil && len(st.Running()) > 0 {
+			if st, err := localState(dir); err == nil && len(st.Running()) > 0 {
 				return fmt.Errorf("the cluster in %s is running (%d members); run `etcdimg down --out %s` first: restore never replaces a running cluster's images", dir.Dir(), len(st.Running()), dir.Dir())
 			}
 			c, _, err := f.load(cmd)

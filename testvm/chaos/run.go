@@ -19,6 +19,7 @@ import (
 	"etcdimg/testvm"
 	"etcdimg/testvm/chaos/history"
 	"etcdimg/testvm/chaos/workload"
+	"etcdimg/testvm/local"
 )
 
 // Options are a run's settings (the command's flags).
@@ -37,7 +38,7 @@ type Options struct {
 // admin's view of it) while the scheduled faults are injected and
 // healed, then checks the history and writes the report's files to
 // o.Dir. The caller holds the cluster's run lock.
-func Run(ctx context.Context, st *cluster.State, e *cluster.Etcd, o Options) (Verdict, []Done, error) {
+func Run(ctx context.Context, st *local.State, e *cluster.Etcd, o Options) (Verdict, []Done, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return Verdict{}, nil, fmt.Errorf("chaos: %w", err)
 	}
@@ -177,7 +178,7 @@ func variant(f Fault) string {
 
 // runner is one run's faults: the cluster, and the consoles kept.
 type runner struct {
-	st    *cluster.State
+	st    *local.State
 	e     *cluster.Etcd
 	o     Options
 	rnd   *rand.Rand
@@ -234,7 +235,7 @@ func (r *runner) lifecycle() *cluster.Lifecycle {
 	}
 	return &cluster.Lifecycle{
 		Etcd:    r.e,
-		Driver:  &cluster.LocalDriver{State: r.st, BeforeBoot: r.keepConsole},
+		Driver:  &local.Driver{State: r.st, BeforeBoot: r.keepConsole},
 		Members: names,
 		Timeout: 5 * time.Minute,
 		Say:     func(step string, took time.Duration) { r.logf("    %s (%.1fs)", step, took.Seconds()) },

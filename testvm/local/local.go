@@ -1,4 +1,11 @@
-package cluster
+// Package local is the cluster under `etcdimg up`: members booted in
+// QEMU (package testvm) on one virtual LAN, the record of them in the
+// output directory's run directory (the state file and its lock), their
+// start and stop, the wait until they are healthy, the tool configs that
+// point at their forwarded ports, and the Driver through which
+// cluster.Lifecycle powers them. Operating the etcd of any cluster is
+// package cluster's; this package adds only what QEMU owns.
+package local
 
 import (
 	"errors"
@@ -24,8 +31,8 @@ type MemberSpec struct {
 	Image string
 }
 
-// LocalOptions describe a cluster to boot in QEMU on one virtual LAN.
-type LocalOptions struct {
+// Options describe a cluster to boot in QEMU on one virtual LAN.
+type Options struct {
 	RunDir   string // consoles, NVRAM, sockets, the state file
 	DiskDir  string // data disks, kept across down and up
 	Network  netip.Prefix
@@ -70,11 +77,11 @@ func NodePorts(base, i int) (nodeMetrics, backup int) {
 // accepts; mTLS with a member's certificate still guards it.
 func PeerPort(base, i int) int { return base + 100*i + 80 }
 
-// Up boots every member on one LAN. Each QEMU runs in its own process
+// Boot boots every member on one LAN. Each QEMU runs in its own process
 // group, so the cluster keeps running when the caller exits. The state
 // file is written after every start, so Down can clean up even a partial
 // start. The caller holds the run directory's lock.
-func Up(o LocalOptions) (*State, error) {
+func Boot(o Options) (*State, error) {
 	var err error
 	for _, p := range []*string{&o.RunDir, &o.DiskDir} {
 		if *p, err = filepath.Abs(*p); err != nil {
@@ -338,7 +345,7 @@ func (st *State) Down(timeout time.Duration) []string {
 
 // gatewayAddrs picks the gateway's two addresses on the LAN (QEMU's host
 // side and its DNS, which it insists on): the highest free ones.
-func gatewayAddrs(o LocalOptions) ([]netip.Addr, error) {
+func gatewayAddrs(o Options) ([]netip.Addr, error) {
 	used := map[netip.Addr]bool{}
 	for _, a := range o.Reserved {
 		used[a] = true

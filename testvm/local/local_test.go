@@ -1,4 +1,4 @@
-package cluster
+package local
 
 import (
 	"encoding/json"
@@ -18,7 +18,7 @@ import (
 )
 
 func TestGatewayAddrsAvoidMembersAndGateway(t *testing.T) {
-	o := LocalOptions{
+	o := Options{
 		Network:  netip.MustParsePrefix("192.168.2.0/24"),
 		Reserved: []netip.Addr{netip.MustParseAddr("192.168.2.254")},
 		Members:  []MemberSpec{{IP: netip.MustParseAddr("192.168.2.253")}},
