@@ -1,16 +1,15 @@
 package firstboot
 
 import (
-	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"etcdimg/firstboot/datadisk"
 	"etcdimg/ignition"
 	"etcdimg/internal/layout"
-	"etcdimg/internal/spec"
 )
 
 func TestParseUnitTheRunbooksEtcdService(t *testing.T) {
@@ -66,50 +65,6 @@ func TestSplitCommand(t *testing.T) {
 	}
 	if _, err := splitCommand(`/bin/x "open`); err == nil {
 		t.Error("unbalanced quote accepted")
-	}
-}
-
-func TestParseNetworkFileTheRenderedOne(t *testing.T) {
-	c := spec.Default(3)
-	c.Network.DNS = []string{"192.168.2.1", "192.168.2.2"}
-	nf, err := ParseNetworkFile(ignition.NetworkFile(c, c.Members[1]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if nf.Address != netip.MustParsePrefix("192.168.2.52/24") || nf.Gateway != netip.MustParseAddr("192.168.2.1") || len(nf.DNS) != 2 {
-		t.Errorf("parsed %+v", nf)
-	}
-	if !nf.matches("eth0") || !nf.matches("ens3") || nf.matches("lo") || nf.matches("wlan0") {
-		t.Errorf("name matching wrong for %v", nf.Names)
-	}
-	if _, err := ParseNetworkFile([]byte("[Network]\nAddress=10.0.0.2/24\nDHCP=yes\n")); err == nil || !strings.Contains(err.Error(), "DHCP= is not supported") {
-		t.Errorf("DHCP: %v", err)
-	}
-	if _, err := ParseNetworkFile([]byte("[Match]\nName=eth0\n")); err == nil {
-		t.Error("a file without Address= was accepted")
-	}
-}
-
-func TestPickDataDisk(t *testing.T) {
-	esp := blockDev{Name: "vda1", IsPart: true, Parent: "vda", Partname: "ESP"}
-	for _, tc := range []struct {
-		name string
-		devs []blockDev
-		want string
-	}{
-		{"second disk", []blockDev{{Name: "vda"}, esp, {Name: "vdb"}}, "/dev/vdb"},
-		{"labelled partition wins", []blockDev{{Name: "vda"}, esp, {Name: "vda2", IsPart: true, Parent: "vda", Partname: "etcd-data"}, {Name: "vdb"}}, "/dev/vda2"},
-		{"a disk with partitions is not ours", []blockDev{{Name: "vda"}, esp, {Name: "vdb"}, {Name: "vdb1", IsPart: true, Parent: "vdb"}}, ""},
-		{"only the boot disk", []blockDev{{Name: "vda"}, esp}, ""},
-		{"loop devices are not disks", []blockDev{{Name: "vda"}, esp, {Name: "loop0"}}, ""},
-		{"our data disk, whatever the probe order", []blockDev{{Name: "nvme0n1"}, {Name: "nvme1n1"}, {Name: "nvme2n1", FSType: "ext4", Label: "etcd-data"}, {Name: "nvme0n1p1", IsPart: true, Parent: "nvme0n1", Partname: "ESP"}}, "/dev/nvme2n1"},
-		{"a config drive is not a data disk", []blockDev{{Name: "vda"}, esp, {Name: "vdb", FSType: "vfat", Label: "config-2"}, {Name: "vdc"}}, "/dev/vdc"},
-		{"nvme", []blockDev{{Name: "nvme0n1"}, {Name: "nvme0n1p1", IsPart: true, Parent: "nvme0n1", Partname: "ESP"}, {Name: "nvme1n1"}}, "/dev/nvme1n1"},
-	} {
-		got, ok := pickDataDisk(tc.devs)
-		if got != tc.want || ok != (tc.want != "") {
-			t.Errorf("%s: got %q %v, want %q", tc.name, got, ok, tc.want)
-		}
 	}
 }
 
@@ -179,5 +134,25 @@ func writeFile(t *testing.T, path, s string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTheDeviceWindowFollowsTheConfigSource: a machine QEMU started with
+// the config on fw_cfg has its disks from power-on and waits 2 s for a
+// labelled one; any other (an image's own config, a cloud's user-data)
+// waits the whole 10 s.
+func TestTheDeviceWindowFollowsTheConfigSource(t *testing.T) {
+	for _, tc := range []struct {
+		from string
+		want time.Duration
+	}{
+		{"fw_cfg opt/com.coreos/config, 4551 bytes, Ignition 3.4.0", datadisk.LaunchedDeviceWait},
+		{"ESP /etcdimg/node.ign, 4551 bytes, Ignition 3.4.0", datadisk.DeviceWait},
+		{"aws user-data, 4551 bytes, Ignition 3.4.0", datadisk.DeviceWait},
+		{"", datadisk.DeviceWait},
+	} {
+		if got := deviceWindowFor(tc.from); got != tc.want {
+			t.Errorf("%q: %s, want %s", tc.from, got, tc.want)
+		}
 	}
 }

@@ -6,9 +6,6 @@ import (
 	"context"
 	"encoding/base64"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -147,45 +144,6 @@ func TestAzureReportsReady(t *testing.T) {
 	}
 }
 
-// TestProbeFS reads the labels the system tools and go-diskfs write.
-func TestProbeFS(t *testing.T) {
-	dir := t.TempDir()
-	mk := func(name string, args ...string) string {
-		p := filepath.Join(dir, name)
-		os.WriteFile(p, nil, 0o600)
-		os.Truncate(p, 64<<20)
-		if len(args) > 0 {
-			if out, err := exec.Command(args[0], append(args[1:], p)...).CombinedOutput(); err != nil {
-				t.Fatalf("%s: %v\n%s", args[0], err, out)
-			}
-		}
-		return p
-	}
-	iso := filepath.Join(dir, "cd.iso")
-	if err := cloudsim.ConfigDrive(iso, []byte(testConfig), "iso9660"); err != nil {
-		t.Fatal(err)
-	}
-	vfat := filepath.Join(dir, "cd.vfat")
-	if err := cloudsim.ConfigDrive(vfat, []byte(testConfig), "vfat"); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct{ path, fstype, label string }{
-		{mk("ext4", "mkfs.ext4", "-q", "-L", "etcd-data"), "ext4", "etcd-data"},
-		{mk("fat32", "mkfs.vfat", "-F", "32", "-n", "config-2"), "vfat", "config-2"},
-		{mk("fat16", "mkfs.vfat", "-F", "16", "-n", "CONFIG-2"), "vfat", "CONFIG-2"},
-		{mk("blank"), "", ""},
-		{iso, "iso9660", "config-2"},
-		{vfat, "vfat", "config-2"},
-	} {
-		f, _ := os.Open(tc.path)
-		fstype, label := probeFS(f)
-		f.Close()
-		if fstype != tc.fstype || label != tc.label {
-			t.Errorf("%s: %q %q, want %q %q", filepath.Base(tc.path), fstype, label, tc.fstype, tc.label)
-		}
-	}
-}
-
 func TestConfigSourcesByPlatform(t *testing.T) {
 	for platform, want := range map[string]string{
 		"qemu":      "fw_cfg opt/com.coreos/config, ESP /etcdimg/node.ign",
@@ -201,6 +159,18 @@ func TestConfigSourcesByPlatform(t *testing.T) {
 		}
 		if got := strings.Join(names, ", "); got != want {
 			t.Errorf("%s: %s, want %s", platform, got, want)
+		}
+	}
+}
+
+func TestPlatformFromCmdline(t *testing.T) {
+	for in, want := range map[string]string{
+		"console=ttyS0 quiet etcdimg.platform=aws\n": "aws",
+		"console=ttyS0 quiet":                        "qemu",
+		"etcdimg.platform=gcp panic=-1":              "gcp",
+	} {
+		if got := platformFromCmdline(in); got != want {
+			t.Errorf("%q: %q, want %q", in, got, want)
 		}
 	}
 }

@@ -202,3 +202,10 @@ func TestAStarterTellsAQuorumBeforeEtcdTakesItsPort(t *testing.T) {
 	asker.closePeerConns()
 	starter.closePeerConns()
 }
+
+// hasEtcdData reports whether dir holds an etcd member's data (a WAL),
+// as the data disk's rule reads it.
+func hasEtcdData(dir string) bool {
+	wals, _ := filepath.Glob(filepath.Join(dir, "member", "wal", "*.wal"))
+	return len(wals) > 0
+}

@@ -24,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"etcdimg/firstboot/datadisk"
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/authz"
 	"etcdimg/internal/layout"
@@ -877,7 +878,7 @@ func (s *self) recordClusterID(ctx context.Context) {
 			cli.Close()
 			if err == nil && r.Header.ClusterId != 0 {
 				id := fmt.Sprintf("%x", r.Header.ClusterId)
-				if err := recordClusterID(id); err != nil {
+				if err := datadisk.RecordClusterID(id); err != nil {
 					logf("marker: %v", err)
 				}
 				return

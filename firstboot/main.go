@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -15,8 +16,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"etcdimg/firstboot/datadisk"
 	"etcdimg/firstboot/internal/console"
 	"etcdimg/firstboot/internal/kernelfs"
+	"etcdimg/firstboot/network"
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/layout"
 )
@@ -105,7 +108,7 @@ func (n *node) boot() error {
 		if err := step("configure network ("+platform+")", func() (string, error) {
 			var err error
 			var what string
-			leased, what, err = dhcpNetwork(n.ctx)
+			leased, what, err = network.DHCP(n.ctx)
 			return what, err
 		}); err != nil {
 			return err
@@ -151,18 +154,18 @@ func (n *node) boot() error {
 	}); err != nil {
 		return err
 	}
-	if err := step("set hostname", setHostname); err != nil {
+	if err := step("set hostname", network.SetHostname); err != nil {
 		return err
 	}
 	// The config's .network files: the static address to apply, or on a
 	// cloud the address the lease must match; and the NTP servers.
-	netFiles, netErr := readNetworkFiles()
+	netFiles, netErr := network.ReadFiles()
 	if cloud {
 		if err := step("check address", func() (string, error) {
 			if netErr != nil {
 				return "", netErr
 			}
-			return checkLeasedAddress(leased, netFiles)
+			return network.CheckLeased(leased, netFiles)
 		}); err != nil {
 			return err
 		}
@@ -177,7 +180,7 @@ func (n *node) boot() error {
 		if netErr != nil {
 			return "", netErr
 		}
-		return configureNetwork(netFiles)
+		return network.Configure(netFiles)
 	}); err != nil {
 		return err
 	}
@@ -187,12 +190,12 @@ func (n *node) boot() error {
 		ntp = append(ntp, nf.NTP...)
 	}
 	// The clock is never set to before the image was built.
-	clocks, floor := clockSources(platform, ntp), clockFloor("/")
-	if err := step("sync clock", func() (string, error) { return syncClock(clocks, floor) }); err != nil {
+	clocks, floor := network.ClockSources(platform, ntp), network.ClockFloor("/")
+	if err := step("sync clock", func() (string, error) { return network.SyncClock(clocks, floor) }); err != nil {
 		return err
 	}
 	if len(clocks) > 0 {
-		goSafe("clock", func() { keepClock(n.ctx, clocks, floor, 15*time.Minute) })
+		goSafe("clock", func() { network.KeepClock(n.ctx, clocks, floor, 15*time.Minute) })
 	}
 	me, err := readSelf("/")
 	if err != nil {
@@ -200,7 +203,7 @@ func (n *node) boot() error {
 	}
 	var formatted bool
 	if err := step("prepare data disk", func() (string, error) {
-		dev, what, f, err := prepareDataDisk(layout.DataMount, intent{Cluster: me.Cluster, Member: me.Name}, deviceWindowFor(cfgFrom))
+		dev, what, f, err := datadisk.Prepare(layout.DataMount, datadisk.Owner{Cluster: me.Cluster, Member: me.Name, Restoring: me.Restore != nil}, deviceWindowFor(cfgFrom))
 		if err == nil {
 			n.mu.Lock()
 			n.dataDev = dev
@@ -212,17 +215,17 @@ func (n *node) boot() error {
 		return err
 	}
 	var hasData bool
-	var owner marker
+	var owner datadisk.Marker
 	if err := step("check data disk", func() (string, error) {
 		var detail string
 		var err error
-		if hasData, owner, detail, err = claimDisk(me); err != nil {
+		if hasData, owner, detail, err = datadisk.Claim(datadisk.Owner{Cluster: me.Cluster, Member: me.Name, Restoring: me.Restore != nil}); err != nil {
 			return "", err
 		}
 		if formatted {
 			// The new file system is mounted and marked: the first
 			// format is over, and no longer to be redone.
-			if err := clearIntent(n.dataDev); err != nil {
+			if err := datadisk.ClearIntent(n.dataDev); err != nil {
 				return "", fmt.Errorf("clear the first-format record: %w", err)
 			}
 		}
@@ -254,9 +257,9 @@ func (n *node) boot() error {
 			}
 		}
 		env := plan.Env
-		if quota, total, err := fitQuota(layout.DataMount, me.Quota); err == nil && quota < me.Quota {
+		if quota, total, err := datadisk.FitQuota(layout.DataMount, me.Quota); err == nil && quota < me.Quota {
 			env = append(env, fmt.Sprintf("ETCD_QUOTA_BACKEND_BYTES=%d", quota))
-			logf("backend quota %d MiB lowered to %d MiB: the data disk holds %d MiB, and keeps %d MiB for the WAL and snapshots", me.Quota>>20, quota>>20, total>>20, quotaReserve>>20)
+			logf("backend quota %d MiB lowered to %d MiB: the data disk holds %d MiB, and keeps %d MiB for the WAL and snapshots", me.Quota>>20, quota>>20, total>>20, datadisk.QuotaReserve>>20)
 		}
 		if len(env) > 0 {
 			if err := writeRuntimeEnv(env); err != nil {
@@ -379,3 +382,28 @@ func goSafe(name string, fn func()) {
 func logf(format string, args ...any) { console.Logf(format, args...) }
 
 var errNotFound = errors.New("not found")
+
+// deviceWindowFor is the data disk's device window for a config read
+// from source (as readConfig describes it): short for a machine QEMU
+// launched with its config on fw_cfg, whose disks are there from
+// power-on.
+func deviceWindowFor(source string) time.Duration {
+	if strings.HasPrefix(source, fwCfg{}.Name()+",") {
+		return datadisk.LaunchedDeviceWait
+	}
+	return datadisk.DeviceWait
+}
+
+// writeRuntimeEnv writes etcd.service's environment overrides.
+func writeRuntimeEnv(vars []string) error {
+	if err := os.MkdirAll(filepath.Dir(layout.RuntimeEnvPath), 0o755); err != nil {
+		return err
+	}
+	var b strings.Builder
+	b.WriteString("# Written by firstboot at boot; overrides /etc/etcd/etcd.conf.\n")
+	for _, kv := range vars {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&b, "%s=%q\n", k, v)
+	}
+	return os.WriteFile(layout.RuntimeEnvPath, []byte(b.String()), 0o644)
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"etcdimg/firstboot/datadisk"
 	"etcdimg/internal/layout"
 	"etcdimg/internal/snapshot"
 )
@@ -19,7 +20,7 @@ import (
 // restore code write the data directory, which must not exist yet. It is called only for a blank data disk.
 func (s *self) restoreFromImage() (string, error) {
 	rc := s.Restore
-	dev, err := waitForPartition(layout.RestoreLabel)
+	dev, err := datadisk.WaitForPartition(layout.RestoreLabel)
 	if err != nil {
 		return "", fmt.Errorf("restore: the config names a snapshot but the boot disk has no %s partition: %w; rebuild the image with `etcdimg restore`", layout.RestoreLabel, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"etcdimg/firstboot/network"
 	"etcdimg/ignition/ign"
 )
 
@@ -48,7 +49,7 @@ func ParseUnit(name string, data []byte) (*Unit, error) {
 		return nil, fmt.Errorf("unit %s: only .service units are supported", name)
 	}
 	u := &Unit{Name: name, Type: "simple", Restart: "no", RestartSec: 100 * time.Millisecond}
-	err := walkINI(data, func(n int, section, k, v string) error {
+	err := network.WalkINI(data, func(n int, section, k, v string) error {
 		if !supportedDirectives[section+"."+k] {
 			return fmt.Errorf("unit %s line %d: [%s] %s= is not supported by the appliance; it runs Type, ExecStart, EnvironmentFile, Environment, Restart, RestartSec and LimitNOFILE", name, n, section, k)
 		}
