@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -74,10 +72,7 @@ func clientAddCmd() *cobra.Command {
 			}
 			// Adding a client again issues it a new pair: the old one is
 			// moved aside, never written over.
-			if _, err := render.MoveToRetired(dir, render.Stamp(time.Now()), clientFiles(name)); err != nil {
-				return err
-			}
-			if err := writeClientPair(dir, name, pair); err != nil {
+			if err := render.InstallClient(dir, name, pair, render.Stamp(time.Now())); err != nil {
 				return err
 			}
 			access := "read-write"
@@ -158,16 +153,12 @@ func clientRemoveCmd() *cobra.Command {
 			if err := e.RemoveClient(name); err != nil {
 				return err
 			}
-			stamp := render.Stamp(time.Now())
-			moved, err := render.MoveToRetired(dir, stamp, clientFiles(name))
+			moved, err := render.RetireClient(dir, name, render.Stamp(time.Now()))
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "client   %s removed: its user and role are gone, so its certificate is refused for every key\n", name)
 			if len(moved) > 0 {
-				for i, rel := range moved {
-					moved[i] = filepath.Join(render.RetiredPath(dir, stamp), rel)
-				}
 				fmt.Fprintf(cmd.OutOrStdout(), "retired  %s\n", strings.Join(moved, ", "))
 			}
 			return nil
@@ -175,45 +166,4 @@ func clientRemoveCmd() *cobra.Command {
 	}
 	outFlag(c, &out)
 	return c
-}
-
-// reissueClients issues a new certificate for every client in OUT/clients
-// (same name, same role), moving the old pair under retired/stamp.
-func reissueClients(c *spec.Cluster, dir outdir.Layout, stamp string) ([]string, error) {
-	certs, _ := filepath.Glob(dir.ClientCert("*"))
-	var names []string
-	for _, p := range certs {
-		name := strings.TrimSuffix(filepath.Base(p), ".pem")
-		if strings.HasSuffix(name, "-key") {
-			continue
-		}
-		pair, err := pki.IssueClient(c, dir.PKI(), name)
-		if err != nil {
-			return names, err
-		}
-		if _, err := render.MoveToRetired(dir, stamp, clientFiles(name)); err != nil {
-			return names, err
-		}
-		if err := writeClientPair(dir, name, pair); err != nil {
-			return names, err
-		}
-		names = append(names, name)
-	}
-	return names, nil
-}
-
-// clientFiles are a client's certificate and key, relative to OUT.
-func clientFiles(name string) []string {
-	return []string{filepath.Join(outdir.ClientsDir, name+".pem"), filepath.Join(outdir.ClientsDir, name+"-key.pem")}
-}
-
-// writeClientPair writes a client's certificate and key into OUT/clients.
-func writeClientPair(dir outdir.Layout, name string, pair pki.Pair) error {
-	if _, err := outdir.Write(dir.Clients(), []outdir.File{
-		{Path: name + ".pem", Data: pair.Cert, Mode: 0o644},
-		{Path: name + "-key.pem", Data: pair.Key, Mode: 0o600},
-	}); err != nil {
-		return err
-	}
-	return os.Chmod(dir.Clients(), 0o700)
 }
