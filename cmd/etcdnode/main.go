@@ -19,7 +19,7 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdmain"
 
 	"etcdimg/firstboot"
-	"etcdimg/internal/backup"
+	"etcdimg/firstboot/backupd"
 )
 
 var programs = map[string]func(args []string){
@@ -28,7 +28,7 @@ var programs = map[string]func(args []string){
 	"etcdctl": func(args []string) { os.Args = args; ctlv3.MustStart() },
 	"etcdutl": runEtcdutl,
 	// etcd-backup is the backup service (layout.BackupBinary).
-	"etcd-backup": func([]string) { backup.Main() },
+	"etcd-backup": func([]string) { backupd.Main() },
 }
 
 func main() {

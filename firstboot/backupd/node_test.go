@@ -1,4 +1,4 @@
-package backup
+package backupd
 
 import (
 	"crypto/tls"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"etcdimg/ignition/ign"
+	"etcdimg/internal/backup"
 	"etcdimg/internal/spec"
 	"etcdimg/pki"
 )
@@ -50,7 +51,7 @@ func TestBackupAPITakesTheAdminAndMembersOnly(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	writeManifest(dir, Manifest{Name: "b1", Time: time.Now(), Size: 1})
+	backup.WriteManifest(dir, backup.Manifest{Name: "b1", Time: time.Now(), Size: 1})
 	os.WriteFile(filepath.Join(dir, "b1.db"), []byte("x"), 0o600)
 
 	pair := func(p pki.Pair) tls.Certificate {
@@ -85,7 +86,7 @@ func TestBackupAPITakesTheAdminAndMembersOnly(t *testing.T) {
 	} {
 		t.Run(tc.who, func(t *testing.T) {
 			cli := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair(tc.cert)}, ServerName: "127.0.0.1"}}}
-			for _, path := range []string{APIPrefix, APIPrefix + "b1"} {
+			for _, path := range []string{backup.APIPrefix, backup.APIPrefix + "b1"} {
 				resp, err := cli.Get("https://" + ln.Addr().String() + path)
 				if err != nil {
 					t.Fatal(err)

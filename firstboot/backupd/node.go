@@ -1,4 +1,4 @@
-package backup
+package backupd
 
 import (
 	"context"
@@ -22,13 +22,9 @@ import (
 	"go.uber.org/zap"
 
 	"etcdimg/ignition/ign"
+	"etcdimg/internal/backup"
 	"etcdimg/internal/layout"
 )
-
-// APIPrefix is where a member serves its backups over mTLS on
-// layout.BackupPort: GET APIPrefix lists them (JSON manifests), GET
-// APIPrefix+NAME sends one.
-const APIPrefix = "/etcdimg/v1/backups/"
 
 // Main is the etcd-backup program inside the appliance: the service for
 // this member, from the files its config wrote.
@@ -128,7 +124,7 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 				return nil, nil, "", fmt.Errorf("s3 CA: %w", err)
 			}
 		}
-		up, err := NewS3(*cfg.S3, cfg.Cluster, creds, ca)
+		up, err := backup.NewS3(*cfg.S3, cfg.Cluster, creds, ca)
 		if err != nil {
 			return nil, nil, "", err
 		}
@@ -161,7 +157,7 @@ func Readers(members []string) []string {
 // gets 403.
 func APIHandler(dir string, readers ...string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		name, ok := strings.CutPrefix(r.URL.Path, APIPrefix)
+		name, ok := strings.CutPrefix(r.URL.Path, backup.APIPrefix)
 		if !ok || r.Method != http.MethodGet {
 			http.NotFound(w, r)
 			return
@@ -171,7 +167,7 @@ func APIHandler(dir string, readers ...string) http.Handler {
 			return
 		}
 		if name == "" {
-			ms, err := List(dir)
+			ms, err := backup.List(dir)
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
@@ -180,7 +176,7 @@ func APIHandler(dir string, readers ...string) http.Handler {
 			json.NewEncoder(w).Encode(ms)
 			return
 		}
-		f, m, err := Open(dir, name)
+		f, m, err := backup.Open(dir, name)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusNotFound)
 			return

@@ -1,4 +1,4 @@
-package backup
+package backupd
 
 import (
 	"crypto/x509"
@@ -11,21 +11,23 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"etcdimg/internal/backup"
 )
 
 // metrics are what the service has seen: the cluster's last backup (from
 // the record every member reads) and this member's own counts.
 type metrics struct {
 	started   time.Time
-	last      *Manifest
+	last      *backup.Manifest
 	successes map[string]int
 	failures  map[string]int
 	// futureRecords counts the records dated after this member's clock
-	// (beyond MaxSkew) that it found and did not count.
+	// (beyond backup.MaxSkew) that it found and did not count.
 	futureRecords int
 }
 
-func (s *Service) setLast(m *Manifest) {
+func (s *Service) setLast(m *backup.Manifest) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if m != nil {
