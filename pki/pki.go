@@ -35,6 +35,7 @@ import (
 	"github.com/cloudflare/cfssl/signer"
 	"github.com/cloudflare/cfssl/signer/local"
 
+	"etcdimg/internal/layout"
 	"etcdimg/internal/spec"
 )
 
@@ -76,7 +77,7 @@ const (
 // AdminCN is the admin certificate's common name. etcd maps a client
 // certificate's CN to a user when auth is enabled; "root" makes the admin
 // certificate etcd's root user then.
-const AdminCN = spec.ReservedCN
+const AdminCN = layout.AdminCN
 
 // renewBefore is how close to expiry a certificate is reissued.
 const renewBefore = 30 * 24 * time.Hour

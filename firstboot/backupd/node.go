@@ -133,17 +133,13 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 	return s, serverTLS, u.Hostname(), nil
 }
 
-// AdminCN is the admin certificate's common name, etcd's root user
-// (pki.AdminCN; the image does not import pki).
-const AdminCN = "root"
-
 // Readers are the certificate CNs that may list and fetch backups over
 // the backups API: the admin's (root) and the members' (their names).
 // A backup is the whole keyspace: an application client, the scraper
 // and the Kubernetes API server, whose certificates the same CA signed,
 // may read only what etcd's roles give them, and get none.
 func Readers(members []string) []string {
-	out := []string{AdminCN}
+	out := []string{layout.AdminCN}
 	for _, m := range members {
 		if m = strings.TrimSpace(m); m != "" && !slices.Contains(out, m) {
 			out = append(out, m)
@@ -163,7 +159,7 @@ func APIHandler(dir string, readers ...string) http.Handler {
 			return
 		}
 		if cn, ok := verifiedCN(r); !ok || !slices.Contains(readers, cn) {
-			http.Error(w, fmt.Sprintf("forbidden: backups are served to the admin certificate (CN %s) and the members' only, not to CN %q", AdminCN, cn), http.StatusForbidden)
+			http.Error(w, fmt.Sprintf("forbidden: backups are served to the admin certificate (CN %s) and the members' only, not to CN %q", layout.AdminCN, cn), http.StatusForbidden)
 			return
 		}
 		if name == "" {

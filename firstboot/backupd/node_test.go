@@ -14,6 +14,7 @@ import (
 
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/backup"
+	"etcdimg/internal/layout"
 	"etcdimg/internal/spec"
 	"etcdimg/pki"
 )
@@ -130,7 +131,7 @@ func TestReadersAreRootAndTheMembers(t *testing.T) {
 			}
 		})
 	}
-	if AdminCN != pki.AdminCN {
-		t.Errorf("AdminCN %q, the admin certificate's CN is %q", AdminCN, pki.AdminCN)
+	if layout.AdminCN != pki.AdminCN {
+		t.Errorf("layout.AdminCN %q, the admin certificate's CN is %q", layout.AdminCN, pki.AdminCN)
 	}
 }

@@ -28,11 +28,11 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"etcdimg/internal/spec"
+	"etcdimg/internal/layout"
 )
 
 // Root is etcd's root user and role, and the admin certificate's CN.
-const Root = "root"
+const Root = layout.AdminCN
 
 // Ensure makes root and every member a password-less user with the root
 // role, removes the users of members that are gone (Prune), then turns
@@ -188,7 +188,7 @@ type Client struct {
 // members compact themselves (etcd.autoCompactionRetention) and the API
 // server is given --etcd-compaction-interval=0, which starts no compactor
 // at all (k8s.io/apiserver/pkg/storage/storagebackend/factory/etcd3.go).
-var KubeAPIServer = Client{Name: spec.KubeAPIServerCN, Prefix: "/registry/"}
+var KubeAPIServer = Client{Name: layout.KubeAPIServerCN, Prefix: "/registry/"}
 
 // prefixEnd is the end of the range of every key that starts with p.
 func prefixEnd(p string) string { return clientv3.GetPrefixRangeEnd(p) }

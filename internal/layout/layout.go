@@ -135,6 +135,21 @@ const (
 	ConfigDriveLabel = "config-2"
 )
 
+// Certificates' common names that the image builder and the appliance
+// must agree on. With authentication on, etcd takes a client
+// certificate's CN as its user.
+const (
+	// AdminCN is the admin certificate's CN, which etcd makes root (its
+	// root user is called so): render issues the admin certificate with
+	// it, and the members allow it (authz's root user, the backups API).
+	// No member may be called so.
+	AdminCN = "root"
+	// KubeAPIServerCN is the Kubernetes API server's client
+	// certificate's CN (kubeadm's name for it) and its etcd user: render
+	// issues the certificate, the members' authz makes the user.
+	KubeAPIServerCN = "kube-apiserver-etcd-client"
+)
+
 // The serial console, which the appliance writes and the host reads (the
 // local cluster's status, tests, `make bench`).
 const (

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"etcdimg/internal/layout"
 )
 
 // MaxMembers bounds the cluster size: etcd's own guidance is that clusters
@@ -50,11 +52,11 @@ type Metrics struct {
 // ReservedCN is the admin certificate's common name, etcd's root user:
 // no member may be called so, because a member's name is its
 // certificate's CN, and the peer port accepts members' CNs only.
-const ReservedCN = "root"
+const ReservedCN = layout.AdminCN
 
 // KubeAPIServerCN is the Kubernetes API server's client certificate's
 // common name (kubeadm's name for it) and its etcd user.
-const KubeAPIServerCN = "kube-apiserver-etcd-client"
+const KubeAPIServerCN = layout.KubeAPIServerCN
 
 // PrometheusCN is the metrics scraper's certificate's common name. No
 // etcd user has it, so it reads no key.
