@@ -1,12 +1,3 @@
-// Package firstboot is the appliance's PID 1: it takes the member's
-// Ignition config, applies it to the RAM root, prepares the data disk and
-// supervises etcd.
-//
-// It reads only what package ignition wrote (or a compatible config from a
-// person) and applies the subset of Ignition that an etcd member needs:
-// directories, files and links with inline contents, and systemd units. Any
-// other section is refused before anything is touched, so a config the
-// appliance cannot honour stops the boot instead of half-applying.
 package firstboot
 
 import (
@@ -27,6 +18,12 @@ const UnitDir = "/etc/systemd/system"
 // Apply writes cfg's directories, files, links and units under root ("/"
 // in the appliance, a temporary directory in tests). It checks the whole
 // config before writing anything.
+//
+// It applies the subset of Ignition that an etcd member needs:
+// directories, files and links with inline contents, and systemd units,
+// as package ignition writes them (or a person, compatibly). Any other
+// section is refused before anything is touched, so a config the
+// appliance cannot honour stops the boot instead of half-applying.
 func Apply(cfg ign.Config, root string) error {
 	if err := supported(cfg); err != nil {
 		return err

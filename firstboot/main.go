@@ -2,25 +2,17 @@ package firstboot
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"etcdimg/firstboot/datadisk"
 	"etcdimg/firstboot/internal/console"
-	"etcdimg/firstboot/internal/kernelfs"
-	"etcdimg/firstboot/network"
-	"etcdimg/ignition/ign"
 	"etcdimg/internal/layout"
 )
 
@@ -34,11 +26,6 @@ const (
 	MsgReady    = "ready"
 	MsgPowerOff = "powering off"
 )
-
-// configWait bounds how long a cloud member asks its metadata service
-// for a config (or Azure's wire server for its goal state) before it
-// stops, having touched no disk.
-const configWait = 60 * time.Second
 
 // node is the state of the running appliance.
 type node struct {
@@ -87,219 +74,6 @@ func (n *node) waitPower() string {
 		case <-time.After(time.Hour):
 		}
 	}
-}
-
-// boot runs the linear steps of a boot. Everything that can refuse the
-// config happens before anything touches a disk.
-func (n *node) boot() error {
-	// The initramfs's /init mounted /proc, /sys and /dev already.
-	if err := step("mount kernel file systems", func() (string, error) { return kernelfs.Mount() }); err != nil {
-		return err
-	}
-	if err := watchPowerButton(func() { n.requestPower("ACPI power button") }); err != nil {
-		logf("power button: %v; power off with a signal instead", err)
-	}
-	platform := platformFromCmdline(readCmdline())
-	cloud := isCloud(platform)
-	var leased netip.Addr
-	if cloud {
-		// A cloud instance learns its address by DHCP, and only then
-		// can it ask the metadata service for its config.
-		if err := step("configure network ("+platform+")", func() (string, error) {
-			var err error
-			var what string
-			leased, what, err = network.DHCP(n.ctx)
-			return what, err
-		}); err != nil {
-			return err
-		}
-	}
-	var cfg ign.Config
-	var cfgFrom string
-	if err := step("read config", func() (string, error) {
-		if cloud {
-			raw, from, err := fetchWithRetry(n.ctx, configSources(platform), configWait, func(b []byte) error {
-				var err error
-				cfg, err = ign.Parse(b)
-				return err
-			})
-			if err != nil {
-				return "", err
-			}
-			return fmt.Sprintf("%s, %d bytes, Ignition %s", from, len(raw), cfg.Ignition.Version), nil
-		}
-		var err error
-		cfg, cfgFrom, err = readConfig(configSources(platform))
-		return cfgFrom, err
-	}); err != nil {
-		return err
-	}
-	var units []*Unit
-	if err := step("check units", func() (string, error) {
-		var err error
-		units, err = enabledUnits(cfg)
-		if err != nil {
-			return "", err
-		}
-		var names []string
-		for _, u := range units {
-			names = append(names, u.Name)
-		}
-		return strings.Join(names, ", "), nil
-	}); err != nil {
-		return err
-	}
-	if err := step("apply config", func() (string, error) {
-		return fmt.Sprintf("%d files", len(cfg.Storage.Files)), Apply(cfg, "/")
-	}); err != nil {
-		return err
-	}
-	if err := step("set hostname", network.SetHostname); err != nil {
-		return err
-	}
-	// The config's .network files: the static address to apply, or on a
-	// cloud the address the lease must match; and the NTP servers.
-	netFiles, netErr := network.ReadFiles()
-	if cloud {
-		if err := step("check address", func() (string, error) {
-			if netErr != nil {
-				return "", netErr
-			}
-			return network.CheckLeased(leased, netFiles)
-		}); err != nil {
-			return err
-		}
-		if platform == layout.PlatformAzure {
-			if err := step("report ready", func() (string, error) {
-				return azureReportReady(n.ctx, metadataClient(layout.AzureWireServer), configWait)
-			}); err != nil {
-				return err
-			}
-		}
-	} else if err := step("configure network", func() (string, error) {
-		if netErr != nil {
-			return "", netErr
-		}
-		return network.Configure(netFiles)
-	}); err != nil {
-		return err
-	}
-	// Certificates and leases need the right time before etcd starts.
-	var ntp []netip.Addr
-	for _, nf := range netFiles {
-		ntp = append(ntp, nf.NTP...)
-	}
-	// The clock is never set to before the image was built.
-	clocks, floor := network.ClockSources(platform, ntp), network.ClockFloor("/")
-	if err := step("sync clock", func() (string, error) { return network.SyncClock(clocks, floor) }); err != nil {
-		return err
-	}
-	if len(clocks) > 0 {
-		goSafe("clock", func() { network.KeepClock(n.ctx, clocks, floor, 15*time.Minute) })
-	}
-	me, err := readSelf("/")
-	if err != nil {
-		return fmt.Errorf("read member identity: %w", err)
-	}
-	var formatted bool
-	if err := step("prepare data disk", func() (string, error) {
-		dev, what, f, err := datadisk.Prepare(layout.DataMount, datadisk.Owner{Cluster: me.Cluster, Member: me.Name, Restoring: me.Restore != nil}, deviceWindowFor(cfgFrom))
-		if err == nil {
-			n.mu.Lock()
-			n.dataDev = dev
-			n.mu.Unlock()
-			formatted = f
-		}
-		return what, err
-	}); err != nil {
-		return err
-	}
-	var hasData bool
-	var owner datadisk.Marker
-	if err := step("check data disk", func() (string, error) {
-		var detail string
-		var err error
-		if hasData, owner, detail, err = datadisk.Claim(datadisk.Owner{Cluster: me.Cluster, Member: me.Name, Restoring: me.Restore != nil}); err != nil {
-			return "", err
-		}
-		if formatted {
-			// The new file system is mounted and marked: the first
-			// format is over, and no longer to be redone.
-			if err := datadisk.ClearIntent(n.dataDev); err != nil {
-				return "", fmt.Errorf("clear the first-format record: %w", err)
-			}
-		}
-		return detail, nil
-	}); err != nil {
-		return err
-	}
-	var plan *joinPlan
-	if err := step("decide cluster state", func() (string, error) {
-		if hasData {
-			plan = &joinPlan{Detail: "this member's etcd data is on the disk: etcd restarts from it"}
-		} else {
-			var err error
-			if plan, err = me.bootstrapOrJoin(n.ctx); err != nil {
-				return "", err
-			}
-			if plan.New && me.Restore != nil {
-				what, err := me.restoreFromImage()
-				if err != nil {
-					if plan.Release != nil {
-						plan.Release()
-					}
-					return "", err
-				}
-				plan.Detail += "; " + what
-			}
-			if plan.Release != nil {
-				plan.Release()
-			}
-		}
-		env := plan.Env
-		if quota, total, err := datadisk.FitQuota(layout.DataMount, me.Quota); err == nil && quota < me.Quota {
-			env = append(env, fmt.Sprintf("ETCD_QUOTA_BACKEND_BYTES=%d", quota))
-			logf("backend quota %d MiB lowered to %d MiB: the data disk holds %d MiB, and keeps %d MiB for the WAL and snapshots", me.Quota>>20, quota>>20, total>>20, datadisk.QuotaReserve>>20)
-		}
-		if len(env) > 0 {
-			if err := writeRuntimeEnv(env); err != nil {
-				return "", err
-			}
-		}
-		return plan.Detail, nil
-	}); err != nil {
-		return err
-	}
-	for _, u := range units {
-		s := newService(u)
-		n.mu.Lock()
-		n.services = append(n.services, s)
-		n.mu.Unlock()
-		if err := step("start "+u.Name, s.start); err != nil {
-			return err
-		}
-		if u.Name == ign.EtcdUnitName {
-			if plan.Learner != 0 {
-				// It ends once promoted, or at power-off.
-				goSafe("promote", func() { _ = me.promote(n.ctx, plan.Learner) })
-			}
-			goSafe("record cluster ID", func() { me.recordClusterID(n.ctx) })
-			goSafe("auth", func() { me.ensureAuth(n.ctx) })
-			if hasData && owner.ClusterID != "" {
-				// Checked beside etcd's start, not before it, so that a
-				// cluster's restart does not wait on peers that are down:
-				// etcd on data of another cluster cannot reach a quorum
-				// (its peers refuse it), so it serves nothing meanwhile.
-				goSafe("check cluster ID", func() {
-					if why := me.watchClusterID(n.ctx, owner.ClusterID); why != "" {
-						logf("%s %s", MsgStopped, why)
-						s.stop(30 * time.Second)
-					}
-				})
-			}
-		}
-	}
-	return nil
 }
 
 // step runs one boot step and prints it as one line with its duration.
@@ -380,30 +154,3 @@ func goSafe(name string, fn func()) {
 // logf prints one line to the console, stamped with the time since the
 // kernel started.
 func logf(format string, args ...any) { console.Logf(format, args...) }
-
-var errNotFound = errors.New("not found")
-
-// deviceWindowFor is the data disk's device window for a config read
-// from source (as readConfig describes it): short for a machine QEMU
-// launched with its config on fw_cfg, whose disks are there from
-// power-on.
-func deviceWindowFor(source string) time.Duration {
-	if strings.HasPrefix(source, fwCfg{}.Name()+",") {
-		return datadisk.LaunchedDeviceWait
-	}
-	return datadisk.DeviceWait
-}
-
-// writeRuntimeEnv writes etcd.service's environment overrides.
-func writeRuntimeEnv(vars []string) error {
-	if err := os.MkdirAll(filepath.Dir(layout.RuntimeEnvPath), 0o755); err != nil {
-		return err
-	}
-	var b strings.Builder
-	b.WriteString("# Written by firstboot at boot; overrides /etc/etcd/etcd.conf.\n")
-	for _, kv := range vars {
-		k, v, _ := strings.Cut(kv, "=")
-		fmt.Fprintf(&b, "%s=%q\n", k, v)
-	}
-	return os.WriteFile(layout.RuntimeEnvPath, []byte(b.String()), 0o644)
-}

@@ -18,7 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"etcdimg/ignition/ign"
-	"etcdimg/internal/layout"
 )
 
 // A ClockSource tells how far this machine's clock is off, answering
@@ -27,36 +26,44 @@ import (
 type ClockSource struct {
 	Name   string
 	Offset func(timeout time.Duration) (time.Duration, error)
+	addr   string // an NTP server's address, asked once however often named
 }
 
-// AWS's Time Sync Service, on every instance.
-const awsTimeSync = "169.254.169.123"
+// NTP is the NTP server at addr, named what and its address.
+func NTP(what, addr string) ClockSource {
+	s := ntpSource(what+" "+addr, net.JoinHostPort(addr, "123"))
+	s.addr = addr
+	return s
+}
 
-// ClockSources are the platform's own time source first (AWS's Time Sync
-// Service, GCP's metadata server, Azure's host clock through Hyper-V's
-// PTP device), then the NTP servers the spec names. An address named
-// twice is asked once: after boot a step needs two sources that agree,
-// and one server must not count as two.
-func ClockSources(platform string, servers []netip.Addr) []ClockSource {
+// HypervPTP is the host's clock through Hyper-V's PTP device (Azure's):
+// a local device, it answers at once, or not at all.
+func HypervPTP(name string) ClockSource {
+	return ClockSource{Name: name, Offset: func(time.Duration) (time.Duration, error) { return hypervPTPOffset() }}
+}
+
+// ClockSources are the platform's own time sources first (own: AWS's
+// Time Sync Service, GCP's metadata server, Azure's host clock through
+// Hyper-V's PTP device), then the NTP servers the spec names. An address
+// named twice is asked once: after boot a step needs two sources that
+// agree, and one server must not count as two.
+func ClockSources(own []ClockSource, servers []netip.Addr) []ClockSource {
 	var out []ClockSource
 	seen := map[string]bool{}
-	add := func(addr, what string) {
-		if !seen[addr] {
-			seen[addr] = true
-			out = append(out, ntpSource(what+" "+addr, net.JoinHostPort(addr, "123")))
+	add := func(s ClockSource) {
+		if s.addr != "" {
+			if seen[s.addr] {
+				return
+			}
+			seen[s.addr] = true
 		}
+		out = append(out, s)
 	}
-	switch platform {
-	case layout.PlatformAWS:
-		add(awsTimeSync, "AWS Time Sync Service")
-	case layout.PlatformGCP:
-		add(layout.MetadataAddr, "GCP metadata server")
-	case layout.PlatformAzure:
-		// A local device: it answers at once, or not at all.
-		out = append(out, ClockSource{Name: "Azure host clock (Hyper-V PTP)", Offset: func(time.Duration) (time.Duration, error) { return hypervPTPOffset() }})
+	for _, s := range own {
+		add(s)
 	}
 	for _, a := range servers {
-		add(a.Unmap().String(), "NTP")
+		add(NTP("NTP", a.Unmap().String()))
 	}
 	return out
 }

@@ -11,7 +11,6 @@ import (
 	"math"
 	"math/big"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,7 +22,6 @@ import (
 
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/cloudsim"
-	"etcdimg/internal/layout"
 )
 
 // TestSNTPMeasuresTheOffset asks a real UDP NTP server (the test's,
@@ -374,31 +372,6 @@ func TestClockSetOffsetTimex(t *testing.T) {
 		tx := setOffsetTimex(tc.off)
 		if tx.Modes != unix.ADJ_SETOFFSET || tx.Time.Sec != tc.sec || tx.Time.Usec != tc.usec {
 			t.Errorf("%s: modes %#x, %d s %d µs; want ADJ_SETOFFSET, %d s %d µs", tc.off, tx.Modes, tx.Time.Sec, tx.Time.Usec, tc.sec, tc.usec)
-		}
-	}
-}
-
-// TestClockSources: the platform's source first, each address once.
-func TestClockSources(t *testing.T) {
-	for _, tc := range []struct {
-		platform string
-		servers  []string
-		want     []string
-	}{
-		{layout.PlatformQEMU, nil, nil},
-		{layout.PlatformQEMU, []string{"192.168.2.1", "2001:db8::1"}, []string{"NTP 192.168.2.1", "NTP 2001:db8::1"}},
-		{layout.PlatformAWS, []string{awsTimeSync, "192.168.2.1", "192.168.2.1"}, []string{"AWS Time Sync Service " + awsTimeSync, "NTP 192.168.2.1"}},
-	} {
-		var addrs []netip.Addr
-		for _, s := range tc.servers {
-			addrs = append(addrs, netip.MustParseAddr(s))
-		}
-		var got []string
-		for _, s := range ClockSources(tc.platform, addrs) {
-			got = append(got, s.Name)
-		}
-		if !slices.Equal(got, tc.want) {
-			t.Errorf("%s %v: %q, want %q", tc.platform, tc.servers, got, tc.want)
 		}
 	}
 }

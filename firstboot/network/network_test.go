@@ -9,7 +9,7 @@ import (
 	"etcdimg/internal/spec"
 )
 
-func TestParseFileTheRenderedOne(t *testing.T) {
+func TestParseNetworkFileTheRenderedOne(t *testing.T) {
 	c := spec.Default(3)
 	c.Network.DNS = []string{"192.168.2.1", "192.168.2.2"}
 	nf, err := ParseFile(ignition.NetworkFile(c, c.Members[1]))

@@ -1,4 +1,4 @@
-package firstboot
+package join
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,7 +53,7 @@ func TestAPeerRestartingFromUndecidedDataIsNotBlank(t *testing.T) {
 		}
 		return e
 	}
-	me := &self{Name: "etcd-1", Cluster: "c-token", IP: ips[0], PeerURL: "https://" + ips[0] + ":2380"}
+	me := &Self{Name: "etcd-1", Cluster: "c-token", IP: ips[0], PeerURL: "https://" + ips[0] + ":2380"}
 	var err error
 	if me.tls, me.serverTLS, err = ign.MemberTLS(dir, pki.MemberCertFile("etcd-1"), pki.MemberKeyFile("etcd-1"), pki.CACertFile); err != nil {
 		t.Fatal(err)
@@ -208,4 +209,121 @@ func TestAStarterTellsAQuorumBeforeEtcdTakesItsPort(t *testing.T) {
 func hasEtcdData(dir string) bool {
 	wals, _ := filepath.Glob(filepath.Join(dir, "member", "wal", "*.wal"))
 	return len(wals) > 0
+}
+
+// TestDecideNeverBootstrapsBesideData: new only when every peer reports
+// a blank disk; any etcd answering means join; anything unknown means
+// wait.
+func TestDecideNeverBootstrapsBesideData(t *testing.T) {
+	p := func(states ...string) []peerState {
+		var out []peerState
+		for i, s := range states {
+			out = append(out, peerState{Name: string(rune('a' + i)), State: s})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		states []peerState
+		want   string
+	}{
+		{p(), decideNew}, // one member
+		{p("blank", "blank"), decideNew},
+		{p("blank", "unreachable"), decideWait},
+		{p("unreachable", "unreachable"), decideWait},
+		{p("blank", "data"), decideWait},
+		// etcd with an undecided version may be restarting from data;
+		// only one heard starting counts (TestDecideCountsAnUndecidedPeerAsData).
+		{p("blank", "undecided"), decideWait},
+		{p("undecided", "undecided"), decideWait},
+		{p("undecided", "unreachable"), decideWait},
+		{p("etcd", "unreachable"), decideJoin},
+		{p("blank", "etcd"), decideJoin},
+		{p("etcd", "etcd"), decideJoin},
+		// Peers that restored the image's snapshot and wait for a quorum
+		// are starting this cluster, as starting ones are.
+		{p("restored", "blank"), decideNew},
+		{p("restored", "restored"), decideNew},
+		{p("restored", "unreachable"), decideWait},
+		{p("restored", "data"), decideWait},
+		{p("restored", "etcd"), decideJoin},
+		// A peer that said it is starting the new cluster counts as one.
+		{p("starting", "blank"), decideNew},
+		{p("starting", "unreachable"), decideWait},
+	} {
+		if got := decide(tc.states); got != tc.want {
+			t.Errorf("%v: %s, want %s", tc.states, got, tc.want)
+		}
+	}
+}
+
+// TestStartersStayStarters: a peer that said it is starting the new
+// cluster stays one while silent or loading this cluster's data; not
+// when it shows another cluster's data, serves etcd, or says blank again
+// (rebooted); a peer never heard starting gets no such credit.
+func TestStartersStayStarters(t *testing.T) {
+	starting := map[string]bool{}
+	markStarters([]peerState{{Name: "a", State: "starting"}, {Name: "b", State: "blank"}}, starting, 0x826b)
+	for _, tc := range []struct {
+		in   peerState
+		want string
+	}{
+		{peerState{Name: "a", State: "unreachable"}, "starting"},
+		{peerState{Name: "a", State: "data"}, "starting"},
+		{peerState{Name: "a", State: "data", ClusterID: 0x826b}, "starting"},
+		{peerState{Name: "a", State: "data", ClusterID: 0x1234}, "data"},
+		{peerState{Name: "a", State: "etcd", ClusterID: 0x826b}, "etcd"},
+		{peerState{Name: "b", State: "unreachable"}, "unreachable"},
+		{peerState{Name: "a", State: "blank"}, "blank"},
+		{peerState{Name: "a", State: "unreachable"}, "unreachable"}, // rebooted blank: no longer a starter
+	} {
+		states := []peerState{tc.in}
+		markStarters(states, starting, 0x826b)
+		if states[0].State != tc.want {
+			t.Errorf("%+v: %s, want %s", tc.in, states[0].State, tc.want)
+		}
+	}
+}
+
+// TestForeignPeersStopAJoin: a member whose image names another cluster
+// (another token, or initial cluster) than its peers run never joins
+// them; peers of its own cluster, or not answering, do not stop it.
+func TestForeignPeersStopAJoin(t *testing.T) {
+	s := &Self{Cluster: "c-new", WantID: 0x826b}
+	if why := s.foreignPeers([]peerState{{Name: "etcd-2", State: "etcd", ClusterID: 0x826b}, {Name: "etcd-3", State: "unreachable"}}); why != "" {
+		t.Errorf("own cluster refused: %s", why)
+	}
+	for _, st := range []string{"etcd", "data"} {
+		if why := s.foreignPeers([]peerState{{Name: "etcd-2", State: st, ClusterID: 0x1234}}); !strings.Contains(why, "etcd-2 runs cluster 1234, but this image belongs to cluster 826b (token c-new): refusing to join another cluster") {
+			t.Errorf("%s peer of another cluster: %q", st, why)
+		}
+	}
+}
+
+// TestForeignClusterIsNamed: a peer running another cluster ID than the
+// one the data disk recorded stops this member; the same ID, or peers
+// not answering, do not.
+func TestForeignClusterIsNamed(t *testing.T) {
+	same := []peerState{{Name: "etcd-2", State: "etcd", ClusterID: 0x826b}, {Name: "etcd-3", State: "unreachable"}}
+	if why := foreignCluster("826b", same); why != "" {
+		t.Errorf("same cluster refused: %s", why)
+	}
+	other := []peerState{{Name: "etcd-2", State: "etcd", ClusterID: 0x1234}}
+	if why := foreignCluster("826b", other); !strings.Contains(why, "etcd-2 runs cluster 1234") {
+		t.Errorf("another cluster: %q", why)
+	}
+	if why := foreignCluster("826b", []peerState{{Name: "etcd-2", State: "data"}}); why != "" {
+		t.Errorf("a peer without an answer: %q", why)
+	}
+}
+
+// waitUntil waits for ok, failing the test after timeout.
+func waitUntil(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

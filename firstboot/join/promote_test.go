@@ -1,4 +1,4 @@
-package firstboot
+package join
 
 import (
 	"context"
@@ -49,8 +49,8 @@ func TestALearnerIsPromotedThroughAFollower(t *testing.T) {
 			}
 		})
 	}
-	tlsOf := func(name string) *self {
-		s := &self{Name: name}
+	tlsOf := func(name string) *Self {
+		s := &Self{Name: name}
 		var err error
 		if s.tls, s.serverTLS, err = ign.MemberTLS(dir, pki.MemberCertFile(name), pki.MemberKeyFile(name), pki.CACertFile); err != nil {
 			t.Fatal(err)

@@ -1,4 +1,4 @@
-package firstboot
+package join
 
 import (
 	"crypto/sha256"
@@ -18,7 +18,7 @@ import (
 // checks it against the SHA-256 in the config
 // (the bytes `etcdimg restore` verified), and only then lets etcd's
 // restore code write the data directory, which must not exist yet. It is called only for a blank data disk.
-func (s *self) restoreFromImage() (string, error) {
+func (s *Self) restoreFromImage() (string, error) {
 	rc := s.Restore
 	dev, err := datadisk.WaitForPartition(layout.RestoreLabel)
 	if err != nil {

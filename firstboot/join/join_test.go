@@ -1,4 +1,4 @@
-package firstboot
+package join
 
 import (
 	"context"
@@ -112,10 +112,10 @@ func TestMembersDecidingTogetherDoNotWaitForEachOther(t *testing.T) {
 // probeMembers are etcd-1 and etcd-2 of a two-member cluster on the two
 // loopback addresses, with the cluster's real certificates, each the
 // other's peer.
-func probeMembers(t *testing.T, ip1, ip2 string) (*self, *self) {
+func probeMembers(t *testing.T, ip1, ip2 string) (*Self, *Self) {
 	dir := writePKI(t, ip1, ip2)
-	member := func(name, ip, peerName, peerIP string) *self {
-		s := &self{Name: name, Cluster: "c-token", IP: ip,
+	member := func(name, ip, peerName, peerIP string) *Self {
+		s := &Self{Name: name, Cluster: "c-token", IP: ip,
 			Peers: []peer{{Name: peerName, PeerURL: "https://" + peerIP + ":2380", ClientURL: "https://" + peerIP + ":2379"}}}
 		var err error
 		if s.tls, s.serverTLS, err = ign.MemberTLS(dir, pki.MemberCertFile(name), pki.MemberKeyFile(name), pki.CACertFile); err != nil {
@@ -224,7 +224,7 @@ func TestTheFirstMemberWaitsForTheNext(t *testing.T) {
 		{"192.168.2.10", peers("192.168.2.9"), "192.168.2.9"}, // etcd sorts the strings
 		{"192.168.2.51", nil, ""},
 	} {
-		s := &self{PeerURL: u(tc.self), Peers: tc.peers}
+		s := &Self{PeerURL: u(tc.self), Peers: tc.peers}
 		next, ok := s.firstAsked()
 		if ok != (tc.want != "") || (ok && next.Name != tc.want) {
 			t.Errorf("%s: waits for %q (%v), want %q", tc.self, next.Name, ok, tc.want)

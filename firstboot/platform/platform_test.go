@@ -1,4 +1,4 @@
-package firstboot
+package platform
 
 import (
 	"bytes"
@@ -6,12 +6,15 @@ import (
 	"context"
 	"encoding/base64"
 	"net/http/httptest"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/cloudsim"
+	"etcdimg/internal/layout"
 )
 
 const testConfig = `{"ignition":{"version":"3.4.0"}}`
@@ -154,7 +157,7 @@ func TestConfigSourcesByPlatform(t *testing.T) {
 		"openstack": "OpenStack config drive, OpenStack metadata user_data",
 	} {
 		var names []string
-		for _, s := range configSources(platform) {
+		for _, s := range ByName(platform).sources() {
 			names = append(names, s.Name())
 		}
 		if got := strings.Join(names, ", "); got != want {
@@ -171,6 +174,31 @@ func TestPlatformFromCmdline(t *testing.T) {
 	} {
 		if got := platformFromCmdline(in); got != want {
 			t.Errorf("%q: %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestClockSources: the platform's source first, each address once.
+func TestClockSources(t *testing.T) {
+	for _, tc := range []struct {
+		platform string
+		servers  []string
+		want     []string
+	}{
+		{layout.PlatformQEMU, nil, nil},
+		{layout.PlatformQEMU, []string{"192.168.2.1", "2001:db8::1"}, []string{"NTP 192.168.2.1", "NTP 2001:db8::1"}},
+		{layout.PlatformAWS, []string{awsTimeSync, "192.168.2.1", "192.168.2.1"}, []string{"AWS Time Sync Service " + awsTimeSync, "NTP 192.168.2.1"}},
+	} {
+		var addrs []netip.Addr
+		for _, s := range tc.servers {
+			addrs = append(addrs, netip.MustParseAddr(s))
+		}
+		var got []string
+		for _, s := range ByName(tc.platform).ClockSources(addrs) {
+			got = append(got, s.Name)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s %v: %q, want %q", tc.platform, tc.servers, got, tc.want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package firstboot
+package join
 
 import (
 	"context"
@@ -63,7 +63,7 @@ func TestTheRecordedClusterIDWins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := readSelf(writeConf(t, four, four.Members[0], live))
+	s, err := ReadSelf(writeConf(t, four, four.Members[0], live))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestTheRecordedClusterIDWins(t *testing.T) {
 	}
 
 	// The first render's images (no membership change) may bootstrap.
-	s, err = readSelf(writeConf(t, three, three.Members[0], live))
+	s, err = ReadSelf(writeConf(t, three, three.Members[0], live))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestTheRecordedClusterIDWins(t *testing.T) {
 	// a new one on a blank disk.
 	one := spec.Default(1)
 	one.Members[0].IP = three.Members[0].IP
-	s, err = readSelf(writeConf(t, one, one.Members[0], live))
+	s, err = ReadSelf(writeConf(t, one, one.Members[0], live))
 	if err != nil {
 		t.Fatal(err)
 	}
