@@ -166,7 +166,7 @@ func TestClaimLeavesAForeignDiskUntouched(t *testing.T) {
 
 // TestARefusedDiskImageIsUnchanged: a real ext4 data disk (mkfs.ext4 on
 // a loop device) of another member, in the legacy layout, mounted as
-// prepareDataDisk mounts it and refused by the claim, is the same bytes
+// Prepare mounts it and refused by the claim, is the same bytes
 // after as before. This member's own disk is made writable and claimed
 // on the same path.
 func TestARefusedDiskImageIsUnchanged(t *testing.T) {

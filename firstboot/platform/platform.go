@@ -117,8 +117,8 @@ func (p *Platform) ReportReady(ctx context.Context) (string, error) { return p.r
 func FromFwCfg(from string) bool { return strings.HasPrefix(from, fwCfg{}.Name()+",") }
 
 // A Source is one place a member's config may come from. Fetch returns
-// errNotFound when the source holds no config. Adding a cloud is adding a
-// Source.
+// errNotFound when the source holds no config. A platform lists its
+// sources in its Platform.
 type Source interface {
 	Name() string
 	Fetch() ([]byte, error)
