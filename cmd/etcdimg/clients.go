@@ -14,26 +14,26 @@ import (
 	"etcdimg/pki"
 )
 
-func clientCmd() *cobra.Command {
+func clientCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "client",
 		Short: "Application clients: a certificate and an etcd role limited to one key prefix each",
 	}
-	c.AddCommand(clientAddCmd(), clientListCmd(), clientRemoveCmd())
+	c.AddCommand(clientAddCmd(a), clientListCmd(a), clientRemoveCmd(a))
 	return c
 }
 
 // loadClient reads the built directory and checks a client's name.
-func loadClient(out, name string) (*spec.Cluster, outdir.Layout, error) {
-	c, dir, err := loadBuilt(out)
+func loadClient(a *app, name string) (*spec.Cluster, outdir.Layout, error) {
+	c, dir, err := a.built()
 	if err == nil {
 		err = c.ValidClientName(name)
 	}
 	return c, dir, err
 }
 
-func clientAddCmd() *cobra.Command {
-	var out, prefix string
+func clientAddCmd(a *app) *cobra.Command {
+	var prefix string
 	var readOnly bool
 	c := &cobra.Command{
 		Use:   "add NAME --prefix PREFIX",
@@ -45,7 +45,7 @@ func clientAddCmd() *cobra.Command {
 			if err := authz.CheckPrefix(prefix); err != nil {
 				return fmt.Errorf("client add --%w", err)
 			}
-			c, dir, err := loadClient(out, name)
+			c, dir, err := loadClient(a, name)
 			if err != nil {
 				return err
 			}
@@ -88,20 +88,18 @@ func clientAddCmd() *cobra.Command {
 			return nil
 		},
 	}
-	outFlag(c, &out)
 	c.Flags().StringVar(&prefix, "prefix", "", "the key prefix the client may use, such as /app/")
 	c.Flags().BoolVar(&readOnly, "read-only", false, "read access only")
 	return c
 }
 
-func clientListCmd() *cobra.Command {
-	var out string
+func clientListCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List the application clients of the running cluster and their prefixes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dir, err := loadBuilt(out)
+			c, dir, err := a.built()
 			if err != nil {
 				return err
 			}
@@ -130,19 +128,17 @@ func clientListCmd() *cobra.Command {
 			return nil
 		},
 	}
-	outFlag(c, &out)
 	return c
 }
 
-func clientRemoveCmd() *cobra.Command {
-	var out string
+func clientRemoveCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "remove NAME",
 		Short: "Delete the client's user and role on the running cluster, and move its certificate to OUT/retired",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			c, dir, err := loadClient(out, name)
+			c, dir, err := loadClient(a, name)
 			if err != nil {
 				return err
 			}
@@ -164,6 +160,5 @@ func clientRemoveCmd() *cobra.Command {
 			return nil
 		},
 	}
-	outFlag(c, &out)
 	return c
 }

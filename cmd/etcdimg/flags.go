@@ -1,9 +1,15 @@
 package main
 
 import (
+	"fmt"
+	"strings"
+
 	"github.com/spf13/cobra"
 
+	"etcdimg/image"
+	"etcdimg/internal/layout"
 	"etcdimg/internal/outdir"
+	"etcdimg/internal/render"
 	"etcdimg/internal/spec"
 )
 
@@ -24,3 +30,70 @@ func (a *app) dir() outdir.Layout { return outdir.Layout(a.out) }
 
 // built reads the spec of the output directory that `build` wrote.
 func (a *app) built() (*spec.Cluster, outdir.Layout, error) { return loadBuilt(a.out) }
+
+// specFlags are the flags every command that reads a spec shares; the
+// output directory is the app's.
+type specFlags struct {
+	*app
+	config string
+	nodes  int
+}
+
+func (f *specFlags) register(c *cobra.Command) {
+	c.Flags().StringVar(&f.config, "config", "", "cluster spec to read (default: OUT/etcdimg.yaml, else the default spec)")
+	c.Flags().IntVar(&f.nodes, "nodes", 3, "members of the default spec, when there is no spec file")
+	if f.app == nil { // a verb not yet given the shared flags keeps its own --out
+		f.app = &app{}
+		outFlag(c, &f.out)
+	}
+}
+
+func (f *specFlags) load(c *cobra.Command) (*spec.Cluster, string, error) {
+	if err := outdir.CheckFlag(f.out); err != nil {
+		return nil, "", err
+	}
+	return render.LoadSpec(render.Source{ConfigPath: f.config, Nodes: f.nodes, NodesSet: c.Flags().Changed("nodes")}, f.dir())
+}
+
+// bootFlags name the inputs every image is made from.
+type bootFlags struct {
+	kernel, bootloader, node, init string
+}
+
+func (f *bootFlags) register(c *cobra.Command) {
+	c.Flags().StringVar(&f.kernel, "kernel-package", "", "Debian kernel package (.deb) (default: newest linux-image-*-cloud-amd64 in the package cache)")
+	c.Flags().StringVar(&f.bootloader, "bootloader-package", "", "Debian systemd-boot-efi package (.deb) (default: the one in the package cache)")
+	c.Flags().StringVar(&f.node, "node-binary", "", "the in-image multi-call binary (default: etcdnode beside this etcdimg)")
+	c.Flags().StringVar(&f.init, "init-binary", "", "the initramfs's /init (default: etcdinit beside this etcdimg)")
+}
+
+func (f *bootFlags) inputs() (image.Inputs, error) {
+	return image.ResolveInputs(image.Inputs{KernelDeb: f.kernel, BootloaderDeb: f.bootloader, NodeBinary: f.node, InitBinary: f.init})
+}
+
+// outputFlags choose what `build` writes: the platform and the formats.
+// Commands that boot the images here (up, replace, roll, restore) write
+// the default: a raw image per member for QEMU.
+type outputFlags struct {
+	formats, platform string
+	compress          bool
+}
+
+func (o *outputFlags) register(c *cobra.Command) {
+	var formats []string
+	for _, f := range image.Formats {
+		formats = append(formats, fmt.Sprintf("%s (%s)", f.Name, f.For))
+	}
+	c.Flags().StringVar(&o.formats, "format", "raw", "output formats, comma-separated: "+strings.Join(formats, ", "))
+	c.Flags().StringVar(&o.platform, "platform", layout.PlatformQEMU, "where the images boot: qemu or metal (an image per member, its config inside), or aws, gcp, azure, openstack (one image for every member; each member's config is its instance's user-data)")
+	c.Flags().BoolVar(&o.compress, "compress", false, "compress qcow2 images")
+}
+
+// build validates the flags before any work.
+func (o *outputFlags) build(only []string) (image.Build, error) {
+	if _, ok := image.Platforms[o.platform]; !ok {
+		return image.Build{}, fmt.Errorf("--platform: unknown platform %q; use qemu, metal, aws, gcp, azure or openstack", o.platform)
+	}
+	formats, err := image.ParseFormats(o.formats)
+	return image.Build{Platform: o.platform, Formats: formats, Options: image.FormatOptions{Compress: o.compress}, Only: only}, err
+}

@@ -19,17 +19,33 @@ func main() {
 	root := &cobra.Command{
 		Use:   "etcdimg",
 		Short: "Build immutable, bootable node images that form a TLS-secured etcd cluster",
-		Long: `etcdimg turns a cluster spec (etcdimg.yaml) into a CA, a certificate per
-member and one Ignition config per member; later steps make bootable images
-of them.`,
+		Long: `etcdimg turns a short cluster spec (etcdimg.yaml) into an output directory
+(a CA and a certificate per member, one Ignition config per member) and
+immutable, bootable disk images: one per member, or one cloud image for every
+instance. Each member forms or joins the cluster on its own at boot, with
+mTLS and etcd's authentication on, and backs it up to its data disk and S3.
+
+Build makes and remakes the directory and images; Run locally boots them in
+QEMU on one virtual LAN; Operate reaches any deployment with the admin
+certificate (health, snapshots, backups, replacing and rolling members); Test
+checks a local cluster under faults.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	var a app
 	a.register(root)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(initCmd(), clientCmd(), rotateCmd(), renderCmd(), buildCmd(), upCmd(), downCmd(), statusCmd(), healthCmd(), etcdctlCmd(),
-		stopCmd(), startCmd(), replaceCmd(), rollCmd(), snapshotCmd(), backupsCmd(), restoreCmd(), chaosCmd(), lanCmd())
+	group := func(id, title string, cmds ...*cobra.Command) {
+		root.AddGroup(&cobra.Group{ID: id, Title: title})
+		for _, c := range cmds {
+			c.GroupID = id
+			root.AddCommand(c)
+		}
+	}
+	group("build", "Build:", initCmd(), renderCmd(&a), buildCmd(&a), clientCmd(&a), rotateCmd(&a), restoreCmd(&a))
+	group("local", "Run locally (QEMU):", upCmd(), downCmd(), statusCmd(), stopCmd(), startCmd(), lanCmd())
+	group("operate", "Operate:", healthCmd(), etcdctlCmd(), snapshotCmd(), backupsCmd(), replaceCmd(), rollCmd())
+	group("test", "Test:", chaosCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)
 		var ue usageError

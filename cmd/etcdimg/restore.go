@@ -15,8 +15,8 @@ import (
 	"etcdimg/internal/snapshot"
 )
 
-func restoreCmd() *cobra.Command {
-	var f specFlags
+func restoreCmd(a *app) *cobra.Command {
+	f := specFlags{app: a}
 	var bf bootFlags
 	var from, endpoint string
 	var skipHash bool
@@ -34,7 +34,7 @@ data disk; then run ` + "`etcdimg up`" + `.`,
 			if from == "" {
 				return fmt.Errorf("--snapshot is required: a file from `etcdimg snapshot save` or `etcdctl snapshot save`")
 			}
-			dir := outdir.Layout(f.out)
+			dir := a.dir()
 			local := from
 			if rest, ok := strings.CutPrefix(from, "s3://"); ok {
 				// Downloaded outside the directory, so that a bad object
@@ -106,32 +106,18 @@ data disk; then run ` + "`etcdimg up`" + `.`,
 // S3 endpoint with its credentials into a temporary file outside the
 // output directory and returns its path.
 func fetchS3(cmd *cobra.Command, f *specFlags, dir outdir.Layout, rest, endpoint string) (string, error) {
-	bkt, key, ok := strings.Cut(rest, "/")
-	if !ok || bkt == "" || key == "" {
-		return "", fmt.Errorf("want s3://bucket/key")
+	bkt, key, err := restore.ParseS3(rest)
+	if err != nil {
+		return "", err
 	}
 	c, _, err := f.load(cmd)
 	if err != nil {
 		return "", err
 	}
-	if c.Backup.S3 != nil && c.Backup.S3.Bucket != bkt {
-		s3 := *c.Backup.S3
-		s3.Bucket = bkt
-		c.Backup.S3 = &s3
-	}
+	restore.UseBucket(c, bkt)
 	b, err := bucket(c, dir, endpoint)
 	if err != nil {
 		return "", err
 	}
-	tmp, err := os.CreateTemp("", "etcdimg-restore-*.db")
-	if err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	err = b.GetKey(ctx, key, tmp)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	return tmp.Name(), err
+	return restore.Fetch(context.Background(), b, key)
 }

@@ -14,12 +14,12 @@ import (
 	"etcdimg/pki"
 )
 
-func rotateCmd() *cobra.Command {
+func rotateCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "rotate",
 		Short: "Reissue certificates and roll them out",
 	}
-	c.AddCommand(rotateCertsCmd(), rotateCACmd())
+	c.AddCommand(rotateCertsCmd(a), rotateCACmd(a))
 	return c
 }
 
@@ -27,8 +27,8 @@ func rotateCmd() *cobra.Command {
 // CA is kept), rebuilds the images and rolls them out keeping every data
 // disk, then reissues the application clients' certificates. The old
 // certificates and keys are moved to OUT/retired/<time>/.
-func rotateCertsCmd() *cobra.Command {
-	var f lifecycleFlags
+func rotateCertsCmd(a *app) *cobra.Command {
+	f := lifecycleFlags{spec: specFlags{app: a}}
 	c := &cobra.Command{
 		Use:   "certs",
 		Short: "Reissue every member, admin and client certificate under the same CA and roll the members onto theirs, keeping their data disks",
@@ -54,7 +54,7 @@ func rotateCertsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			dir := outdir.Layout(f.spec.out)
+			dir := a.dir()
 			clients, err := render.ReissueClients(c, dir, stamp)
 			if err != nil {
 				return err
@@ -75,8 +75,8 @@ func rotateCertsCmd() *cobra.Command {
 // changes the PKI for that phase, rolls every member onto it keeping its
 // data disk, and says what external clients need before the next one. A
 // phase whose roll did not finish is rolled again by the next run.
-func rotateCACmd() *cobra.Command {
-	var f lifecycleFlags
+func rotateCACmd(a *app) *cobra.Command {
+	f := lifecycleFlags{spec: specFlags{app: a}}
 	c := &cobra.Command{
 		Use:   "ca",
 		Short: "Replace the CA in three phases (trust old+new, switch to the new, drop the old), each rolled out with the data disks kept; run it once per phase",
@@ -87,13 +87,12 @@ func rotateCACmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			dir := outdir.Layout(f.spec.out)
+			dir := a.dir()
 			s, err := render.NextRotationStep(dir)
 			if err != nil {
 				return err
 			}
-			stamp := render.Stamp(time.Now())
-			phase := s.Phase
+			stamp, phase := render.Stamp(time.Now()), s.Phase
 			if phase == "" {
 				return finishRotation(w, dir, stamp)
 			}

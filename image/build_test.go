@@ -1,0 +1,139 @@
+package image
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"etcdimg/internal/layout"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/restore"
+	"etcdimg/internal/spec"
+)
+
+func raw(t *testing.T) []Format {
+	t.Helper()
+	f, ok := FormatNamed("raw")
+	if !ok {
+		t.Fatal("no raw format")
+	}
+	return []Format{f}
+}
+
+// configs stand for render's configs: each member's own bytes.
+func configs(c *spec.Cluster) map[string][]byte {
+	m := map[string][]byte{}
+	for _, n := range c.Names() {
+		m[n] = []byte(`{"member":"` + n + `"}`)
+	}
+	return m
+}
+
+// TestBuildWritesTheMembersImagesFromRendersConfigs: a per-member build
+// writes OUT/images/NAME.img for the members asked (every one, or Only),
+// each with its own config, and returns the raw images that boot them.
+func TestBuildWritesTheMembersImagesFromRendersConfigs(t *testing.T) {
+	c := spec.Default(3)
+	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	b := Build{Cluster: c, Dir: dir, Platform: layout.PlatformQEMU, Formats: raw(t), Only: []string{"etcd-2"}}
+	if err := b.Check(); err != nil {
+		t.Fatal(err)
+	}
+	cfgs := configs(c)
+	w, err := b.Write(fakeBoot(), cfgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Plan != nil || len(w.Files) != 1 || w.Files[0].Path != dir.Image("etcd-2") {
+		t.Fatalf("wrote %+v (plan %v), want etcd-2's image alone", w.Files, w.Plan)
+	}
+	if len(w.Raw) != 1 || w.Raw["etcd-2"] != dir.Image("etcd-2") {
+		t.Errorf("raw images %v", w.Raw)
+	}
+	b.Only = nil
+	ms := b.Members(cfgs, "")
+	if len(ms) != 3 {
+		t.Fatalf("every member: %d images", len(ms))
+	}
+	for _, m := range ms {
+		if string(m.Ignition) != string(cfgs[m.Name]) || m.Cluster != c.Name || m.Platform != layout.PlatformQEMU || m.Generic() {
+			t.Errorf("image %+v does not carry its member's config", m)
+		}
+	}
+}
+
+// TestACloudBuildIsOneGenericImage: on a cloud the build is one image
+// for every member, carrying no config, and nothing boots here from it.
+func TestACloudBuildIsOneGenericImage(t *testing.T) {
+	c := spec.Default(3)
+	b := Build{Cluster: c, Dir: outdir.Layout(filepath.Join(t.TempDir(), "out")), Platform: layout.PlatformAWS, Formats: raw(t)}
+	if !b.Cloud() {
+		t.Fatal("aws is not a cloud")
+	}
+	ms := b.Members(configs(c), "")
+	if len(ms) != 1 || ms[0].Name != "etcdimg-aws" || !ms[0].Generic() || ms[0].Platform != layout.PlatformAWS {
+		t.Fatalf("cloud images %+v", ms)
+	}
+	w, err := b.Write(fakeBoot(), configs(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.Files) != 1 || filepath.Base(w.Files[0].Path) != "etcdimg-aws.raw" || len(w.Raw) != 0 {
+		t.Errorf("wrote %+v, raw %v", w.Files, w.Raw)
+	}
+}
+
+// TestARestoredClusterGetsNoCloudImage: with a restore planned, a cloud
+// build is refused before anything is written; the members' images each
+// carry the snapshot.
+func TestARestoredClusterGetsNoCloudImage(t *testing.T) {
+	c := spec.Default(2)
+	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	os.MkdirAll(dir.Dir(), 0o700)
+	if err := os.WriteFile(filepath.Join(dir.Dir(), restore.PlanFile), []byte(`{"token":"t","snapshot":"restore/snapshot.db"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Build{Cluster: c, Dir: dir, Platform: layout.PlatformGCP}.Check()
+	if err == nil || !strings.HasPrefix(err.Error(), "--platform gcp: "+dir.Dir()+" holds a restored cluster") {
+		t.Errorf("cloud build of a restored cluster: %v", err)
+	}
+	b := Build{Cluster: c, Dir: dir, Platform: layout.PlatformMetal}
+	if err := b.Check(); err != nil {
+		t.Errorf("metal build of a restored cluster: %v", err)
+	}
+	for _, m := range b.Members(configs(c), "/snap.db") {
+		if m.Restore != "/snap.db" {
+			t.Errorf("%s carries no snapshot", m.Name)
+		}
+	}
+}
+
+// TestResolveInputsNamesTheMissingFlag: an input that is not there fails
+// the build before any work, naming the flag that sets it.
+func TestResolveInputsNamesTheMissingFlag(t *testing.T) {
+	d := t.TempDir()
+	have := func(name string) string {
+		p := filepath.Join(d, name)
+		os.WriteFile(p, nil, 0o644)
+		return p
+	}
+	in := Inputs{KernelDeb: have("k.deb"), BootloaderDeb: have("b.deb"), NodeBinary: have("etcdnode"), InitBinary: have("etcdinit")}
+	if got, err := ResolveInputs(in); err != nil || got != in {
+		t.Fatalf("every input given: %+v, %v", got, err)
+	}
+	for _, tc := range []struct {
+		flag string
+		in   func(*Inputs)
+	}{
+		{"--kernel-package", func(in *Inputs) { in.KernelDeb = filepath.Join(d, "none.deb") }},
+		{"--node-binary", func(in *Inputs) { in.NodeBinary = filepath.Join(d, "none") }},
+		{"--init-binary", func(in *Inputs) { in.InitBinary = filepath.Join(d, "none") }},
+	} {
+		broken := in
+		tc.in(&broken)
+		if _, err := ResolveInputs(broken); err == nil || !strings.HasPrefix(err.Error(), tc.flag+": ") {
+			t.Errorf("missing %s: %v", tc.flag, err)
+		}
+	}
+}
