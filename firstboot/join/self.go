@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -74,29 +73,18 @@ func (s *Self) closePeerConns() {
 }
 
 // peer is another member of the spec.
-type peer struct {
-	Name, PeerURL, ClientURL string
-}
+type peer = ign.Peer
 
-// ReadSelf reads the applied etcd.conf.
+// ReadSelf reads the applied etcd.conf: the identity ign.ReadMember
+// parses, the restore config an image may carry, and the cluster ID this
+// member may join.
 func ReadSelf(root string) (*Self, error) {
-	data, err := os.ReadFile(filepath.Join(root, ign.EtcdConfPath))
+	m, err := ign.ReadMember(root)
 	if err != nil {
 		return nil, err
 	}
-	env, err := ign.EnvMap(data)
-	if err != nil {
-		return nil, err
-	}
-	s := &Self{Name: env["ETCD_NAME"], Cluster: env["ETCD_INITIAL_CLUSTER_TOKEN"], PeerURL: env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]}
-	if s.Name == "" || s.Cluster == "" || s.PeerURL == "" {
-		return nil, fmt.Errorf("%s lacks ETCD_NAME, ETCD_INITIAL_CLUSTER_TOKEN or ETCD_INITIAL_ADVERTISE_PEER_URLS", ign.EtcdConfPath)
-	}
-	u, err := url.Parse(s.PeerURL)
-	if err != nil {
-		return nil, fmt.Errorf("ETCD_INITIAL_ADVERTISE_PEER_URLS: %w", err)
-	}
-	s.IP = u.Hostname()
+	env := m.Env
+	s := &Self{Name: m.Name, Cluster: m.Token, PeerURL: m.PeerURL, IP: m.IP, InitialCluster: m.InitialCluster, Quota: m.Quota, Peers: m.Peers}
 	if b, err := os.ReadFile(filepath.Join(root, layout.RestoreConfigPath)); err == nil {
 		s.Restore = &ign.RestoreConfig{}
 		if err := json.Unmarshal(b, s.Restore); err != nil || s.Restore.Size <= 0 || len(s.Restore.SHA256) != 64 {
@@ -105,7 +93,6 @@ func ReadSelf(root string) (*Self, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	s.InitialCluster = env["ETCD_INITIAL_CLUSTER"]
 	if s.WantID, err = snapshot.ClusterID(s.Cluster, s.InitialCluster); err != nil {
 		return nil, err
 	}
@@ -113,27 +100,9 @@ func ReadSelf(root string) (*Self, error) {
 	// the first bootstrap, the spec's initial cluster no longer gives the
 	// running cluster's ID, and this image may only join that cluster,
 	// never start one.
-	if v := env[ign.ClusterIDVar]; v != "" {
-		id, err := strconv.ParseUint(v, 16, 64)
-		if err != nil || id == 0 {
-			return nil, fmt.Errorf("%s: %s=%q is not a cluster ID; rebuild the image with `etcdimg build`", ign.EtcdConfPath, ign.ClusterIDVar, v)
-		}
-		s.JoinOnly = id != s.WantID
-		s.WantID = id
-	}
-	if q := env["ETCD_QUOTA_BACKEND_BYTES"]; q != "" {
-		s.Quota, _ = strconv.ParseInt(q, 10, 64)
-	}
-	for _, m := range strings.Split(env["ETCD_INITIAL_CLUSTER"], ",") {
-		name, purl, ok := strings.Cut(m, "=")
-		if !ok || name == s.Name {
-			continue
-		}
-		pu, err := url.Parse(purl)
-		if err != nil {
-			return nil, fmt.Errorf("ETCD_INITIAL_CLUSTER: %w", err)
-		}
-		s.Peers = append(s.Peers, peer{Name: name, PeerURL: purl, ClientURL: "https://" + net.JoinHostPort(pu.Hostname(), strconv.Itoa(layout.ClientPort))})
+	if m.ClusterID != 0 {
+		s.JoinOnly = m.ClusterID != s.WantID
+		s.WantID = m.ClusterID
 	}
 	if s.tls, s.serverTLS, err = ign.MemberTLS(root, env["ETCD_PEER_CERT_FILE"], env["ETCD_PEER_KEY_FILE"], env["ETCD_PEER_TRUSTED_CA_FILE"]); err != nil {
 		return nil, err
