@@ -108,6 +108,18 @@ func (b Build) Write(boot *Boot, ignition map[string][]byte) (*Written, error) {
 	return w, nil
 }
 
+// State says what writing did to the file: "unchanged", "new", or new
+// with where the image it replaced was kept.
+func (b Built) State() string {
+	switch {
+	case b.Previous != "":
+		return "new; previous kept at " + b.Previous
+	case b.New:
+		return "new"
+	}
+	return "unchanged"
+}
+
 // ResolveInputs fills in the inputs left "": the newest verified kernel
 // and the boot loader of the package cache, the node binary and /init
 // beside the running executable; then checks that each exists. The

@@ -137,3 +137,15 @@ func TestResolveInputsNamesTheMissingFlag(t *testing.T) {
 		}
 	}
 }
+
+func TestBuiltState(t *testing.T) {
+	for b, want := range map[Built]string{
+		{}:                                "unchanged",
+		{New: true}:                       "new",
+		{New: true, Previous: "/p/x.img"}: "new; previous kept at /p/x.img",
+	} {
+		if got := b.State(); got != want {
+			t.Errorf("%+v: %q, want %q", b, got, want)
+		}
+	}
+}

@@ -78,14 +78,7 @@ func buildImages(cmd *cobra.Command, f *specFlags, bf *bootFlags, of *outputFlag
 		return nil, "", nil, err
 	}
 	for _, i := range built.Files {
-		state := "unchanged"
-		switch {
-		case i.Previous != "":
-			state = "new; previous kept at " + i.Previous
-		case i.New:
-			state = "new"
-		}
-		fmt.Fprintf(w, "image    %-8s %s (%.0f MiB, %.1f MiB allocated, %s)\n", i.Member, i.Path, mib(i.Size), mib(i.Allocated), state)
+		fmt.Fprintf(w, "image    %-8s %s (%.0f MiB, %.1f MiB allocated, %s)\n", i.Member, i.Path, mib(i.Size), mib(i.Allocated), i.State())
 	}
 	if b.Cloud() {
 		for _, m := range c.Members {

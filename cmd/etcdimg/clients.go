@@ -49,30 +49,24 @@ func clientAddCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// The certificate is made first (nothing written yet), the
-			// role on the cluster next, and the files last: a cluster
-			// that refuses leaves no certificate behind.
-			pair, err := pki.IssueClient(c, dir.PKI(), name)
+			pair, err := render.AddClient(c, dir, name, render.Stamp(time.Now()), func() error {
+				e, err := adminEtcd(c, dir)
+				if err != nil {
+					return err
+				}
+				added, err := e.AddClient(c.Names(), authz.Client{Name: name, Prefix: prefix, ReadOnly: readOnly})
+				if err != nil {
+					return err
+				}
+				for _, o := range added.Overlaps {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s's prefix %s overlaps client %s's %s: each reaches keys of the other; give each client a prefix of its own unless it is meant (a read-only auditor)\n", name, prefix, o.Name, o.Prefix)
+				}
+				if len(added.Pruned) > 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "removed  the etcd users of %s: members no longer in the spec nor the cluster, whose certificates were still root\n", strings.Join(added.Pruned, ", "))
+				}
+				return nil
+			})
 			if err != nil {
-				return err
-			}
-			e, err := adminEtcd(c, dir)
-			if err != nil {
-				return err
-			}
-			added, err := e.AddClient(c.Names(), authz.Client{Name: name, Prefix: prefix, ReadOnly: readOnly})
-			if err != nil {
-				return err
-			}
-			for _, o := range added.Overlaps {
-				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s's prefix %s overlaps client %s's %s: each reaches keys of the other; give each client a prefix of its own unless it is meant (a read-only auditor)\n", name, prefix, o.Name, o.Prefix)
-			}
-			if len(added.Pruned) > 0 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "removed  the etcd users of %s: members no longer in the spec nor the cluster, whose certificates were still root\n", strings.Join(added.Pruned, ", "))
-			}
-			// Adding a client again issues it a new pair: the old one is
-			// moved aside, never written over.
-			if err := render.InstallClient(dir, name, pair, render.Stamp(time.Now())); err != nil {
 				return err
 			}
 			access := "read-write"

@@ -19,6 +19,21 @@ func clientFiles(name string) []string {
 	return []string{filepath.Join(outdir.ClientsDir, name+".pem"), filepath.Join(outdir.ClientsDir, name+"-key.pem")}
 }
 
+// AddClient issues client name's pair from the CA (nothing written
+// yet), runs grant (the role on the running cluster), and only once the
+// cluster took it installs the pair: a cluster that refuses leaves no
+// certificate behind.
+func AddClient(c *spec.Cluster, dir outdir.Layout, name, stamp string, grant func() error) (pki.Pair, error) {
+	pair, err := pki.IssueClient(c, dir.PKI(), name)
+	if err != nil {
+		return pki.Pair{}, err
+	}
+	if err := grant(); err != nil {
+		return pki.Pair{}, err
+	}
+	return pair, InstallClient(dir, name, pair, stamp)
+}
+
 // InstallClient puts a client's new pair into OUT/clients (0700), moving
 // an earlier pair of that name under retired/stamp first: a pair is
 // never written over.

@@ -2,6 +2,7 @@ package render
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -103,5 +104,38 @@ func TestReissueClientsIssuesEachClientAnew(t *testing.T) {
 	}
 	if !bytes.Equal(old, readFile(t, filepath.Join(RetiredPath(dir, stamp), "clients", "app.pem"))) {
 		t.Error("app's old certificate is not under retired/")
+	}
+}
+
+// TestAddClientWritesOnlyWhatTheClusterTook: the pair is installed only
+// after the cluster granted the role; a refusal leaves OUT/clients as it
+// was.
+func TestAddClientWritesOnlyWhatTheClusterTook(t *testing.T) {
+	c := spec.Default(1)
+	dir := rendered(t, c)
+	old := readFile(t, dir.ClientCert("app"))
+	refused := errors.New("etcdserver: permission denied")
+	if _, err := AddClient(c, dir, "app", "20250101T000001", func() error { return refused }); !errors.Is(err, refused) {
+		t.Fatalf("a refused grant: %v", err)
+	}
+	if !bytes.Equal(old, readFile(t, dir.ClientCert("app"))) {
+		t.Error("a refused grant replaced the pair")
+	}
+	if _, err := os.Stat(RetiredPath(dir, "20250101T000001")); err == nil {
+		t.Error("a refused grant retired the old pair")
+	}
+	if _, err := AddClient(c, dir, "new", "20250101T000001", func() error { return refused }); err == nil {
+		t.Fatal("refused")
+	}
+	if _, err := os.Stat(dir.ClientCert("new")); err == nil {
+		t.Error("a refused client got a certificate")
+	}
+	granted := false
+	pair, err := AddClient(c, dir, "new", "20250101T000002", func() error { granted = true; return nil })
+	if err != nil || !granted {
+		t.Fatalf("granted: %v (grant ran: %v)", err, granted)
+	}
+	if !bytes.Equal(pair.Cert, readFile(t, dir.ClientCert("new"))) {
+		t.Error("the granted pair is not in OUT/clients")
 	}
 }
