@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"etcdimg/firstboot/datadisk"
+	"etcdimg/firstboot/internal/console"
 	"etcdimg/firstboot/internal/kernelfs"
 	"etcdimg/firstboot/join"
 	"etcdimg/firstboot/network"
@@ -196,7 +197,7 @@ func chooseClocks(st *state) (string, error) {
 func syncClock(st *state) (string, error) { return network.SyncClock(st.clocks, st.floor) }
 
 func keepClock(st *state) (string, error) {
-	goSafe("clock", func() { network.KeepClock(st.n.ctx, st.clocks, st.floor, 15*time.Minute) })
+	console.Go("clock", func() { network.KeepClock(st.n.ctx, st.clocks, st.floor, 15*time.Minute) })
 	return "", nil
 }
 

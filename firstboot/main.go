@@ -122,7 +122,7 @@ func (n *node) shutdown(reason string) {
 func (n *node) watchSignals() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGPWR, syscall.SIGINT)
-	goSafe("signals", func() {
+	console.Go("signals", func() {
 		for s := range sig {
 			n.requestPower("signal " + s.String())
 		}
@@ -135,20 +135,6 @@ func (n *node) requestPower(reason string) {
 	default:
 	}
 	n.cancel()
-}
-
-// goSafe runs fn in a goroutine that cannot take PID 1 down: a panic is
-// printed and the goroutine ends; the boot's own steps and the power
-// path go on.
-func goSafe(name string, fn func()) {
-	go func() {
-		defer func() {
-			if r := recover(); r != nil {
-				logf("panic in %s: %v\n%s", name, r, debug.Stack())
-			}
-		}()
-		fn()
-	}()
 }
 
 // logf prints one line to the console, stamped with the time since the

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"etcdimg/firstboot/internal/console"
 )
 
 // Linux input event codes (linux/input-event-codes.h).
@@ -30,7 +32,7 @@ func watchPowerButton(fn func()) error {
 			return err
 		}
 		found = append(found, filepath.Base(d))
-		goSafe("power button", func() { readPowerEvents(f, fn) })
+		console.Go("power button", func() { readPowerEvents(f, fn) })
 	}
 	if len(found) == 0 {
 		return fmt.Errorf("no input device named Power Button (modules button and evdev)")

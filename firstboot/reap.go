@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"etcdimg/firstboot/internal/console"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -77,7 +79,7 @@ func zombieChildren(ppid int) []int {
 func startReaper() {
 	ch := make(chan os.Signal, 16)
 	signal.Notify(ch, syscall.SIGCHLD)
-	goSafe("reaper", func() {
+	console.Go("reaper", func() {
 		for {
 			select {
 			case <-ch:

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"etcdimg/firstboot/internal/console"
 	"etcdimg/ignition/ign"
 )
 
@@ -70,7 +71,7 @@ func (s *service) start() (string, error) {
 	s.mu.Lock()
 	exited := s.exited
 	s.mu.Unlock()
-	goSafe(s.unit.Name, func() { s.supervise(env) })
+	console.Go(s.unit.Name, func() { s.supervise(env) })
 	if s.unit.Type == "oneshot" {
 		// A oneshot unit is done when its process is: the next unit
 		// starts only after it, as systemd orders them.
@@ -135,7 +136,7 @@ func (s *service) spawn(env []string) error {
 	s.cmd, s.exited, s.startedAt = cmd, exited, time.Now()
 	s.starts++
 	s.mu.Unlock()
-	goSafe(s.unit.Name+" forget", func() {
+	console.Go(s.unit.Name+" forget", func() {
 		<-exited
 		reaper.mu.Lock()
 		delete(reaper.own, cmd.Process.Pid)
@@ -146,7 +147,7 @@ func (s *service) spawn(env []string) error {
 	s.mu.Lock()
 	s.held, s.relayed = held, relayed
 	s.mu.Unlock()
-	goSafe(s.unit.Name+" output", func() {
+	console.Go(s.unit.Name+" output", func() {
 		defer close(relayed)
 		relay(strings.TrimSuffix(s.unit.Name, ".service"), pr, held)
 		pr.Close()
@@ -289,7 +290,7 @@ func (s *service) listenNotify() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("notify socket: %w", err)
 	}
-	goSafe(s.unit.Name+" notify", func() {
+	console.Go(s.unit.Name+" notify", func() {
 		buf := make([]byte, 4096)
 		for {
 			n, _, err := conn.ReadFromUnix(buf)

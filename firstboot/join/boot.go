@@ -2,7 +2,6 @@ package join
 
 import (
 	"context"
-	"runtime/debug"
 
 	"etcdimg/firstboot/internal/console"
 )
@@ -45,34 +44,21 @@ func (s *Self) Decide(ctx context.Context, hasData bool) (*Plan, error) {
 func (s *Self) AfterStart(ctx context.Context, plan *Plan, recordedID string, stop func(why string)) {
 	if plan.Learner != 0 {
 		// It ends once promoted, or at power-off.
-		goSafe("promote", func() { _ = s.promote(ctx, plan.Learner) })
+		console.Go("promote", func() { _ = s.promote(ctx, plan.Learner) })
 	}
-	goSafe("record cluster ID", func() { s.recordClusterID(ctx) })
-	goSafe("auth", func() { s.ensureAuth(ctx) })
+	console.Go("record cluster ID", func() { s.recordClusterID(ctx) })
+	console.Go("auth", func() { s.ensureAuth(ctx) })
 	if recordedID != "" {
 		// Checked beside etcd's start, not before it, so that a
 		// cluster's restart does not wait on peers that are down:
 		// etcd on data of another cluster cannot reach a quorum
 		// (its peers refuse it), so it serves nothing meanwhile.
-		goSafe("check cluster ID", func() {
+		console.Go("check cluster ID", func() {
 			if why := s.watchClusterID(ctx, recordedID); why != "" {
 				stop(why)
 			}
 		})
 	}
-}
-
-// goSafe runs fn in a goroutine that cannot take PID 1 down: a panic is
-// printed and the goroutine ends.
-func goSafe(name string, fn func()) {
-	go func() {
-		defer func() {
-			if r := recover(); r != nil {
-				logf("panic in %s: %v\n%s", name, r, debug.Stack())
-			}
-		}()
-		fn()
-	}()
 }
 
 // logf prints one line to the console.

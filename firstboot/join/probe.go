@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"etcdimg/firstboot/internal/console"
 	"etcdimg/internal/layout"
 )
 
@@ -92,7 +93,7 @@ func (s *Self) serveProbe() (*probe, error) {
 	})
 	srv := &http.Server{Handler: mux, TLSConfig: s.serverTLS, ReadHeaderTimeout: 5 * time.Second, ErrorLog: nil}
 	done := make(chan struct{})
-	goSafe("join probe", func() {
+	console.Go("join probe", func() {
 		defer close(done)
 		srv.Serve(tls.NewListener(ln, s.serverTLS))
 	})

@@ -11,6 +11,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/vishvananda/netlink"
+
+	"etcdimg/firstboot/internal/console"
 )
 
 // dhcpWait bounds how long a cloud member waits for its first lease.
@@ -104,7 +106,7 @@ func DHCP(ctx context.Context) (netip.Addr, string, error) {
 			lc, err := leaseFrom(lease.ACK)
 			if err == nil {
 				if err = applyLease(link, lc); err == nil {
-					goSafe("dhcp renew", func() { renewLoop(ctx, name, lease, lc) })
+					console.Go("dhcp renew", func() { renewLoop(ctx, name, lease, lc) })
 					return lc.Addr.Addr(), fmt.Sprintf("%s %s (DHCP)", name, lc), nil
 				}
 			}

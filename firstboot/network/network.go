@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -224,19 +223,6 @@ func SetHostname() (string, error) {
 		return "", err
 	}
 	return name, nil
-}
-
-// goSafe runs fn in a goroutine that cannot take PID 1 down: a panic is
-// printed and the goroutine ends.
-func goSafe(name string, fn func()) {
-	go func() {
-		defer func() {
-			if r := recover(); r != nil {
-				logf("panic in %s: %v\n%s", name, r, debug.Stack())
-			}
-		}()
-		fn()
-	}()
 }
 
 // logf prints one line to the console.

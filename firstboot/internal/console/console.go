@@ -9,6 +9,7 @@ package console
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -46,4 +47,17 @@ func Step(name string, fn func() (string, error)) error {
 		Logf("%s (%s)", name, took)
 	}
 	return nil
+}
+
+// Go runs fn in a goroutine whose panic is printed on the console with
+// its stack instead of ending PID 1 (and with it, the machine).
+func Go(name string, fn func()) {
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				Logf("panic in %s: %v\n%s", name, r, debug.Stack())
+			}
+		}()
+		fn()
+	}()
 }
