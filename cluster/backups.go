@@ -17,6 +17,7 @@ import (
 
 	"etcdimg/internal/backup"
 	"etcdimg/internal/snapshot"
+	"etcdimg/internal/spec"
 )
 
 // LastBackup reads the cluster's last backup record (nil before the
@@ -30,6 +31,19 @@ func (e *Etcd) LastBackup(ctx context.Context) (*backup.Manifest, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return backup.LastBackup(ctx, cli)
+}
+
+// LastBackupLine says when the cluster's last verified backup was taken,
+// from the record the members keep in etcd; interval is the spec's.
+func (e *Etcd) LastBackupLine(ctx context.Context, interval spec.Duration) string {
+	m, err := e.LastBackup(ctx)
+	switch {
+	case err != nil:
+		return "last backup: unknown (etcd: " + err.Error() + ")"
+	case m == nil:
+		return fmt.Sprintf("last backup: none yet (one every %s for the cluster)", interval)
+	}
+	return fmt.Sprintf("last backup: %s, %s ago, by %s: revision %d, %d keys, %.1f MiB, verified, in %s", m.Name, time.Since(m.Time).Round(time.Second), m.Member, m.Revision, m.Keys, float64(m.Size)/(1<<20), strings.Join(m.Targets, " and "))
 }
 
 // NodeBackups reaches the members' backup APIs (layout.BackupPort) over

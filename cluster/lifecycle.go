@@ -2,11 +2,14 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
+
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/render"
+	"etcdimg/internal/spec"
 )
 
 // A Driver powers members' machines and swaps their disks: testvm/local
@@ -40,6 +43,36 @@ type Lifecycle struct {
 	// cluster (added to the spec after its first bootstrap, not booted
 	// yet): while the member list lacks them, nobody waits for them.
 	Pending []string
+}
+
+// Attach ties l to the output directory dir whose images it will boot,
+// before any is built: members added to c since the first bootstrap of
+// the cluster that answers are pending (not waited for until they
+// joined); check runs then, so that a refused command changes nothing;
+// last, the cluster answering must be the one dir recorded, and l keeps
+// its ID. A directory of an older etcdimg, with no record, adopts the
+// cluster answering: adopted says so (even when the record could not be
+// written), and l.ClusterID is the cluster's.
+func (l *Lifecycle) Attach(ctx context.Context, c *spec.Cluster, dir outdir.Layout, check func(context.Context, *Lifecycle) error) (adopted bool, err error) {
+	rec, err := render.LoadClusterRecord(dir)
+	if err != nil {
+		return false, err
+	}
+	live, liveErr := l.Etcd.LiveClusterID(ctx)
+	if liveErr == nil && rec != nil && rec.ID() == live {
+		l.Pending = rec.Pending(c.Names())
+	}
+	if err := check(ctx, l); err != nil {
+		return false, err
+	}
+	if liveErr != nil {
+		live, liveErr = l.Etcd.LiveClusterID(ctx) // the check found it answering
+	}
+	if liveErr != nil {
+		return false, liveErr
+	}
+	l.ClusterID = live
+	return render.CheckClusterID(c, dir, live)
 }
 
 func (l *Lifecycle) say(step string, start time.Time) {
@@ -96,8 +129,8 @@ func (l *Lifecycle) checkReplace(ctx context.Context, member string, o ReplaceOp
 	if !slices.Contains(l.Members, member) {
 		return nil, nil, fmt.Errorf("replace: no member %q in the spec; members: %s", member, strings.Join(l.Members, ", "))
 	}
-	if o.AllowOutage && !o.KeepDisk {
-		return nil, nil, fmt.Errorf("replace %s: --allow-outage needs --keep-disk: a blank member cannot join a cluster without a quorum", member)
+	if err := outageKeepsDisks(o, "replace "+member, "--keep-disk"); err != nil {
+		return nil, nil, err
 	}
 	snap, err := l.Etcd.Observe(ctx)
 	if err != nil {
@@ -116,6 +149,16 @@ func (l *Lifecycle) checkReplace(ctx context.Context, member string, o ReplaceOp
 		return nil, nil, fmt.Errorf("replace %s: refused, %w", member, err)
 	}
 	return snap, others, nil
+}
+
+// outageKeepsDisks refuses --allow-outage without kept disks: a blank
+// member cannot join a cluster without a quorum. what names the command,
+// keep its flag.
+func outageKeepsDisks(o ReplaceOptions, what, keep string) error {
+	if o.AllowOutage && !o.KeepDisk {
+		return fmt.Errorf("%s: --allow-outage needs %s: a blank member cannot join a cluster without a quorum", what, keep)
+	}
+	return nil
 }
 
 // checkClusterID refuses a cluster other than the one the images
@@ -287,8 +330,8 @@ func (l *Lifecycle) CheckRoll(ctx context.Context, o RollOptions) error {
 }
 
 func (l *Lifecycle) checkRoll(ctx context.Context, o RollOptions) (*Snapshot, error) {
-	if o.AllowOutage && !o.KeepDisks {
-		return nil, errors.New("roll: --allow-outage needs --keep-disks: a blank member cannot join a cluster without a quorum")
+	if err := outageKeepsDisks(ReplaceOptions{KeepDisk: o.KeepDisks, AllowOutage: o.AllowOutage}, "roll", "--keep-disks"); err != nil {
+		return nil, err
 	}
 	for _, n := range l.Members {
 		up, err := l.Driver.Running(n)

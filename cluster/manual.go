@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"etcdimg/internal/spec"
 )
 
 // ManualDriver is for machines etcdimg does not run: it tells the
@@ -16,6 +18,16 @@ type ManualDriver struct {
 	Addr    map[string]string // member name → address, for the instructions
 	Etcd    *Etcd             // to see the member go down
 	Timeout time.Duration     // how long the operator has to take it down
+}
+
+// Manual is the ManualDriver of c's machines, named by their addresses
+// in the spec; out is the operator's.
+func Manual(c *spec.Cluster, e *Etcd, out io.Writer, timeout time.Duration) *ManualDriver {
+	addr := map[string]string{}
+	for _, m := range c.Members {
+		addr[m.Name] = m.IP
+	}
+	return &ManualDriver{Out: out, Addr: addr, Etcd: e, Timeout: timeout}
 }
 
 func (d *ManualDriver) Running(string) (bool, error) { return true, nil }

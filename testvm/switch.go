@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
@@ -133,6 +134,27 @@ func ListenSwitch(path string) (*Switch, error) {
 		return nil, fmt.Errorf("testvm: switch: %w", err)
 	}
 	return &Switch{ln: ln, ports: map[*swPort]bool{}, macs: map[[6]byte]*swPort{}}, nil
+}
+
+// RunSwitch is the LAN switch's process (`etcdimg lan --socket`, which
+// StartSwitch starts): it serves members on socket and LANRules on its
+// control socket (ControlPath: `etcdimg chaos` partitions the LAN there)
+// until SIGINT or SIGTERM. A control socket that fails is reported on
+// errw; the LAN goes on without it.
+func RunSwitch(socket string, errw io.Writer) error {
+	sw, err := ListenSwitch(socket)
+	if err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() { <-sig; sw.Close() }()
+	go func() {
+		if err := sw.ServeControl(ControlPath(socket)); err != nil {
+			fmt.Fprintln(errw, err)
+		}
+	}()
+	return sw.Serve()
 }
 
 // Serve accepts members until Close.

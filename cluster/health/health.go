@@ -160,6 +160,18 @@ func Healthy(rs []Result) bool {
 	return len(rs) > 0
 }
 
+// Unhealthy names the members whose result is not healthy, each with its
+// URL, in the results' order.
+func Unhealthy(rs []Result) []string {
+	var bad []string
+	for _, r := range rs {
+		if !r.Healthy {
+			bad = append(bad, fmt.Sprintf("%s (%s)", r.Member, r.URL))
+		}
+	}
+	return bad
+}
+
 // Table prints results as etcdctl's `endpoint health -w table` does: the
 // runbook's columns.
 func Table(w io.Writer, rs []Result) {

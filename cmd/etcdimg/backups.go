@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/netip"
-	"net/url"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,75 +11,26 @@ import (
 	"github.com/spf13/cobra"
 
 	"etcdimg/cluster"
-	"etcdimg/cluster/health"
-	"etcdimg/ignition"
 	"etcdimg/internal/backup"
-	"etcdimg/internal/layout"
 	"etcdimg/internal/outdir"
-	"etcdimg/internal/render"
 	"etcdimg/internal/spec"
-	"etcdimg/pki"
 	"etcdimg/testvm/local"
 )
 
-func backupsCmd() *cobra.Command {
+func backupsCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "backups",
 		Short: "See and fetch the backups the members and the bucket hold",
 	}
-	c.AddCommand(backupsListCmd(), backupsGetCmd())
+	c.AddCommand(backupsListCmd(a), backupsGetCmd(a))
 	return c
 }
 
-// nodeBackups reaches the members' backup APIs with the admin
-// certificate, through the forwarded ports under `up`.
-func nodeBackups(c *spec.Cluster, dir outdir.Layout) (*cluster.NodeBackups, error) {
-	tlsCfg, err := health.TLS(dir.PKIFile(pki.CACertFile), dir.PKIFile(pki.AdminCert), dir.PKIFile(pki.AdminKey))
-	if err != nil {
-		return nil, err
-	}
-	ep := reach(dir)
-	n := &cluster.NodeBackups{Members: map[string]string{}, TLS: tlsCfg}
-	for _, m := range c.Members {
-		hp := fmt.Sprintf("%s:%d", m.IP, layout.BackupPort)
-		if ep != nil {
-			hp = ep(m, layout.BackupPort)
-		}
-		n.Members[m.Name] = "https://" + hp
-	}
-	return n, nil
-}
-
-// bucket opens the spec's S3 bucket from the operator's machine, with
-// the spec's credentials file. Under `up`, an endpoint on the LAN is the
-// host's own service; endpoint, when given, overrides the spec's.
+// bucket opens the spec's S3 bucket from the operator's machine. Under
+// `up`, an endpoint on the LAN is the host's own service; endpoint, when
+// given, overrides the spec's.
 func bucket(c *spec.Cluster, dir outdir.Layout, endpoint string) (*backup.S3, error) {
-	if c.Backup.S3 == nil {
-		return nil, fmt.Errorf("the spec has no backup.s3 section; add one to back up to a bucket")
-	}
-	creds, err := render.S3Credentials(c.Backup.S3.CredentialsFile)
-	if err != nil {
-		return nil, err
-	}
-	var ca []byte
-	if c.Backup.S3.CAFile != "" {
-		if ca, err = os.ReadFile(c.Backup.S3.CAFile); err != nil {
-			return nil, fmt.Errorf("spec: backup.s3.caFile: %w", err)
-		}
-	}
-	t := *ignition.BackupConfig(c, ignition.Options{S3CA: ca}).S3
-	if endpoint != "" {
-		t.Endpoint = endpoint
-	} else if st, err := local.LoadState(runDir(dir)); err == nil {
-		if u, err := url.Parse(t.Endpoint); err == nil {
-			if ap, err := netip.ParseAddrPort(u.Host); err == nil {
-				if host, ok := st.HostServices[ap.String()]; ok {
-					t.Endpoint = u.Scheme + "://" + host
-				}
-			}
-		}
-	}
-	return backup.NewS3(t, c.Name, creds, ca)
+	return cluster.Bucket(c, endpoint, local.HostServices(dir))
 }
 
 // printManifests prints one line per backup. The cluster ID is printed
@@ -96,15 +44,15 @@ func printManifests(w io.Writer, where string, ms []backup.Manifest, now time.Ti
 	tw.Flush()
 }
 
-func backupsListCmd() *cobra.Command {
-	var out, endpoint string
+func backupsListCmd(a *app) *cobra.Command {
+	var endpoint string
 	var s3 bool
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List the verified backups on the members' data disks (and in the bucket with --s3)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dir, err := loadBuilt(out)
+			c, dir, err := a.built()
 			if err != nil {
 				return err
 			}
@@ -125,7 +73,7 @@ func backupsListCmd() *cobra.Command {
 				printManifests(w, "s3", ms, now)
 				return nil
 			}
-			n, err := nodeBackups(c, dir)
+			n, err := cluster.AdminNodeBackups(c, dir, local.Reach(dir))
 			if err != nil {
 				return err
 			}
@@ -145,21 +93,20 @@ func backupsListCmd() *cobra.Command {
 			return nil
 		},
 	}
-	outFlag(c, &out)
 	c.Flags().BoolVar(&s3, "s3", false, "list the bucket of backup.s3 instead")
 	c.Flags().StringVar(&endpoint, "s3-endpoint", "", "reach the bucket here instead of at backup.s3.endpoint")
 	return c
 }
 
-func backupsGetCmd() *cobra.Command {
-	var out, endpoint string
+func backupsGetCmd(a *app) *cobra.Command {
+	var endpoint string
 	var s3 bool
 	c := &cobra.Command{
 		Use:   "get NAME FILE",
 		Short: "Fetch a backup from the member that holds it (or from the bucket with --s3), verify it, then write FILE",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, dir, err := loadBuilt(out)
+			c, dir, err := a.built()
 			if err != nil {
 				return err
 			}
@@ -173,24 +120,12 @@ func backupsGetCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				ms, err := b.List(ctx)
-				if err != nil {
-					return fmt.Errorf("list %s: %w", b.Where(), err)
-				}
-				for _, x := range ms {
-					if x.Name == name {
-						m = x
-					}
-				}
-				if m.Name == "" {
-					return fmt.Errorf("%s holds no backup named %s; `etcdimg backups list --s3` shows them", b.Where(), name)
-				}
-				if _, err := cluster.FetchVerified(path, m.SHA256, func(w io.Writer) error { return b.Get(ctx, name, w) }); err != nil {
+				if m, err = cluster.GetFromBucket(ctx, b, name, path); err != nil {
 					return err
 				}
 				from = b.Where() + name + ".db"
 			} else {
-				n, err := nodeBackups(c, dir)
+				n, err := cluster.AdminNodeBackups(c, dir, local.Reach(dir))
 				if err != nil {
 					return err
 				}
@@ -203,7 +138,6 @@ func backupsGetCmd() *cobra.Command {
 			return nil
 		},
 	}
-	outFlag(c, &out)
 	c.Flags().BoolVar(&s3, "s3", false, "fetch from the bucket of backup.s3")
 	c.Flags().StringVar(&endpoint, "s3-endpoint", "", "reach the bucket here instead of at backup.s3.endpoint")
 	return c

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -39,7 +37,7 @@ func chaosCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, lock, err := localCluster(dir)
+			st, lock, err := local.Open(dir)
 			if errors.Is(err, local.ErrNotRunning) {
 				return fmt.Errorf("chaos: no cluster is running in %s; chaos runs against a cluster under `etcdimg up --out %s --detach`, whose machines and LAN it controls", out, out)
 			}
@@ -47,24 +45,17 @@ func chaosCmd() *cobra.Command {
 				return err
 			}
 			defer lock.Unlock()
-			if n := len(st.Running()); n != len(st.Members) {
-				return fmt.Errorf("chaos: %d of %d members are running; start the others (`etcdimg start NAME`) first", n, len(st.Members))
-			}
 			if !cmd.Flags().Changed("seed") {
 				seed = uint64(time.Now().UnixNano()) % 1_000_000
 			}
-			var names []string
-			for _, m := range st.Members {
-				names = append(names, m.Name)
-			}
-			plan, err := chaos.Schedule(kinds, names, duration, seed)
+			plan, err := chaos.Plan(st, kinds, duration, seed)
 			if err != nil {
 				return err
 			}
 			// replace and roll boot images made from the current spec
 			// and PKI, as the commands do; built before any fault.
 			var images map[string]string
-			if slices.ContainsFunc(plan, func(f chaos.Fault) bool { return f.Kind == chaos.Replace || f.Kind == chaos.Roll }) {
+			if chaos.NeedsImages(plan) {
 				if _, _, images, err = buildImages(cmd, &sf, &bf, nil, nil); err != nil {
 					return err
 				}
@@ -83,18 +74,7 @@ func chaosCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			report, err := os.Create(filepath.Join(files, "report.txt"))
-			if err != nil {
-				return err
-			}
-			chaos.Print(io.MultiWriter(w, report), v, done)
-			if err := report.Close(); err != nil {
-				return err
-			}
-			if !v.Passed() {
-				return fmt.Errorf("chaos: a check failed; the history, its visualization (history.html) and the consoles are in %s", files)
-			}
-			return nil
+			return chaos.Report(w, files, v, done)
 		},
 	}
 	sf.register(c)

@@ -14,36 +14,17 @@ import (
 
 	"etcdimg/cluster"
 	"etcdimg/internal/outdir"
-	"etcdimg/internal/render"
 	"etcdimg/testvm/local"
 )
 
-// localCluster loads the state of the cluster under `up` in dir, under
-// the run directory's lock. It returns ErrNotRunning when there is none.
-func localCluster(dir outdir.Layout) (*local.State, *local.Lock, error) {
-	if _, err := local.LoadState(runDir(dir)); err != nil {
-		return nil, nil, err
-	}
-	lock, err := lockRun(dir)
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := local.LoadState(runDir(dir))
-	if err != nil {
-		lock.Unlock()
-		return nil, nil, err
-	}
-	return st, lock, nil
-}
-
-func stopCmd() *cobra.Command {
-	return memberCmd("stop NAME", "Power one member off (ACPI) and keep its disks", func(st *local.State, name string) (string, error) {
+func stopCmd(a *app) *cobra.Command {
+	return memberCmd(a, "stop NAME", "Power one member off (ACPI) and keep its disks", func(st *local.State, name string) (string, error) {
 		return st.Stop(name, time.Minute)
 	})
 }
 
-func startCmd() *cobra.Command {
-	return memberCmd("start NAME", "Boot one stopped member from its image and data disk", func(st *local.State, name string) (string, error) {
+func startCmd(a *app) *cobra.Command {
+	return memberCmd(a, "start NAME", "Boot one stopped member from its image and data disk", func(st *local.State, name string) (string, error) {
 		if err := st.Start(name); err != nil {
 			return "", err
 		}
@@ -54,20 +35,21 @@ func startCmd() *cobra.Command {
 
 // memberCmd is a command on one member of the local cluster, run under
 // the run directory's lock.
-func memberCmd(use, short string, do func(*local.State, string) (string, error)) *cobra.Command {
-	var out string
-	c := &cobra.Command{
+func memberCmd(a *app, use, short string, do func(*local.State, string) (string, error)) *cobra.Command {
+	return &cobra.Command{
 		Use:   use,
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, dir, err := loadBuilt(out)
+			_, dir, err := a.built()
 			if err != nil {
 				return err
 			}
-			st, lock, err := localCluster(dir)
-			if err != nil {
-				return notLocal(strings.Fields(use)[0], err)
+			st, lock, err := local.Open(dir)
+			if errors.Is(err, local.ErrNotRunning) {
+				return fmt.Errorf("%s: no cluster runs here under `etcdimg up`; on real machines, power the member with your platform's tools", strings.Fields(use)[0])
+			} else if err != nil {
+				return err
 			}
 			defer lock.Unlock()
 			line, err := do(st, args[0])
@@ -78,17 +60,6 @@ func memberCmd(use, short string, do func(*local.State, string) (string, error))
 			return nil
 		},
 	}
-	outFlag(c, &out)
-	return c
-}
-
-// notLocal explains that a per-member power command needs a cluster
-// under `up`.
-func notLocal(what string, err error) error {
-	if errors.Is(err, local.ErrNotRunning) {
-		return fmt.Errorf("%s: no cluster runs here under `etcdimg up`; on real machines, power the member with your platform's tools", what)
-	}
-	return err
 }
 
 // lifecycleFlags are what replace and roll share.
@@ -131,61 +102,16 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 		Etcd: e, Members: c.Names(), Timeout: f.timeout,
 		Say: func(step string, took time.Duration) { fmt.Fprintf(w, "%-70s %6.1fs\n", step, took.Seconds()) },
 	}
-	release = func() {}
-	st, lock, err := localCluster(dir)
-	switch {
-	case err == nil:
-		l.Driver = &local.Driver{State: st}
-		release = lock.Unlock
-	case errors.Is(err, local.ErrNotRunning):
-		addr := map[string]string{}
-		for _, m := range c.Members {
-			addr[m.Name] = m.IP
-		}
-		l.Driver = &cluster.ManualDriver{Out: w, Addr: addr, Etcd: e, Timeout: f.timeout}
-	default:
+	if release, err = local.Lifecycle(cmd.Context(), c, dir, l, w, check); err != nil {
 		return nil, nil, nil, err
 	}
-	// Members added to the spec since the first bootstrap of the
-	// cluster that answers are not waited for until they joined.
-	rec, err := render.LoadClusterRecord(dir)
-	if err != nil {
-		release()
-		return nil, nil, nil, err
-	}
-	live, liveErr := liveClusterID(cmd.Context(), e)
-	if liveErr == nil && rec != nil && rec.ID() == live {
-		l.Pending = rec.Pending(c.Names())
-	}
-	if err := check(cmd.Context(), l); err != nil {
-		release()
-		return nil, nil, nil, err
-	}
-	// The images belong to the cluster the output directory recorded:
-	// the one answering must be it (a directory of an older etcdimg,
-	// with no record, adopts it), before any image is built.
-	if liveErr != nil {
-		live, liveErr = liveClusterID(cmd.Context(), e) // the check found it answering
-	}
-	err = liveErr
-	if err == nil {
-		var adopted bool
-		if adopted, err = render.CheckClusterID(c, dir, live); adopted {
-			fmt.Fprintf(w, "recorded cluster %x (the one answering at the spec's addresses) in %s\n", live, dir.ClusterRecord())
-		}
-	}
-	if err != nil {
-		release()
-		return nil, nil, nil, err
-	}
-	l.ClusterID = live
 	if f.prepare != nil {
-		if err := f.prepare(dir); err != nil {
-			release()
-			return nil, nil, nil, err
-		}
+		err = f.prepare(dir)
 	}
-	if _, _, images, err = buildImages(cmd, &f.spec, &f.boot, nil, only); err != nil {
+	if err == nil {
+		_, _, images, err = buildImages(cmd, &f.spec, &f.boot, nil, only)
+	}
+	if err != nil {
 		release()
 		return nil, nil, nil, err
 	}

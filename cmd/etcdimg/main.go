@@ -43,8 +43,8 @@ checks a local cluster under faults.`,
 		}
 	}
 	group("build", "Build:", initCmd(), renderCmd(&a), buildCmd(&a), clientCmd(&a), rotateCmd(&a), restoreCmd(&a))
-	group("local", "Run locally (QEMU):", upCmd(), downCmd(), statusCmd(), stopCmd(), startCmd(), lanCmd())
-	group("operate", "Operate:", healthCmd(), etcdctlCmd(), snapshotCmd(), backupsCmd(), replaceCmd(), rollCmd())
+	group("local", "Run locally (QEMU):", upCmd(&a), downCmd(&a), statusCmd(&a), stopCmd(&a), startCmd(&a), lanCmd())
+	group("operate", "Operate:", healthCmd(&a), etcdctlCmd(&a), snapshotCmd(&a), backupsCmd(&a), replaceCmd(), rollCmd())
 	group("test", "Test:", chaosCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)

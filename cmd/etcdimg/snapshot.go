@@ -12,23 +12,22 @@ import (
 	"etcdimg/internal/snapshot"
 )
 
-func snapshotCmd() *cobra.Command {
+func snapshotCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "snapshot",
 		Short: "Take and check etcd snapshots",
 	}
-	c.AddCommand(snapshotSaveCmd(), snapshotStatusCmd())
+	c.AddCommand(snapshotSaveCmd(a), snapshotStatusCmd())
 	return c
 }
 
-func snapshotSaveCmd() *cobra.Command {
-	var out string
-	c := &cobra.Command{
+func snapshotSaveCmd(a *app) *cobra.Command {
+	return &cobra.Command{
 		Use:   "save FILE",
 		Short: "Save a snapshot from the healthiest member over mTLS, verify it, then write FILE",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := builtEtcd(out)
+			e, err := builtEtcd(a.out)
 			if err != nil {
 				return err
 			}
@@ -46,8 +45,6 @@ func snapshotSaveCmd() *cobra.Command {
 			return nil
 		},
 	}
-	outFlag(c, &out)
-	return c
 }
 
 func snapshotStatusCmd() *cobra.Command {

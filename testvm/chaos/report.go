@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -211,4 +213,21 @@ func first(s []string, n int) []string {
 		return append(s[:n:n], fmt.Sprintf("… and %d more", len(s)-n))
 	}
 	return s
+}
+
+// Report prints the report (Print) on w and into dir/report.txt; a failed
+// check is an error that names dir, where the evidence is.
+func Report(w io.Writer, dir string, v Verdict, done []Done) error {
+	report, err := os.Create(filepath.Join(dir, "report.txt"))
+	if err != nil {
+		return err
+	}
+	Print(io.MultiWriter(w, report), v, done)
+	if err := report.Close(); err != nil {
+		return err
+	}
+	if !v.Passed() {
+		return fmt.Errorf("chaos: a check failed; the history, its visualization (history.html) and the consoles are in %s", dir)
+	}
+	return nil
 }

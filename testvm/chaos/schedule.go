@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"etcdimg/testvm/local"
 )
 
 // Fault kinds, as --faults names them.
@@ -124,4 +126,23 @@ func Schedule(kinds, members []string, duration time.Duration, seed uint64) ([]F
 		plan = append(plan, f)
 	}
 	return plan, nil
+}
+
+// Plan is Schedule against the running local cluster st: every member
+// must be running.
+func Plan(st *local.State, kinds []string, duration time.Duration, seed uint64) ([]Fault, error) {
+	if n := len(st.Running()); n != len(st.Members) {
+		return nil, fmt.Errorf("chaos: %d of %d members are running; start the others (`etcdimg start NAME`) first", n, len(st.Members))
+	}
+	var names []string
+	for _, m := range st.Members {
+		names = append(names, m.Name)
+	}
+	return Schedule(kinds, names, duration, seed)
+}
+
+// NeedsImages reports whether plan replaces or rolls members: they boot
+// images made from the current spec and PKI, built before any fault.
+func NeedsImages(plan []Fault) bool {
+	return slices.ContainsFunc(plan, func(f Fault) bool { return f.Kind == Replace || f.Kind == Roll })
 }

@@ -2,10 +2,14 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"etcdimg/cluster"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/spec"
 )
 
 // Driver is the cluster.Driver of the QEMU members of a cluster started
@@ -69,4 +73,33 @@ func (d *Driver) Swap(ctx context.Context, member, image string, keepDisk bool, 
 	m, _ := d.State.Member(member)
 	say(fmt.Sprintf("%s: booting %s (pid %d)", member, image, m.QEMU.PID), time.Since(start))
 	return nil
+}
+
+// Lifecycle gives l its Driver for the cluster of the built directory
+// dir: this package's on the cluster under `up` there (holding its run
+// directory's lock until release), or, with none running, cluster's
+// ManualDriver for the machines at the spec's addresses, which tells the
+// operator on w what to do. Then l is attached to dir (check runs first;
+// the cluster answering must be the one dir recorded), and a directory
+// that adopts the cluster answering says so on w.
+func Lifecycle(ctx context.Context, c *spec.Cluster, dir outdir.Layout, l *cluster.Lifecycle, w io.Writer, check func(context.Context, *cluster.Lifecycle) error) (release func(), err error) {
+	release = func() {}
+	st, lock, err := Open(dir)
+	switch {
+	case err == nil:
+		l.Driver, release = &Driver{State: st}, lock.Unlock
+	case errors.Is(err, ErrNotRunning):
+		l.Driver = cluster.Manual(c, l.Etcd, w, l.Timeout)
+	default:
+		return nil, err
+	}
+	adopted, err := l.Attach(ctx, c, dir, check)
+	if adopted {
+		fmt.Fprintf(w, "recorded cluster %x (the one answering at the spec's addresses) in %s\n", l.ClusterID, dir.ClusterRecord())
+	}
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return release, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -147,6 +148,28 @@ func (st *State) Running() []MemberState {
 		}
 	}
 	return up
+}
+
+// Table prints the cluster as `etcdimg status` shows it: when and how it
+// started, whether its LAN runs, and a row per member (its QEMU, ports
+// and console). It returns how many members are not running.
+func (st *State) Table(w io.Writer) (stopped int) {
+	lan := "up"
+	if !st.LANUp() {
+		lan = "DOWN"
+	}
+	fmt.Fprintf(w, "started %s, %s, %d MiB per member, LAN switch pid %d (%s)\n", st.Started.Format(time.RFC3339), st.Accel, st.MemoryMB, st.Switch.PID, lan)
+	const row = "%-8s %-15s %-8s %-8s %-24s %-24s %s\n"
+	fmt.Fprintf(w, row, "MEMBER", "IP", "PID", "STATE", "CLIENT", "METRICS", "CONSOLE")
+	for _, m := range st.Members {
+		state, pid := "running", strconv.Itoa(m.QEMU.PID)
+		if !m.Running() {
+			state, pid, stopped = "stopped", "-", stopped+1
+		}
+		fmt.Fprintf(w, row, m.Name, m.IP, pid, state,
+			fmt.Sprintf("https://127.0.0.1:%d", m.Client), fmt.Sprintf("http://127.0.0.1:%d", m.Metrics), m.Console)
+	}
+	return stopped
 }
 
 // Stopped returns the first member whose console says it stopped its
