@@ -13,26 +13,22 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/internal/outdir"
 	"etcdimg/testvm/chaos"
 	"etcdimg/testvm/local"
 )
 
-func chaosCmd() *cobra.Command {
-	var sf specFlags
+func chaosCmd(a *app) *cobra.Command {
+	sf := specFlags{app: a}
 	var bf bootFlags
 	var faults string
-	var duration time.Duration
-	var clients, keys int
-	var seed uint64
+	var o chaos.Options
 	c := &cobra.Command{
 		Use:   "chaos",
 		Short: "Check the running cluster's linearizability and durability under traffic while members are killed, powered off and partitioned",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			kinds := strings.Split(faults, ",")
-			out := sf.out
-			dir := outdir.Layout(out)
+			out, dir := a.out, a.dir()
 			e, err := builtEtcd(out)
 			if err != nil {
 				return err
@@ -46,44 +42,42 @@ func chaosCmd() *cobra.Command {
 			}
 			defer lock.Unlock()
 			if !cmd.Flags().Changed("seed") {
-				seed = uint64(time.Now().UnixNano()) % 1_000_000
+				o.Seed = uint64(time.Now().UnixNano()) % 1_000_000
 			}
-			plan, err := chaos.Plan(st, kinds, duration, seed)
+			plan, err := chaos.Plan(st, kinds, o.Duration, o.Seed)
 			if err != nil {
 				return err
 			}
 			// replace and roll boot images made from the current spec
 			// and PKI, as the commands do; built before any fault.
-			var images map[string]string
 			if chaos.NeedsImages(plan) {
-				if _, _, images, err = buildImages(cmd, &sf, &bf, nil, nil); err != nil {
+				if _, _, o.Images, err = buildImages(cmd, &sf, &bf, nil, nil); err != nil {
 					return err
 				}
 			}
-			files := filepath.Join(out, "chaos", time.Now().UTC().Format("20060102-150405"))
+			o.Plan, o.Dir = plan, filepath.Join(out, "chaos", time.Now().UTC().Format("20060102-150405"))
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "chaos: %s of traffic from %d clients over %d keys, seed %d (the same --seed gives the same faults); files in %s\n", duration, clients, keys, seed, files)
+			fmt.Fprintf(w, "chaos: %s of traffic from %d clients over %d keys, seed %d (the same --seed gives the same faults); files in %s\n", o.Duration, o.Clients, o.Keys, o.Seed, o.Dir)
 			for _, f := range plan {
 				fmt.Fprintf(w, "  planned: %s\n", f)
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			v, done, err := chaos.Run(ctx, st, e, chaos.Options{
-				Duration: duration, Plan: plan, Clients: clients, Keys: keys, Seed: seed, Images: images, Dir: files, Log: w,
-			})
+			o.Log = w
+			v, done, err := chaos.Run(ctx, st, e, o)
 			if err != nil {
 				return err
 			}
-			return chaos.Report(w, files, v, done)
+			return chaos.Report(w, o.Dir, v, done)
 		},
 	}
 	sf.register(c)
 	bf.register(c)
-	c.Flags().DurationVar(&duration, "duration", 2*time.Minute, "how long traffic runs; the faults share it after a 10 s warm-up, and 20 s are left after the last")
+	c.Flags().DurationVar(&o.Duration, "duration", 2*time.Minute, "how long traffic runs; the faults share it after a 10 s warm-up, and 20 s are left after the last")
 	c.Flags().StringVar(&faults, "faults", strings.Join(chaos.Kinds, ","), "faults to inject, comma-separated: "+strings.Join(chaos.Kinds, ",")+
 		"; a variant is chosen by kill:leader, kill:follower, partition:isolate, partition:split (the leader in the minority), partition:lossy (30 % of a member's frames lost), replace:blank, replace:keep (the data disk kept), roll:blank or roll:keep; else the seed chooses")
-	c.Flags().IntVar(&clients, "clients", 8, "concurrent clients, spread over the members' endpoints")
-	c.Flags().IntVar(&keys, "keys", 10, "size of the key space the clients share")
-	c.Flags().Uint64Var(&seed, "seed", 0, "seed of the fault schedule and the clients' choices (default: drawn and printed)")
+	c.Flags().IntVar(&o.Clients, "clients", 8, "concurrent clients, spread over the members' endpoints")
+	c.Flags().IntVar(&o.Keys, "keys", 10, "size of the key space the clients share")
+	c.Flags().Uint64Var(&o.Seed, "seed", 0, "seed of the fault schedule and the clients' choices (default: drawn and printed)")
 	return c
 }

@@ -92,7 +92,7 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	dir := outdir.Layout(f.spec.out)
+	dir := f.spec.dir()
 	e, err := adminEtcd(c, dir)
 	if err != nil {
 		return nil, nil, nil, err
@@ -118,8 +118,8 @@ func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func
 	return l, images, release, nil
 }
 
-func replaceCmd() *cobra.Command {
-	var f lifecycleFlags
+func replaceCmd(a *app) *cobra.Command {
+	f := lifecycleFlags{spec: specFlags{app: a}}
 	var keepDisk bool
 	c := &cobra.Command{
 		Use:   "replace NAME",
@@ -169,8 +169,8 @@ func (f *lifecycleFlags) roll(cmd *cobra.Command, keepDisks bool) (int, time.Dur
 	return len(images), time.Since(start), nil
 }
 
-func rollCmd() *cobra.Command {
-	var f lifecycleFlags
+func rollCmd(a *app) *cobra.Command {
+	f := lifecycleFlags{spec: specFlags{app: a}}
 	var keepDisks bool
 	c := &cobra.Command{
 		Use:   "roll",

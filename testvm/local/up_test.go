@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,5 +158,27 @@ func TestReachFollowsTheState(t *testing.T) {
 	}
 	if got := HostServices(dir)["192.168.2.50:9000"]; got != "127.0.0.1:9000" {
 		t.Errorf("host services: %v", HostServices(dir))
+	}
+}
+
+// TestTableCountsStoppedMembers: status prints a row per member and
+// counts those whose QEMU is not running.
+func TestTableCountsStoppedMembers(t *testing.T) {
+	st := &State{Accel: "tcg", MemoryMB: 256, Members: []MemberState{
+		{Name: "etcd-1", IP: "192.168.2.51", QEMU: testvm.Process{PID: os.Getpid(), Args: os.Args}, Client: 40179, Metrics: 40181, Console: "c1"},
+		{Name: "etcd-2", IP: "192.168.2.52", Client: 40279, Metrics: 40281, Console: "c2"},
+	}}
+	var b strings.Builder
+	if n := st.Table(&b); n != 1 {
+		t.Errorf("%d stopped, want 1", n)
+	}
+	for _, want := range []string{
+		"LAN switch pid 0 (DOWN)",
+		"MEMBER   IP              PID      STATE    CLIENT                   METRICS                  CONSOLE\n",
+		"etcd-2   192.168.2.52    -        stopped  https://127.0.0.1:40279  http://127.0.0.1:40281   c2\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
 	}
 }
