@@ -29,7 +29,7 @@ func chaosCmd(a *app) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			kinds := strings.Split(faults, ",")
 			out, dir := a.out, a.dir()
-			e, err := builtEtcd(out)
+			e, err := builtEtcd(a)
 			if err != nil {
 				return err
 			}

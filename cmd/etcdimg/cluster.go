@@ -44,8 +44,8 @@ func adminEtcd(c *spec.Cluster, dir outdir.Layout) (*cluster.Etcd, error) {
 }
 
 // builtEtcd is adminEtcd on the output directory that `build` wrote.
-func builtEtcd(out string) (*cluster.Etcd, error) {
-	c, dir, err := loadBuilt(out)
+func builtEtcd(a *app) (*cluster.Etcd, error) {
+	c, dir, err := a.built()
 	if err != nil {
 		return nil, err
 	}

@@ -27,7 +27,7 @@ func snapshotSaveCmd(a *app) *cobra.Command {
 		Short: "Save a snapshot from the healthiest member over mTLS, verify it, then write FILE",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := builtEtcd(a.out)
+			e, err := builtEtcd(a)
 			if err != nil {
 				return err
 			}
