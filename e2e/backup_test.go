@@ -20,7 +20,7 @@ import (
 	"etcdimg/testvm"
 )
 
-// TestBackupsReachTheNodesAndTheBucket is the README's backups: a spec
+// TestBackupsReachTheNodesAndTheBucket is docs/backups.md's backups: a spec
 // with a one-minute interval, retention 2 and an S3 bucket (a real S3
 // server on the host, which the members reach at a LAN address). Within
 // three minutes a verified backup is in the bucket and on a member, and

@@ -198,7 +198,7 @@ func consoleOf(u *upCluster, name string) string {
 	return ""
 }
 
-// TestReplaceRollAndRejoinKeepEveryWrite is the README's lifecycle: one
+// TestReplaceRollAndRejoinKeepEveryWrite is docs/lifecycle.md's replace and roll: one
 // member replaced with a blank data disk under write load, every member
 // rolled under write load, a roll refused while a member is stopped, and
 // a whole-cluster power-off with one data disk swapped for a blank one.

@@ -17,7 +17,7 @@ import (
 	"etcdimg/pki"
 )
 
-// checkLeastPrivilege is the README's least privilege on a cluster under
+// checkLeastPrivilege is docs/backups.md's and docs/pki.md's least privilege on a cluster under
 // up: the backup API (every backup holds the whole keyspace) lists and
 // serves backups to the admin (root) and the members only; an
 // application client's, the scraper's and the Kubernetes API server's

@@ -55,7 +55,7 @@ func tree(t *testing.T, dir string) map[string]string {
 	return out
 }
 
-// TestRenderWritesTheOutputDirectory is the README's `etcdimg render`.
+// TestRenderWritesTheOutputDirectory is docs/output-directory.md's `etcdimg render`.
 func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	work := t.TempDir()
 	stdout, stderr, code := etcdimg(t, work, "render", "--nodes", "3")

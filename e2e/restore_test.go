@@ -58,7 +58,7 @@ func putKeys(t testing.TB, cli *clientv3.Client, prefix string, n int) {
 	}
 }
 
-// TestRestoreRebuildsTheClusterFromASnapshot is the README's restore:
+// TestRestoreRebuildsTheClusterFromASnapshot is docs/restore.md:
 // 10,000 keys, `snapshot save`, `down`, every image and data disk
 // removed, broken snapshots refused with nothing written, `restore`,
 // `up`: every key is back, the revision is past the snapshot's, the

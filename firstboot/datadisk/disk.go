@@ -28,7 +28,7 @@ const DeviceWait = 10 * time.Second
 
 // LaunchedDeviceWait is the device window of a machine whose config came
 // through QEMU's fw_cfg (`etcdimg up`, or QEMU started by hand as the
-// README shows): its disks are attached when QEMU starts, and virtio's
+// docs/platforms.md shows): its disks are attached when QEMU starts, and virtio's
 // drivers publish them while they load, before the node binary runs. A
 // blank first boot would otherwise wait 10 s for a disk that cannot come.
 const LaunchedDeviceWait = 2 * time.Second

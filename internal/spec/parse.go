@@ -158,7 +158,7 @@ func typeHint(t string) string {
 	case strings.HasPrefix(t, "spec."):
 		return "write a YAML mapping of its fields"
 	}
-	return "see the README's spec reference"
+	return "see the spec reference, docs/spec.md"
 }
 
 // keyPathAt returns the path of the mapping key called key on line.
