@@ -3,17 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"etcdimg/cluster"
-	"etcdimg/internal/backup"
-	"etcdimg/internal/outdir"
-	"etcdimg/internal/spec"
 	"etcdimg/testvm/local"
 )
 
@@ -26,119 +20,56 @@ func backupsCmd(a *app) *cobra.Command {
 	return c
 }
 
-// bucket opens the spec's S3 bucket from the operator's machine. Under
-// `up`, an endpoint on the LAN is the host's own service; endpoint, when
-// given, overrides the spec's.
-func bucket(c *spec.Cluster, dir outdir.Layout, endpoint string) (*backup.S3, error) {
-	return cluster.Bucket(c, endpoint, local.HostServices(dir))
+// backupFlags choose where `backups` looks: the members, or the bucket.
+type backupFlags struct {
+	endpoint string
+	s3       bool
 }
 
-// printManifests prints one line per backup. The cluster ID is printed
-// because two clusters of one name (or a cluster and the one restored
-// from it) share a bucket path, and revisions compare only within one.
-func printManifests(w io.Writer, where string, ms []backup.Manifest, now time.Time) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s (%s ago)\tcluster %s\trev %d\t%d keys\t%.1f MiB\tsha256 %.12s…\tby %s\n", where, m.Name, m.Time.Format(time.RFC3339), now.Sub(m.Time).Round(time.Second), m.ClusterID, m.Revision, m.Keys, float64(m.Size)/(1<<20), m.SHA256, m.Member)
-	}
-	tw.Flush()
+func (f *backupFlags) register(c *cobra.Command, s3 string) {
+	c.Flags().BoolVar(&f.s3, "s3", false, s3)
+	c.Flags().StringVar(&f.endpoint, "s3-endpoint", "", "reach the bucket here instead of at backup.s3.endpoint")
+}
+
+// source is where the operator reaches the backups: under `up`, through
+// the forwarded ports and the host's own services.
+func (f *backupFlags) source(b *built) cluster.BackupSource {
+	return cluster.BackupSource{S3: f.s3, Endpoint: f.endpoint, Hosts: local.HostServices(b.dir), Reach: local.Reach(b.dir)}
 }
 
 func backupsListCmd(a *app) *cobra.Command {
-	var endpoint string
-	var s3 bool
+	var f backupFlags
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List the verified backups on the members' data disks (and in the bucket with --s3)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dir, err := a.built()
-			if err != nil {
-				return err
-			}
+		RunE: a.onBuilt(func(cmd *cobra.Command, _ []string, b *built) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			w := cmd.OutOrStdout()
-			now := time.Now()
-			if s3 {
-				b, err := bucket(c, dir, endpoint)
-				if err != nil {
-					return err
-				}
-				ms, err := b.List(ctx)
-				if err != nil {
-					return fmt.Errorf("list %s: %w", b.Where(), err)
-				}
-				fmt.Fprintf(w, "%s: %d backups\n", b.Where(), len(ms))
-				printManifests(w, "s3", ms, now)
-				return nil
-			}
-			n, err := cluster.AdminNodeBackups(c, dir, local.Reach(dir))
-			if err != nil {
-				return err
-			}
-			var failed []string
-			for _, mb := range n.List(ctx) {
-				if mb.Err != nil {
-					fmt.Fprintf(w, "%s: unreachable: %v\n", mb.Member, mb.Err)
-					failed = append(failed, mb.Member)
-					continue
-				}
-				fmt.Fprintf(w, "%s: %d backups on its data disk\n", mb.Member, len(mb.Backups))
-				printManifests(w, mb.Member, mb.Backups, now)
-			}
-			if len(failed) > 0 {
-				return fmt.Errorf("backups: %s did not answer", strings.Join(failed, ", "))
-			}
-			return nil
-		},
+			return cluster.ListBackups(ctx, cmd.OutOrStdout(), b.c, b.dir, f.source(b), time.Now())
+		}),
 	}
-	c.Flags().BoolVar(&s3, "s3", false, "list the bucket of backup.s3 instead")
-	c.Flags().StringVar(&endpoint, "s3-endpoint", "", "reach the bucket here instead of at backup.s3.endpoint")
+	f.register(c, "list the bucket of backup.s3 instead")
 	return c
 }
 
 func backupsGetCmd(a *app) *cobra.Command {
-	var endpoint string
-	var s3 bool
+	var f backupFlags
 	c := &cobra.Command{
 		Use:   "get NAME FILE",
 		Short: "Fetch a backup from the member that holds it (or from the bucket with --s3), verify it, then write FILE",
 		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, dir, err := a.built()
+		RunE: a.onBuilt(func(cmd *cobra.Command, args []string, b *built) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+			defer cancel()
+			m, from, err := cluster.GetBackup(ctx, b.c, b.dir, f.source(b), args[0], args[1])
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-			defer cancel()
-			name, path := args[0], args[1]
-			var m backup.Manifest
-			var from string
-			if s3 {
-				b, err := bucket(c, dir, endpoint)
-				if err != nil {
-					return err
-				}
-				if m, err = cluster.GetFromBucket(ctx, b, name, path); err != nil {
-					return err
-				}
-				from = b.Where() + name + ".db"
-			} else {
-				n, err := cluster.AdminNodeBackups(c, dir, local.Reach(dir))
-				if err != nil {
-					return err
-				}
-				if m, _, err = n.Get(ctx, name, path); err != nil {
-					return err
-				}
-				from = m.Member
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s from %s: revision %d, %d keys, %.1f MiB, sha256 %s, verified\n", path, from, m.Revision, m.Keys, float64(m.Size)/(1<<20), m.SHA256)
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s from %s: revision %d, %d keys, %.1f MiB, sha256 %s, verified\n", args[1], from, m.Revision, m.Keys, mib(m.Size), m.SHA256)
 			return nil
-		},
+		}),
 	}
-	c.Flags().BoolVar(&s3, "s3", false, "fetch from the bucket of backup.s3")
-	c.Flags().StringVar(&endpoint, "s3-endpoint", "", "reach the bucket here instead of at backup.s3.endpoint")
+	f.register(c, "fetch from the bucket of backup.s3")
 	return c
 }

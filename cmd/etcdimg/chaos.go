@@ -1,18 +1,15 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"etcdimg/cluster"
 	"etcdimg/testvm/chaos"
 	"etcdimg/testvm/local"
 )
@@ -26,14 +23,10 @@ func chaosCmd(a *app) *cobra.Command {
 		Use:   "chaos",
 		Short: "Check the running cluster's linearizability and durability under traffic while members are killed, powered off and partitioned",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: a.onEtcd(func(cmd *cobra.Command, _ []string, b *built, e *cluster.Etcd) error {
 			kinds := strings.Split(faults, ",")
-			out, dir := a.out, a.dir()
-			e, err := builtEtcd(a)
-			if err != nil {
-				return err
-			}
-			st, lock, err := local.Open(dir)
+			out := a.out
+			st, lock, err := local.Open(b.dir)
 			if errors.Is(err, local.ErrNotRunning) {
 				return fmt.Errorf("chaos: no cluster is running in %s; chaos runs against a cluster under `etcdimg up --out %s --detach`, whose machines and LAN it controls", out, out)
 			}
@@ -61,7 +54,7 @@ func chaosCmd(a *app) *cobra.Command {
 			for _, f := range plan {
 				fmt.Fprintf(w, "  planned: %s\n", f)
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible()
 			defer stop()
 			o.Log = w
 			v, done, err := chaos.Run(ctx, st, e, o)
@@ -69,7 +62,7 @@ func chaosCmd(a *app) *cobra.Command {
 				return err
 			}
 			return chaos.Report(w, o.Dir, v, done)
-		},
+		}),
 	}
 	sf.register(c)
 	bf.register(c)

@@ -7,10 +7,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"etcdimg/cluster"
 	"etcdimg/internal/authz"
-	"etcdimg/internal/outdir"
 	"etcdimg/internal/render"
-	"etcdimg/internal/spec"
 	"etcdimg/pki"
 )
 
@@ -23,13 +22,9 @@ func clientCmd(a *app) *cobra.Command {
 	return c
 }
 
-// loadClient reads the built directory and checks a client's name.
-func loadClient(a *app, name string) (*spec.Cluster, outdir.Layout, error) {
-	c, dir, err := a.built()
-	if err == nil {
-		err = c.ValidClientName(name)
-	}
-	return c, dir, err
+// access names a client's access as the commands print it.
+func access(readOnly bool) string {
+	return map[bool]string{false: "read-write", true: "read-only"}[readOnly]
 }
 
 func clientAddCmd(a *app) *cobra.Command {
@@ -45,12 +40,16 @@ func clientAddCmd(a *app) *cobra.Command {
 			if err := authz.CheckPrefix(prefix); err != nil {
 				return fmt.Errorf("client add --%w", err)
 			}
-			c, dir, err := loadClient(a, name)
+			b, err := a.built()
+			if err == nil {
+				err = b.c.ValidClientName(name)
+			}
 			if err != nil {
 				return err
 			}
+			c, dir := b.c, b.dir
 			pair, err := render.AddClient(c, dir, name, render.Stamp(time.Now()), func() error {
-				e, err := adminEtcd(c, dir)
+				e, err := b.etcd()
 				if err != nil {
 					return err
 				}
@@ -69,13 +68,9 @@ func clientAddCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			access := "read-write"
-			if readOnly {
-				access = "read-only"
-			}
 			cert, _ := pki.ParseCert(pair.Cert)
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "client   %s: %s on %s (etcd user and role %s; authentication is on)\n", name, access, prefix, name)
+			fmt.Fprintf(w, "client   %s: %s on %s (etcd user and role %s; authentication is on)\n", name, access(readOnly), prefix, name)
 			fmt.Fprintf(w, "cert     %s (client authentication only, until %s)\n", dir.ClientCert(name), cert.NotAfter.Format(time.DateOnly))
 			fmt.Fprintf(w, "key      %s\n", dir.ClientKey(name))
 			fmt.Fprintf(w, "ca       %s\n", dir.PKIFile(pki.CACertFile))
@@ -88,31 +83,19 @@ func clientAddCmd(a *app) *cobra.Command {
 }
 
 func clientListCmd(a *app) *cobra.Command {
-	c := &cobra.Command{
+	return &cobra.Command{
 		Use:   "list",
 		Short: "List the application clients of the running cluster and their prefixes",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dir, err := a.built()
-			if err != nil {
-				return err
-			}
-			e, err := adminEtcd(c, dir)
-			if err != nil {
-				return err
-			}
-			cs, enabled, err := e.Clients(c.Names())
+		RunE: a.onEtcd(func(cmd *cobra.Command, _ []string, b *built, e *cluster.Etcd) error {
+			cs, enabled, err := e.Clients(b.c.Names())
 			if err != nil {
 				return err
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "authentication %s; root (the admin certificate) and the members %s hold the root role\n", map[bool]string{true: "on", false: "off"}[enabled], strings.Join(c.Names(), ", "))
+			fmt.Fprintf(w, "authentication %s; root (the admin certificate) and the members %s hold the root role\n", map[bool]string{true: "on", false: "off"}[enabled], strings.Join(b.c.Names(), ", "))
 			for _, cl := range cs {
-				access := "read-write"
-				if cl.ReadOnly {
-					access = "read-only"
-				}
-				fmt.Fprintf(w, "client   %-16s %-10s %s\n", cl.Name, access, cl.Prefix)
+				fmt.Fprintf(w, "client   %-16s %-10s %s\n", cl.Name, access(cl.ReadOnly), cl.Prefix)
 				// A client added before prefixes were checked may reach
 				// etcdimg's own keys or the API server's.
 				if err := authz.CheckPrefix(cl.Prefix); err != nil {
@@ -120,30 +103,28 @@ func clientListCmd(a *app) *cobra.Command {
 				}
 			}
 			return nil
-		},
+		}),
 	}
-	return c
 }
 
 func clientRemoveCmd(a *app) *cobra.Command {
-	c := &cobra.Command{
+	return &cobra.Command{
 		Use:   "remove NAME",
 		Short: "Delete the client's user and role on the running cluster, and move its certificate to OUT/retired",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: a.onBuilt(func(cmd *cobra.Command, args []string, b *built) error {
 			name := args[0]
-			c, dir, err := loadClient(a, name)
-			if err != nil {
+			if err := b.c.ValidClientName(name); err != nil {
 				return err
 			}
-			e, err := adminEtcd(c, dir)
+			e, err := b.etcd()
 			if err != nil {
 				return err
 			}
 			if err := e.RemoveClient(name); err != nil {
 				return err
 			}
-			moved, err := render.RetireClient(dir, name, render.Stamp(time.Now()))
+			moved, err := render.RetireClient(b.dir, name, render.Stamp(time.Now()))
 			if err != nil {
 				return err
 			}
@@ -152,7 +133,6 @@ func clientRemoveCmd(a *app) *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "retired  %s\n", strings.Join(moved, ", "))
 			}
 			return nil
-		},
+		}),
 	}
-	return c
 }

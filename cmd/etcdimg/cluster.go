@@ -5,55 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"etcdimg/cluster"
-	"etcdimg/cluster/health"
-	"etcdimg/internal/outdir"
-	"etcdimg/internal/render"
 	"etcdimg/internal/spec"
 	"etcdimg/testvm"
 	"etcdimg/testvm/local"
 )
-
-// loadBuilt reads the spec of an output directory that `build` wrote.
-func loadBuilt(out string) (*spec.Cluster, outdir.Layout, error) {
-	dir := outdir.Layout(out)
-	if !render.Exists(dir.Spec()) {
-		return nil, dir, fmt.Errorf("%s has no etcdimg.yaml; run `etcdimg build --out %s` first", out, out)
-	}
-	c, _, err := render.LoadSpec(render.Source{}, dir)
-	return c, dir, err
-}
-
-// outFlag registers --out, the output directory every command reads.
-func outFlag(c *cobra.Command, out *string) {
-	c.Flags().StringVar(out, "out", outdir.Default, "output directory")
-}
-
-// adminEtcd is the cluster's etcd API with the admin certificate, through
-// the forwarded ports under `up`, else at the members' addresses.
-func adminEtcd(c *spec.Cluster, dir outdir.Layout) (*cluster.Etcd, error) {
-	return cluster.Admin(c, dir, local.Reach(dir))
-}
-
-// builtEtcd is adminEtcd on the output directory that `build` wrote.
-func builtEtcd(a *app) (*cluster.Etcd, error) {
-	c, dir, err := a.built()
-	if err != nil {
-		return nil, err
-	}
-	return adminEtcd(c, dir)
-}
-
-func lockRun(dir outdir.Layout) (*local.Lock, error)     { return local.LockDir(dir) }
-func localState(dir outdir.Layout) (*local.State, error) { return local.Load(dir) }
 
 func upCmd(a *app) *cobra.Command {
 	var o local.UpOptions
@@ -62,11 +24,8 @@ func upCmd(a *app) *cobra.Command {
 		Use:   "up",
 		Short: "Boot every member in QEMU on one virtual LAN and wait until the cluster is healthy",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dir, err := a.built()
-			if err != nil {
-				return err
-			}
+		RunE: a.onBuilt(func(cmd *cobra.Command, _ []string, b *built) error {
+			c, dir := b.c, b.dir
 			if o.MemoryMB < 128 {
 				return usageError{fmt.Errorf("--memory %d: a member needs at least 128 MiB", o.MemoryMB)}
 			}
@@ -78,24 +37,24 @@ func upCmd(a *app) *cobra.Command {
 			}
 			w := cmd.OutOrStdout()
 			o.Cluster, o.Dir, o.Stdout, o.Stderr = c, dir, w, os.Stderr
-			b, err := local.Up(o)
+			up, err := local.Up(o)
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible()
 			defer stop()
-			if err := b.Wait(ctx, timeout); err != nil {
+			if err := up.Wait(ctx, timeout); err != nil {
 				return err
 			}
-			fmt.Fprintf(w, "cluster %s healthy in %.1fs; etcdctl: source %s, or etcdimg etcdctl -- member list\n", c.Name, time.Since(b.Started).Seconds(), local.EtcdctlEnvFile(dir))
+			fmt.Fprintf(w, "cluster %s healthy in %.1fs; etcdctl: source %s, or etcdimg etcdctl -- member list\n", c.Name, time.Since(up.Started).Seconds(), local.EtcdctlEnvFile(dir))
 			if o.Detach {
 				fmt.Fprintf(w, "running in the background; stop it with: etcdimg down --out %s\n", a.out)
 				return nil
 			}
 			fmt.Fprintf(w, "press Ctrl-C to power the cluster off (or run with --detach)\n")
-			b.Attend(ctx)
+			up.Attend(ctx)
 			return nil
-		},
+		}),
 	}
 	c.Flags().StringVar(&o.Accel, "accel", "", "kvm or tcg (default: $"+testvm.AccelEnv+", else KVM when it works here, else TCG)")
 	c.Flags().IntVar(&o.MemoryMB, "memory", 256, "guest RAM per member, MiB")
@@ -111,20 +70,16 @@ func downCmd(a *app) *cobra.Command {
 		Use:   "down",
 		Short: "Power every member off (ACPI), wait, then stop QEMU; data disks are kept",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, dir, err := a.built()
-			if err != nil {
-				return err
-			}
-			if _, err := local.Load(dir); errors.Is(err, local.ErrNotRunning) {
+		RunE: a.onBuilt(func(cmd *cobra.Command, _ []string, b *built) error {
+			if _, err := local.Load(b.dir); errors.Is(err, local.ErrNotRunning) {
 				fmt.Fprintln(cmd.OutOrStdout(), "no cluster is running from", a.out)
 				return nil
 			} else if err != nil {
 				return err
 			}
-			local.Down(cmd.OutOrStdout(), os.Stderr, dir)
+			local.Down(cmd.OutOrStdout(), os.Stderr, b.dir)
 			return nil
-		},
+		}),
 	}
 }
 
@@ -133,12 +88,8 @@ func statusCmd(a *app) *cobra.Command {
 		Use:   "status",
 		Short: "List the members, their QEMU PIDs, ports and console logs",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dir, err := a.built()
-			if err != nil {
-				return err
-			}
-			st, err := local.Load(dir)
+		RunE: a.onBuilt(func(cmd *cobra.Command, _ []string, b *built) error {
+			st, err := local.Load(b.dir)
 			if errors.Is(err, local.ErrNotRunning) {
 				fmt.Fprintf(cmd.OutOrStdout(), "not running (etcdimg up --out %s starts it)\n", a.out)
 				return errors.New("status: not running")
@@ -148,16 +99,16 @@ func statusCmd(a *app) *cobra.Command {
 			}
 			w := cmd.OutOrStdout()
 			down := st.Table(w)
-			if e, err := adminEtcd(c, dir); err != nil {
+			if e, err := b.etcd(); err != nil {
 				fmt.Fprintln(w, "last backup: unknown ("+err.Error()+")")
 			} else {
-				fmt.Fprintln(w, e.LastBackupLine(context.Background(), c.Backup.Interval))
+				fmt.Fprintln(w, e.LastBackupLine(context.Background(), b.c.Backup.Interval))
 			}
 			if down > 0 {
 				return fmt.Errorf("status: %d of %d members are not running", down, len(st.Members))
 			}
 			return nil
-		},
+		}),
 	}
 }
 
@@ -167,30 +118,9 @@ func healthCmd(a *app) *cobra.Command {
 		Use:   "health",
 		Short: "Check every member over mTLS; print ENDPOINT, HEALTH, TOOK, ERROR; exit 1 if any is unhealthy",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dir, err := a.built()
-			if err != nil {
-				return err
-			}
-			e, err := adminEtcd(c, dir)
-			if err != nil {
-				return err
-			}
-			rs := health.Check(context.Background(), e.Endpoints, e.TLS, timeout)
-			health.Table(cmd.OutOrStdout(), rs)
-			if health.Healthy(rs) {
-				if err := cluster.ConfirmClusterID(cmd.Context(), c, dir, e); err != nil {
-					fmt.Fprintf(os.Stderr, "warning: cluster ID: %v\n", err)
-				}
-			}
-			for _, w := range health.Expiring(context.Background(), e.Endpoints, e.TLS, time.Now(), health.ExpiryWindow) {
-				fmt.Fprintf(os.Stderr, "warning: %s: rebuild and roll the members (a leaf is reissued within 30 days of its end), or make a new CA\n", w)
-			}
-			if bad := health.Unhealthy(rs); len(bad) > 0 {
-				return fmt.Errorf("health: unhealthy: %s", strings.Join(bad, ", "))
-			}
-			return nil
-		},
+		RunE: a.onEtcd(func(cmd *cobra.Command, _ []string, b *built, e *cluster.Etcd) error {
+			return e.CheckHealth(cmd.Context(), b.c, b.dir, timeout, cmd.OutOrStdout(), os.Stderr)
+		}),
 	}
 	c.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "per-member timeout")
 	return c
@@ -200,22 +130,18 @@ func etcdctlCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "etcdctl [--out DIR] -- ARGS",
 		Short: "Run the built etcdctl with the admin certificate and every endpoint filled in",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, dir, err := a.built()
-			if err != nil {
-				return err
-			}
+		RunE: a.onBuilt(func(cmd *cobra.Command, args []string, b *built) error {
 			exe, err := os.Executable()
 			if err != nil {
 				return err
 			}
 			node := filepath.Join(filepath.Dir(exe), "etcdnode")
-			env := append(os.Environ(), cluster.EtcdctlEnv(c, dir, local.Reach(dir))...)
+			env := append(os.Environ(), cluster.EtcdctlEnv(b.c, b.dir, local.Reach(b.dir))...)
 			if err := syscall.Exec(node, append([]string{"etcdctl"}, args...), env); err != nil {
 				return fmt.Errorf("etcdctl: run %s: %w; build it with `make`", node, err)
 			}
 			return nil
-		},
+		}),
 	}
 }
 

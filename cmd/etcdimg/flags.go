@@ -1,16 +1,22 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"etcdimg/cluster"
 	"etcdimg/image"
 	"etcdimg/internal/layout"
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/render"
 	"etcdimg/internal/spec"
+	"etcdimg/testvm/local"
 )
 
 // app holds the flags every verb shares, registered once on the root
@@ -28,8 +34,53 @@ func (a *app) register(root *cobra.Command) {
 // dir is the output directory --out names.
 func (a *app) dir() outdir.Layout { return outdir.Layout(a.out) }
 
+// built is the output directory that `build` wrote, and its spec.
+type built struct {
+	c   *spec.Cluster
+	dir outdir.Layout
+}
+
 // built reads the spec of the output directory that `build` wrote.
-func (a *app) built() (*spec.Cluster, outdir.Layout, error) { return loadBuilt(a.out) }
+func (a *app) built() (*built, error) {
+	if !render.Exists(a.dir().Spec()) {
+		return nil, fmt.Errorf("%s has no etcdimg.yaml; run `etcdimg build --out %s` first", a.out, a.out)
+	}
+	c, _, err := render.LoadSpec(render.Source{}, a.dir())
+	return &built{c, a.dir()}, err
+}
+
+// onBuilt is a RunE that reads the built directory first, the common
+// start of the verbs that operate a built cluster.
+func (a *app) onBuilt(run func(cmd *cobra.Command, args []string, b *built) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		b, err := a.built()
+		if err != nil {
+			return err
+		}
+		return run(cmd, args, b)
+	}
+}
+
+// onEtcd is onBuilt, then the cluster's etcd API with the admin
+// certificate.
+func (a *app) onEtcd(run func(cmd *cobra.Command, args []string, b *built, e *cluster.Etcd) error) func(*cobra.Command, []string) error {
+	return a.onBuilt(func(cmd *cobra.Command, args []string, b *built) error {
+		e, err := b.etcd()
+		if err != nil {
+			return err
+		}
+		return run(cmd, args, b, e)
+	})
+}
+
+// etcd is the cluster's etcd API with the admin certificate, through the
+// forwarded ports under `up`, else at the members' addresses.
+func (b *built) etcd() (*cluster.Etcd, error) { return cluster.Admin(b.c, b.dir, local.Reach(b.dir)) }
+
+// interruptible is a context that Ctrl-C or SIGTERM cancels.
+func interruptible() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
 
 // specFlags are the flags every command that reads a spec shares; the
 // output directory is the app's.
@@ -42,10 +93,6 @@ type specFlags struct {
 func (f *specFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.config, "config", "", "cluster spec to read (default: OUT/etcdimg.yaml, else the default spec)")
 	c.Flags().IntVar(&f.nodes, "nodes", 3, "members of the default spec, when there is no spec file")
-	if f.app == nil { // a verb not yet given the shared flags keeps its own --out
-		f.app = &app{}
-		outFlag(c, &f.out)
-	}
 }
 
 func (f *specFlags) load(c *cobra.Command) (*spec.Cluster, string, error) {
@@ -53,6 +100,12 @@ func (f *specFlags) load(c *cobra.Command) (*spec.Cluster, string, error) {
 		return nil, "", err
 	}
 	return render.LoadSpec(render.Source{ConfigPath: f.config, Nodes: f.nodes, NodesSet: c.Flags().Changed("nodes")}, f.dir())
+}
+
+// cluster is the spec load reads, without where it came from.
+func (f *specFlags) cluster(c *cobra.Command) (*spec.Cluster, error) {
+	cl, _, err := f.load(c)
+	return cl, err
 }
 
 // bootFlags name the inputs every image is made from.
@@ -65,6 +118,12 @@ func (f *bootFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.bootloader, "bootloader-package", "", "Debian systemd-boot-efi package (.deb) (default: the one in the package cache)")
 	c.Flags().StringVar(&f.node, "node-binary", "", "the in-image multi-call binary (default: etcdnode beside this etcdimg)")
 	c.Flags().StringVar(&f.init, "init-binary", "", "the initramfs's /init (default: etcdinit beside this etcdimg)")
+}
+
+// check is inputs, for a command that only needs them readable.
+func (f *bootFlags) check() error {
+	_, err := f.inputs()
+	return err
 }
 
 func (f *bootFlags) inputs() (image.Inputs, error) {

@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -40,12 +37,8 @@ func memberCmd(a *app, use, short string, do func(*local.State, string) (string,
 		Use:   use,
 		Short: short,
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			_, dir, err := a.built()
-			if err != nil {
-				return err
-			}
-			st, lock, err := local.Open(dir)
+		RunE: a.onBuilt(func(cmd *cobra.Command, args []string, b *built) error {
+			st, lock, err := local.Open(b.dir)
 			if errors.Is(err, local.ErrNotRunning) {
 				return fmt.Errorf("%s: no cluster runs here under `etcdimg up`; on real machines, power the member with your platform's tools", strings.Fields(use)[0])
 			} else if err != nil {
@@ -58,7 +51,7 @@ func memberCmd(a *app, use, short string, do func(*local.State, string) (string,
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), line)
 			return nil
-		},
+		}),
 	}
 }
 
@@ -88,12 +81,12 @@ func (f *lifecycleFlags) register(c *cobra.Command) {
 // refused command changes nothing; then the images are built from the
 // current spec and PKI, before any member goes down.
 func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func(context.Context, *cluster.Lifecycle) error) (l *cluster.Lifecycle, images map[string]string, release func(), err error) {
-	c, _, err := f.spec.load(cmd)
+	c, err := f.spec.cluster(cmd)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	dir := f.spec.dir()
-	e, err := adminEtcd(c, dir)
+	e, err := cluster.Admin(c, dir, local.Reach(dir))
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -134,7 +127,7 @@ func replaceCmd(a *app) *cobra.Command {
 				return err
 			}
 			defer release()
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible()
 			defer stop()
 			start := time.Now()
 			o.Image = images[args[0]]
@@ -160,7 +153,7 @@ func (f *lifecycleFlags) roll(cmd *cobra.Command, keepDisks bool) (int, time.Dur
 		return 0, 0, err
 	}
 	defer release()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := interruptible()
 	defer stop()
 	start := time.Now()
 	if err := l.Roll(ctx, images, o); err != nil {

@@ -38,7 +38,7 @@ func rotateCertsCmd(a *app) *cobra.Command {
 			stamp := render.Stamp(time.Now())
 			var retired []string
 			f.prepare = func(dir outdir.Layout) error {
-				c, _, err := f.spec.load(cmd)
+				c, err := f.spec.cluster(cmd)
 				if err != nil {
 					return err
 				}
@@ -50,7 +50,7 @@ func rotateCertsCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, _, err := f.spec.load(cmd)
+			c, err := f.spec.cluster(cmd)
 			if err != nil {
 				return err
 			}
@@ -83,7 +83,7 @@ func rotateCACmd(a *app) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			w := cmd.OutOrStdout()
-			c, _, err := f.spec.load(cmd)
+			c, err := f.spec.cluster(cmd)
 			if err != nil {
 				return err
 			}

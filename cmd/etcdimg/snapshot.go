@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"etcdimg/cluster"
 	"etcdimg/internal/snapshot"
 )
 
@@ -26,12 +23,8 @@ func snapshotSaveCmd(a *app) *cobra.Command {
 		Use:   "save FILE",
 		Short: "Save a snapshot from the healthiest member over mTLS, verify it, then write FILE",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := builtEtcd(a)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		RunE: a.onEtcd(func(cmd *cobra.Command, args []string, _ *built, e *cluster.Etcd) error {
+			ctx, stop := interruptible()
 			defer stop()
 			s, err := e.SaveSnapshot(ctx, args[0])
 			if err != nil {
@@ -43,7 +36,7 @@ func snapshotSaveCmd(a *app) *cobra.Command {
 			snapshot.Table(w, s.Info)
 			fmt.Fprintf(w, "sha256 %s\n", s.SHA256)
 			return nil
-		},
+		}),
 	}
 }
 
