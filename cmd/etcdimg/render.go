@@ -3,17 +3,12 @@ package main
 import (
 	"fmt"
 	"os"
-	"path/filepath"
-	"slices"
-	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/render"
 	"etcdimg/internal/spec"
-	"etcdimg/pki"
 )
 
 func initCmd() *cobra.Command {
@@ -67,30 +62,7 @@ func (f *specFlags) renderLoaded(cmd *cobra.Command, c *spec.Cluster, from strin
 	for _, w := range res.Warnings {
 		fmt.Fprintf(os.Stderr, "warning: %s\n", w)
 	}
-	w := cmd.OutOrStdout()
-	state := map[bool]string{true: "written", false: "unchanged"}
-	issued := func(name, yes, no string) string {
-		return map[bool]string{true: yes, false: no}[slices.Contains(res.Issued, name)]
-	}
-	ca, _ := pki.ParseCert(res.PKI.CACert)
-	fmt.Fprintf(w, "spec     %s\n", from)
-	fmt.Fprintf(w, "CA       %s (%s, %s, until %s)\n", dir.PKIFile(pki.CACertFile), issued(pki.CACertFile, "new", "reused"), pki.KeyAlgorithm(ca), ca.NotAfter.Format(time.DateOnly))
-	for _, m := range c.Members {
-		rel, _ := dir.Rel(dir.Ignition(m.Name))
-		st, _ := os.Stat(dir.Ignition(m.Name))
-		fmt.Fprintf(w, "member   %-8s %-15s cert %-6s  %s (%d bytes, %s)\n", m.Name, m.IP, issued(pki.MemberCertFile(m.Name), "issued", "reused"), dir.Ignition(m.Name), st.Size(), state[slices.Contains(res.Changed, rel)])
-	}
-	fmt.Fprintf(w, "etcdctl  source %s\n", dir.EtcdctlEnv())
-	scrape := "plain HTTP"
-	if c.Metrics.TLS {
-		scrape = "mTLS with " + dir.PKIFile(pki.PrometheusCert)
-	}
-	fmt.Fprintf(w, "metrics  %s (%s; alert rules in %s)\n", dir.Prometheus(), scrape, render.RulesFile)
-	fmt.Fprintf(w, "k8s      %s (%s for kubeadm, %s for k3s/RKE2; the API server's certificate may use /registry/ only)\n", filepath.Join(dir.Dir(), render.KubeDir), render.KubeadmFile, render.K3sFile)
-	if len(res.Retired) > 0 {
-		fmt.Fprintf(w, "retired  %s: members no longer in the spec, moved under %s/ (their data disks are left where they are)\n", strings.Join(res.Retired, ", "), filepath.Join(dir.Dir(), render.RetiredDir))
-	}
-	fmt.Fprintf(w, "%d files, %d written, %d unchanged\n", len(res.Files), len(res.Changed), len(res.Files)-len(res.Changed))
+	res.Report(cmd.OutOrStdout(), c, dir, from)
 	return dir, res, nil
 }
 
