@@ -2,14 +2,8 @@ package pki
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -22,6 +16,7 @@ import (
 	"github.com/cloudflare/cfssl/config"
 	"github.com/cloudflare/cfssl/helpers"
 
+	"etcdimg/internal/pkitest"
 	"etcdimg/internal/spec"
 )
 
@@ -446,34 +441,6 @@ func TestCARotationPhasesKeepEveryoneTrusted(t *testing.T) {
 	}
 }
 
-// expiredCA is a CA pair whose NotAfter has passed, PEM encoded.
-func expiredCA(t *testing.T) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "etcd-ca", Organization: []string{"etcdimg"}},
-		NotBefore:             now.Add(-2 * 365 * 24 * time.Hour),
-		NotAfter:              now.Add(-time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pemOf(der), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})
-}
-
 // TestCARotationFinishesAfterTheOldCAExpired: the old CA expires between
 // the trust and the switch phase; switch and drop still run, and the
 // certificates issued after them chain to the new CA (issue 21: the
@@ -482,7 +449,7 @@ func expiredCA(t *testing.T) (certPEM, keyPEM []byte) {
 func TestCARotationFinishesAfterTheOldCAExpired(t *testing.T) {
 	c := spec.Default(3)
 	dir := filepath.Join(t.TempDir(), "pki")
-	oldCert, oldKey := expiredCA(t)
+	oldCert, oldKey := pkitest.ExpiredCA(t)
 	newCert, newKey, err := newCA(c)
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@
 //     through cluster.Driver.
 //   - Lower layers never import upper ones (Rank); firstboot's
 //     subpackages never import firstboot itself.
-//   - Test doubles (internal/etcdtest, s3test, cloudsim) are for tests
+//   - Test doubles (internal/etcdtest, s3test, cloudsim, pkitest) are for tests
 //     only.
 //
 // It has no code of its own beyond the rules.

@@ -21,7 +21,7 @@ var hostOnly = []string{
 var guestAllowed = []string{"etcdimg/ignition/ign"}
 
 // testDoubles serve tests only.
-var testDoubles = []string{"etcdimg/internal/etcdtest", "etcdimg/internal/s3test", "etcdimg/internal/cloudsim"}
+var testDoubles = []string{"etcdimg/internal/etcdtest", "etcdimg/internal/s3test", "etcdimg/internal/cloudsim", "etcdimg/internal/pkitest"}
 
 func under(pkg, prefix string) bool { return pkg == prefix || strings.HasPrefix(pkg, prefix+"/") }
 

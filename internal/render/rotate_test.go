@@ -2,20 +2,14 @@ package render
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
 	"etcdimg/internal/outdir"
+	"etcdimg/internal/pkitest"
 	"etcdimg/internal/spec"
 	"etcdimg/pki"
 )
@@ -196,7 +190,7 @@ func TestRotationGoesOnToSwitchWhenTheOldCAExpired(t *testing.T) {
 	}
 	// The old CA expired: its pair is replaced by one whose NotAfter
 	// has passed.
-	cert, key := expiredCA(t)
+	cert, key := pkitest.ExpiredCA(t)
 	bundle := append(cert, readFile(t, filepath.Join(dir.PKI(), pki.NextDir, pki.CACertFile))...)
 	if err := os.WriteFile(dir.PKIFile(pki.CACertFile), bundle, 0o644); err != nil {
 		t.Fatal(err)
@@ -240,32 +234,4 @@ func TestRetireLeavesKeepsTheCAAndTheClients(t *testing.T) {
 	if !bytes.Equal(ca, res.PKI.CACert) || !slices.Contains(res.Issued, pki.MemberCertFile("etcd-2")) {
 		t.Errorf("render after RetireLeaves: issued %v, same CA %v", res.Issued, bytes.Equal(ca, res.PKI.CACert))
 	}
-}
-
-// expiredCA is a CA pair whose NotAfter has passed, PEM encoded.
-func expiredCA(t *testing.T) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "etcd-ca", Organization: []string{"etcdimg"}},
-		NotBefore:             now.Add(-2 * 365 * 24 * time.Hour),
-		NotAfter:              now.Add(-time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})
 }
