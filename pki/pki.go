@@ -36,6 +36,7 @@ import (
 	"github.com/cloudflare/cfssl/signer/local"
 
 	"etcdimg/internal/layout"
+	"etcdimg/internal/outdir"
 	"etcdimg/internal/spec"
 )
 
@@ -52,8 +53,8 @@ const (
 // the pki directory, under kubeadm's names for it; its paths here are
 // relative to the pki directory.
 var (
-	KubeClientCert = filepath.Join("..", "kubernetes", "apiserver-etcd-client.pem")
-	KubeClientKey  = filepath.Join("..", "kubernetes", "apiserver-etcd-client-key.pem")
+	KubeClientCert = filepath.Join("..", outdir.KubeDir, "apiserver-etcd-client.pem")
+	KubeClientKey  = filepath.Join("..", outdir.KubeDir, "apiserver-etcd-client-key.pem")
 )
 
 // The metrics scraper's pair, issued when the spec's metrics.tls is on.

@@ -26,30 +26,30 @@ type Layout string
 const Default = "etcdimg-out"
 
 func (l Layout) Dir() string                { return string(l) }
-func (l Layout) Spec() string               { return filepath.Join(string(l), "etcdimg.yaml") }
-func (l Layout) PKI() string                { return filepath.Join(string(l), "pki") }
-func (l Layout) PKIFile(name string) string { return filepath.Join(string(l), "pki", name) }
+func (l Layout) Spec() string               { return filepath.Join(string(l), SpecFile) }
+func (l Layout) PKI() string                { return filepath.Join(string(l), PKIDir) }
+func (l Layout) PKIFile(name string) string { return filepath.Join(string(l), PKIDir, name) }
 func (l Layout) Ignition(member string) string {
-	return filepath.Join(string(l), "ignition", member+".ign")
+	return filepath.Join(string(l), IgnitionDir, member+".ign")
 }
 func (l Layout) Butane(member string) string {
-	return filepath.Join(string(l), "ignition", member+".bu")
+	return filepath.Join(string(l), IgnitionDir, member+".bu")
 }
-func (l Layout) EtcdctlEnv() string { return filepath.Join(string(l), "etcdctl.env") }
-func (l Layout) Prometheus() string { return filepath.Join(string(l), "prometheus.yml") }
+func (l Layout) EtcdctlEnv() string { return filepath.Join(string(l), EtcdctlEnvFile) }
+func (l Layout) Prometheus() string { return filepath.Join(string(l), PrometheusFile) }
 
 // ClusterRecord names the cluster the directory's images belong to (its
 // ID and token), recorded at the first render and kept across
 // membership changes (render.ClusterRecord).
-func (l Layout) ClusterRecord() string      { return filepath.Join(string(l), "cluster-id.json") }
-func (l Layout) ImagesDir() string          { return filepath.Join(string(l), "images") }
-func (l Layout) Image(member string) string { return filepath.Join(string(l), "images", member+".img") }
+func (l Layout) ClusterRecord() string      { return filepath.Join(string(l), ClusterRecordFile) }
+func (l Layout) ImagesDir() string          { return filepath.Join(string(l), ImagesDir) }
+func (l Layout) Image(member string) string { return filepath.Join(string(l), ImagesDir, member+".img") }
 
 // RunDir holds what a cluster under `up` needs while it runs (consoles,
 // sockets, its state file and lock, the tool configs for its forwarded
 // ports); DisksDir its members' data disks, kept across down and up.
-func (l Layout) RunDir() string   { return filepath.Join(string(l), "run") }
-func (l Layout) DisksDir() string { return filepath.Join(string(l), "disks") }
+func (l Layout) RunDir() string   { return filepath.Join(string(l), RunDirName) }
+func (l Layout) DisksDir() string { return filepath.Join(string(l), DisksDirName) }
 
 func (l Layout) Rel(path string) (string, bool) {
 	r, err := filepath.Rel(string(l), path)
@@ -395,7 +395,7 @@ func CheckFlag(dir string) error {
 // PrivateDirs hold private keys (pki), configs with keys (ignition) and
 // images with keys (images), clients' and the Kubernetes API server's keys,
 // and the S3 credentials (s3): owner-only.
-var PrivateDirs = []string{"pki", "ignition", "images", ClientsDir, "kubernetes", S3Dir}
+var PrivateDirs = []string{PKIDir, IgnitionDir, ImagesDir, ClientsDir, KubeDir, S3Dir}
 
 // Guard checks the private directories of an existing output directory
 // before a run reads or writes them. A symlink to a directory that other
@@ -459,7 +459,7 @@ func Guard(dir string) (warnings []string, err error) {
 
 // isPrivate reports whether a file in one of the PrivateDirs holds a key.
 func isPrivate(dir, name string) bool {
-	if dir == "pki" || dir == ClientsDir || dir == "kubernetes" {
+	if dir == PKIDir || dir == ClientsDir || dir == KubeDir {
 		return strings.HasSuffix(name, "-key.pem")
 	}
 	if dir == S3Dir {

@@ -6,12 +6,13 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"etcdimg/internal/outdir"
 	"etcdimg/internal/spec"
 )
 
 // RulesFile is the alert rules' file name, beside prometheus.yml, which
 // names it in rule_files (Prometheus reads it relative to its config).
-const RulesFile = "prometheus-rules.yml"
+const RulesFile = outdir.RulesFile
 
 // futureSkew is how far ahead of Prometheus' clock, in seconds, a
 // backup's time may be before it counts as from the future: the backup

@@ -7,6 +7,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"etcdimg/internal/outdir"
 	"etcdimg/internal/spec"
 )
 
@@ -15,10 +16,10 @@ import (
 // pki, CN spec.KubeAPIServerCN, whose etcd role allows /registry/ only),
 // and the settings for kubeadm and for k3s/RKE2.
 const (
-	KubeDir     = "kubernetes"
+	KubeDir     = outdir.KubeDir
 	KubeCA      = "etcd-ca.pem"
-	KubeadmFile = "kubeadm-etcd.yaml"
-	K3sFile     = "k3s-datastore.yaml"
+	KubeadmFile = outdir.KubeadmFile
+	K3sFile     = outdir.K3sFile
 )
 
 // The paths kubeadm documents for an external etcd's files on a

@@ -18,7 +18,7 @@ import (
 
 // RetiredDir is where the files of members removed from the spec go,
 // under a directory per run named by its time.
-const RetiredDir = "retired"
+const RetiredDir = outdir.RetiredDir
 
 // retire moves the files of members that are no longer in the spec (their
 // key and certificate, their configs, their images) into

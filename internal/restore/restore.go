@@ -27,9 +27,9 @@ import (
 
 // Files of the output directory this package owns.
 const (
-	PlanFile     = "restore.json"
-	SnapshotFile = "restore/snapshot.db"
-	OldDir       = "old" // where earlier clusters' images and disks go
+	PlanFile     = outdir.RestorePlanFile
+	SnapshotFile = outdir.RestoreSnapshotFile
+	OldDir       = outdir.OldDir // where earlier clusters' images and disks go
 )
 
 // Plan is restore.json: the cluster the directory now builds is a
