@@ -41,9 +41,11 @@ func (l Layout) Prometheus() string { return filepath.Join(string(l), Prometheus
 // ClusterRecord names the cluster the directory's images belong to (its
 // ID and token), recorded at the first render and kept across
 // membership changes (render.ClusterRecord).
-func (l Layout) ClusterRecord() string      { return filepath.Join(string(l), ClusterRecordFile) }
-func (l Layout) ImagesDir() string          { return filepath.Join(string(l), ImagesDir) }
-func (l Layout) Image(member string) string { return filepath.Join(string(l), ImagesDir, member+".img") }
+func (l Layout) ClusterRecord() string { return filepath.Join(string(l), ClusterRecordFile) }
+func (l Layout) ImagesDir() string     { return filepath.Join(string(l), ImagesDir) }
+func (l Layout) Image(member string) string {
+	return filepath.Join(string(l), ImagesDir, member+".img")
+}
 
 // RunDir holds what a cluster under `up` needs while it runs (consoles,
 // sockets, its state file and lock, the tool configs for its forwarded
