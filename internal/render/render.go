@@ -1,9 +1,3 @@
-// Package render turns a validated spec into an output directory: the spec
-// itself, the PKI, one Ignition config (and its Butane source) per member,
-// an etcdctl environment file and a Prometheus scrape config.
-//
-// Everything is computed and validated in memory first; only then is the
-// directory written, through outdir. A run that fails writes nothing.
 package render
 
 import (
