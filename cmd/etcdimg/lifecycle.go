@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/cluster"
 	"etcdimg/internal/outdir"
+	"etcdimg/internal/spec"
 	"etcdimg/testvm/local"
 )
 
@@ -63,9 +62,6 @@ type lifecycleFlags struct {
 	// allowOutage accepts a step that leaves fewer voters than a quorum
 	// (a one- or two-member cluster), with disks kept only.
 	allowOutage bool
-	// prepare, when set, runs after the check and before the images are
-	// built (rotate moves the certificates aside there).
-	prepare func(outdir.Layout) error
 }
 
 func (f *lifecycleFlags) register(c *cobra.Command) {
@@ -75,40 +71,28 @@ func (f *lifecycleFlags) register(c *cobra.Command) {
 	c.Flags().BoolVar(&f.allowOutage, "allow-outage", false, "with kept disks, accept that a one- or two-member cluster stops taking writes while a member is down")
 }
 
-// lifecycle sets up a Lifecycle on the local cluster (holding its lock
-// until release) or, with none running, on the real deployment at the
-// spec's addresses. check runs before any image is built, so that a
-// refused command changes nothing; then the images are built from the
-// current spec and PKI, before any member goes down.
-func (f *lifecycleFlags) lifecycle(cmd *cobra.Command, only []string, check func(context.Context, *cluster.Lifecycle) error) (l *cluster.Lifecycle, images map[string]string, release func(), err error) {
+// options are the flags' local.LifecycleOptions: the images are built as
+// `build` builds them; prepare, when set, runs after the check and before
+// the images are built.
+func (f *lifecycleFlags) options(cmd *cobra.Command, prepare func(*spec.Cluster, outdir.Layout) error) (local.LifecycleOptions, error) {
 	c, err := f.spec.cluster(cmd)
+	return local.LifecycleOptions{
+		Cluster: c, Dir: f.spec.dir(), Timeout: f.timeout, AllowOutage: f.allowOutage, Out: cmd.OutOrStdout(), Prepare: prepare,
+		Build: func(only []string) (map[string]string, error) {
+			_, _, images, err := buildImages(cmd, &f.spec, &f.boot, nil, only)
+			return images, err
+		},
+		Interruptible: interruptible,
+	}, err
+}
+
+// roll is local.Roll with the flags.
+func (f *lifecycleFlags) roll(cmd *cobra.Command, keepDisks bool, prepare func(*spec.Cluster, outdir.Layout) error) (int, time.Duration, error) {
+	o, err := f.options(cmd, prepare)
 	if err != nil {
-		return nil, nil, nil, err
+		return 0, 0, err
 	}
-	dir := f.spec.dir()
-	e, err := cluster.Admin(c, dir, local.Reach(dir))
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	w := cmd.OutOrStdout()
-	l = &cluster.Lifecycle{
-		Etcd: e, Members: c.Names(), Timeout: f.timeout,
-		Say: func(step string, took time.Duration) { fmt.Fprintf(w, "%-70s %6.1fs\n", step, took.Seconds()) },
-	}
-	if release, err = local.Lifecycle(cmd.Context(), c, dir, l, w, check); err != nil {
-		return nil, nil, nil, err
-	}
-	if f.prepare != nil {
-		err = f.prepare(dir)
-	}
-	if err == nil {
-		_, _, images, err = buildImages(cmd, &f.spec, &f.boot, nil, only)
-	}
-	if err != nil {
-		release()
-		return nil, nil, nil, err
-	}
-	return l, images, release, nil
+	return local.Roll(cmd.Context(), o, keepDisks)
 }
 
 func replaceCmd(a *app) *cobra.Command {
@@ -119,47 +103,21 @@ func replaceCmd(a *app) *cobra.Command {
 		Short: "Rebuild NAME's image, power it off, swap its OS disk (and its data disk for a blank one), boot it, wait until it is a voter again",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o := cluster.ReplaceOptions{KeepDisk: keepDisk, AllowOutage: f.allowOutage}
-			l, images, release, err := f.lifecycle(cmd, args[:1], func(ctx context.Context, l *cluster.Lifecycle) error {
-				return l.CheckReplace(ctx, args[0], o)
-			})
+			o, err := f.options(cmd, nil)
 			if err != nil {
 				return err
 			}
-			defer release()
-			ctx, stop := interruptible()
-			defer stop()
-			start := time.Now()
-			o.Image = images[args[0]]
-			if err := l.Replace(ctx, args[0], o); err != nil {
+			took, err := local.Replace(cmd.Context(), o, args[0], keepDisk)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "replaced %s in %.1fs\n", args[0], time.Since(start).Seconds())
+			fmt.Fprintf(cmd.OutOrStdout(), "replaced %s in %.1fs\n", args[0], took.Seconds())
 			return nil
 		},
 	}
 	f.register(c)
 	c.Flags().BoolVar(&keepDisk, "keep-disk", false, "keep the member's data disk (and its identity) instead of giving it a blank one")
 	return c
-}
-
-// roll checks that every member is healthy, builds the images, and
-// replaces the members in turn (keeping their data disks or not); it
-// returns how many it rolled and how long the roll took.
-func (f *lifecycleFlags) roll(cmd *cobra.Command, keepDisks bool) (int, time.Duration, error) {
-	o := cluster.RollOptions{KeepDisks: keepDisks, AllowOutage: f.allowOutage}
-	l, images, release, err := f.lifecycle(cmd, nil, func(ctx context.Context, l *cluster.Lifecycle) error { return l.CheckRoll(ctx, o) })
-	if err != nil {
-		return 0, 0, err
-	}
-	defer release()
-	ctx, stop := interruptible()
-	defer stop()
-	start := time.Now()
-	if err := l.Roll(ctx, images, o); err != nil {
-		return 0, 0, err
-	}
-	return len(images), time.Since(start), nil
 }
 
 func rollCmd(a *app) *cobra.Command {
@@ -170,7 +128,7 @@ func rollCmd(a *app) *cobra.Command {
 		Short: "Replace every member in turn, followers first, the leader last; refuses unless all are healthy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			n, took, err := f.roll(cmd, keepDisks)
+			n, took, err := f.roll(cmd, keepDisks, nil)
 			if err != nil {
 				return err
 			}

@@ -8,6 +8,7 @@ import (
 
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/render"
+	"etcdimg/internal/spec"
 )
 
 func rotateCmd(a *app) *cobra.Command {
@@ -33,16 +34,11 @@ func rotateCertsCmd(a *app) *cobra.Command {
 			w := cmd.OutOrStdout()
 			stamp := render.Stamp(time.Now())
 			var retired []string
-			f.prepare = func(dir outdir.Layout) error {
-				c, err := f.spec.cluster(cmd)
-				if err != nil {
-					return err
-				}
+			n, took, err := f.roll(cmd, true, func(c *spec.Cluster, dir outdir.Layout) error {
 				moved, err := render.RetireLeaves(c, dir, stamp)
 				retired = moved
 				return err
-			}
-			n, took, err := f.roll(cmd, true)
+			})
 			if err != nil {
 				return err
 			}
@@ -83,8 +79,7 @@ func rotateCACmd(a *app) *cobra.Command {
 				return render.RotationFinished(w, dir, stamp)
 			}
 			s.Opening(w)
-			f.prepare = func(dir outdir.Layout) error { return s.Write(c, dir, stamp) }
-			n, took, err := f.roll(cmd, true)
+			n, took, err := f.roll(cmd, true, func(c *spec.Cluster, dir outdir.Layout) error { return s.Write(c, dir, stamp) })
 			if err != nil {
 				return fmt.Errorf("rotate ca, %s phase: %w; run `etcdimg rotate ca` again to resume it", phase, err)
 			}

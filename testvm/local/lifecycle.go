@@ -1,0 +1,108 @@
+package local
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"etcdimg/cluster"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/spec"
+)
+
+// LifecycleOptions are what replace, roll and rotate share: the cluster
+// of a built directory, operated under `up` here or at the spec's
+// addresses (see Lifecycle), and how its new images are made.
+type LifecycleOptions struct {
+	Cluster *spec.Cluster
+	Dir     outdir.Layout
+	Timeout time.Duration // how long a replaced member has to rejoin
+	// AllowOutage accepts a step that leaves fewer voters than a quorum
+	// (a one- or two-member cluster), with disks kept only.
+	AllowOutage bool
+	Out         io.Writer // where each step is said, with how long it took
+	// Prepare, when set, runs after the check and before the images are
+	// built (rotate moves the certificates aside there).
+	Prepare func(*spec.Cluster, outdir.Layout) error
+	// Build builds the images from the current spec and PKI (of the
+	// members in only, or of every one when nil) and returns each
+	// member's raw image.
+	Build func(only []string) (map[string]string, error)
+	// Interruptible, when set, makes the context the members go down
+	// under, once the images are built (the command's, that Ctrl-C
+	// cancels); else that context is ctx.
+	Interruptible func() (context.Context, context.CancelFunc)
+}
+
+// Replace replaces member (cluster.Lifecycle.Replace) with a new image of
+// it, keeping its data disk or not, and returns how long the replacement
+// took once the image was built.
+func Replace(ctx context.Context, o LifecycleOptions, member string, keepDisk bool) (time.Duration, error) {
+	ro := cluster.ReplaceOptions{KeepDisk: keepDisk, AllowOutage: o.AllowOutage}
+	var took time.Duration
+	err := o.run(ctx, []string{member}, func(ctx context.Context, l *cluster.Lifecycle) error {
+		return l.CheckReplace(ctx, member, ro)
+	}, func(ctx context.Context, l *cluster.Lifecycle, images map[string]string) error {
+		start := time.Now()
+		ro.Image = images[member]
+		err := l.Replace(ctx, member, ro)
+		took = time.Since(start)
+		return err
+	})
+	return took, err
+}
+
+// Roll checks that every member is healthy, builds the images, and
+// replaces the members in turn (cluster.Lifecycle.Roll), keeping their
+// data disks or not; it returns how many it rolled and how long the roll
+// took.
+func Roll(ctx context.Context, o LifecycleOptions, keepDisks bool) (n int, took time.Duration, err error) {
+	ro := cluster.RollOptions{KeepDisks: keepDisks, AllowOutage: o.AllowOutage}
+	err = o.run(ctx, nil, func(ctx context.Context, l *cluster.Lifecycle) error {
+		return l.CheckRoll(ctx, ro)
+	}, func(ctx context.Context, l *cluster.Lifecycle, images map[string]string) error {
+		start := time.Now()
+		err := l.Roll(ctx, images, ro)
+		n, took = len(images), time.Since(start)
+		return err
+	})
+	return n, took, err
+}
+
+// run sets up a Lifecycle on the cluster with the admin certificate
+// (Lifecycle: under `up`, it holds the run directory's lock until run
+// returns). check runs before any image is built, so that a refused
+// command changes nothing; then Prepare, then the images are built from
+// the current spec and PKI, before run takes any member down.
+func (o LifecycleOptions) run(ctx context.Context, only []string, check func(context.Context, *cluster.Lifecycle) error, run func(context.Context, *cluster.Lifecycle, map[string]string) error) error {
+	e, err := cluster.Admin(o.Cluster, o.Dir, Reach(o.Dir))
+	if err != nil {
+		return err
+	}
+	l := &cluster.Lifecycle{
+		Etcd: e, Members: o.Cluster.Names(), Timeout: o.Timeout,
+		Say: func(step string, took time.Duration) { fmt.Fprintf(o.Out, "%-70s %6.1fs\n", step, took.Seconds()) },
+	}
+	release, err := Lifecycle(ctx, o.Cluster, o.Dir, l, o.Out, check)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if o.Prepare != nil {
+		if err := o.Prepare(o.Cluster, o.Dir); err != nil {
+			return err
+		}
+	}
+	images, err := o.Build(only)
+	if err != nil {
+		return err
+	}
+	interruptible := o.Interruptible
+	if interruptible == nil {
+		interruptible = func() (context.Context, context.CancelFunc) { return context.WithCancel(ctx) }
+	}
+	ctx, stop := interruptible()
+	defer stop()
+	return run(ctx, l, images)
+}
