@@ -44,7 +44,7 @@ func chaosCmd(a *app) *cobra.Command {
 			// replace and roll boot images made from the current spec
 			// and PKI, as the commands do; built before any fault.
 			if chaos.NeedsImages(plan) {
-				if _, _, o.Images, err = buildImages(cmd, &sf, &bf, nil, nil); err != nil {
+				if o.Images, err = buildImages(cmd, &sf, &bf, nil, nil); err != nil {
 					return err
 				}
 			}

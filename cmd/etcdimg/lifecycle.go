@@ -79,7 +79,7 @@ func (f *lifecycleFlags) options(cmd *cobra.Command, prepare func(*spec.Cluster,
 	return local.LifecycleOptions{
 		Cluster: c, Dir: f.spec.dir(), Timeout: f.timeout, AllowOutage: f.allowOutage, Out: cmd.OutOrStdout(), Prepare: prepare,
 		Build: func(only []string) (map[string]string, error) {
-			_, _, images, err := buildImages(cmd, &f.spec, &f.boot, nil, only)
+			images, err := buildImages(cmd, &f.spec, &f.boot, nil, only)
 			return images, err
 		},
 		Interruptible: interruptible,

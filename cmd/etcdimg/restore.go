@@ -44,7 +44,7 @@ data disk; then run ` + "`etcdimg up`" + `.`,
 				fmt.Fprintf(w, "set aside %s in %s\n", strings.Join(res.Moved, ", "), filepath.Join(dir.Dir(), res.Aside))
 			}
 			fmt.Fprintf(w, "new cluster token %s: members of the old cluster can never join this one\n", res.Plan.Token)
-			if _, _, _, err := buildImages(cmd, &f, &bf, nil, nil); err != nil {
+			if _, err := buildImages(cmd, &f, &bf, nil, nil); err != nil {
 				return fmt.Errorf("%w; the restore is planned (%s): fix this and run `etcdimg build --out %s`", err, filepath.Join(dir.Dir(), restore.PlanFile), dir.Dir())
 			}
 			fmt.Fprintf(w, "next: etcdimg up --out %s (each member restores the snapshot on its blank data disk)\n", dir.Dir())
