@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"etcdimg/cluster"
-	"etcdimg/internal/spec"
 	"etcdimg/testvm"
 	"etcdimg/testvm/local"
 )
@@ -25,35 +24,20 @@ func upCmd(a *app) *cobra.Command {
 		Short: "Boot every member in QEMU on one virtual LAN and wait until the cluster is healthy",
 		Args:  cobra.NoArgs,
 		RunE: a.onBuilt(func(cmd *cobra.Command, _ []string, b *built) error {
-			c, dir := b.c, b.dir
-			if o.MemoryMB < 128 {
-				return usageError{fmt.Errorf("--memory %d: a member needs at least 128 MiB", o.MemoryMB)}
-			}
 			if !cmd.Flags().Changed("data-size") {
-				o.DataSize = local.DefaultDataSize(c)
+				o.DataSize = local.DefaultDataSize(b.c)
 			}
-			if o.DataSize < 256*spec.MiB {
-				return usageError{fmt.Errorf("--data-size %s: a data disk needs at least 256MiB", o.DataSize)}
+			if err := o.Check(); err != nil {
+				return usageError{err}
 			}
-			w := cmd.OutOrStdout()
-			o.Cluster, o.Dir, o.Stdout, o.Stderr = c, dir, w, os.Stderr
+			o.Cluster, o.Dir, o.Stdout, o.Stderr = b.c, b.dir, cmd.OutOrStdout(), os.Stderr
 			up, err := local.Up(o)
 			if err != nil {
 				return err
 			}
 			ctx, stop := interruptible()
 			defer stop()
-			if err := up.Wait(ctx, timeout); err != nil {
-				return err
-			}
-			fmt.Fprintf(w, "cluster %s healthy in %.1fs; etcdctl: source %s, or etcdimg etcdctl -- member list\n", c.Name, time.Since(up.Started).Seconds(), local.EtcdctlEnvFile(dir))
-			if o.Detach {
-				fmt.Fprintf(w, "running in the background; stop it with: etcdimg down --out %s\n", a.out)
-				return nil
-			}
-			fmt.Fprintf(w, "press Ctrl-C to power the cluster off (or run with --detach)\n")
-			up.Attend(ctx)
-			return nil
+			return up.Run(ctx, timeout)
 		}),
 	}
 	c.Flags().StringVar(&o.Accel, "accel", "", "kvm or tcg (default: $"+testvm.AccelEnv+", else KVM when it works here, else TCG)")

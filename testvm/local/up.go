@@ -41,6 +41,18 @@ type UpOptions struct {
 // etcd's own quota alarm; pass --data-size to keep the spec's quota.
 func DefaultDataSize(*spec.Cluster) spec.Size { return spec.GiB }
 
+// Check refuses, before anything boots, members too small to run: less
+// than 128 MiB of RAM, or a data disk under 256 MiB.
+func (o UpOptions) Check() error {
+	if o.MemoryMB < 128 {
+		return fmt.Errorf("--memory %d: a member needs at least 128 MiB", o.MemoryMB)
+	}
+	if o.DataSize < 256*spec.MiB {
+		return fmt.Errorf("--data-size %s: a data disk needs at least 256MiB", o.DataSize)
+	}
+	return nil
+}
+
 // Booted is a cluster Up started: its state, and its etcd API through
 // the forwarded ports with the admin certificate.
 type Booted struct {
@@ -147,6 +159,30 @@ func (b *Booted) Wait(ctx context.Context, timeout time.Duration) error {
 		fmt.Fprintf(o.Stderr, "warning: cluster ID: %v\n", err)
 	}
 	return nil
+}
+
+// Run waits until the cluster is healthy (Wait), says how to reach it,
+// and, unless Detach, keeps it in the foreground (Attend).
+func (b *Booted) Run(ctx context.Context, timeout time.Duration) error {
+	if err := b.Wait(ctx, timeout); err != nil {
+		return err
+	}
+	if b.ready(time.Now()); !b.o.Detach {
+		b.Attend(ctx)
+	}
+	return nil
+}
+
+// ready says on Stdout that the cluster is healthy, how long it took
+// until now, how to reach it, and how to stop it.
+func (b *Booted) ready(now time.Time) {
+	w, dir := b.o.Stdout, b.o.Dir
+	fmt.Fprintf(w, "cluster %s healthy in %.1fs; etcdctl: source %s, or etcdimg etcdctl -- member list\n", b.o.Cluster.Name, now.Sub(b.Started).Seconds(), EtcdctlEnvFile(dir))
+	if b.o.Detach {
+		fmt.Fprintf(w, "running in the background; stop it with: etcdimg down --out %s\n", dir.Dir())
+	} else {
+		fmt.Fprintf(w, "press Ctrl-C to power the cluster off (or run with --detach)\n")
+	}
 }
 
 // Attend keeps the cluster in the foreground: once ctx ends (Ctrl-C) or

@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -179,6 +180,45 @@ func TestTableCountsStoppedMembers(t *testing.T) {
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// TestUpOptionsCheck refuses members too small to run, RAM first, and
+// names the flag and the floor.
+func TestUpOptionsCheck(t *testing.T) {
+	for _, tc := range []struct {
+		memory int
+		data   spec.Size
+		want   string
+	}{
+		{256, spec.GiB, ""},
+		{128, 256 * spec.MiB, ""},
+		{127, 100 * spec.MiB, "--memory 127: a member needs at least 128 MiB"},
+		{128, 255 * spec.MiB, "--data-size 255MiB: a data disk needs at least 256MiB"},
+	} {
+		err := UpOptions{MemoryMB: tc.memory, DataSize: tc.data}.Check()
+		if got := fmt.Sprint(err); (tc.want == "" && err != nil) || (tc.want != "" && got != tc.want) {
+			t.Errorf("%d MiB, %s: %v, want %q", tc.memory, tc.data, err, tc.want)
+		}
+	}
+}
+
+// TestReadySaysHowToReachAndStopTheCluster: once healthy, up names the
+// etcdctl environment, then how the cluster stops: `etcdimg down` when
+// detached, else Ctrl-C.
+func TestReadySaysHowToReachAndStopTheCluster(t *testing.T) {
+	started := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for detach, last := range map[bool]string{
+		true:  "running in the background; stop it with: etcdimg down --out out\n",
+		false: "press Ctrl-C to power the cluster off (or run with --detach)\n",
+	} {
+		var w strings.Builder
+		b := &Booted{Started: started, o: UpOptions{Cluster: spec.Default(1), Dir: "out", Detach: detach, Stdout: &w}}
+		b.ready(started.Add(12340 * time.Millisecond))
+		want := "cluster " + spec.Default(1).Name + " healthy in 12.3s; etcdctl: source " + filepath.Join("out", "run", "etcdctl.env") + ", or etcdimg etcdctl -- member list\n" + last
+		if w.String() != want {
+			t.Errorf("detach %v:\n%s\nwant\n%s", detach, w.String(), want)
 		}
 	}
 }
