@@ -2,15 +2,13 @@ package main
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"etcdimg/cluster"
 	"etcdimg/internal/authz"
-	"etcdimg/internal/render"
-	"etcdimg/pki"
+	"etcdimg/testvm/local"
 )
 
 func clientCmd(a *app) *cobra.Command {
@@ -20,11 +18,6 @@ func clientCmd(a *app) *cobra.Command {
 	}
 	c.AddCommand(clientAddCmd(a), clientListCmd(a), clientRemoveCmd(a))
 	return c
-}
-
-// access names a client's access as the commands print it.
-func access(readOnly bool) string {
-	return map[bool]string{false: "read-write", true: "read-only"}[readOnly]
 }
 
 func clientAddCmd(a *app) *cobra.Command {
@@ -47,34 +40,8 @@ func clientAddCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, dir := b.c, b.dir
-			pair, err := render.AddClient(c, dir, name, render.Stamp(time.Now()), func() error {
-				e, err := b.etcd()
-				if err != nil {
-					return err
-				}
-				added, err := e.AddClient(c.Names(), authz.Client{Name: name, Prefix: prefix, ReadOnly: readOnly})
-				if err != nil {
-					return err
-				}
-				for _, o := range added.Overlaps {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s's prefix %s overlaps client %s's %s: each reaches keys of the other; give each client a prefix of its own unless it is meant (a read-only auditor)\n", name, prefix, o.Name, o.Prefix)
-				}
-				if len(added.Pruned) > 0 {
-					fmt.Fprintf(cmd.ErrOrStderr(), "removed  the etcd users of %s: members no longer in the spec nor the cluster, whose certificates were still root\n", strings.Join(added.Pruned, ", "))
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			cert, _ := pki.ParseCert(pair.Cert)
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "client   %s: %s on %s (etcd user and role %s; authentication is on)\n", name, access(readOnly), prefix, name)
-			fmt.Fprintf(w, "cert     %s (client authentication only, until %s)\n", dir.ClientCert(name), cert.NotAfter.Format(time.DateOnly))
-			fmt.Fprintf(w, "key      %s\n", dir.ClientKey(name))
-			fmt.Fprintf(w, "ca       %s\n", dir.PKIFile(pki.CACertFile))
-			return nil
+			cl := authz.Client{Name: name, Prefix: prefix, ReadOnly: readOnly}
+			return cluster.IssueClient(cmd.OutOrStdout(), cmd.ErrOrStderr(), b.c, b.dir, local.Reach(b.dir), cl, time.Now())
 		},
 	}
 	c.Flags().StringVar(&prefix, "prefix", "", "the key prefix the client may use, such as /app/")
@@ -88,21 +55,7 @@ func clientListCmd(a *app) *cobra.Command {
 		Short: "List the application clients of the running cluster and their prefixes",
 		Args:  cobra.NoArgs,
 		RunE: a.onEtcd(func(cmd *cobra.Command, _ []string, b *built, e *cluster.Etcd) error {
-			cs, enabled, err := e.Clients(b.c.Names())
-			if err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "authentication %s; root (the admin certificate) and the members %s hold the root role\n", map[bool]string{true: "on", false: "off"}[enabled], strings.Join(b.c.Names(), ", "))
-			for _, cl := range cs {
-				fmt.Fprintf(w, "client   %-16s %-10s %s\n", cl.Name, access(cl.ReadOnly), cl.Prefix)
-				// A client added before prefixes were checked may reach
-				// etcdimg's own keys or the API server's.
-				if err := authz.CheckPrefix(cl.Prefix); err != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: client %s: %v; remove it (etcdimg client remove %s) and add it again with a narrower prefix\n", cl.Name, err, cl.Name)
-				}
-			}
-			return nil
+			return e.ListClients(cmd.OutOrStdout(), cmd.ErrOrStderr(), b.c.Names())
 		}),
 	}
 }
@@ -121,18 +74,7 @@ func clientRemoveCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := e.RemoveClient(name); err != nil {
-				return err
-			}
-			moved, err := render.RetireClient(b.dir, name, render.Stamp(time.Now()))
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "client   %s removed: its user and role are gone, so its certificate is refused for every key\n", name)
-			if len(moved) > 0 {
-				fmt.Fprintf(cmd.OutOrStdout(), "retired  %s\n", strings.Join(moved, ", "))
-			}
-			return nil
+			return e.DropClient(cmd.OutOrStdout(), b.dir, name, time.Now())
 		}),
 	}
 }
