@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -55,14 +53,7 @@ func downCmd(a *app) *cobra.Command {
 		Short: "Power every member off (ACPI), wait, then stop QEMU; data disks are kept",
 		Args:  cobra.NoArgs,
 		RunE: a.onBuilt(func(cmd *cobra.Command, _ []string, b *built) error {
-			if _, err := local.Load(b.dir); errors.Is(err, local.ErrNotRunning) {
-				fmt.Fprintln(cmd.OutOrStdout(), "no cluster is running from", a.out)
-				return nil
-			} else if err != nil {
-				return err
-			}
-			local.Down(cmd.OutOrStdout(), os.Stderr, b.dir)
-			return nil
+			return local.PowerOff(cmd.OutOrStdout(), os.Stderr, b.dir)
 		}),
 	}
 }
@@ -73,25 +64,7 @@ func statusCmd(a *app) *cobra.Command {
 		Short: "List the members, their QEMU PIDs, ports and console logs",
 		Args:  cobra.NoArgs,
 		RunE: a.onBuilt(func(cmd *cobra.Command, _ []string, b *built) error {
-			st, err := local.Load(b.dir)
-			if errors.Is(err, local.ErrNotRunning) {
-				fmt.Fprintf(cmd.OutOrStdout(), "not running (etcdimg up --out %s starts it)\n", a.out)
-				return errors.New("status: not running")
-			}
-			if err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			down := st.Table(w)
-			if e, err := b.etcd(); err != nil {
-				fmt.Fprintln(w, "last backup: unknown ("+err.Error()+")")
-			} else {
-				fmt.Fprintln(w, e.LastBackupLine(context.Background(), b.c.Backup.Interval))
-			}
-			if down > 0 {
-				return fmt.Errorf("status: %d of %d members are not running", down, len(st.Members))
-			}
-			return nil
+			return local.Status(cmd.OutOrStdout(), b.c, b.dir)
 		}),
 	}
 }

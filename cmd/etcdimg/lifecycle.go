@@ -1,9 +1,7 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,37 +12,21 @@ import (
 )
 
 func stopCmd(a *app) *cobra.Command {
-	return memberCmd(a, "stop NAME", "Power one member off (ACPI) and keep its disks", func(st *local.State, name string) (string, error) {
-		return st.Stop(name, time.Minute)
-	})
+	return memberCmd(a, "stop NAME", "Power one member off (ACPI) and keep its disks", local.StopMember)
 }
 
 func startCmd(a *app) *cobra.Command {
-	return memberCmd(a, "start NAME", "Boot one stopped member from its image and data disk", func(st *local.State, name string) (string, error) {
-		if err := st.Start(name); err != nil {
-			return "", err
-		}
-		m, _ := st.Member(name)
-		return fmt.Sprintf("%s: booting %s (pid %d), console %s", m.Name, m.Image, m.QEMU.PID, m.Console), nil
-	})
+	return memberCmd(a, "start NAME", "Boot one stopped member from its image and data disk", local.StartMember)
 }
 
-// memberCmd is a command on one member of the local cluster, run under
-// the run directory's lock.
-func memberCmd(a *app, use, short string, do func(*local.State, string) (string, error)) *cobra.Command {
+// memberCmd is a command on one member of the local cluster.
+func memberCmd(a *app, use, short string, do func(outdir.Layout, string) (string, error)) *cobra.Command {
 	return &cobra.Command{
 		Use:   use,
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: a.onBuilt(func(cmd *cobra.Command, args []string, b *built) error {
-			st, lock, err := local.Open(b.dir)
-			if errors.Is(err, local.ErrNotRunning) {
-				return fmt.Errorf("%s: no cluster runs here under `etcdimg up`; on real machines, power the member with your platform's tools", strings.Fields(use)[0])
-			} else if err != nil {
-				return err
-			}
-			defer lock.Unlock()
-			line, err := do(st, args[0])
+			line, err := do(b.dir, args[0])
 			if err != nil {
 				return err
 			}
