@@ -1,14 +1,10 @@
 package main
 
 import (
-	"fmt"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"etcdimg/internal/restore"
 	"etcdimg/internal/spec"
 	"etcdimg/testvm/local"
 )
@@ -29,26 +25,13 @@ carry the snapshot. Each member restores it on its first boot with a blank
 data disk; then run ` + "`etcdimg up`" + `.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir := a.dir()
-			res, done, err := local.Restore(local.RestoreOptions{
-				Dir: dir, From: from, Endpoint: endpoint, SkipHash: skipHash, SpecGiven: f.config != "", Now: time.Now(),
+			return local.RestoreImages(local.RestoreOptions{
+				Dir: a.dir(), From: from, Endpoint: endpoint, SkipHash: skipHash, SpecGiven: f.config != "", Now: time.Now(),
 				Spec: func() (*spec.Cluster, error) { return f.cluster(cmd) }, Inputs: bf.check,
-			})
-			if err != nil {
+			}, cmd.OutOrStdout(), func() error {
+				_, err := buildImages(cmd, &f, &bf, nil, nil)
 				return err
-			}
-			defer done()
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "snapshot %s verified: revision %d, %d keys, %.1f MiB, sha256 %s\n", from, res.Info.Revision, res.Info.TotalKeys, mib(res.Info.Size), res.Info.SHA256)
-			if len(res.Moved) > 0 {
-				fmt.Fprintf(w, "set aside %s in %s\n", strings.Join(res.Moved, ", "), filepath.Join(dir.Dir(), res.Aside))
-			}
-			fmt.Fprintf(w, "new cluster token %s: members of the old cluster can never join this one\n", res.Plan.Token)
-			if _, err := buildImages(cmd, &f, &bf, nil, nil); err != nil {
-				return fmt.Errorf("%w; the restore is planned (%s): fix this and run `etcdimg build --out %s`", err, filepath.Join(dir.Dir(), restore.PlanFile), dir.Dir())
-			}
-			fmt.Fprintf(w, "next: etcdimg up --out %s (each member restores the snapshot on its blank data disk)\n", dir.Dir())
-			return nil
+			})
 		},
 	}
 	f.register(c)

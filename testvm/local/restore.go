@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,6 +96,29 @@ func Restore(o RestoreOptions) (res *restore.Result, done func(), err error) {
 		return nil, nil, err
 	}
 	return res, release, nil
+}
+
+// RestoreImages is Restore, then it says on w what it verified, set
+// aside and chose, and runs build (the images that carry the snapshot)
+// under the lock. A build that fails leaves the restore planned: its
+// error says how to finish.
+func RestoreImages(o RestoreOptions, w io.Writer, build func() error) error {
+	res, done, err := Restore(o)
+	if err != nil {
+		return err
+	}
+	defer done()
+	dir, info := o.Dir, res.Info
+	fmt.Fprintf(w, "snapshot %s verified: revision %d, %d keys, %.1f MiB, sha256 %s\n", o.From, info.Revision, info.TotalKeys, float64(info.Size)/(1<<20), info.SHA256)
+	if len(res.Moved) > 0 {
+		fmt.Fprintf(w, "set aside %s in %s\n", strings.Join(res.Moved, ", "), filepath.Join(dir.Dir(), res.Aside))
+	}
+	fmt.Fprintf(w, "new cluster token %s: members of the old cluster can never join this one\n", res.Plan.Token)
+	if err := build(); err != nil {
+		return fmt.Errorf("%w; the restore is planned (%s): fix this and run `etcdimg build --out %s`", err, filepath.Join(dir.Dir(), restore.PlanFile), dir.Dir())
+	}
+	fmt.Fprintf(w, "next: etcdimg up --out %s (each member restores the snapshot on its blank data disk)\n", dir.Dir())
+	return nil
 }
 
 // fetchS3 downloads s3://BUCKET/KEY (rest is BUCKET/KEY) from the spec's

@@ -2,6 +2,8 @@ package local
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,4 +125,52 @@ func snapshotOf(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestRestoreImagesSaysWhatItDidAndBuildsUnderTheLock: the snapshot
+// verified, what was set aside and the new token come first; build runs
+// while the lock is held; a failed build leaves the plan and says how to
+// finish, a good one says what is next; either way the lock is released.
+func TestRestoreImagesSaysWhatItDidAndBuildsUnderTheLock(t *testing.T) {
+	dir := outdir.Layout(t.TempDir())
+	snap := snapshotOf(t)
+	os.MkdirAll(filepath.Join(dir.Dir(), "images"), 0o700)
+	var asked []string
+	failed := errors.New("no kernel")
+	build := func(err error) func() error {
+		return func() error {
+			if _, lerr := LockDir(dir); lerr == nil {
+				t.Error("built without the lock")
+			}
+			return err
+		}
+	}
+	var w strings.Builder
+	err := RestoreImages(restoreOptions(dir, snap, &asked), &w, build(failed))
+	want := fmt.Sprintf("no kernel; the restore is planned (%s): fix this and run `etcdimg build --out %s`", filepath.Join(dir.Dir(), restore.PlanFile), dir.Dir())
+	if !errors.Is(err, failed) || err.Error() != want {
+		t.Errorf("failed build: %v, want %s", err, want)
+	}
+	plan, perr := restore.Load(dir)
+	if perr != nil || plan == nil {
+		t.Fatalf("no plan after a failed build: %v", perr)
+	}
+	lines := strings.Split(strings.TrimSuffix(w.String(), "\n"), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "snapshot "+snap+" verified: revision ") ||
+		!strings.HasPrefix(lines[1], "set aside images in "+filepath.Join(dir.Dir(), "old")) ||
+		lines[2] != "new cluster token "+plan.Token+": members of the old cluster can never join this one" {
+		t.Errorf("said:\n%s", w.String())
+	}
+	w.Reset()
+	if err := RestoreImages(restoreOptions(dir, snap, &asked), &w, build(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(w.String(), "\nnext: etcdimg up --out "+dir.Dir()+" (each member restores the snapshot on its blank data disk)\n") {
+		t.Errorf("said:\n%s", w.String())
+	}
+	l, err := LockDir(dir)
+	if err != nil {
+		t.Fatalf("the lock was kept: %v", err)
+	}
+	l.Unlock()
 }
