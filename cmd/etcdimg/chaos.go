@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"etcdimg/cluster"
+	"etcdimg/internal/outdir"
 	"etcdimg/testvm/chaos"
 	"etcdimg/testvm/local"
 )
@@ -48,7 +49,7 @@ func chaosCmd(a *app) *cobra.Command {
 					return err
 				}
 			}
-			o.Plan, o.Dir = plan, filepath.Join(out, "chaos", time.Now().UTC().Format("20060102-150405"))
+			o.Plan, o.Dir = plan, filepath.Join(out, outdir.ChaosDir, time.Now().UTC().Format("20060102-150405"))
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "chaos: %s of traffic from %d clients over %d keys, seed %d (the same --seed gives the same faults); files in %s\n", o.Duration, o.Clients, o.Keys, o.Seed, o.Dir)
 			for _, f := range plan {

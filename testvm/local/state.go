@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"etcdimg/internal/layout"
+	"etcdimg/internal/outdir"
 	"etcdimg/testvm"
 )
 
@@ -22,7 +23,7 @@ import (
 // `etcdimg status`, `health`, `etcdctl`, `stop`, `start`, `replace`,
 // `roll` and `down` read. Every path in it is absolute, so that any
 // command from any working directory finds the same files and processes.
-const StateFile = "cluster.json"
+const StateFile = outdir.StateFile
 
 // lockFile, in the run directory, is held (flock) by every command that
 // changes a local cluster, so that two commands never race on its state.
