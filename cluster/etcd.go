@@ -1,15 +1,3 @@
-// Package cluster owns a running cluster as the operator's machine sees
-// it, whatever runs its members: every etcd API call the host makes
-// (member list, status, add-as-learner, promote, remove, leader move),
-// snapshots, backups and clients over mTLS with the admin certificate,
-// waiting until a member is healthy again, and the lifecycle built on
-// them: replacing a member and rolling new images through the cluster.
-//
-// Only a Driver knows how machines are powered and their disks swapped:
-// testvm/local's for clusters started by `etcdimg up`, ManualDriver for
-// real machines, where it tells the operator what to do. It never
-// imports QEMU (testvm) or the image's code (firstboot), and does not
-// build images: callers hand it the image to boot.
 package cluster
 
 import (

@@ -1,14 +1,3 @@
-// Package image assembles a member's bootable disk: a GPT disk whose one
-// partition, the EFI system partition (FAT32), holds a unified kernel
-// image as the removable-media loader EFI/BOOT/BOOTX64.EFI (systemd's EFI
-// stub with the Debian cloud kernel, the initramfs and the command line:
-// the node binary and the modules the appliance needs, nothing else) and
-// the member's Ignition config.
-//
-// Images are reproducible: the same inputs give the same bytes. Disk and
-// partition GUIDs are derived from the cluster and member names, FAT and
-// cpio timestamps are fixed, archive entries are sorted. The CA key is
-// never an input.
 package image
 
 import (

@@ -1,10 +1,3 @@
-// Package local is the cluster under `etcdimg up`: members booted in
-// QEMU (package testvm) on one virtual LAN, the record of them in the
-// output directory's run directory (the state file and its lock), their
-// start and stop, the wait until they are healthy, the tool configs that
-// point at their forwarded ports, and the Driver through which
-// cluster.Lifecycle powers them. Operating the etcd of any cluster is
-// package cluster's; this package adds only what QEMU owns.
 package local
 
 import (
