@@ -32,6 +32,8 @@ checks a local cluster under faults.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// Each group lists its verbs in the order an operator meets them.
+	cobra.EnableCommandSorting = false
 	var a app
 	a.register(root)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
