@@ -76,7 +76,7 @@ func run() error {
 // credentials and CA. It returns the member's server TLS config (for the
 // backups API, client certificates from the CA required) and IP too.
 func Load(root string) (*Service, *tls.Config, string, error) {
-	me, err := ign.ReadMember(root)
+	me, err := ign.ReadRunningMember(root)
 	if err != nil {
 		return nil, nil, "", err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"etcdimg/ignition"
 	"etcdimg/ignition/ign"
+	"etcdimg/internal/layout"
 	"etcdimg/internal/snapshot"
 	"etcdimg/internal/spec"
 	"etcdimg/pki"
@@ -96,5 +97,37 @@ func TestTheRecordedClusterIDWins(t *testing.T) {
 	}
 	if plan, err := s.bootstrapOrJoin(context.Background()); err == nil || !strings.Contains(err.Error(), "never bootstraps") {
 		t.Errorf("a one-member image of a three-member cluster: plan %+v, err %v", plan, err)
+	}
+}
+
+// TestTheClusterToJoinDoesNotMoveWithTheRuntimeEnv: firstboot writes
+// etcd's runtime overrides (a join's live initial cluster, a lowered
+// quota) after it decided; reading the identity again must still give
+// the cluster the image was built for, never one derived from what a
+// join wrote.
+func TestTheClusterToJoinDoesNotMoveWithTheRuntimeEnv(t *testing.T) {
+	c := spec.Default(3)
+	for i := range c.Members {
+		c.Members[i].IP = "127.0.0." + strconv.Itoa(70+i)
+	}
+	root := writeConf(t, c, c.Members[0], 0)
+	before, err := ReadSelf(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := filepath.Join(root, layout.RuntimeEnvPath)
+	if err := os.MkdirAll(filepath.Dir(env), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(env, []byte("ETCD_INITIAL_CLUSTER_STATE=existing\nETCD_INITIAL_CLUSTER=member-abc=https://127.0.0.99:2380\nETCD_QUOTA_BACKEND_BYTES=67108864\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	after, err := ReadSelf(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.WantID != before.WantID || after.JoinOnly != before.JoinOnly || after.InitialCluster != before.InitialCluster || len(after.Peers) != 2 || after.Quota != before.Quota {
+		t.Errorf("the runtime env moved the identity: WantID %x → %x, initial cluster %q → %q, peers %d, quota %d → %d",
+			before.WantID, after.WantID, before.InitialCluster, after.InitialCluster, len(after.Peers), before.Quota, after.Quota)
 	}
 }

@@ -17,11 +17,9 @@ import (
 // service (firstboot/backupd's Load) and firstboot's readSelf, which
 // reads the identity before it decides to bootstrap or join.
 type Member struct {
-	// Env is etcd.conf's variables with firstboot's runtime overrides
-	// (layout.RuntimeEnvPath) applied over them, as etcd sees them. On
-	// the appliance the overrides do not exist yet when firstboot reads
-	// the identity (it writes them later in the boot), so there Env is
-	// etcd.conf alone.
+	// Env is etcd.conf's variables, with firstboot's runtime overrides
+	// (layout.RuntimeEnvPath) applied over them when read by
+	// ReadRunningMember.
 	Env map[string]string
 	// Name is ETCD_NAME, Token ETCD_INITIAL_CLUSTER_TOKEN, PeerURL
 	// ETCD_INITIAL_ADVERTISE_PEER_URLS and IP that URL's host.
@@ -50,24 +48,32 @@ type Peer struct {
 	ClientURL string
 }
 
-// ReadMember reads the member's etcd.conf (EtcdConfPath under root),
-// applies firstboot's runtime overrides (layout.RuntimeEnvPath under
-// root; a missing or unreadable override file is ignored, as etcd's unit
-// names it optional), and parses the identity. An etcd.conf without
-// ETCD_NAME, ETCD_INITIAL_CLUSTER_TOKEN or ETCD_INITIAL_ADVERTISE_PEER_URLS,
-// with an unparsable peer URL, or with a ClusterIDVar that is not a
-// non-zero hex ID, is an error.
+// ReadMember reads the member's etcd.conf (EtcdConfPath under root) and
+// parses the identity the image was built with: the spec's name, token,
+// initial cluster and recorded cluster ID. It never reads firstboot's
+// runtime overrides, so the cluster this member may join (which
+// join.ReadSelf derives from it) cannot move with what a join wrote. An
+// etcd.conf without ETCD_NAME, ETCD_INITIAL_CLUSTER_TOKEN or
+// ETCD_INITIAL_ADVERTISE_PEER_URLS, with an unparsable peer URL, or with
+// a ClusterIDVar that is not a non-zero hex ID, is an error.
 func ReadMember(root string) (*Member, error) {
-	conf, err := os.ReadFile(filepath.Join(root, EtcdConfPath))
+	env, err := readConf(root)
 	if err != nil {
 		return nil, err
 	}
-	env, err := EnvMap(conf)
+	return parseMember(env)
+}
+
+// ReadRunningMember is ReadMember with firstboot's runtime overrides
+// (layout.RuntimeEnvPath under root) applied over etcd.conf, as etcd
+// itself reads them: a lowered quota, a join's initial cluster. A
+// missing or unreadable override file is ignored, as etcd's unit names
+// it optional. The backup service reads the member this way.
+func ReadRunningMember(root string) (*Member, error) {
+	env, err := readConf(root)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", EtcdConfPath, err)
+		return nil, err
 	}
-	// firstboot's runtime overrides (a lowered quota, a join's initial
-	// cluster) win, as for etcd.
 	if b, err := os.ReadFile(filepath.Join(root, layout.RuntimeEnvPath)); err == nil {
 		if over, err := EnvMap(b); err == nil {
 			for k, v := range over {
@@ -76,6 +82,19 @@ func ReadMember(root string) (*Member, error) {
 		}
 	}
 	return parseMember(env)
+}
+
+// readConf reads etcd.conf's variables.
+func readConf(root string) (map[string]string, error) {
+	conf, err := os.ReadFile(filepath.Join(root, EtcdConfPath))
+	if err != nil {
+		return nil, err
+	}
+	env, err := EnvMap(conf)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", EtcdConfPath, err)
+	}
+	return env, nil
 }
 
 // parseMember is ReadMember's parse of the variables.

@@ -42,9 +42,9 @@ ETCD_INITIAL_CLUSTER="etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,
 ETCD_QUOTA_BACKEND_BYTES=8589934592
 `
 
-// TestReadMember: the identity from etcd.conf, with firstboot's runtime
-// overrides applied where they exist.
-func TestReadMember(t *testing.T) {
+// TestReadRunningMember: the identity from etcd.conf, with firstboot's
+// runtime overrides applied where they exist.
+func TestReadRunningMember(t *testing.T) {
 	peers := []Peer{
 		{Name: "etcd-2", PeerURL: "https://10.0.0.2:2380", ClientURL: "https://10.0.0.2:2379"},
 		{Name: "etcd-3", PeerURL: "https://[fd00::3]:2380", ClientURL: "https://[fd00::3]:2379"},
@@ -92,7 +92,7 @@ func TestReadMember(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := ReadMember(writeRoot(t, tc.conf, tc.over))
+			m, err := ReadRunningMember(writeRoot(t, tc.conf, tc.over))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -108,17 +108,32 @@ func TestReadMember(t *testing.T) {
 	}
 }
 
-// TestReadMemberEnvHasOverrides: Env is what etcd sees, etcd.conf with
-// the runtime file over it.
-func TestReadMemberEnvHasOverrides(t *testing.T) {
-	m, err := ReadMember(writeRoot(t, threeConf+"ETCD_CERT_FILE=/etc/etcd/cert/etcd.pem\n", "ETCD_INITIAL_CLUSTER_STATE=existing\n"))
+// TestReadRunningMemberHasTheOverridesAndReadMemberNot: the backup
+// service sees what etcd sees, etcd.conf with the runtime file over it;
+// the identity firstboot decides by is etcd.conf alone, so that a join's
+// written initial cluster or a lowered quota never moves the cluster the
+// member may join.
+func TestReadRunningMemberHasTheOverridesAndReadMemberNot(t *testing.T) {
+	root := writeRoot(t, threeConf+"ETCD_CERT_FILE=/etc/etcd/cert/etcd.pem\n",
+		"ETCD_INITIAL_CLUSTER_STATE=existing\nETCD_INITIAL_CLUSTER=member-abc=https://10.0.0.9:2380\nETCD_QUOTA_BACKEND_BYTES=67108864\n")
+	m, err := ReadRunningMember(root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for k, want := range map[string]string{"ETCD_CERT_FILE": "/etc/etcd/cert/etcd.pem", "ETCD_INITIAL_CLUSTER_STATE": "existing", "ETCD_INITIAL_CLUSTER_TOKEN": "prod"} {
 		if m.Env[k] != want {
-			t.Errorf("Env[%s] %q, want %q", k, m.Env[k], want)
+			t.Errorf("running: Env[%s] %q, want %q", k, m.Env[k], want)
 		}
+	}
+	if m.Quota != 67108864 {
+		t.Errorf("running: quota %d, want the lowered 67108864", m.Quota)
+	}
+	spec, err := ReadMember(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := spec.Env["ETCD_INITIAL_CLUSTER_STATE"]; ok || spec.InitialCluster == m.InitialCluster || len(spec.Peers) != 2 || spec.Quota == 67108864 {
+		t.Errorf("ReadMember took the runtime overrides: initial cluster %q, peers %v, quota %d", spec.InitialCluster, spec.Peers, spec.Quota)
 	}
 }
 
