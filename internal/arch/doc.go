@@ -3,10 +3,14 @@
 // decides where it lives, and the compiler and this test keep the sides
 // apart.
 //
-//   - The image's code (cmd/etcdnode, cmd/etcdinit, firstboot/...) never
-//     reaches the host's: pki, image, ignition (ignition/ign excepted),
-//     cluster, testvm, cmd/etcdimg, or internal/spec, internal/render,
-//     internal/restore, internal/outdir.
+//   - The image's code (cmd/etcdnode, cmd/etcdinit, firstboot/...) reaches,
+//     directly or through any library, only its own tree and what the
+//     builder and the appliance share (ignition/ign, internal/layout,
+//     input, snapshot, authz, backup): never pki, image, ignition itself,
+//     cluster, testvm, cmd/etcdimg, internal/spec, render, restore, outdir,
+//     nor the host's libraries (the YAML parser, cfssl, Butane, the cpio
+//     writer). The graph is the one the node binary is built from
+//     (CGO_ENABLED=0, linux/amd64).
 //   - cluster/... never imports testvm/... or firstboot/...: QEMU comes in
 //     through cluster.Driver.
 //   - Lower layers never import upper ones (Rank); firstboot's
