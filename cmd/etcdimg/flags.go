@@ -156,3 +156,17 @@ func (o *outputFlags) build(only []string) (image.Build, error) {
 	formats, err := image.ParseFormats(o.formats)
 	return image.Build{Platform: o.platform, Formats: formats, Options: image.FormatOptions{Compress: o.compress}, Only: only}, err
 }
+
+// withoutOut marks a verb that reads no output directory (init writes
+// --config's path, lan and snapshot status take theirs as arguments): the
+// root's --out is refused there as an unknown flag, as before it was
+// shared, rather than accepted and ignored.
+func withoutOut(c *cobra.Command) *cobra.Command {
+	c.PreRunE = func(cmd *cobra.Command, _ []string) error {
+		if cmd.Flags().Changed("out") {
+			return usageError{fmt.Errorf("unknown flag: --out (%s reads no output directory)", cmd.CommandPath())}
+		}
+		return nil
+	}
+	return c
+}

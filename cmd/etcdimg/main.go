@@ -44,8 +44,8 @@ checks a local cluster under faults.`,
 			root.AddCommand(c)
 		}
 	}
-	group("build", "Build:", initCmd(), renderCmd(&a), buildCmd(&a), clientCmd(&a), rotateCmd(&a), restoreCmd(&a))
-	group("local", "Run locally (QEMU):", upCmd(&a), downCmd(&a), statusCmd(&a), stopCmd(&a), startCmd(&a), lanCmd())
+	group("build", "Build:", withoutOut(initCmd()), renderCmd(&a), buildCmd(&a), clientCmd(&a), rotateCmd(&a), restoreCmd(&a))
+	group("local", "Run locally (QEMU):", upCmd(&a), downCmd(&a), statusCmd(&a), stopCmd(&a), startCmd(&a), withoutOut(lanCmd()))
 	group("operate", "Operate:", healthCmd(&a), etcdctlCmd(&a), snapshotCmd(&a), backupsCmd(&a), replaceCmd(&a), rollCmd(&a))
 	group("test", "Test:", chaosCmd(&a))
 	if err := root.Execute(); err != nil {

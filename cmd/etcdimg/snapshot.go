@@ -14,7 +14,7 @@ func snapshotCmd(a *app) *cobra.Command {
 		Use:   "snapshot",
 		Short: "Take and check etcd snapshots",
 	}
-	c.AddCommand(snapshotSaveCmd(a), snapshotStatusCmd())
+	c.AddCommand(snapshotSaveCmd(a), withoutOut(snapshotStatusCmd()))
 	return c
 }
 

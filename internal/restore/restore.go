@@ -109,7 +109,7 @@ func Prepare(dir outdir.Layout, name, src, from string, skipHash bool, now time.
 		return nil, err
 	}
 	defer os.Remove(staged)
-	for _, rel := range []string{"images", "disks", PlanFile, SnapshotFile} {
+	for _, rel := range []string{outdir.ImagesDir, outdir.DisksDirName, PlanFile, SnapshotFile} {
 		p := filepath.Join(dir.Dir(), rel)
 		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
 			continue
