@@ -156,3 +156,32 @@ func TestTheDeviceWindowFollowsTheConfigSource(t *testing.T) {
 		}
 	}
 }
+
+// TestTheBootRunsItsStepsInOrder pins the declared boot. The order is
+// the data-safety contract of PID 1: everything that can refuse the
+// config (reading it, its units, its address, the identity) comes before
+// anything touches a disk ("prepare data disk"), and the cluster state is
+// decided only once the data disk was checked. Reordering the list is a
+// change of behaviour and must change this test on purpose.
+func TestTheBootRunsItsStepsInOrder(t *testing.T) {
+	var got []string
+	for _, s := range bootSteps {
+		got = append(got, s.name)
+	}
+	want := []string{
+		"mount kernel file systems", "watch the power button", "detect the platform",
+		"configure network (platform)", "read config", "check units", "apply config", "set hostname",
+		"read network files", "check address", "report ready", "configure network",
+		"choose clock sources", "sync clock", "keep the clock", "read member identity",
+		"prepare data disk", "check data disk", "decide cluster state", "start units",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the boot's steps are\n%q\nwant\n%q", got, want)
+	}
+	disk := slices.Index(got, "prepare data disk")
+	for _, refuses := range []string{"read config", "check units", "apply config", "check address", "read member identity"} {
+		if i := slices.Index(got, refuses); i < 0 || i > disk {
+			t.Errorf("%q runs after the data disk is touched", refuses)
+		}
+	}
+}
