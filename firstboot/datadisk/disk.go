@@ -21,10 +21,10 @@ import (
 )
 
 // DeviceWait bounds how long firstboot waits for block devices to appear
-// after their drivers load: on metal and in clouds, where a volume may be
-// enumerated after an instance store, the whole of it passes before a
-// blank disk is taken.
-const DeviceWait = 10 * time.Second
+// after their drivers load (blockdev.DeviceWait): on metal and in
+// clouds, where a volume may be enumerated after an instance store, the
+// whole of it passes before a blank disk is taken.
+const DeviceWait = blockdev.DeviceWait
 
 // LaunchedDeviceWait is the device window of a machine whose config came
 // through QEMU's fw_cfg (`etcdimg up`, or QEMU started by hand as the
@@ -120,7 +120,7 @@ func isLabelledData(d blockDev) bool {
 	if d.IsPart {
 		return d.Partname == layout.DataLabel
 	}
-	return IsDiskName(d.Name) && d.FSType == "ext4" && d.Label == layout.DataLabel
+	return blockdev.IsDiskName(d.Name) && d.FSType == "ext4" && d.Label == layout.DataLabel
 }
 
 // labelledDataDisk is the first disk in devs with this appliance's
@@ -158,7 +158,7 @@ func pickDataDisk(devs []blockDev) (string, bool) {
 		}
 	}
 	for _, d := range devs {
-		if d.IsPart || boot[d.Name] || hasParts[d.Name] || !IsDiskName(d.Name) || strings.EqualFold(d.Label, layout.ConfigDriveLabel) {
+		if d.IsPart || boot[d.Name] || hasParts[d.Name] || !blockdev.IsDiskName(d.Name) || strings.EqualFold(d.Label, layout.ConfigDriveLabel) {
 			continue
 		}
 		return d.Path(), true
@@ -181,7 +181,7 @@ func (w *deviceWindow) look() error {
 		return fmt.Errorf("list block devices: %w", err)
 	}
 	for i, d := range devs {
-		if !d.IsPart && IsDiskName(d.Name) {
+		if !d.IsPart && blockdev.IsDiskName(d.Name) {
 			devs[i].FSType, devs[i].Label = probeDataDisk(d.Name)
 		}
 	}
@@ -214,15 +214,4 @@ func (w *deviceWindow) confirmAlone(taken string) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// IsDiskName reports whether a block device's name is a disk's (virtio,
-// SCSI/SATA, Xen, NVMe, IDE), not a loop, RAM or optical device's.
-func IsDiskName(n string) bool {
-	for _, p := range []string{"vd", "sd", "xvd", "nvme", "hd"} {
-		if strings.HasPrefix(n, p) {
-			return true
-		}
-	}
-	return false
 }

@@ -1,58 +1,14 @@
 package datadisk
 
 import (
-	"bytes"
-	"encoding/binary"
-	"io"
 	"os"
-	"strings"
 
+	"etcdimg/firstboot/internal/blockdev"
 	"etcdimg/internal/layout"
 )
 
-// probeFS names the file system at the start of r and its label, for the
-// three kinds the appliance meets on a whole disk: ext4 (its data disk),
-// vfat and ISO 9660 (an OpenStack config drive). It returns "" for
-// anything else, a blank disk included.
-func probeFS(r io.ReaderAt) (fstype, label string) {
-	buf := make([]byte, 2048)
-	if n, _ := r.ReadAt(buf[:1024], 1024); n == 1024 && binary.LittleEndian.Uint16(buf[56:]) == 0xEF53 {
-		return "ext4", cString(buf[120:136])
-	}
-	if n, _ := r.ReadAt(buf[:512], 0); n == 512 && buf[510] == 0x55 && buf[511] == 0xAA {
-		switch {
-		case string(buf[82:87]) == "FAT32":
-			return "vfat", strings.Trim(string(buf[71:82]), " \x00")
-		case string(buf[54:57]) == "FAT":
-			return "vfat", strings.Trim(string(buf[43:54]), " \x00")
-		}
-	}
-	if n, _ := r.ReadAt(buf[:2048], 32768); n == 2048 && buf[0] == 1 && string(buf[1:6]) == "CD001" {
-		return "iso9660", strings.Trim(string(buf[40:72]), " \x00")
-	}
-	return "", ""
-}
-
-func cString(b []byte) string {
-	if i := bytes.IndexByte(b, 0); i >= 0 {
-		b = b[:i]
-	}
-	return string(b)
-}
-
-// ProbeDevice probes /dev/NAME: its file system and label, as probeFS
-// names them (an OpenStack config drive is found so).
-func ProbeDevice(name string) (string, string) {
-	f, err := os.Open("/dev/" + name)
-	if err != nil {
-		return "", ""
-	}
-	defer f.Close()
-	return probeFS(f)
-}
-
 // probeDataDisk probes /dev/NAME for the data disk's picking: as
-// ProbeDevice, except that a disk whose first format did not finish
+// blockdev.ProbeDevice, except that a disk whose first format did not finish
 // (it carries the first-format record) has no label yet: it never held
 // data, and is taken only as a blank disk is.
 func probeDataDisk(name string) (string, string) {
@@ -61,7 +17,7 @@ func probeDataDisk(name string) (string, string) {
 		return "", ""
 	}
 	defer f.Close()
-	fstype, label := probeFS(f)
+	fstype, label := blockdev.ProbeFS(f)
 	if fstype == "ext4" && label == layout.DataLabel && interruptedFormat(f) {
 		return fstype, ""
 	}

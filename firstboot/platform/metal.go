@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"etcdimg/firstboot/datadisk"
+	"etcdimg/firstboot/internal/blockdev"
 	"etcdimg/firstboot/internal/kernelfs"
 	"etcdimg/internal/layout"
 )
@@ -31,7 +31,7 @@ func (espFile) Name() string { return "ESP " + layout.ConfigPath }
 
 func (espFile) Fetch() ([]byte, error) {
 	if !kernelfs.Mounted(espMount) {
-		dev, err := datadisk.WaitForPartition(layout.ESPLabel)
+		dev, err := blockdev.WaitForPartition(layout.ESPLabel, blockdev.DeviceWait)
 		if err != nil {
 			return nil, errNotFound
 		}

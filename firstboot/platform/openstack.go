@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"etcdimg/firstboot/datadisk"
 	"etcdimg/firstboot/internal/blockdev"
 	"etcdimg/internal/layout"
 )
@@ -41,10 +40,10 @@ func (configDrive) Fetch() ([]byte, error) {
 		return nil, err
 	}
 	for _, d := range devs {
-		if d.IsPart || !(datadisk.IsDiskName(d.Name) || strings.HasPrefix(d.Name, "sr")) {
+		if d.IsPart || !(blockdev.IsDiskName(d.Name) || strings.HasPrefix(d.Name, "sr")) {
 			continue
 		}
-		fstype, label := datadisk.ProbeDevice(d.Name)
+		fstype, label := blockdev.ProbeDevice(d.Name)
 		if fstype == "ext4" || !strings.EqualFold(label, layout.ConfigDriveLabel) {
 			continue
 		}

@@ -14,7 +14,9 @@
 //   - cluster/... never imports testvm/... or firstboot/...: QEMU comes in
 //     through cluster.Driver.
 //   - Lower layers never import upper ones (Rank); firstboot's
-//     subpackages never import firstboot itself.
+//     subpackages never import firstboot itself, and steps that must stay
+//     apart never import each other (platform and network never reach
+//     the data disk or the join; the data disk never reaches the join).
 //   - Test doubles (internal/etcdtest, s3test, cloudsim, pkitest) are for tests
 //     only.
 //

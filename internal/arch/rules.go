@@ -31,6 +31,16 @@ var hostLibraries = []string{
 	"github.com/coreos/butane", "github.com/u-root/u-root",
 }
 
+// stepsApart are firstboot's steps that must not reach each other: the
+// platform (where the config comes from) and the network never touch the
+// data disk or decide anything about the cluster; the data disk knows the
+// member only as an owner, never how it joins.
+var stepsApart = map[string][]string{
+	"etcdimg/firstboot/platform": {"etcdimg/firstboot/datadisk", "etcdimg/firstboot/join", "etcdimg/firstboot/backupd"},
+	"etcdimg/firstboot/network":  {"etcdimg/firstboot/datadisk", "etcdimg/firstboot/join", "etcdimg/firstboot/platform", "etcdimg/firstboot/backupd"},
+	"etcdimg/firstboot/datadisk": {"etcdimg/firstboot/join", "etcdimg/firstboot/platform", "etcdimg/firstboot/network", "etcdimg/firstboot/backupd"},
+}
+
 // testDoubles serve tests only.
 var testDoubles = []string{"etcdimg/internal/etcdtest", "etcdimg/internal/s3test", "etcdimg/internal/cloudsim", "etcdimg/internal/pkitest"}
 
@@ -68,6 +78,8 @@ func Violations(imports map[string][]string) []string {
 				out = append(out, fmt.Sprintf("%s imports %s: cluster operates any deployment; QEMU comes in through cluster.Driver", pkg, d))
 			case dgroup != group && dr >= r:
 				out = append(out, fmt.Sprintf("%s (rank %d) imports %s (rank %d): a lower layer never imports an upper one", pkg, r, d, dr))
+			case underAny(d, stepsApart[pkg]):
+				out = append(out, fmt.Sprintf("%s imports %s: firstboot's steps stay apart (arch.stepsApart)", pkg, d))
 			case under(pkg, "etcdimg/firstboot") && pkg != "etcdimg/firstboot" && d == "etcdimg/firstboot":
 				out = append(out, fmt.Sprintf("%s imports its parent etcdimg/firstboot: PID 1 imports its steps, not the reverse", pkg))
 			}

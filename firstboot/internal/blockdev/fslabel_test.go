@@ -1,4 +1,4 @@
-package datadisk
+package blockdev
 
 import (
 	"os"
@@ -43,7 +43,7 @@ func TestProbeFS(t *testing.T) {
 		{vfat, "vfat", "config-2"},
 	} {
 		f, _ := os.Open(tc.path)
-		fstype, label := probeFS(f)
+		fstype, label := ProbeFS(f)
 		f.Close()
 		if fstype != tc.fstype || label != tc.label {
 			t.Errorf("%s: %q %q, want %q %q", filepath.Base(tc.path), fstype, label, tc.fstype, tc.label)
