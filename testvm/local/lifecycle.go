@@ -41,7 +41,7 @@ type LifecycleOptions struct {
 func Replace(ctx context.Context, o LifecycleOptions, member string, keepDisk bool) (time.Duration, error) {
 	ro := cluster.ReplaceOptions{KeepDisk: keepDisk, AllowOutage: o.AllowOutage}
 	var took time.Duration
-	err := o.run(ctx, []string{member}, func(ctx context.Context, l *cluster.Lifecycle) error {
+	err := o.run(ctx, "replace "+member, []string{member}, func(ctx context.Context, l *cluster.Lifecycle) error {
 		return l.CheckReplace(ctx, member, ro)
 	}, func(ctx context.Context, l *cluster.Lifecycle, images map[string]string) error {
 		start := time.Now()
@@ -59,7 +59,7 @@ func Replace(ctx context.Context, o LifecycleOptions, member string, keepDisk bo
 // took.
 func Roll(ctx context.Context, o LifecycleOptions, keepDisks bool) (n int, took time.Duration, err error) {
 	ro := cluster.RollOptions{KeepDisks: keepDisks, AllowOutage: o.AllowOutage}
-	err = o.run(ctx, nil, func(ctx context.Context, l *cluster.Lifecycle) error {
+	err = o.run(ctx, "roll", nil, func(ctx context.Context, l *cluster.Lifecycle) error {
 		return l.CheckRoll(ctx, ro)
 	}, func(ctx context.Context, l *cluster.Lifecycle, images map[string]string) error {
 		start := time.Now()
@@ -73,9 +73,11 @@ func Roll(ctx context.Context, o LifecycleOptions, keepDisks bool) (n int, took 
 // run sets up a Lifecycle on the cluster with the admin certificate
 // (Lifecycle: under `up`, it holds the run directory's lock until run
 // returns). check runs before any image is built, so that a refused
-// command changes nothing; then Prepare, then the images are built from
-// the current spec and PKI, before run takes any member down.
-func (o LifecycleOptions) run(ctx context.Context, only []string, check func(context.Context, *cluster.Lifecycle) error, run func(context.Context, *cluster.Lifecycle, map[string]string) error) error {
+// command changes nothing; then the cluster's operation lock is taken
+// for op (cluster.LockOperation: a second operator is refused), then
+// Prepare, then the images are built from the current spec and PKI,
+// before run takes any member down.
+func (o LifecycleOptions) run(ctx context.Context, op string, only []string, check func(context.Context, *cluster.Lifecycle) error, run func(context.Context, *cluster.Lifecycle, map[string]string) error) error {
 	e, err := cluster.Admin(o.Cluster, o.Dir, Reach(o.Dir))
 	if err != nil {
 		return err
@@ -89,6 +91,14 @@ func (o LifecycleOptions) run(ctx context.Context, only []string, check func(con
 		return err
 	}
 	defer release()
+	// One operation at a time on the cluster, whoever runs it: taken once
+	// the check passed, before anything is built or goes down. Replace
+	// and Roll check again under it.
+	lock, err := e.LockOperation(ctx, op)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	if o.Prepare != nil {
 		if err := o.Prepare(o.Cluster, o.Dir); err != nil {
 			return err

@@ -62,7 +62,7 @@ func TestARefusedCheckBuildsNothing(t *testing.T) {
 			return refused
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := o.run(ctx, nil, check, func(context.Context, *cluster.Lifecycle, map[string]string) error {
+		err := o.run(ctx, "roll", nil, check, func(context.Context, *cluster.Lifecycle, map[string]string) error {
 			t.Error("ran after a refused check")
 			return nil
 		})

@@ -1,0 +1,120 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// OperationLockKey holds the cluster's one operation lock: the key of
+// whichever operator's replace, roll or rotation is running, on a lease
+// that operator keeps alive. A second operator, from any machine and any
+// copy of the output directory, is refused; an operator that crashed
+// lets go when its lease expires.
+const OperationLockKey = "/etcdimg/operation/lock"
+
+// operationLockTTL is the lease's TTL, in seconds: how long a crashed
+// operator's lock outlives it.
+var operationLockTTL int64 = 30
+
+// Operation is who holds the lock, as its key's value says.
+type Operation struct {
+	Op    string    `json:"op"`
+	By    string    `json:"by"` // user@host
+	PID   int       `json:"pid"`
+	Since time.Time `json:"since"`
+}
+
+// OperationLock is a held operation lock; Release lets it go.
+type OperationLock struct {
+	cli    *clientv3.Client
+	lease  clientv3.LeaseID
+	cancel context.CancelFunc
+}
+
+// LockOperation takes the cluster's operation lock for op (such as
+// "roll" or "replace etcd-2"), or says who holds it and since when. The
+// lock is kept alive until Release, and held by etcd itself, so it
+// binds every operator of the cluster, whatever machine they run on.
+func (e *Etcd) LockOperation(ctx context.Context, op string) (*OperationLock, error) {
+	if err := e.reachable(ctx, reachTimeout); err != nil {
+		return nil, err
+	}
+	cli, err := e.Client()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
+	defer cancel()
+	lease, err := cli.Grant(ctx, operationLockTTL)
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("cluster: operation lock: %w", err)
+	}
+	me, _ := json.Marshal(Operation{Op: op, By: operator(), PID: os.Getpid(), Since: time.Now().UTC().Truncate(time.Second)})
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(OperationLockKey), "=", 0)).
+		Then(clientv3.OpPut(OperationLockKey, string(me), clientv3.WithLease(lease.ID))).
+		Else(clientv3.OpGet(OperationLockKey)).
+		Commit()
+	if err != nil || !resp.Succeeded {
+		cli.Revoke(context.Background(), lease.ID)
+		cli.Close()
+		if err != nil {
+			return nil, fmt.Errorf("cluster: operation lock: %w", err)
+		}
+		return nil, heldBy(resp)
+	}
+	kaCtx, stop := context.WithCancel(context.Background())
+	ka, err := cli.KeepAlive(kaCtx, lease.ID)
+	if err != nil {
+		stop()
+		cli.Revoke(context.Background(), lease.ID)
+		cli.Close()
+		return nil, fmt.Errorf("cluster: operation lock: %w", err)
+	}
+	go func() {
+		for range ka {
+		}
+	}()
+	return &OperationLock{cli: cli, lease: lease.ID, cancel: stop}, nil
+}
+
+// heldBy is the refusal that names the lock's holder.
+func heldBy(resp *clientv3.TxnResponse) error {
+	var o Operation
+	if rs := resp.Responses; len(rs) == 1 && len(rs[0].GetResponseRange().Kvs) == 1 {
+		json.Unmarshal(rs[0].GetResponseRange().Kvs[0].Value, &o)
+	}
+	if o.Op == "" {
+		return errors.New("cluster: another operation holds the cluster's lock; wait for it to finish and try again")
+	}
+	return fmt.Errorf("cluster: another operation holds the cluster: %s, by %s (pid %d) since %s; wait for it to finish, or, if it was interrupted, for its lock to expire within %ds, and try again",
+		o.Op, o.By, o.PID, o.Since.Format(time.RFC3339), operationLockTTL)
+}
+
+// operator names this operator as user@host.
+func operator() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return name + "@" + host
+}
+
+// Release lets the lock go: its lease is revoked, so the key goes with
+// it. A lease the cluster could not be told about expires by itself.
+func (l *OperationLock) Release() {
+	l.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l.cli.Revoke(ctx, l.lease)
+	l.cli.Close()
+}
