@@ -26,9 +26,12 @@ const (
 func (e *Etcd) withAdmin(fn func(context.Context, *clientv3.Client) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
-	cli, err := e.adminClient(ctx)
-	if err != nil {
+	if err := e.reachable(ctx, reachTimeout); err != nil {
 		return err
+	}
+	cli, err := e.Client()
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
 	}
 	defer cli.Close()
 	err = fn(ctx, cli)
@@ -36,20 +39,6 @@ func (e *Etcd) withAdmin(fn func(context.Context, *clientv3.Client) error) error
 		return fmt.Errorf("cluster: %w (the members at %s did not finish within %s; check that the cluster is healthy: etcdimg health)", err, strings.Join(e.URLs(), ", "), adminTimeout)
 	}
 	return err
-}
-
-// adminClient opens a client on every endpoint once a member has
-// answered: with none up, the error says which endpoints were tried
-// rather than a bare deadline from the first call. The caller closes it.
-func (e *Etcd) adminClient(ctx context.Context) (*clientv3.Client, error) {
-	if err := e.reachable(ctx, reachTimeout); err != nil {
-		return nil, err
-	}
-	cli, err := e.Client()
-	if err != nil {
-		return nil, fmt.Errorf("cluster: %w", err)
-	}
-	return cli, nil
 }
 
 // reachable returns as soon as one endpoint answers a status request, or

@@ -42,10 +42,13 @@ type OperationLock struct {
 // "roll" or "replace etcd-2"), or says who holds it and since when. The
 // lock is kept alive until Release, and held by etcd itself, so it
 // binds every operator of the cluster, whatever machine they run on.
-func (e *Etcd) LockOperation(ctx context.Context, op string) (_ *OperationLock, err error) {
-	cli, err := e.adminClient(ctx)
-	if err != nil {
+func (e *Etcd) LockOperation(ctx context.Context, op string) (*OperationLock, error) {
+	if err := e.reachable(ctx, reachTimeout); err != nil {
 		return nil, err
+	}
+	cli, err := e.Client()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
 	defer cancel()
@@ -54,29 +57,26 @@ func (e *Etcd) LockOperation(ctx context.Context, op string) (_ *OperationLock, 
 		cli.Close()
 		return nil, fmt.Errorf("cluster: operation lock: %w", err)
 	}
-	// Whatever fails from here gives the lease back.
-	defer func() {
-		if err != nil {
-			cli.Revoke(context.Background(), lease.ID)
-			cli.Close()
-		}
-	}()
 	me, _ := json.Marshal(Operation{Op: op, By: operator(), PID: os.Getpid(), Since: time.Now().UTC().Truncate(time.Second)})
 	resp, err := cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(OperationLockKey), "=", 0)).
 		Then(clientv3.OpPut(OperationLockKey, string(me), clientv3.WithLease(lease.ID))).
 		Else(clientv3.OpGet(OperationLockKey)).
 		Commit()
-	if err != nil {
-		return nil, fmt.Errorf("cluster: operation lock: %w", err)
-	}
-	if !resp.Succeeded {
+	if err != nil || !resp.Succeeded {
+		cli.Revoke(context.Background(), lease.ID)
+		cli.Close()
+		if err != nil {
+			return nil, fmt.Errorf("cluster: operation lock: %w", err)
+		}
 		return nil, heldBy(resp)
 	}
 	kaCtx, stop := context.WithCancel(context.Background())
 	ka, err := cli.KeepAlive(kaCtx, lease.ID)
 	if err != nil {
 		stop()
+		cli.Revoke(context.Background(), lease.ID)
+		cli.Close()
 		return nil, fmt.Errorf("cluster: operation lock: %w", err)
 	}
 	go func() {
