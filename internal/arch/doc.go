@@ -38,6 +38,7 @@ var Rank = []struct {
 	{"etcdimg/internal/spec", 1},
 	{"etcdimg/internal/snapshot", 1},
 	{"etcdimg/internal/authz", 1},
+	{"etcdimg/internal/slot", 1},
 	{"etcdimg/internal/outdir", 1},
 	{"etcdimg/ignition/ign", 1},
 	{"etcdimg/image/deb", 1},

@@ -28,6 +28,33 @@ const (
 	NodeBinary     = ESPMount + NodeBinaryPath
 )
 
+// Boot slots. The ESP holds systemd-boot as the removable-media loader
+// and up to two slots, each a UKI under EFI/Linux and a directory of its
+// own under SlotsDir. systemd-boot boots the first entry in its order
+// (names compared as versions, highest first; entries whose boot-count
+// tries are spent last), so a slot's entry is named
+// etcdimg-GENERATION-ID.efi, with "+TRIES" while it is on trial. The
+// UKI's command line names the slot it belongs to (SlotArg=ID); the
+// initramfs's /init mounts the whole ESP on ESPRoot and binds that
+// slot's directory on ESPMount+ConfigDir, so that NodeBinary and
+// ConfigPath name the running slot's files.
+const (
+	SlotArg   = "etcdimg.slot"
+	ESPRoot   = "/esp"
+	SlotsDir  = ConfigDir
+	EntryDir  = "/EFI/Linux"
+	LoaderDir = "/loader"
+	// Files of a slot's directory besides the node binary and node.ign:
+	// its manifest, the manifest's signature by the image-signing key,
+	// and the public key that signs the updates this slot accepts.
+	SlotManifestFile  = "slot.json"
+	SlotSignatureFile = "slot.sig"
+	SlotSigningKey    = "signing.pub"
+	// SlotTrialFile is what a slot on trial wrote on its way down when it
+	// did not come up good: why. It sits in the slot's directory.
+	SlotTrialFile = "trial.txt"
+)
+
 // The initramfs, which is the appliance's root file system: a small
 // /init (package preinit), the modules, and the links by which the node
 // binary's programs are run.
@@ -97,6 +124,10 @@ const (
 	// BackupPort serves the node's backups (list and download) over
 	// mTLS: a client certificate from the cluster's CA is required.
 	BackupPort = 2383
+	// NodeAPIPort serves the node API over mTLS, to the admin (CN
+	// AdminCN) and the members only: the boot slots' state, updates into
+	// the inactive slot, and the reboot into it. PID 1 serves it.
+	NodeAPIPort = 2384
 )
 
 // RuntimeEnvPath is the environment file firstboot writes for what it
