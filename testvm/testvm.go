@@ -1,6 +1,7 @@
 // Package testvm boots member images in QEMU, for `etcdimg up` and the
 // end-to-end tests: UEFI (OVMF from Debian's ovmf package), the OS disk
-// attached read-only, a data disk created blank when missing, the serial
+// attached read-only (or read-write, for a machine that owns its copy), a
+// data disk created blank when missing, the serial
 // console captured to a file, the member's ports forwarded to loopback on
 // the host, an optional Ignition config through fw_cfg, and a QMP socket
 // for ACPI power-off.
@@ -47,7 +48,7 @@ type Forward struct {
 type Options struct {
 	Name     string // for messages and file names
 	Dir      string // the VM's working directory: console, NVRAM, QMP socket
-	Image    string // the OS disk, attached read-only
+	Image    string // the OS disk, attached read-only unless Writable
 	DataDisk string // created blank and sparse when missing
 	DataSize int64  // size of a new data disk; default 1 GiB
 	MemoryMB int    // default 512
@@ -83,6 +84,17 @@ type Options struct {
 	// RTCBase, when set, starts the guest's hardware clock at this date
 	// (2006-01-02) instead of now: a machine whose clock is wrong.
 	RTCBase string
+
+	// Writable attaches Image read-write, on every bus: for a machine
+	// that owns its OS disk and writes it (systemd-boot's boot counting
+	// renames its entries at every boot; the node writes new boot slots).
+	// Without it the image is never written, so that machines can share
+	// one.
+	Writable bool
+	// Reboot lets a guest's reboot reset the machine, as on hardware,
+	// instead of ending QEMU (MachineArgs' -no-reboot); a guest's
+	// power-off still ends QEMU.
+	Reboot bool
 }
 
 // VM is one running QEMU.
@@ -158,8 +170,9 @@ func KVMWorks() bool {
 
 // MachineArgs are the QEMU arguments of the machine every member runs
 // on: a q35 PC with accel ("kvm" or "tcg"), memoryMB of RAM and cpus
-// vCPUs, no default devices, no display, and an exit instead of a reboot.
-// The boot benchmark's floors run on the same machine.
+// vCPUs, no default devices, no display, and an exit instead of a reboot
+// (Options.Reboot drops that). The boot benchmark's floors run on the
+// same machine.
 //
 // Under TCG the CPU is QEMU's "max" without ERMS and FSRM: with them the
 // kernel copies and clears pages, and Go moves memory, with REP MOVSB and
@@ -168,11 +181,15 @@ func KVMWorks() bool {
 // (QEMU loading the kernel) cost 0.57 s with them and 0.34 s without
 // (best of 6 each, against the trivial initramfs).
 func MachineArgs(accel string, memoryMB, cpus int) []string {
+	return machineArgs(accel, memoryMB, cpus, false)
+}
+
+func machineArgs(accel string, memoryMB, cpus int, reboot bool) []string {
 	cpu, acc := "max,erms=off,fsrm=off", "tcg,tb-size=64"
 	if accel == "kvm" {
 		cpu, acc = "host", "kvm"
 	}
-	return []string{
+	args := []string{
 		"-machine", "q35",
 		// TCG's translation cache defaults to 1 GiB of host memory; 64 MiB
 		// holds a member's working set.
@@ -180,8 +197,12 @@ func MachineArgs(accel string, memoryMB, cpus int) []string {
 		"-cpu", cpu,
 		"-m", strconv.Itoa(memoryMB),
 		"-smp", strconv.Itoa(cpus),
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-nodefaults", "-no-user-config", "-display", "none",
 	}
+	if !reboot {
+		args = append(args, "-no-reboot")
+	}
+	return args
 }
 
 // FirmwareArgs attach OVMF with its code and its variable store both
@@ -219,7 +240,7 @@ func (o Options) Args(consolePath, qmpPath string) []string {
 			"-device", "virtio-net-pci,romfile=,netdev=lan0,mac=" + o.MAC(),
 		}
 	}
-	args := append([]string{"-name", o.Name}, MachineArgs(o.Accel, o.MemoryMB, o.CPUs)...)
+	args := append([]string{"-name", o.Name}, machineArgs(o.Accel, o.MemoryMB, o.CPUs, o.Reboot)...)
 	args = append(args, FirmwareArgs()...)
 	args = append(args, o.diskArgs()...)
 	args = append(args, nic...)
@@ -237,34 +258,43 @@ func (o Options) Args(consolePath, qmpPath string) []string {
 	return args
 }
 
-// diskArgs attach the OS disk (read-only: members share images), the
-// data disk and any extra disks.
+// diskArgs attach the OS disk (read-only unless Writable: machines may
+// share an image), the data disk and any extra disks.
 func (o Options) diskArgs() []string {
 	format := o.ImageFormat
 	if format == "" {
 		format = "raw"
 	}
+	readonly := "readonly=on,"
+	if o.Writable {
+		readonly = ""
+	}
 	if o.Bus == "scsi" {
 		return []string{
 			"-device", "virtio-scsi-pci,id=scsi0",
-			"-drive", "if=none,id=osdisk,readonly=on,format=" + format + ",file=" + o.Image,
+			"-drive", "if=none,id=osdisk," + readonly + "format=" + format + ",file=" + o.Image,
 			"-device", "scsi-hd,drive=osdisk,bus=scsi0.0",
 			"-drive", "if=none,id=datadisk,format=raw,file=" + o.DataDisk,
 			"-device", "scsi-hd,drive=datadisk,bus=scsi0.0",
 		}
 	}
 	if o.Bus == "nvme" {
-		// QEMU's NVMe controller needs a writable drive: the OS disk gets
-		// a temporary overlay instead, and the image is never written.
+		// QEMU's NVMe controller needs a writable drive: unless Writable,
+		// the OS disk gets a temporary overlay instead, and the image is
+		// never written.
+		overlay := "snapshot=on,"
+		if o.Writable {
+			overlay = ""
+		}
 		return []string{
-			"-drive", "if=none,id=osdisk,snapshot=on,format=" + format + ",file=" + o.Image,
+			"-drive", "if=none,id=osdisk," + overlay + "format=" + format + ",file=" + o.Image,
 			"-device", "nvme,drive=osdisk,serial=etcdimg-os",
 			"-drive", "if=none,id=datadisk,format=raw,file=" + o.DataDisk,
 			"-device", "nvme,drive=datadisk,serial=etcdimg-data",
 		}
 	}
 	args := []string{
-		"-drive", "if=virtio,format=" + format + ",readonly=on,file=" + o.Image,
+		"-drive", "if=virtio,format=" + format + "," + readonly + "file=" + o.Image,
 		"-drive", "if=virtio,format=raw,file=" + o.DataDisk,
 	}
 	for _, d := range o.ExtraDisks {

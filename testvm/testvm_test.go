@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -200,5 +201,50 @@ func TestArgs(t *testing.T) {
 	args = strings.Join(o.Args("/console", "/qmp"), " ")
 	if strings.Contains(args, "user,") || !strings.Contains(args, "stream,id=lan0,server=off,addr.type=unix,addr.path=/lan.sock") || !strings.Contains(args, "-cpu host") || !strings.Contains(args, "virtio-net-pci,romfile=,") {
 		t.Errorf("LAN args:\n%s", args)
+	}
+}
+
+// TestArgsWritableAndReboot: by default the OS disk is never written
+// (read-only, or behind a temporary overlay on NVMe) and a guest's
+// reboot ends QEMU; Writable attaches the image itself read-write on
+// every bus, and Reboot lets the guest reboot. MachineArgs, which the KVM
+// probe and the boot floors use, keeps -no-reboot.
+func TestArgsWritableAndReboot(t *testing.T) {
+	for _, tc := range []struct {
+		bus      string
+		writable bool
+		want     string
+	}{
+		{"", false, "-drive if=virtio,format=raw,readonly=on,file=/i.img "},
+		{"", true, "-drive if=virtio,format=raw,file=/i.img "},
+		{"scsi", false, "-drive if=none,id=osdisk,readonly=on,format=raw,file=/i.img "},
+		{"scsi", true, "-drive if=none,id=osdisk,format=raw,file=/i.img "},
+		{"nvme", false, "-drive if=none,id=osdisk,snapshot=on,format=raw,file=/i.img "},
+		{"nvme", true, "-drive if=none,id=osdisk,format=raw,file=/i.img "},
+	} {
+		o := Options{Name: "etcd-1", Image: "/i.img", DataDisk: "/d.img", MemoryMB: 256, CPUs: 1, Accel: "tcg", Bus: tc.bus, Writable: tc.writable, GuestIP: netip.MustParseAddr("192.168.2.51")}
+		args := strings.Join(o.Args("/console", "/qmp"), " ")
+		if !strings.Contains(args, tc.want) {
+			t.Errorf("bus %q, writable %v: args lack %q:\n%s", tc.bus, tc.writable, tc.want, args)
+		}
+		if n := strings.Count(args, "file=/i.img"); n != 1 {
+			t.Errorf("bus %q, writable %v: the image is attached %d times:\n%s", tc.bus, tc.writable, n, args)
+		}
+		if !strings.Contains(args, " -no-reboot ") {
+			t.Errorf("bus %q: a VM without Reboot lacks -no-reboot:\n%s", tc.bus, args)
+		}
+	}
+	o := Options{Name: "etcd-1", Image: "/i.img", DataDisk: "/d.img", MemoryMB: 256, CPUs: 1, Accel: "kvm", Writable: true, Reboot: true, GuestIP: netip.MustParseAddr("192.168.2.51")}
+	args := o.Args("/console", "/qmp")
+	if slices.Contains(args, "-no-reboot") {
+		t.Errorf("Reboot still passes -no-reboot: %q", args)
+	}
+	if !slices.Contains(args, "-nodefaults") || !slices.Contains(args, "-display") {
+		t.Errorf("Reboot lost the machine's other arguments: %q", args)
+	}
+	for _, accel := range []string{"kvm", "tcg"} {
+		if m := MachineArgs(accel, 256, 1); !slices.Contains(m, "-no-reboot") {
+			t.Errorf("MachineArgs(%s) lacks -no-reboot: %q", accel, m)
+		}
 	}
 }
