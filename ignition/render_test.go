@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/layout"
@@ -120,6 +121,9 @@ func TestConfigDecodesToTheRunbookFiles(t *testing.T) {
 					if pki.ContainsKey(raw, set.CAKey) {
 						t.Errorf("%s: config holds the CA key", m.Name)
 					}
+					if pki.ContainsKey(raw, set.SigningKey) {
+						t.Errorf("%s: config holds the image-signing key", m.Name)
+					}
 				}
 				if !pki.ContainsKey(decodedFiles(t, parsed), certs.Key) {
 					t.Errorf("%s: the key check cannot find the member's own key", m.Name)
@@ -161,6 +165,9 @@ func TestEtcdConf(t *testing.T) {
 		`ETCD_PEER_CLIENT_CERT_AUTH="true"`,
 		`ETCD_PEER_TRUSTED_CA_FILE="/etc/etcd/cert/etcd-ca.pem"`,
 		`ETCD_TLS_MIN_VERSION="TLS1.2"`,
+		`ETCDIMG_SLOT_GOOD_AFTER="30s"`,
+		`ETCDIMG_SLOT_TRIAL_TIMEOUT="10m0s"`,
+		`ETCDIMG_SLOT_TRIES="3"`,
 		`ETCD_CIPHER_SUITES="TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"`,
 	} {
 		if !strings.Contains(got, line+"\n") {
@@ -178,6 +185,65 @@ func TestEtcdConf(t *testing.T) {
 	c.Members[0].IP = "127.0.0.51"
 	if got := string(EtcdConf(c, c.Members[0], c.Name, 0)); !strings.Contains(got, `ETCD_LISTEN_CLIENT_URLS="https://127.0.0.51:2379"`+"\n") {
 		t.Errorf("loopback member:\n%s", got)
+	}
+}
+
+// TestSlotSettingsReachTheMember: the spec's upgrade section, rendered
+// into etcd.conf, is what the member reads back; a config without the
+// lines (built before them) reads as the spec's defaults.
+func TestSlotSettingsReachTheMember(t *testing.T) {
+	d := spec.Default(3).Upgrade
+	if ign.DefaultSlotGoodAfter != d.GoodAfter.D() || ign.DefaultSlotTrialTimeout != d.TrialTimeout.D() || ign.DefaultSlotTries != d.Tries || ign.MaxSlotTries != spec.MaxUpgradeTries {
+		t.Fatalf("ign's defaults %v, %v, %d (at most %d) are not the spec's %+v (at most %d)", ign.DefaultSlotGoodAfter, ign.DefaultSlotTrialTimeout, ign.DefaultSlotTries, ign.MaxSlotTries, d, spec.MaxUpgradeTries)
+	}
+	for _, tc := range []struct {
+		name string
+		up   spec.Upgrade
+		drop bool // the slot lines removed, as in an old config
+	}{
+		{"defaults", d, false},
+		{"written", spec.Upgrade{GoodAfter: spec.Duration(90 * time.Second), TrialTimeout: spec.Duration(36 * time.Hour), Tries: 9}, false},
+		{"sub-second", spec.Upgrade{GoodAfter: spec.Duration(1500 * time.Millisecond), TrialTimeout: spec.Duration(2 * time.Second), Tries: 1}, false},
+		{"built before them", spec.Upgrade{GoodAfter: spec.Duration(time.Minute), TrialTimeout: spec.Duration(time.Hour), Tries: 5}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := spec.Default(3)
+			c.Upgrade = tc.up
+			if err := c.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			conf := EtcdConf(c, c.Members[0], c.Name, 0x1c4a)
+			want := tc.up
+			if tc.drop {
+				var kept []string
+				for _, l := range strings.SplitAfter(string(conf), "\n") {
+					if !strings.HasPrefix(l, "ETCDIMG_SLOT_") {
+						kept = append(kept, l)
+					}
+				}
+				conf, want = []byte(strings.Join(kept, "")), d
+				if strings.Contains(string(conf), "SLOT") {
+					t.Fatalf("slot lines left:\n%s", conf)
+				}
+			}
+			root := t.TempDir()
+			p := filepath.Join(root, ign.EtcdConfPath)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, conf, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for name, read := range map[string]func(string) (*ign.Member, error){"ReadMember": ign.ReadMember, "ReadRunningMember": ign.ReadRunningMember} {
+				m, err := read(root)
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				if m.SlotGoodAfter != want.GoodAfter.D() || m.SlotTrialTimeout != want.TrialTimeout.D() || m.SlotTries != want.Tries {
+					t.Errorf("%s: %v, %v, %d; want %+v\n%s", name, m.SlotGoodAfter, m.SlotTrialTimeout, m.SlotTries, want, conf)
+				}
+			}
+		})
 	}
 }
 

@@ -5,9 +5,11 @@
 // Ensure reads what already exists in a pki directory and returns the full
 // set in memory: an existing CA is reused byte for byte and never replaced,
 // a member certificate is issued only when it is missing or no longer fits
-// its member. pki never writes: the caller writes the returned files. The
-// CA private key is returned only for that write; nothing else in etcdimg
-// is handed it.
+// its member. Beside the CA it keeps the image-signing key (ImageSigningKey),
+// made once and never replaced. pki never writes: the caller writes the
+// returned files. The CA private key and the image-signing key are
+// returned only for that write; nothing else in etcdimg is handed them
+// (a signer reads the image-signing key with LoadImageSigner).
 package pki
 
 import (
@@ -106,6 +108,10 @@ type Set struct {
 	// Prometheus is the metrics scraper's client pair, when the spec's
 	// metrics.tls is on (CN spec.PrometheusCN, no etcd user).
 	Prometheus *Pair
+	// SigningKey and SigningPub are the image-signing pair's PEM files
+	// (ImageSigningKey, ImageSigningPub); the key only for writing to
+	// the build directory.
+	SigningKey, SigningPub []byte
 	// Issued lists the files created by this call, for the operator.
 	Issued []string
 	// Warnings say what the spec asks that the kept CA cannot give, and
@@ -126,6 +132,8 @@ func (s *Set) Files() []File {
 		{CACertFile, s.CACert, 0o644},
 		{CAKeyFile, s.CAKey, 0o600},
 		{CAConfigFile, s.CAConfig, 0o644},
+		{ImageSigningKey, s.SigningKey, 0o600},
+		{ImageSigningPub, s.SigningPub, 0o644},
 		{AdminCert, s.Admin.Cert, 0o644},
 		{AdminKey, s.Admin.Key, 0o600},
 		{KubeClientCert, s.Kube.Cert, 0o644},
@@ -173,6 +181,9 @@ func Ensure(c *spec.Cluster, dir string) (*Set, error) {
 	}
 	sgn, err := newSigner(s.CAConfig, ca, caKey)
 	if err != nil {
+		return nil, err
+	}
+	if err := ensureImageSigner(s, dir); err != nil {
 		return nil, err
 	}
 

@@ -119,7 +119,7 @@ func TestPrivateKeysAre0600(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range s.Files() {
-		isKey := strings.HasSuffix(f.Name, "-key.pem")
+		isKey := strings.HasSuffix(f.Name, "-key.pem") || f.Name == ImageSigningKey
 		if isKey && f.Mode != 0o600 || !isKey && f.Mode != 0o644 {
 			t.Errorf("%s mode %o", f.Name, f.Mode)
 		}
@@ -269,6 +269,14 @@ func TestContainsKey(t *testing.T) {
 	}
 	if ContainsKey(s.Members["etcd-1"].Key, s.CAKey) || ContainsKey(s.CACert, s.CAKey) {
 		t.Error("false positive")
+	}
+	// The image-signing key is found the same ways, and its public key
+	// and the CA key do not pass for it.
+	if !ContainsKey(append([]byte("x"), s.SigningKey...), s.SigningKey) || !ContainsKey([]byte(strings.ReplaceAll(string(s.SigningKey), "\n", "%0A")), s.SigningKey) {
+		t.Error("image-signing key not found")
+	}
+	if ContainsKey(s.SigningPub, s.SigningKey) || ContainsKey(s.CAKey, s.SigningKey) || ContainsKey(s.SigningKey, s.CAKey) {
+		t.Error("image-signing key: false positive")
 	}
 }
 

@@ -217,6 +217,9 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 		if f.Path != rel(dir.PKIFile(pki.CAKeyFile)) && pki.ContainsKey(f.Data, set.CAKey) {
 			return nil, nil, fmt.Errorf("render: %s would hold the CA private key; refusing to write it", f.Path)
 		}
+		if f.Path != rel(dir.PKIFile(pki.ImageSigningKey)) && pki.ContainsKey(f.Data, set.SigningKey) {
+			return nil, nil, fmt.Errorf("render: %s would hold the image-signing private key; refusing to write it", f.Path)
+		}
 	}
 	return files, set, nil
 }
