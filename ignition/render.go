@@ -5,8 +5,8 @@
 // own library (variant fcos 1.5.0, Ignition spec 3.4.0, which Fedora CoreOS
 // and Flatcar both accept) and checked by Ignition's own validator before
 // anything is returned. A config carries the member's certificate and key
-// and the CA certificate; it is never handed the CA key, so it cannot hold
-// it.
+// and the CA certificate; it is never handed the CA key or the
+// image-signing key, so it cannot hold them.
 //
 // It does not write files: the caller does. Reading (Parse, Contents) is
 // what firstboot uses inside the appliance.
@@ -207,6 +207,10 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string, clusterID uint64) []
 	if clusterID != 0 {
 		kv = append(kv, [2]string{ign.ClusterIDVar, strconv.FormatUint(clusterID, 16)})
 	}
+	kv = append(kv,
+		[2]string{ign.SlotGoodAfterVar, c.Upgrade.GoodAfter.D().String()},
+		[2]string{ign.SlotTrialTimeoutVar, c.Upgrade.TrialTimeout.D().String()},
+		[2]string{ign.SlotTriesVar, strconv.Itoa(c.Upgrade.Tries)})
 	if r := c.Etcd.AutoCompactionRetention.D(); r > 0 {
 		kv = append(kv, [2]string{"ETCD_AUTO_COMPACTION_MODE", "periodic"}, [2]string{"ETCD_AUTO_COMPACTION_RETENTION", r.String()})
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	ign34 "github.com/coreos/ignition/v2/config/v3_4"
 	"github.com/coreos/ignition/v2/config/v3_4/types"
@@ -37,6 +38,31 @@ const (
 // bootstrap, the spec's initial cluster no longer gives that ID: the
 // member then joins only the cluster named here and never bootstraps.
 const ClusterIDVar = "ETCDIMG_CLUSTER_ID"
+
+// The A/B slot settings in etcd.conf, from the spec's upgrade section,
+// as Go durations and a count. Like ClusterIDVar they are not ETCD_
+// variables, so etcd ignores them.
+const (
+	// SlotGoodAfterVar is how long the member, booted from a new slot,
+	// must stay a started, caught-up voter before the slot is good.
+	SlotGoodAfterVar = "ETCDIMG_SLOT_GOOD_AFTER"
+	// SlotTrialTimeoutVar is how long a trial boot may take to become
+	// good before the member reboots and spends a try.
+	SlotTrialTimeoutVar = "ETCDIMG_SLOT_TRIAL_TIMEOUT"
+	// SlotTriesVar is how many times a new slot is booted before the
+	// member falls back to the old one.
+	SlotTriesVar = "ETCDIMG_SLOT_TRIES"
+)
+
+// The slot settings of a config built before they were written: the
+// spec's defaults (a test in package ignition keeps them equal).
+const (
+	DefaultSlotGoodAfter    = 30 * time.Second
+	DefaultSlotTrialTimeout = 10 * time.Minute
+	DefaultSlotTries        = 3
+	// MaxSlotTries is the spec's bound on upgrade.tries.
+	MaxSlotTries = 9
+)
 
 // Config is a parsed, validated Ignition config.
 type Config = types.Config

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"etcdimg/internal/layout"
 )
@@ -38,6 +39,12 @@ type Member struct {
 	ClusterID    uint64
 	// Quota is ETCD_QUOTA_BACKEND_BYTES (0 when absent or not a number).
 	Quota int64
+	// SlotGoodAfter, SlotTrialTimeout and SlotTries are the A/B slot
+	// settings (SlotGoodAfterVar, SlotTrialTimeoutVar, SlotTriesVar);
+	// each is its Default when its line is absent, as in a config built
+	// before they were written.
+	SlotGoodAfter, SlotTrialTimeout time.Duration
+	SlotTries                       int
 }
 
 // Peer is another member of the initial cluster.
@@ -55,7 +62,9 @@ type Peer struct {
 // join.ReadSelf derives from it) cannot move with what a join wrote. An
 // etcd.conf without ETCD_NAME, ETCD_INITIAL_CLUSTER_TOKEN or
 // ETCD_INITIAL_ADVERTISE_PEER_URLS, with an unparsable peer URL, or with
-// a ClusterIDVar that is not a non-zero hex ID, is an error.
+// a ClusterIDVar that is not a non-zero hex ID, or with slot settings
+// that are not positive durations (good-after shorter than the trial
+// timeout) and a count of 1 to MaxSlotTries, is an error.
 func ReadMember(root string) (*Member, error) {
 	env, err := readConf(root)
 	if err != nil {
@@ -117,6 +126,9 @@ func parseMember(env map[string]string) (*Member, error) {
 		}
 		m.ClusterIDVar, m.ClusterID = v, id
 	}
+	if err := m.parseSlot(env); err != nil {
+		return nil, err
+	}
 	if q := env["ETCD_QUOTA_BACKEND_BYTES"]; q != "" {
 		m.Quota, _ = strconv.ParseInt(q, 10, 64)
 	}
@@ -133,6 +145,37 @@ func parseMember(env map[string]string) (*Member, error) {
 	}
 	m.Names = memberNames(env)
 	return m, nil
+}
+
+// parseSlot reads the A/B slot settings, the defaults where a line is
+// absent.
+func (m *Member) parseSlot(env map[string]string) error {
+	m.SlotGoodAfter, m.SlotTrialTimeout, m.SlotTries = DefaultSlotGoodAfter, DefaultSlotTrialTimeout, DefaultSlotTries
+	for _, d := range []struct {
+		name string
+		to   *time.Duration
+	}{{SlotGoodAfterVar, &m.SlotGoodAfter}, {SlotTrialTimeoutVar, &m.SlotTrialTimeout}} {
+		v, ok := env[d.name]
+		if !ok {
+			continue
+		}
+		p, err := time.ParseDuration(v)
+		if err != nil || p <= 0 {
+			return fmt.Errorf("%s: %s=%q is not a positive duration; rebuild the image with `etcdimg build`", EtcdConfPath, d.name, v)
+		}
+		*d.to = p
+	}
+	if v, ok := env[SlotTriesVar]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxSlotTries {
+			return fmt.Errorf("%s: %s=%q is not a count of 1 to %d; rebuild the image with `etcdimg build`", EtcdConfPath, SlotTriesVar, v, MaxSlotTries)
+		}
+		m.SlotTries = n
+	}
+	if m.SlotGoodAfter >= m.SlotTrialTimeout {
+		return fmt.Errorf("%s: %s (%s) is not shorter than %s (%s); rebuild the image with `etcdimg build`", EtcdConfPath, SlotGoodAfterVar, m.SlotGoodAfter, SlotTrialTimeoutVar, m.SlotTrialTimeout)
+	}
+	return nil
 }
 
 // memberNames are the members' names (their certificates' CNs) in

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"etcdimg/internal/layout"
 )
@@ -42,8 +43,16 @@ ETCD_INITIAL_CLUSTER="etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,
 ETCD_QUOTA_BACKEND_BYTES=8589934592
 `
 
+// oldSlot is m with the slot settings a config built before they were
+// written is read with: 30s, 10m, 3 tries.
+func oldSlot(m Member) Member {
+	m.SlotGoodAfter, m.SlotTrialTimeout, m.SlotTries = 30*time.Second, 10*time.Minute, 3
+	return m
+}
+
 // TestReadRunningMember: the identity from etcd.conf, with firstboot's
-// runtime overrides applied where they exist.
+// runtime overrides applied where they exist, and the slot settings or
+// their defaults.
 func TestReadRunningMember(t *testing.T) {
 	peers := []Peer{
 		{Name: "etcd-2", PeerURL: "https://10.0.0.2:2380", ClientURL: "https://10.0.0.2:2379"},
@@ -56,39 +65,55 @@ func TestReadRunningMember(t *testing.T) {
 		{
 			name: "spec's first cluster",
 			conf: threeConf,
-			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+			want: oldSlot(Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
 				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://[fd00::3]:2380",
-				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3"}, Quota: 8589934592},
+				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3"}, Quota: 8589934592}),
 		},
 		{
 			name: "peer CNs and a recorded cluster ID",
 			conf: threeConf + "ETCD_PEER_CERT_ALLOWED_CN=etcd-1,etcd-2,etcd-3,etcd-4\n" + ClusterIDVar + "=1c4a3b2f00d5e6a7\n",
-			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+			want: oldSlot(Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
 				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://[fd00::3]:2380",
 				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3", "etcd-4"},
-				ClusterIDVar: "1c4a3b2f00d5e6a7", ClusterID: 0x1c4a3b2f00d5e6a7, Quota: 8589934592},
+				ClusterIDVar: "1c4a3b2f00d5e6a7", ClusterID: 0x1c4a3b2f00d5e6a7, Quota: 8589934592}),
 		},
 		{
 			name: "runtime overrides win",
 			conf: threeConf,
 			over: "ETCD_INITIAL_CLUSTER_STATE=existing\nETCD_INITIAL_CLUSTER=etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380\nETCD_QUOTA_BACKEND_BYTES=1073741824\n",
-			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+			want: oldSlot(Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
 				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380",
-				Peers:          peers[:1], Names: []string{"etcd-1", "etcd-2"}, Quota: 1073741824},
+				Peers:          peers[:1], Names: []string{"etcd-1", "etcd-2"}, Quota: 1073741824}),
 		},
 		{
 			name: "a malformed override file is ignored",
 			conf: threeConf,
 			over: "ETCD_QUOTA_BACKEND_BYTES=1\nnot a variable\n",
-			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+			want: oldSlot(Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
 				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://[fd00::3]:2380",
-				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3"}, Quota: 8589934592},
+				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3"}, Quota: 8589934592}),
 		},
 		{
 			name: "a lone member, no quota",
 			conf: "ETCD_NAME=solo\nETCD_INITIAL_CLUSTER_TOKEN=t\nETCD_INITIAL_ADVERTISE_PEER_URLS=https://192.168.1.5:2380\nETCD_INITIAL_CLUSTER=solo=https://192.168.1.5:2380\nETCD_QUOTA_BACKEND_BYTES=lots\n",
-			want: Member{Name: "solo", Token: "t", PeerURL: "https://192.168.1.5:2380", IP: "192.168.1.5",
-				InitialCluster: "solo=https://192.168.1.5:2380", Names: []string{"solo"}},
+			want: oldSlot(Member{Name: "solo", Token: "t", PeerURL: "https://192.168.1.5:2380", IP: "192.168.1.5",
+				InitialCluster: "solo=https://192.168.1.5:2380", Names: []string{"solo"}}),
+		},
+		{
+			name: "slot settings written",
+			conf: threeConf + SlotGoodAfterVar + `="1m30s"` + "\n" + SlotTrialTimeoutVar + `="1h0m0s"` + "\n" + SlotTriesVar + `="9"` + "\n",
+			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://[fd00::3]:2380",
+				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3"}, Quota: 8589934592,
+				SlotGoodAfter: 90 * time.Second, SlotTrialTimeout: time.Hour, SlotTries: 9},
+		},
+		{
+			name: "one slot setting written, the others default",
+			conf: threeConf + SlotTriesVar + "=1\n",
+			want: Member{Name: "etcd-1", Token: "prod", PeerURL: "https://10.0.0.1:2380", IP: "10.0.0.1",
+				InitialCluster: "etcd-1=https://10.0.0.1:2380,etcd-2=https://10.0.0.2:2380,etcd-3=https://[fd00::3]:2380",
+				Peers:          peers, Names: []string{"etcd-1", "etcd-2", "etcd-3"}, Quota: 8589934592,
+				SlotGoodAfter: 30 * time.Second, SlotTrialTimeout: 10 * time.Minute, SlotTries: 1},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -152,6 +177,14 @@ func TestReadMemberRefuses(t *testing.T) {
 		{"bad peer URL", strings.Replace(threeConf, "https://10.0.0.1:2380\n", "https://[10.0.0.1:2380\n", 1), "ETCD_INITIAL_ADVERTISE_PEER_URLS: "},
 		{"cluster ID not hex", threeConf + ClusterIDVar + "=xyz\n", EtcdConfPath + `: ETCDIMG_CLUSTER_ID="xyz" is not a cluster ID; rebuild the image with ` + "`etcdimg build`"},
 		{"cluster ID zero", threeConf + ClusterIDVar + "=0\n", `ETCDIMG_CLUSTER_ID="0" is not a cluster ID`},
+		{"good-after not a duration", threeConf + SlotGoodAfterVar + "=soon\n", EtcdConfPath + `: ETCDIMG_SLOT_GOOD_AFTER="soon" is not a positive duration; rebuild the image with ` + "`etcdimg build`"},
+		{"good-after zero", threeConf + SlotGoodAfterVar + "=0s\n", `ETCDIMG_SLOT_GOOD_AFTER="0s" is not a positive duration`},
+		{"trial timeout negative", threeConf + SlotTrialTimeoutVar + "=-10m\n", `ETCDIMG_SLOT_TRIAL_TIMEOUT="-10m" is not a positive duration`},
+		{"trial timeout empty", threeConf + SlotTrialTimeoutVar + "=\n", `ETCDIMG_SLOT_TRIAL_TIMEOUT="" is not a positive duration`},
+		{"tries zero", threeConf + SlotTriesVar + "=0\n", `ETCDIMG_SLOT_TRIES="0" is not a count of 1 to 9`},
+		{"tries ten", threeConf + SlotTriesVar + "=10\n", `ETCDIMG_SLOT_TRIES="10" is not a count of 1 to 9`},
+		{"tries not a number", threeConf + SlotTriesVar + "=3x\n", `ETCDIMG_SLOT_TRIES="3x" is not a count`},
+		{"good-after not under the timeout", threeConf + SlotGoodAfterVar + "=10m\n", "ETCDIMG_SLOT_GOOD_AFTER (10m0s) is not shorter than ETCDIMG_SLOT_TRIAL_TIMEOUT (10m0s)"},
 		{"bad initial cluster", strings.Replace(threeConf, "etcd-2=https://10.0.0.2:2380", "etcd-2=https://[10.0.0.2:2380", 1), "ETCD_INITIAL_CLUSTER: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -33,6 +33,7 @@ type Cluster struct {
 	Backup  Backup   `yaml:"backup"`
 	PKI     PKI      `yaml:"pki"`
 	Metrics Metrics  `yaml:"metrics"`
+	Upgrade Upgrade  `yaml:"upgrade"`
 
 	// written holds the values as the spec file wrote them, by path,
 	// for errors (nil for a spec made in code).
@@ -48,6 +49,25 @@ type Metrics struct {
 	// are plain HTTP, as the runbook has them.
 	TLS bool `yaml:"tls"`
 }
+
+// Upgrade sets how a member takes a new image over the network: it is
+// written to the slot it is not running from and booted on trial; the
+// slot becomes good, or the member falls back to the old one.
+type Upgrade struct {
+	// GoodAfter is how long a member booted from a new slot must stay a
+	// started, caught-up voter before the slot is marked good.
+	GoodAfter Duration `yaml:"goodAfter"`
+	// TrialTimeout is how long a trial boot may take to become good
+	// before the member reboots and spends a try.
+	TrialTimeout Duration `yaml:"trialTimeout"`
+	// Tries is how many times a new slot is booted before the member
+	// falls back to the old one (1 to MaxUpgradeTries).
+	Tries int `yaml:"tries"`
+}
+
+// MaxUpgradeTries bounds upgrade.tries: a slot that failed nine trial
+// boots will not pass a tenth.
+const MaxUpgradeTries = 9
 
 // ReservedCN is the admin certificate's common name, etcd's root user:
 // no member may be called so, because a member's name is its
@@ -166,6 +186,11 @@ func Default(n int) *Cluster {
 			CALifetime:    Duration(87600 * time.Hour),
 			CertLifetime:  Duration(87600 * time.Hour),
 			TLSMinVersion: "1.2",
+		},
+		Upgrade: Upgrade{
+			GoodAfter:    Duration(30 * time.Second),
+			TrialTimeout: Duration(10 * time.Minute),
+			Tries:        3,
 		},
 	}
 	base := netip.MustParseAddr("192.168.2.51")

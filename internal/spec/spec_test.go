@@ -55,7 +55,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Default(0)
-	if c.Name != d.Name || c.Network.CIDR != d.Network.CIDR || c.Etcd != d.Etcd || c.PKI != d.PKI {
+	if c.Name != d.Name || c.Network.CIDR != d.Network.CIDR || c.Etcd != d.Etcd || c.PKI != d.PKI || c.Upgrade != d.Upgrade {
 		t.Errorf("defaults not filled: %+v", c)
 	}
 	// A network section given without a gateway means no default route.
@@ -161,6 +161,17 @@ func TestBadSpecsAreRefused(t *testing.T) {
 		{"s3 endpoint with a query", three + "backup:\n  s3: {endpoint: \"https://s3.example.net?region=x\", bucket: etcd, credentialsFile: c}\n", "backup.s3.endpoint"},
 		{"s3 endpoint with a fragment", three + "backup:\n  s3: {endpoint: \"https://s3.example.net#x\", bucket: etcd, credentialsFile: c}\n", "backup.s3.endpoint"},
 		{"s3 endpoint with a user", three + "backup:\n  s3: {endpoint: \"https://AKIAEXAMPLE@s3.example.net\", bucket: etcd, credentialsFile: c}\n", "backup.s3.endpoint holds a user name or password"},
+		{"good after zero", three + "upgrade: {goodAfter: 0s}\n", "upgrade.goodAfter 0s must be positive"},
+		{"good after negative", three + "upgrade: {goodAfter: -30s}\n", "upgrade.goodAfter -30s must be positive"},
+		{"trial timeout zero", three + "upgrade: {trialTimeout: 0m}\n", "upgrade.trialTimeout 0m must be positive"},
+		{"trial timeout negative", three + "upgrade: {goodAfter: 1s, trialTimeout: -1h}\n", "upgrade.trialTimeout -1h must be positive"},
+		{"good after equals trial timeout", three + "upgrade: {goodAfter: 10m, trialTimeout: 600s}\n", "upgrade.goodAfter 10m is not shorter than upgrade.trialTimeout 600s"},
+		{"good after over the default trial timeout", three + "upgrade: {goodAfter: 1h}\n", "upgrade.goodAfter 1h is not shorter than upgrade.trialTimeout 10m"},
+		{"zero tries", three + "upgrade: {tries: 0}\n", "upgrade.tries 0 is out of range"},
+		{"ten tries", three + "upgrade: {tries: 10}\n", "upgrade.tries 10 is out of range; write how many times a new image is booted before falling back, 1 to 9"},
+		{"tries not a number", three + "upgrade: {tries: many}\n", `upgrade.tries: "many" is not a valid whole number`},
+		{"unparsable good after", three + "upgrade: {goodAfter: soon}\n", `upgrade.goodAfter: "soon" is not a duration`},
+		{"unknown upgrade field", three + "upgrade: {retries: 3}\n", "unknown field upgrade.retries"},
 		{"s3 endpoint with a password", three + "backup:\n  s3: {endpoint: \"https://AKIAEXAMPLE:wJalrXUtnFEMI@s3.example.net\", bucket: etcd, credentialsFile: c}\n", "put the keys in backup.s3.credentialsFile"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -184,6 +195,36 @@ func TestBadSpecsAreRefused(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestUpgradeSettings: upgrade's fields parse as written, the rest keep
+// their defaults (30s, 10m, 3), and the bounds are inclusive.
+func TestUpgradeSettings(t *testing.T) {
+	members := "members:\n  - {name: a, ip: 192.168.2.51}\n"
+	for _, tc := range []struct {
+		name, yaml string
+		want       Upgrade
+	}{
+		{"defaults", "", Upgrade{Duration(30 * time.Second), Duration(10 * time.Minute), 3}},
+		{"all written", "upgrade: {goodAfter: 2m, trialTimeout: 1h, tries: 5}\n", Upgrade{Duration(2 * time.Minute), Duration(time.Hour), 5}},
+		{"one written", "upgrade: {tries: 1}\n", Upgrade{Duration(30 * time.Second), Duration(10 * time.Minute), 1}},
+		{"most tries", "upgrade: {tries: 9}\n", Upgrade{Duration(30 * time.Second), Duration(10 * time.Minute), 9}},
+		{"just under the timeout", "upgrade: {goodAfter: 599s}\n", Upgrade{Duration(599 * time.Second), Duration(10 * time.Minute), 3}},
+		{"in days", "upgrade: {trialTimeout: 1d}\n", Upgrade{Duration(30 * time.Second), Duration(24 * time.Hour), 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(members+tc.yaml), "f")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Upgrade != tc.want {
+				t.Errorf("upgrade = %+v, want %+v", c.Upgrade, tc.want)
+			}
+		})
+	}
+	if d := Default(3).Upgrade; d.GoodAfter.D() != 30*time.Second || d.TrialTimeout.D() != 10*time.Minute || d.Tries != 3 {
+		t.Errorf("default upgrade = %+v, want 30s, 10m, 3", d)
 	}
 }
 

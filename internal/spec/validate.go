@@ -129,7 +129,10 @@ func (c *Cluster) Validate() error {
 			return err
 		}
 	}
-	return c.PKI.validate(w)
+	if err := c.PKI.validate(w); err != nil {
+		return err
+	}
+	return c.Upgrade.validate(w)
 }
 
 var bucketName = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
@@ -204,6 +207,20 @@ func (p PKI) validate(w written) error {
 		return fmt.Errorf("spec: pki.certLifetime %s is longer than pki.caLifetime %s; certificates cannot outlive their CA, shorten it", w.dur("pki.certLifetime", p.CertLifetime), w.dur("pki.caLifetime", p.CALifetime))
 	case p.TLSMinVersion != "1.2" && p.TLSMinVersion != "1.3":
 		return fmt.Errorf("spec: pki.tlsMinVersion %q is not supported; use \"1.2\" (AEAD cipher suites only) or \"1.3\"", p.TLSMinVersion)
+	}
+	return nil
+}
+
+func (u Upgrade) validate(w written) error {
+	switch {
+	case u.GoodAfter.D() <= 0:
+		return fmt.Errorf("spec: upgrade.goodAfter %s must be positive; write how long a member on a new image must stay a caught-up voter before the image is kept (e.g. 30s)", w.dur("upgrade.goodAfter", u.GoodAfter))
+	case u.TrialTimeout.D() <= 0:
+		return fmt.Errorf("spec: upgrade.trialTimeout %s must be positive; write how long a trial boot of a new image may take to become good (e.g. 10m)", w.dur("upgrade.trialTimeout", u.TrialTimeout))
+	case u.GoodAfter >= u.TrialTimeout:
+		return fmt.Errorf("spec: upgrade.goodAfter %s is not shorter than upgrade.trialTimeout %s; a trial boot could never become good: shorten goodAfter or lengthen trialTimeout", w.dur("upgrade.goodAfter", u.GoodAfter), w.dur("upgrade.trialTimeout", u.TrialTimeout))
+	case u.Tries < 1 || u.Tries > MaxUpgradeTries:
+		return fmt.Errorf("spec: upgrade.tries %d is out of range; write how many times a new image is booted before falling back, 1 to %d (default 3)", u.Tries, MaxUpgradeTries)
 	}
 	return nil
 }
