@@ -62,6 +62,12 @@ func (d *Driver) Swap(ctx context.Context, member, image string, keepDisk bool, 
 	if err := d.State.SetImage(member, image); err != nil {
 		return err
 	}
+	line, err = d.State.PrepareOSDisk(member)
+	if err != nil {
+		return err
+	}
+	say(line, time.Since(start))
+	start = time.Now()
 	if d.BeforeBoot != nil {
 		if err := d.BeforeBoot(member); err != nil {
 			return err

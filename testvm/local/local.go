@@ -3,6 +3,7 @@ package local
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -33,7 +34,10 @@ type Options struct {
 	Members  []MemberSpec
 	MemoryMB int
 	Accel    string
-	PortBase int   // member i (from 1) gets PortBase+100i+79 (client) and +81 (metrics)
+	// PortBase: member i (from 1) gets PortBase+100i+79 (client), +80
+	// (peer), +81 (metrics), +82 (node metrics), +83 (backups) and +84
+	// (node API) on the host.
+	PortBase int
 	DataSize int64 // size of a new data disk
 	// SwitchCommand runs the LAN switch as its own process (so that the
 	// cluster outlives the command that started it); its last argument
@@ -45,6 +49,9 @@ type Options struct {
 	// and output.
 	HostServices []HostService
 	RelayCommand []string
+	// Out, when set, is told where a member's old OS disk went when a
+	// fresh copy of a changed image replaced it.
+	Out io.Writer
 }
 
 // HostService maps an address of the LAN that no member has to a TCP
@@ -69,6 +76,10 @@ func NodePorts(base, i int) (nodeMetrics, backup int) {
 // so that the operator (and the tests) can see what the peer port
 // accepts; mTLS with a member's certificate still guards it.
 func PeerPort(base, i int) int { return base + 100*i + 80 }
+
+// NodeAPIPort returns member i's (from 1) node API port on the host
+// (layout.NodeAPIPort: mTLS, the admin and the members only).
+func NodeAPIPort(base, i int) int { return base + 100*i + 84 }
 
 // Boot boots every member on one LAN. Each QEMU runs in its own process
 // group, so the cluster keeps running when the caller exits. The state
@@ -96,7 +107,7 @@ func Boot(o Options) (*State, error) {
 	for i := range o.Members {
 		c, m := Ports(o.PortBase, i+1)
 		nm, b := NodePorts(o.PortBase, i+1)
-		for _, p := range []int{c, m, nm, b} {
+		for _, p := range []int{c, m, nm, b, NodeAPIPort(o.PortBase, i+1)} {
 			if err := portFree(p); err != nil {
 				return nil, fmt.Errorf("port %d for %s: %w; stop what uses it or pass another --port-base", p, o.Members[i].Name, err)
 			}
@@ -149,7 +160,8 @@ func Boot(o Options) (*State, error) {
 			testvm.GatewayForward{Host: PeerPort(o.PortBase, i+1), Guest: m.IP, Port: layout.PeerPort},
 			testvm.GatewayForward{Host: metrics, Guest: m.IP, Port: layout.MetricsPort},
 			testvm.GatewayForward{Host: nodeMetrics, Guest: m.IP, Port: layout.NodeMetricsPort},
-			testvm.GatewayForward{Host: backup, Guest: m.IP, Port: layout.BackupPort})
+			testvm.GatewayForward{Host: backup, Guest: m.IP, Port: layout.BackupPort},
+			testvm.GatewayForward{Host: NodeAPIPort(o.PortBase, i+1), Guest: m.IP, Port: layout.NodeAPIPort})
 	}
 	if st.Gateway, err = testvm.StartGateway(gwOpts); err != nil {
 		return st, err
@@ -161,9 +173,19 @@ func Boot(o Options) (*State, error) {
 		client, metrics := Ports(o.PortBase, i+1)
 		nodeMetrics, backup := NodePorts(o.PortBase, i+1)
 		st.Members = append(st.Members, MemberState{
-			Name: m.Name, IP: m.IP.String(), Client: client, Peer: PeerPort(o.PortBase, i+1), Metrics: metrics, NodeMetrics: nodeMetrics, Backup: backup, Image: m.Image,
+			Name: m.Name, IP: m.IP.String(), Client: client, Peer: PeerPort(o.PortBase, i+1), Metrics: metrics, NodeMetrics: nodeMetrics, Backup: backup,
+			NodeAPI: NodeAPIPort(o.PortBase, i+1), Image: m.Image, OSDisk: OSDiskPath(o.DiskDir, m.Name),
 			DataDisk: filepath.Join(o.DiskDir, m.Name+"-data.img"),
 		})
+		// A member boots `up` after `up` from its own OS disk, with the
+		// slots it wrote, for as long as its image is the same.
+		_, aside, err := prepareOSDisk(st.DiskDir, &st.Members[i], time.Now())
+		if aside != "" && o.Out != nil {
+			fmt.Fprintf(o.Out, "%s: its image changed; old OS disk kept at %s, a fresh copy replaces it\n", m.Name, aside)
+		}
+		if err != nil {
+			return st, err
+		}
 		if err := st.boot(&st.Members[i]); err != nil {
 			return st, err
 		}
@@ -171,12 +193,15 @@ func Boot(o Options) (*State, error) {
 	return st, nil
 }
 
-// boot starts m's QEMU on the LAN and records it.
+// boot starts m's QEMU on the LAN, from m's own OS disk (which it
+// writes, and reboots from as a machine does), and records it.
 func (st *State) boot(m *MemberState) error {
 	vm, err := testvm.Start(testvm.Options{
 		Name:     m.Name,
 		Dir:      st.RunDir,
-		Image:    m.Image,
+		Image:    m.OSDisk,
+		Writable: true,
+		Reboot:   true,
 		DataDisk: m.DataDisk,
 		DataSize: st.DataSize,
 		MemoryMB: st.MemoryMB,
@@ -256,8 +281,9 @@ func (st *State) Stop(name string, timeout time.Duration) (string, error) {
 	return line, st.save()
 }
 
-// Start boots member name from its image and data disk. The caller holds
-// the lock.
+// Start boots member name from its OS disk as it is (a copy of its image
+// made first if it has none) and its data disk. The caller holds the
+// lock.
 func (st *State) Start(name string) error {
 	m, err := st.Member(name)
 	if err != nil {
@@ -268,6 +294,11 @@ func (st *State) Start(name string) error {
 	}
 	if !st.LANUp() {
 		return fmt.Errorf("the virtual LAN of %s is down; run `etcdimg down` then `etcdimg up`", filepath.Dir(st.RunDir))
+	}
+	if _, err := os.Lstat(m.OSDisk); m.OSDisk == "" || errors.Is(err, os.ErrNotExist) {
+		if _, _, err := prepareOSDisk(st.DiskDir, m, time.Now()); err != nil {
+			return err
+		}
 	}
 	return st.boot(m)
 }
@@ -282,6 +313,25 @@ func (st *State) SetImage(name, image string) error {
 		return err
 	}
 	return st.save()
+}
+
+// PrepareOSDisk makes stopped member name's OS disk ready to boot its
+// image (SetImage): kept when the image is the one it was copied from,
+// else set aside in DiskDir/previous/ for a fresh copy. It returns a
+// line saying which.
+func (st *State) PrepareOSDisk(name string) (string, error) {
+	m, err := st.Member(name)
+	if err != nil {
+		return "", err
+	}
+	if m.Running() {
+		return "", fmt.Errorf("%s is running; stop it before its OS disk is changed", name)
+	}
+	line, _, err := prepareOSDisk(st.DiskDir, m, time.Now())
+	if serr := st.save(); err == nil {
+		err = serr
+	}
+	return line, err
 }
 
 // SetAsideDataDisk moves a stopped member's data disk to DiskDir/old/,
@@ -311,8 +361,8 @@ func (st *State) SetAsideDataDisk(name string) (string, error) {
 
 // Down presses every member's power button, waits up to timeout for all
 // to power off, kills what is left by PID, stops the gateway and the
-// switch and removes the state file. Data disks stay. The caller holds
-// the lock.
+// switch and removes the state file. OS and data disks stay. The caller
+// holds the lock.
 func (st *State) Down(timeout time.Duration) []string {
 	var mu sync.Mutex
 	var report []string

@@ -40,6 +40,15 @@ func TestPorts(t *testing.T) {
 	if c, m := Ports(40000, 3); c != 40379 || m != 40381 {
 		t.Errorf("Ports(40000, 3) = %d, %d", c, m)
 	}
+	if p := PeerPort(40000, 3); p != 40380 {
+		t.Errorf("PeerPort(40000, 3) = %d", p)
+	}
+	if nm, b := NodePorts(40000, 3); nm != 40382 || b != 40383 {
+		t.Errorf("NodePorts(40000, 3) = %d, %d", nm, b)
+	}
+	if p := NodeAPIPort(40000, 3); p != 40384 {
+		t.Errorf("NodeAPIPort(40000, 3) = %d", p)
+	}
 }
 
 // TestLockRefusesASecondCommand: two commands on one run directory never

@@ -37,14 +37,21 @@ type MemberState struct {
 	Client  int            `json:"clientPort"`
 	Peer    int            `json:"peerPort,omitempty"`
 	Metrics int            `json:"metricsPort"`
-	// NodeMetrics and Backup forward the appliance's own metrics and
-	// its backups API (layout.NodeMetricsPort, layout.BackupPort).
+	// NodeMetrics, Backup and NodeAPI forward the appliance's own
+	// metrics, its backups API and its node API (layout.NodeMetricsPort,
+	// layout.BackupPort, layout.NodeAPIPort).
 	NodeMetrics int    `json:"nodeMetricsPort,omitempty"`
 	Backup      int    `json:"backupPort,omitempty"`
+	NodeAPI     int    `json:"node_api,omitempty"`
 	Console     string `json:"console"`
 	QMP         string `json:"qmp"`
-	Image       string `json:"image"`
-	DataDisk    string `json:"dataDisk"`
+	// Image is the member's built image; OSDisk, the disk it boots from
+	// and writes, a copy of Image (see prepareOSDisk). A state file
+	// written before members had OS disks of their own has none: the
+	// member's next start makes it.
+	Image    string `json:"image"`
+	OSDisk   string `json:"os_disk,omitempty"`
+	DataDisk string `json:"dataDisk"`
 }
 
 // Running reports whether the member's QEMU is the recorded process.
@@ -122,6 +129,8 @@ func (m MemberState) HostPort(guest int) int {
 		return m.NodeMetrics
 	case layout.BackupPort:
 		return m.Backup
+	case layout.NodeAPIPort:
+		return m.NodeAPI
 	}
 	return 0
 }

@@ -99,6 +99,7 @@ func Up(o UpOptions) (*Booted, error) {
 		MemoryMB: o.MemoryMB, Accel: o.Accel, PortBase: o.PortBase, DataSize: int64(o.DataSize),
 		SwitchCommand: []string{exe, "lan", "--socket"},
 		HostServices:  services, RelayCommand: []string{exe, "lan", "--relay"},
+		Out: w,
 	})
 	for _, hs := range services {
 		fmt.Fprintf(w, "lan      %s (backup.s3.endpoint) is this host's %s\n", hs.LAN, hs.Host)

@@ -144,7 +144,7 @@ func TestReachFollowsTheState(t *testing.T) {
 		t.Fatal("a directory with no cluster under up has forwarded ports")
 	}
 	os.MkdirAll(dir.RunDir(), 0o700)
-	st := &State{RunDir: dir.RunDir(), Members: []MemberState{{Name: "etcd-1", Client: 40179, Metrics: 40181, Backup: 40183}},
+	st := &State{RunDir: dir.RunDir(), Members: []MemberState{{Name: "etcd-1", Client: 40179, Metrics: 40181, Backup: 40183, NodeAPI: 40184}},
 		HostServices: map[string]string{"192.168.2.50:9000": "127.0.0.1:9000"}}
 	if err := st.save(); err != nil {
 		t.Fatal(err)
@@ -156,6 +156,9 @@ func TestReachFollowsTheState(t *testing.T) {
 	}
 	if got := reach(m, layout.BackupPort); got != "127.0.0.1:40183" {
 		t.Errorf("backup: %s", got)
+	}
+	if got := reach(m, layout.NodeAPIPort); got != "127.0.0.1:40184" {
+		t.Errorf("node API: %s", got)
 	}
 	if got := HostServices(dir)["192.168.2.50:9000"]; got != "127.0.0.1:9000" {
 		t.Errorf("host services: %v", HostServices(dir))

@@ -58,15 +58,15 @@ func StopMember(dir outdir.Layout, name string) (string, error) {
 	return onMember(dir, "stop", func(st *State) (string, error) { return st.Stop(name, time.Minute) })
 }
 
-// StartMember boots stopped member name from its image and data disk,
-// and returns the line that says so.
+// StartMember boots stopped member name from its OS disk as it is and
+// its data disk, and returns the line that says so.
 func StartMember(dir outdir.Layout, name string) (string, error) {
 	return onMember(dir, "start", func(st *State) (string, error) {
 		if err := st.Start(name); err != nil {
 			return "", err
 		}
 		m, _ := st.Member(name)
-		return fmt.Sprintf("%s: booting %s (pid %d), console %s", m.Name, m.Image, m.QEMU.PID, m.Console), nil
+		return fmt.Sprintf("%s: booting %s (pid %d), console %s", m.Name, m.OSDisk, m.QEMU.PID, m.Console), nil
 	})
 }
 
