@@ -37,6 +37,8 @@ type state struct {
 	hasData   bool
 	owner     datadisk.Marker
 	plan      *join.Plan
+	// slotTiming is the member's config, for the trial's settings.
+	slotTiming *ign.Member
 }
 
 // A bootStep is one named step of the boot. Each prints one console line
@@ -61,6 +63,9 @@ var bootSteps = []bootStep{
 	{name: "mount kernel file systems", run: func(*state) (string, error) { return kernelfs.Mount() }},
 	{name: "watch the power button", quiet: true, run: watchPower},
 	{name: "detect the platform", quiet: true, run: detectPlatform},
+	// Which slot booted, and whether it is on trial: a trial boot that
+	// stops anywhere after this reboots, spending a try.
+	{name: "check boot slot", run: checkSlot},
 	// A cloud instance learns its address by DHCP, and only then can it
 	// ask the metadata service for its config.
 	{name: "configure network (platform)", when: onCloud, run: leaseAddress,
@@ -80,11 +85,13 @@ var bootSteps = []bootStep{
 	{name: "sync clock", run: syncClock},
 	{name: "keep the clock", quiet: true, when: haveClocks, run: keepClock},
 	{name: "read member identity", quiet: true, run: readMember},
+	{name: "serve node API", run: serveNodeAPI},
 	{name: "prepare data disk", run: prepareDataDisk},
 	{name: "check data disk", run: checkDataDisk},
 	{name: "decide cluster state", run: decideClusterState},
 	// Each unit's start is a line of its own: "start etcd.service".
 	{name: "start units", quiet: true, run: startUnits},
+	{name: "watch the trial", when: onTrial, run: watchTrial},
 }
 
 // boot runs the boot's steps. Everything that can refuse the config

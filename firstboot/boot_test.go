@@ -169,17 +169,17 @@ func TestTheBootRunsItsStepsInOrder(t *testing.T) {
 		got = append(got, s.name)
 	}
 	want := []string{
-		"mount kernel file systems", "watch the power button", "detect the platform",
+		"mount kernel file systems", "watch the power button", "detect the platform", "check boot slot",
 		"configure network (platform)", "read config", "check units", "apply config", "set hostname",
 		"read network files", "check address", "report ready", "configure network",
-		"choose clock sources", "sync clock", "keep the clock", "read member identity",
-		"prepare data disk", "check data disk", "decide cluster state", "start units",
+		"choose clock sources", "sync clock", "keep the clock", "read member identity", "serve node API",
+		"prepare data disk", "check data disk", "decide cluster state", "start units", "watch the trial",
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("the boot's steps are\n%q\nwant\n%q", got, want)
 	}
 	disk := slices.Index(got, "prepare data disk")
-	for _, refuses := range []string{"read config", "check units", "apply config", "check address", "read member identity"} {
+	for _, refuses := range []string{"check boot slot", "read config", "check units", "apply config", "check address", "read member identity"} {
 		if i := slices.Index(got, refuses); i < 0 || i > disk {
 			t.Errorf("%q runs after the data disk is touched", refuses)
 		}

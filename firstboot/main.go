@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"etcdimg/firstboot/internal/console"
+	"etcdimg/firstboot/slots"
 	"etcdimg/internal/layout"
 )
 
@@ -25,6 +26,7 @@ const (
 	MsgStopped  = console.Stopped
 	MsgReady    = "ready"
 	MsgPowerOff = "powering off"
+	MsgReboot   = "rebooting"
 )
 
 // node is the state of the running appliance.
@@ -32,7 +34,12 @@ type node struct {
 	mu       sync.Mutex
 	services []*service
 	dataDev  string // mounted at the data dir, or ""
-	power    chan string
+	power    chan powerRequest
+	// esp is the boot slots; trial is set while the running slot is on
+	// trial, and gate is its gate once etcd runs.
+	esp   *slots.ESP
+	trial bool
+	gate  *slots.Gate
 	// ctx ends when power-off is requested, so that a boot step that
 	// waits (for peers, say) gives way to the power button.
 	ctx    context.Context
@@ -41,7 +48,7 @@ type node struct {
 
 // Main is /init. It never returns: the machine ends powered off.
 func Main() {
-	n := &node{power: make(chan string, 1)}
+	n := &node{power: make(chan powerRequest, 1)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.watchSignals()
 	defer func() {
@@ -64,9 +71,15 @@ func Main() {
 	n.shutdown(n.waitPower())
 }
 
+// powerRequest is a power-off, or a reboot.
+type powerRequest struct {
+	reason string
+	reboot bool
+}
+
 // waitPower blocks until power-off is requested. The periodic wake-up
 // keeps Go's deadlock detector from ever calling a waiting PID 1 stuck.
-func (n *node) waitPower() string {
+func (n *node) waitPower() powerRequest {
 	for {
 		select {
 		case r := <-n.power:
@@ -83,14 +96,25 @@ func step(name string, fn func() (string, error)) error { return console.Step(na
 // and waits for the power button; the data disk is left as it is.
 func (n *node) stopped(err error) {
 	logf("%s %v", MsgStopped, err)
+	n.mu.Lock()
+	trial := n.trial
+	n.mu.Unlock()
+	if trial {
+		n.failTrial(fmt.Sprintf("the boot stopped: %v", err))
+		n.shutdown(n.waitPower())
+	}
 	logf("the data disk was not formatted or changed by this boot step; fix the config or the disk and boot again. Waiting for power-off.")
 	n.shutdown(n.waitPower())
 }
 
 // shutdown stops the services, syncs and unmounts the data disk, and
-// powers off. It never returns.
-func (n *node) shutdown(reason string) {
-	logf("%s (%s)", MsgPowerOff, reason)
+// powers off or reboots. It never returns.
+func (n *node) shutdown(req powerRequest) {
+	if req.reboot {
+		logf("%s (%s)", MsgReboot, req.reason)
+	} else {
+		logf("%s (%s)", MsgPowerOff, req.reason)
+	}
 	n.mu.Lock()
 	services := n.services
 	dev := n.dataDev
@@ -108,10 +132,14 @@ func (n *node) shutdown(reason string) {
 		}
 	}
 	unix.Sync()
-	logf("power off")
+	cmd, what := unix.LINUX_REBOOT_CMD_POWER_OFF, "power off"
+	if req.reboot {
+		cmd, what = unix.LINUX_REBOOT_CMD_RESTART, "reboot"
+	}
+	logf("%s", what)
 	for {
-		if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
-			logf("power off: %v", err)
+		if err := unix.Reboot(cmd); err != nil {
+			logf("%s: %v", what, err)
 		}
 		time.Sleep(time.Second)
 	}
@@ -129,9 +157,14 @@ func (n *node) watchSignals() {
 	})
 }
 
-func (n *node) requestPower(reason string) {
+func (n *node) requestPower(reason string) { n.request(powerRequest{reason: reason}) }
+
+// requestReboot stops the member as a power-off does, then reboots.
+func (n *node) requestReboot(reason string) { n.request(powerRequest{reason: reason, reboot: true}) }
+
+func (n *node) request(r powerRequest) {
 	select {
-	case n.power <- reason:
+	case n.power <- r:
 	default:
 	}
 	n.cancel()

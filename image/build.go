@@ -1,9 +1,11 @@
 package image
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"slices"
 
 	"etcdimg/image/deb"
@@ -11,6 +13,7 @@ import (
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/restore"
 	"etcdimg/internal/spec"
+	"etcdimg/pki"
 )
 
 // Building an output directory's images: what `build` does with what
@@ -71,17 +74,37 @@ type Written struct {
 // when set) with its config from ignition (render's, byte for byte), or
 // one generic image named for the platform on a cloud; each carries
 // snapshot when it is not "".
-func (b Build) Members(ignition map[string][]byte, snapshot string) []Member {
+func (b Build) Members(ignition map[string][]byte, snapshot, clusterID string) []Member {
 	if b.Cloud() {
 		return []Member{{Cluster: b.Cluster.Name, Name: "etcdimg-" + b.Platform, Restore: snapshot, Platform: b.Platform}}
 	}
 	var images []Member
 	for _, m := range b.Cluster.Members {
 		if b.Only == nil || slices.Contains(b.Only, m.Name) {
-			images = append(images, Member{Cluster: b.Cluster.Name, Name: m.Name, Ignition: ignition[m.Name], Restore: snapshot, Platform: b.Platform})
+			images = append(images, Member{Cluster: b.Cluster.Name, ClusterID: clusterID, Name: m.Name, Ignition: ignition[m.Name], Restore: snapshot, Platform: b.Platform})
 		}
 	}
 	return images
+}
+
+// clusterID is the cluster ID render recorded (hex), which every slot's
+// manifest names.
+func (b Build) clusterID() (string, error) {
+	raw, err := os.ReadFile(b.Dir.ClusterRecord())
+	if err != nil {
+		return "", fmt.Errorf("image: %w; run `etcdimg render` first", err)
+	}
+	var rec struct {
+		ClusterID string `json:"clusterID"`
+	}
+	if err := json.Unmarshal(raw, &rec); err != nil || rec.ClusterID == "" {
+		return "", fmt.Errorf("image: %s names no cluster ID (%v); run `etcdimg render`", b.Dir.ClusterRecord(), err)
+	}
+	id, err := strconv.ParseUint(rec.ClusterID, 16, 64)
+	if err != nil || id == 0 {
+		return "", fmt.Errorf("image: %s: cluster ID %q is not hex; run `etcdimg render`", b.Dir.ClusterRecord(), rec.ClusterID)
+	}
+	return strconv.FormatUint(id, 16), nil
 }
 
 // Write writes the images into the directory's images/ from boot and the
@@ -97,13 +120,23 @@ func (b Build) Write(boot *Boot, ignition map[string][]byte) (*Written, error) {
 	if plan != nil {
 		snapshot = plan.SnapshotPath(b.Dir)
 	}
-	if w.Files, err = WriteAll(b.Dir.ImagesDir(), b.Members(ignition, snapshot), boot, b.Formats, b.Options); err != nil {
+	if boot.Signer, boot.SignerPub, err = pki.LoadImageSigner(b.Dir.PKI()); err != nil {
+		return w, err
+	}
+	clusterID, err := b.clusterID()
+	if err != nil {
+		return w, err
+	}
+	if w.Files, err = WriteAll(b.Dir.ImagesDir(), b.Members(ignition, snapshot, clusterID), boot, b.Formats, b.Options); err != nil {
 		return w, err
 	}
 	for _, f := range w.Files {
 		if f.Format == "raw" && !b.Cloud() {
 			w.Raw[f.Member] = f.Path
 		}
+	}
+	if err := writeManifest(b.Dir, w.Files); err != nil {
+		return w, fmt.Errorf("image: %s: %w", ManifestFile, err)
 	}
 	return w, nil
 }

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"etcdimg/internal/layout"
-	"etcdimg/internal/outdir"
 	"etcdimg/internal/restore"
 	"etcdimg/internal/spec"
 )
@@ -35,7 +34,7 @@ func configs(c *spec.Cluster) map[string][]byte {
 // each with its own config, and returns the raw images that boot them.
 func TestBuildWritesTheMembersImagesFromRendersConfigs(t *testing.T) {
 	c := spec.Default(3)
-	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	dir := testDir(t)
 	b := Build{Cluster: c, Dir: dir, Platform: layout.PlatformQEMU, Formats: raw(t), Only: []string{"etcd-2"}}
 	if err := b.Check(); err != nil {
 		t.Fatal(err)
@@ -52,7 +51,7 @@ func TestBuildWritesTheMembersImagesFromRendersConfigs(t *testing.T) {
 		t.Errorf("raw images %v", w.Raw)
 	}
 	b.Only = nil
-	ms := b.Members(cfgs, "")
+	ms := b.Members(cfgs, "", "1a2b")
 	if len(ms) != 3 {
 		t.Fatalf("every member: %d images", len(ms))
 	}
@@ -67,11 +66,11 @@ func TestBuildWritesTheMembersImagesFromRendersConfigs(t *testing.T) {
 // for every member, carrying no config, and nothing boots here from it.
 func TestACloudBuildIsOneGenericImage(t *testing.T) {
 	c := spec.Default(3)
-	b := Build{Cluster: c, Dir: outdir.Layout(filepath.Join(t.TempDir(), "out")), Platform: layout.PlatformAWS, Formats: raw(t)}
+	b := Build{Cluster: c, Dir: testDir(t), Platform: layout.PlatformAWS, Formats: raw(t)}
 	if !b.Cloud() {
 		t.Fatal("aws is not a cloud")
 	}
-	ms := b.Members(configs(c), "")
+	ms := b.Members(configs(c), "", "1a2b")
 	if len(ms) != 1 || ms[0].Name != "etcdimg-aws" || !ms[0].Generic() || ms[0].Platform != layout.PlatformAWS {
 		t.Fatalf("cloud images %+v", ms)
 	}
@@ -89,7 +88,7 @@ func TestACloudBuildIsOneGenericImage(t *testing.T) {
 // carry the snapshot.
 func TestARestoredClusterGetsNoCloudImage(t *testing.T) {
 	c := spec.Default(2)
-	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	dir := testDir(t)
 	os.MkdirAll(dir.Dir(), 0o700)
 	if err := os.WriteFile(filepath.Join(dir.Dir(), restore.PlanFile), []byte(`{"token":"t","snapshot":"restore/snapshot.db"}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -102,7 +101,7 @@ func TestARestoredClusterGetsNoCloudImage(t *testing.T) {
 	if err := b.Check(); err != nil {
 		t.Errorf("metal build of a restored cluster: %v", err)
 	}
-	for _, m := range b.Members(configs(c), "/snap.db") {
+	for _, m := range b.Members(configs(c), "/snap.db", "1a2b") {
 		if m.Restore != "/snap.db" {
 			t.Errorf("%s carries no snapshot", m.Name)
 		}

@@ -3,12 +3,15 @@ package image
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"debug/elf"
+	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -20,15 +23,23 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	etcdversion "go.etcd.io/etcd/api/v3/version"
+
 	"etcdimg/image/deb"
 	"etcdimg/internal/layout"
+	"etcdimg/internal/slot"
 )
 
 // Paths on the EFI system partition, shared with firstboot.
 const (
-	LoaderPath = "/EFI/BOOT/BOOTX64.EFI"
-	// stubIn is systemd's EFI stub in Debian's systemd-boot-efi package.
+	// LoaderPath is the removable-media boot loader: systemd-boot, which
+	// boots the first slot in its order (slot.LoaderConf).
+	LoaderPath     = "/EFI/BOOT/BOOTX64.EFI"
+	LoaderConfPath = layout.LoaderDir + "/loader.conf"
+	// stubIn is systemd's EFI stub in Debian's systemd-boot-efi package,
+	// and bootIn systemd-boot itself.
 	stubIn = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+	bootIn = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 )
 
 // KernelCmdline is the appliance's kernel command line: the serial console
@@ -48,6 +59,7 @@ const sourceDateEpoch = "1577836800"
 // and the initramfs.
 type Boot struct {
 	Stub          []byte // systemd's linuxx64.efi.stub
+	Loader        []byte // systemd-bootx64.efi
 	Kernel        []byte // vmlinuz
 	KernelVersion string
 	Initrd        []byte // compressed
@@ -56,6 +68,10 @@ type Boot struct {
 	// Node is the node binary, which goes on the ESP
 	// (layout.NodeBinaryPath), not into the initramfs.
 	Node []byte
+	// Signer signs each slot's manifest; SignerPub, its public key, goes
+	// into every slot. The private key never leaves the build machine.
+	Signer    ed25519.PrivateKey
+	SignerPub []byte
 }
 
 // Inputs name the files a Boot is made from.
@@ -80,6 +96,10 @@ func PrepareBoot(in Inputs) (*Boot, error) {
 	if err != nil {
 		return nil, err
 	}
+	loader, err := readDebFile(in.BootloaderDeb, bootIn)
+	if err != nil {
+		return nil, err
+	}
 	node, err := os.ReadFile(in.NodeBinary)
 	if err != nil {
 		return nil, fmt.Errorf("image: node binary: %w; build it with `make`", err)
@@ -98,7 +118,7 @@ func PrepareBoot(in Inputs) (*Boot, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Boot{Stub: stub, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: initrd, InitrdRaw: raw, Node: node}
+	b := &Boot{Stub: stub, Loader: loader, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: initrd, InitrdRaw: raw, Node: node}
 	for _, m := range mods {
 		b.Modules = append(b.Modules, m.Name)
 	}
@@ -106,10 +126,13 @@ func PrepareBoot(in Inputs) (*Boot, error) {
 }
 
 // ReadStub reads systemd's EFI stub from Debian's systemd-boot-efi package.
-func ReadStub(debPath string) ([]byte, error) {
+func ReadStub(debPath string) ([]byte, error) { return readDebFile(debPath, stubIn) }
+
+// readDebFile reads one file of Debian's systemd-boot-efi package.
+func readDebFile(debPath, want string) ([]byte, error) {
 	var stub []byte
 	err := deb.Walk(debPath, func(h *tar.Header, name string, r io.Reader) error {
-		if name == stubIn {
+		if name == want {
 			b, err := io.ReadAll(r)
 			stub = b
 			if err == nil {
@@ -123,7 +146,7 @@ func ReadStub(debPath string) ([]byte, error) {
 		return nil, fmt.Errorf("image: read boot loader package: %w", err)
 	}
 	if stub == nil {
-		return nil, fmt.Errorf("image: %s holds no %s; pass Debian's systemd-boot-efi package", debPath, stubIn)
+		return nil, fmt.Errorf("image: %s holds no %s; pass Debian's systemd-boot-efi package", debPath, want)
 	}
 	return stub, nil
 }
@@ -131,7 +154,10 @@ func ReadStub(debPath string) ([]byte, error) {
 // Member names the image being written.
 type Member struct {
 	Cluster, Name string
-	Ignition      []byte
+	// ClusterID is the member's recorded cluster ID (hex), which its
+	// slots' manifests name: a node takes updates of its own cluster only.
+	ClusterID string
+	Ignition  []byte
 	// Restore, when set, is the path of a verified snapshot the image
 	// carries in a partition of its own (layout.RestoreLabel) after the
 	// ESP: it is too large for the config, which names its SHA-256.
@@ -176,20 +202,55 @@ const (
 	minESPSize = 40 * mib // FAT32 needs at least 65525 clusters
 )
 
-// Files returns the ESP's files for m, by path.
+// Files returns the ESP's files for m, by path: systemd-boot, its
+// configuration, and one slot (its boot entry and its directory) that
+// is good from the start. The other slot is left empty for an update.
 func (b *Boot) Files(m Member) (map[string][]byte, error) {
-	uki, err := b.UKI(m.Cmdline())
+	bundle, err := b.Slot(m)
 	if err != nil {
 		return nil, err
 	}
-	files := map[string][]byte{LoaderPath: uki}
-	if b.Node != nil {
-		files[layout.NodeBinaryPath] = b.Node
+	var man slot.Manifest
+	if err := json.Unmarshal(bundle.Manifest, &man); err != nil {
+		return nil, err
 	}
-	if !m.Generic() {
-		files[layout.ConfigPath] = m.Ignition
+	dir := layout.SlotsDir + "/" + man.ID
+	files := map[string][]byte{
+		LoaderPath:     b.Loader,
+		LoaderConfPath: []byte(slot.LoaderConf),
+		layout.EntryDir + "/" + (slot.Entry{Gen: 1, ID: man.ID}).Name(): bundle.Files[slot.FileUKI],
+		dir + "/" + layout.SlotManifestFile:                             bundle.Manifest,
+		dir + "/" + layout.SlotSignatureFile:                            bundle.Signature,
+	}
+	for name, data := range bundle.Files {
+		if name != slot.FileUKI {
+			files[dir+"/"+name] = data
+		}
 	}
 	return files, nil
+}
+
+// Slot is m's slot as signed bundle: the UKI, whose command line names
+// the slot, the node binary, the config and the signing key.
+func (b *Boot) Slot(m Member) (slot.Bundle, error) {
+	if b.Signer == nil || b.Loader == nil || b.Node == nil {
+		return slot.Bundle{}, fmt.Errorf("image: no image-signing key, boot loader or node binary to build slots with")
+	}
+	cmdline := m.Cmdline()
+	id := slot.ID(b.Stub, b.Kernel, b.Initrd, []byte(cmdline), b.Node, m.Ignition, b.SignerPub)
+	uki, err := b.UKI(cmdline + " " + layout.SlotArg + "=" + id)
+	if err != nil {
+		return slot.Bundle{}, err
+	}
+	files := map[string][]byte{slot.FileUKI: uki, slot.FileNode: b.Node, slot.FileSigningKey: b.SignerPub}
+	if !m.Generic() {
+		files[slot.FileConfig] = m.Ignition
+	}
+	man := slot.Manifest{Format: slot.Format, ID: id, Platform: m.Platform, Kernel: b.KernelVersion, Etcd: etcdversion.Version}
+	if !m.Generic() {
+		man.Cluster, man.Member = m.ClusterID, m.Name
+	}
+	return slot.NewBundle(man, files, b.Signer)
 }
 
 // UKI is the unified kernel image that boots b with cmdline: systemd's
@@ -223,7 +284,9 @@ func build(f *os.File, b *Boot, m Member) error {
 	for _, data := range files {
 		content += int64(len(data))
 	}
-	espSize := max(minESPSize, roundUp(content+content/8+4*mib, mib))
+	// Room for two slots, the next one up to half as large again as
+	// this one, and the FAT's own.
+	espSize := max(minESPSize, roundUp(content*5/2+8*mib, mib))
 	var snap *os.File
 	var restoreSize int64
 	if m.Restore != "" && m.Generic() {
@@ -292,7 +355,13 @@ func build(f *os.File, b *Boot, m Member) error {
 	if err != nil {
 		return fmt.Errorf("write ESP: %w", err)
 	}
-	for _, dir := range []string{"/EFI", "/EFI/BOOT", layout.ConfigDir} {
+	dirs := []string{"/EFI", "/EFI/BOOT", layout.EntryDir, layout.LoaderDir, layout.SlotsDir}
+	for p := range files {
+		if d := path.Dir(p); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	for _, dir := range dirs {
 		if err := fs.Mkdir(dir); err != nil {
 			return fmt.Errorf("write ESP: mkdir %s: %w", dir, err)
 		}

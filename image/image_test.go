@@ -2,7 +2,11 @@ package image
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,12 +20,49 @@ import (
 
 	"etcdimg/image/deb"
 	"etcdimg/internal/layout"
+	"etcdimg/internal/outdir"
+	"etcdimg/pki"
 )
 
 // fakeBoot is enough for the disk writer: the real EFI stub (the UKI is
 // a PE file), and kernel and initramfs bytes it does not look into.
 func fakeBoot() *Boot {
-	return &Boot{Stub: realStub(), Kernel: make([]byte, 3<<20), Initrd: make([]byte, 2<<20), KernelVersion: "6.1.0-test"}
+	key := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)) // builds are compared byte for byte
+	return &Boot{Stub: realStub(), Loader: []byte("MZ systemd-boot"), Node: []byte("the node binary"), Kernel: make([]byte, 3<<20), Initrd: make([]byte, 2<<20), KernelVersion: "6.1.0-test",
+		Signer: key, SignerPub: pemPublic(key)}
+}
+
+func pemPublic(key ed25519.PrivateKey) []byte {
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		panic(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+}
+
+// testDir is an output directory as render leaves it for a build: the
+// image-signing key and the cluster's record.
+func testDir(t *testing.T) outdir.Layout {
+	t.Helper()
+	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir.PKI(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{
+		dir.PKIFile(pki.ImageSigningKey): pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
+		dir.PKIFile(pki.ImageSigningPub): pemPublic(key),
+		dir.ClusterRecord():              []byte(`{"clusterID":"1a2b","token":"t","initialCluster":"","source":"spec"}`),
+	} {
+		if err := os.WriteFile(name, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 // realStub is systemd's EFI stub from the package `make deps` downloaded
@@ -44,7 +85,7 @@ var realStub = sync.OnceValue(func() []byte {
 // writeMember writes member etcd-1's raw image with config cfg.
 func writeMember(dir string, cfg []byte, restore string) ([]Built, error) {
 	raw, _ := FormatNamed("raw")
-	return WriteAll(dir, []Member{{Cluster: "c", Name: "etcd-1", Ignition: cfg, Restore: restore}}, fakeBoot(), []Format{raw}, FormatOptions{})
+	return WriteAll(dir, []Member{{Cluster: "c", ClusterID: "1a2b", Name: "etcd-1", Ignition: cfg, Restore: restore}}, fakeBoot(), []Format{raw}, FormatOptions{})
 }
 
 // TestImagesArePrivateFromTheFirstByte: an image holds the member's key,

@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"etcdimg/internal/layout"
+	"etcdimg/internal/slot"
 )
 
 // TestNodeBinaryGoesOnTheESP: the initramfs holds the small init as
@@ -70,13 +72,22 @@ func TestNodeBinaryGoesOnTheESP(t *testing.T) {
 
 	b := fakeBoot()
 	b.Node = node
-	for _, m := range []Member{{Cluster: "c", Name: "etcd-1", Ignition: []byte("{}")}, {Cluster: "c", Name: "cloud", Platform: layout.PlatformAWS}} {
+	for _, m := range []Member{{Cluster: "c", ClusterID: "1a2b", Name: "etcd-1", Ignition: []byte("{}")}, {Cluster: "c", Name: "cloud", Platform: layout.PlatformAWS}} {
 		esp, err := b.Files(m)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(esp[layout.NodeBinaryPath], node) {
-			t.Errorf("%s: the ESP has no node binary at %s", m.Name, layout.NodeBinaryPath)
+		bundle, err := b.Slot(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var man slot.Manifest
+		if err := json.Unmarshal(bundle.Manifest, &man); err != nil {
+			t.Fatal(err)
+		}
+		at := layout.SlotsDir + "/" + man.ID + "/" + slot.FileNode
+		if !bytes.Equal(esp[at], node) {
+			t.Errorf("%s: the ESP has no node binary at %s", m.Name, at)
 		}
 	}
 }

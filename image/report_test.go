@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"etcdimg/internal/layout"
-	"etcdimg/internal/outdir"
 	"etcdimg/internal/restore"
 	"etcdimg/internal/spec"
 )
@@ -18,7 +17,7 @@ import (
 // inputs leaves the image unchanged and says so.
 func TestWriteReportSaysWhatItWrote(t *testing.T) {
 	c := spec.Default(2)
-	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	dir := testDir(t)
 	b := Build{Cluster: c, Dir: dir, Platform: layout.PlatformQEMU, Formats: raw(t), Only: []string{"etcd-1"}}
 	for _, state := range []string{"new", "unchanged"} {
 		var out strings.Builder
@@ -43,7 +42,7 @@ func TestWriteReportSaysWhatItWrote(t *testing.T) {
 // instance's user-data.
 func TestWriteReportOfACloudBuild(t *testing.T) {
 	c := spec.Default(2)
-	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	dir := testDir(t)
 	b := Build{Cluster: c, Dir: dir, Platform: layout.PlatformAWS, Formats: raw(t)}
 	var out strings.Builder
 	if _, err := b.WriteReport(&out, fakeBoot(), configs(c), time.Now()); err != nil {
@@ -65,7 +64,7 @@ func TestWriteReportOfACloudBuild(t *testing.T) {
 // reports no image and no total.
 func TestWriteReportNamesTheRestoreEvenWhenWritingFails(t *testing.T) {
 	c := spec.Default(1)
-	dir := outdir.Layout(filepath.Join(t.TempDir(), "out"))
+	dir := testDir(t)
 	os.MkdirAll(dir.Dir(), 0o700)
 	plan := `{"token":"tok","snapshot":"restore/snapshot.db","size":2097152,"revision":7,"totalKeys":3}`
 	if err := os.WriteFile(filepath.Join(dir.Dir(), restore.PlanFile), []byte(plan), 0o600); err != nil {
