@@ -26,6 +26,7 @@ import (
 	"etcdimg/image"
 	"etcdimg/image/deb"
 	"etcdimg/internal/layout"
+	"etcdimg/internal/slot"
 	"etcdimg/pki"
 	"etcdimg/testvm"
 )
@@ -176,14 +177,34 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 		t.Errorf("fsck.vfat: %v\n%s", err, out)
 	}
 
-	// The one boot file is where UEFI looks on removable media: a
-	// unified kernel image with the kernel, the initramfs and the
-	// command line.
-	uki := espFile(t, img, image.LoaderPath)
-	if !bytes.HasPrefix(uki, []byte("MZ")) {
-		t.Errorf("%s is not an EFI binary", image.LoaderPath)
+	// The boot loader is where UEFI looks on removable media:
+	// systemd-boot, which boots the image's one slot. The slot is a
+	// unified kernel image (the kernel, the initramfs and a command line
+	// naming the slot) and a directory with the node binary and config,
+	// listed in a manifest signed with the directory's image-signing key.
+	if loader := espFile(t, img, image.LoaderPath); !bytes.Contains(loader, []byte("#### LoaderInfo: systemd-boot")) {
+		t.Errorf("%s is not systemd-boot", image.LoaderPath)
 	}
-	if c, err := image.UKISectionData(uki, ".cmdline"); err != nil || !strings.Contains(string(c), "console=ttyS0") {
+	if conf := espFile(t, img, image.LoaderConfPath); !bytes.Contains(conf, []byte("default etcdimg-*")) {
+		t.Errorf("loader.conf: %q", conf)
+	}
+	bundle, man, err := image.ReadSlot(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubPEM, _ := os.ReadFile(filepath.Join(out, "pki", "image-signing.pub"))
+	pub, err := slot.ParsePublicKey(pubPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := slot.Verify(bundle.Manifest, bundle.Signature, pub); err != nil {
+		t.Errorf("the slot's manifest: %v", err)
+	}
+	uki := bundle.Files[slot.FileUKI]
+	if !bytes.HasPrefix(uki, []byte("MZ")) {
+		t.Errorf("the slot's UKI is not an EFI binary")
+	}
+	if c, err := image.UKISectionData(uki, ".cmdline"); err != nil || !strings.Contains(string(c), "console=ttyS0") || !strings.Contains(string(c), layout.SlotArg+"="+man.ID) {
 		t.Errorf("command line %q: %v", c, err)
 	}
 	if k, err := image.UKISectionData(uki, ".linux"); err != nil || !bytes.Contains(k[:4096], []byte("HdrS")) {
@@ -194,8 +215,8 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	rendered, _ := os.ReadFile(filepath.Join(out, "ignition", "etcd-1.ign"))
-	if !bytes.Equal(espFile(t, img, layout.ConfigPath), rendered) {
-		t.Errorf("the ESP's config is not the rendered one")
+	if !bytes.Equal(bundle.Files[slot.FileConfig], rendered) {
+		t.Errorf("the slot's config is not the rendered one")
 	}
 
 	// The node binary is on the ESP, byte for byte the one built; the
@@ -205,8 +226,8 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(espFile(t, img, layout.NodeBinaryPath), node) {
-		t.Errorf("the ESP's %s is not the node binary", layout.NodeBinaryPath)
+	if !bytes.Equal(bundle.Files[slot.FileNode], node) {
+		t.Errorf("the slot's %s is not the node binary", slot.FileNode)
 	}
 	zr, _ := zstd.NewReader(nil)
 	initrd, err := zr.DecodeAll(initrdZ, nil)
@@ -241,9 +262,13 @@ func TestBuildWritesAVerifiableImage(t *testing.T) {
 	if pki.ContainsKey(raw, caKey) || pki.ContainsKey(initrd, caKey) {
 		t.Errorf("the image holds the CA private key")
 	}
+	signingKey, _ := os.ReadFile(filepath.Join(out, "pki", "image-signing.key"))
+	if pki.ContainsKey(raw, signingKey) || pki.ContainsKey(initrd, signingKey) {
+		t.Errorf("the image holds the image-signing private key")
+	}
 	// The config on the ESP, its files decoded (Butane may gzip them): no
 	// CA key, and the member's own key is found, so the check can see keys.
-	cfg, err := ign.Parse(espFile(t, img, layout.ConfigPath))
+	cfg, err := ign.Parse(bundle.Files[slot.FileConfig])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"etcdimg/image"
 	"etcdimg/image/deb"
+	"etcdimg/internal/slot"
 	"etcdimg/testvm"
 )
 
@@ -253,7 +254,11 @@ func TestTrivialInitEndsQEMUAtOnce(t *testing.T) {
 
 // initramfsOf is the compressed initramfs in img's unified kernel image.
 func initramfsOf(b testing.TB, img string) []byte {
-	initrd, err := image.UKISectionData(espFile(b, img, image.LoaderPath), ".initrd")
+	bundle, _, err := image.ReadSlot(img)
+	if err != nil {
+		b.Fatal(err)
+	}
+	initrd, err := image.UKISectionData(bundle.Files[slot.FileUKI], ".initrd")
 	if err != nil {
 		b.Fatal(err)
 	}

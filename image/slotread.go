@@ -32,13 +32,36 @@ func ReadSlot(imagePath string) (slot.Bundle, slot.Manifest, error) {
 	if err != nil {
 		return fail(err)
 	}
+	// read reads p to its size in its directory: go-diskfs may return a
+	// FAT file's last cluster whole, zeros after the end included.
 	read := func(p string) ([]byte, error) {
+		infos, err := fs.ReadDir(strings.TrimPrefix(path.Dir(p), "/"))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		size := int64(-1)
+		for _, fi := range infos {
+			if strings.EqualFold(fi.Name(), path.Base(p)) {
+				info, err := fi.Info()
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", p, err)
+				}
+				size = info.Size()
+			}
+		}
+		if size < 0 {
+			return nil, fmt.Errorf("%s: no such file", p)
+		}
 		f, err := fs.OpenFile(p, os.O_RDONLY)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
 		}
 		defer f.Close()
-		return io.ReadAll(f)
+		data, err := io.ReadAll(io.LimitReader(f, size))
+		if err == nil && int64(len(data)) != size {
+			err = fmt.Errorf("%s: %d of %d bytes", p, len(data), size)
+		}
+		return data, err
 	}
 	entries, err := fs.ReadDir(strings.TrimPrefix(layout.EntryDir, "/"))
 	if err != nil {

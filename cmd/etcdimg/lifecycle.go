@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -120,5 +122,47 @@ func rollCmd(a *app) *cobra.Command {
 	}
 	f.register(c)
 	c.Flags().BoolVar(&keepDisks, "keep-disks", false, "keep every member's data disk instead of giving each a blank one")
+	return c
+}
+
+func upgradeCmd(a *app) *cobra.Command {
+	f := lifecycleFlags{spec: specFlags{app: a}}
+	c := &cobra.Command{
+		Use:   "upgrade [NAME...]",
+		Short: "Rebuild the images and install each member's over its node API into its inactive boot slot, one at a time, followers first; a member that does not come back good rolls back by itself",
+		Long: `upgrade rebuilds the images from the current spec and PKI, then, for each
+member named (every member when none is), followers first and the leader last
+after its leadership moved: checks that every other member is healthy and that
+the member's absence keeps a quorum, sends the member's new slot (signed with
+the output directory's image-signing key) to its node API, reboots it into the
+slot, and waits until the member marks the slot good (a started, caught-up
+voter for the spec's upgrade.goodAfter). A member whose new slot does not come
+up good reboots until its tries are spent and boots its old slot again; upgrade
+stops there, naming it, and leaves the rest untouched. Run again, it skips the
+members that run their new image already. It needs nothing from the machines'
+platform: the same under 'up' and on machines reached at the spec's addresses.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := f.options(cmd, nil)
+			if err != nil {
+				return err
+			}
+			for _, n := range args {
+				if !slices.Contains(o.Cluster.Names(), n) {
+					return fmt.Errorf("upgrade: no member %q in the spec; members: %s", n, strings.Join(o.Cluster.Names(), ", "))
+				}
+			}
+			var only []string
+			if len(args) > 0 {
+				only = args
+			}
+			done, took, err := local.Upgrade(cmd.Context(), o, only)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "upgraded %d members in %.1fs\n", len(done), took.Seconds())
+			return nil
+		},
+	}
+	f.register(c)
 	return c
 }

@@ -2,14 +2,10 @@ package platform
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
-
-	"etcdimg/firstboot/internal/blockdev"
 	"etcdimg/firstboot/internal/kernelfs"
 	"etcdimg/internal/layout"
 )
@@ -20,25 +16,17 @@ func init() {
 }
 
 // espFile is the config the image builder put on the EFI system
-// partition, mounted read-only for the read.
+// partition, in the booted slot's directory: the initramfs's /init
+// binds it, read-only, on espMount+layout.ConfigDir.
 type espFile struct{}
 
-// espMount is where the ESP is mounted read-only: by the initramfs's
-// /init, which runs the node binary from it, or else for the read.
 const espMount = layout.ESPMount
 
 func (espFile) Name() string { return "ESP " + layout.ConfigPath }
 
 func (espFile) Fetch() ([]byte, error) {
-	if !kernelfs.Mounted(espMount) {
-		dev, err := blockdev.WaitForPartition(layout.ESPLabel, blockdev.DeviceWait)
-		if err != nil {
-			return nil, errNotFound
-		}
-		if err := unix.Mount(dev, espMount, "vfat", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "codepage=437,iocharset=ascii"); err != nil {
-			return nil, fmt.Errorf("mount %s read-only: %w", dev, err)
-		}
-		defer unix.Unmount(espMount, 0)
+	if !kernelfs.Mounted(filepath.Join(espMount, layout.ConfigDir)) {
+		return nil, errNotFound
 	}
 	b, err := os.ReadFile(filepath.Join(espMount, layout.ConfigPath))
 	if errors.Is(err, fs.ErrNotExist) {

@@ -116,3 +116,28 @@ func (o LifecycleOptions) run(ctx context.Context, op string, only []string, che
 	defer stop()
 	return run(ctx, l, images)
 }
+
+// Upgrade checks that every member is healthy, builds the images, and
+// installs each member's (of only, or every one) over its node API,
+// one at a time (cluster.Lifecycle.Upgrade): the same under `up` as on
+// machines reached at the spec's addresses, with no driver. It returns
+// the members it upgraded and how long that took.
+func Upgrade(ctx context.Context, o LifecycleOptions, only []string) (done []string, took time.Duration, err error) {
+	ro := cluster.RollOptions{KeepDisks: true}
+	u := o.Cluster.Upgrade
+	err = o.run(ctx, "upgrade", only, func(ctx context.Context, l *cluster.Lifecycle) error {
+		return l.CheckRoll(ctx, ro)
+	}, func(ctx context.Context, l *cluster.Lifecycle, images map[string]string) error {
+		api, err := cluster.AdminNodeAPI(o.Cluster, o.Dir, Reach(o.Dir))
+		if err != nil {
+			return err
+		}
+		up := &cluster.Upgrader{API: api, Trial: time.Duration(u.Tries)*u.TrialTimeout.D() + 2*time.Minute}
+		l.Driver = up
+		start := time.Now()
+		done, err = l.Upgrade(ctx, up, images, only)
+		took = time.Since(start)
+		return err
+	})
+	return done, took, err
+}

@@ -1,0 +1,264 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"etcdimg/image"
+	"etcdimg/internal/layout"
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/render"
+	"etcdimg/internal/slot"
+	"etcdimg/internal/spec"
+)
+
+// NodeAPI reaches the members' node APIs (layout.NodeAPIPort) with the
+// admin certificate.
+type NodeAPI struct {
+	Members map[string]string // member name → https://host:port
+	TLS     *tls.Config
+}
+
+// AdminNodeAPI is c's node APIs, reached as reach says, with dir's admin
+// certificate.
+func AdminNodeAPI(c *spec.Cluster, dir outdir.Layout, reach render.Endpoint) (*NodeAPI, error) {
+	tlsCfg, err := adminTLS(dir)
+	if err != nil {
+		return nil, err
+	}
+	n := &NodeAPI{Members: map[string]string{}, TLS: tlsCfg}
+	for _, m := range c.Members {
+		n.Members[m.Name] = "https://" + hostPort(reach, m, layout.NodeAPIPort)
+	}
+	return n, nil
+}
+
+func (n *NodeAPI) client(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: n.TLS, ResponseHeaderTimeout: timeout}}
+}
+
+func (n *NodeAPI) do(ctx context.Context, member, method, path string, body io.Reader, timeout time.Duration, out any) error {
+	base, ok := n.Members[member]
+	if !ok {
+		return fmt.Errorf("no member %q", member)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := n.client(timeout).Do(req)
+	if err != nil {
+		return fmt.Errorf("%s's node API: %w", member, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s's node API: %s: %s", member, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s's node API: %w", member, err)
+		}
+	}
+	return nil
+}
+
+// Status is member's slots as it reports them.
+func (n *NodeAPI) Status(ctx context.Context, member string) (slot.Status, error) {
+	var st slot.Status
+	err := n.do(ctx, member, http.MethodGet, slot.APIStatus, nil, 5*time.Second, &st)
+	return st, err
+}
+
+// Stage sends b into member's inactive slot; it returns the state the
+// member answers ("staged", or "running" for the slot it runs).
+func (n *NodeAPI) Stage(ctx context.Context, member string, b slot.Bundle) (string, error) {
+	raw, err := b.Bytes()
+	if err != nil {
+		return "", err
+	}
+	var resp struct{ Slot, State string }
+	err = n.do(ctx, member, http.MethodPut, slot.APIUpdate, bytes.NewReader(raw), 10*time.Minute, &resp)
+	return resp.State, err
+}
+
+// Reboot asks member to stop etcd and reboot.
+func (n *NodeAPI) Reboot(ctx context.Context, member string) error {
+	return n.do(ctx, member, http.MethodPost, slot.APIReboot, nil, 10*time.Second, nil)
+}
+
+// Upgrader is the Driver of a network upgrade: it needs nothing from the
+// machines' platform. Swap sends the image's slot to the member over its
+// node API, reboots it into the slot, and waits until the member has
+// marked the slot good, or has rolled back from it.
+type Upgrader struct {
+	API *NodeAPI
+	// Trial bounds the wait for the new slot: the member's tries times
+	// its trial timeout, and some.
+	Trial time.Duration
+}
+
+// Running reports whether member's node API answers.
+func (u *Upgrader) Running(member string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := u.API.Status(ctx, member)
+	return err == nil, nil
+}
+
+// Current reports whether member runs the slot of imagePath, marked good.
+func (u *Upgrader) Current(ctx context.Context, member, imagePath string) (bool, error) {
+	b, _, err := image.ReadSlot(imagePath)
+	if err != nil {
+		return false, err
+	}
+	st, err := u.API.Status(ctx, member)
+	if err != nil {
+		return false, err
+	}
+	return st.Running.Digest == slot.Digest(b.Manifest) && st.Running.State == slot.StateGood, nil
+}
+
+// Swap installs imagePath's slot on member and reboots it into the slot.
+// A network upgrade keeps the data disk: keepDisk must be set.
+func (u *Upgrader) Swap(ctx context.Context, member, imagePath string, keepDisk bool, say Say) error {
+	if !keepDisk {
+		return fmt.Errorf("upgrade: %s: a network upgrade keeps the data disk; a blank disk needs `replace` on the machine", member)
+	}
+	start := time.Now()
+	b, m, err := image.ReadSlot(imagePath)
+	if err != nil {
+		return err
+	}
+	digest := slot.Digest(b.Manifest)
+	before, err := u.API.Status(ctx, member)
+	if err != nil {
+		return err
+	}
+	if before.Running.Digest == digest && before.Running.State == slot.StateGood {
+		say(fmt.Sprintf("%s: runs slot %s already", member, m.ID), time.Since(start))
+		return nil
+	}
+	if before.Running.State == slot.StateTrial {
+		return fmt.Errorf("upgrade: %s: its running slot %s is still on trial (%s); wait until it is marked good", member, before.Running.ID, before.Waiting)
+	}
+	if before.Running.Digest != digest {
+		state, err := u.API.Stage(ctx, member, b)
+		if err != nil {
+			return fmt.Errorf("upgrade: %s refused the update: %w", member, err)
+		}
+		say(fmt.Sprintf("%s: slot %s %s (%.0f MiB, etcd %s)", member, m.ID, state, float64(m.Size())/(1<<20), m.Etcd), time.Since(start))
+	}
+	start = time.Now()
+	if err := u.API.Reboot(ctx, member); err != nil {
+		return err
+	}
+	say(fmt.Sprintf("%s: rebooting into slot %s", member, m.ID), time.Since(start))
+	start = time.Now()
+	if err := u.waitGood(ctx, member, m.ID, before.Running.ID); err != nil {
+		return err
+	}
+	say(fmt.Sprintf("%s: booted slot %s and marked it good", member, m.ID), time.Since(start))
+	return nil
+}
+
+// waitGood waits until member runs slot id marked good, or has rolled
+// back from it.
+func (u *Upgrader) waitGood(ctx context.Context, member, id, old string) error {
+	start := time.Now()
+	bound := u.Trial
+	if bound == 0 {
+		bound = 35 * time.Minute
+	}
+	last := "not answering yet"
+	for {
+		if st, err := u.API.Status(ctx, member); err != nil {
+			last = err.Error()
+		} else {
+			switch r := st.Running; {
+			case r.ID == id && r.State == slot.StateGood:
+				return nil
+			case r.ID == id:
+				last = fmt.Sprintf("slot %s on trial (try %d): %s", id, r.TriesDone, st.Waiting)
+			case st.RolledBack != nil && st.RolledBack.ID == id:
+				why := st.RolledBack.Trial
+				if why == "" {
+					why = "its boots ended before it could say why (a kernel panic, a hang, a power cut)"
+				}
+				return fmt.Errorf("%s ROLLED BACK to slot %s after %d tries of slot %s: %s", member, r.ID, st.RolledBack.TriesDone, id, why)
+			case r.ID == old:
+				last = fmt.Sprintf("still on slot %s", old)
+			default:
+				last = fmt.Sprintf("runs slot %s (%s)", r.ID, r.State)
+			}
+		}
+		if time.Since(start) > bound {
+			return fmt.Errorf("%s did not mark slot %s good within %s: %s", member, id, bound, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// UpgradeOrder is the order an upgrade goes through members: the
+// followers in spec order, then the leader.
+func UpgradeOrder(members []string, leader string) []string {
+	order := slices.Clone(members)
+	if i := slices.Index(order, leader); i >= 0 {
+		order = append(slices.Delete(order, i, i+1), leader)
+	}
+	return order
+}
+
+// Upgrade installs each member's new image (images: member → raw image)
+// over the network, one member at a time, followers first and the leader
+// last after its leadership moved: before each, every other member must
+// be healthy and its absence leave a quorum (Replace with the disk
+// kept). Members that run their image's slot already are skipped, so a
+// stopped upgrade run again resumes. It stops at the first member that
+// does not come back good, naming it.
+func (l *Lifecycle) Upgrade(ctx context.Context, u *Upgrader, images map[string]string, only []string) (done []string, err error) {
+	snap, err := l.Etcd.Observe(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("upgrade: the cluster does not answer: %w", err)
+	}
+	leader := ""
+	if ld, ok := snap.Leader(); ok {
+		leader = ld.Name
+	}
+	members := l.Members
+	if only != nil {
+		members = only
+	}
+	order := UpgradeOrder(members, leader)
+	for i, n := range order {
+		if images[n] == "" {
+			return done, fmt.Errorf("upgrade: no image for %s", n)
+		}
+		start := time.Now()
+		if cur, err := u.Current(ctx, n, images[n]); err == nil && cur {
+			l.say(fmt.Sprintf("%s runs its new image already: skipped", n), start)
+			continue
+		}
+		if err := l.Replace(ctx, n, ReplaceOptions{Image: images[n], KeepDisk: true}); err != nil {
+			rest := "no member was left untouched"
+			if i+1 < len(order) {
+				rest = strings.Join(order[i+1:], ", ") + " not touched"
+			}
+			return done, fmt.Errorf("upgrade stopped at %s (%d of %d): %w; %s", n, i+1, len(order), err, rest)
+		}
+		done = append(done, n)
+	}
+	return done, nil
+}
