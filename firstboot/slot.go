@@ -1,10 +1,12 @@
 package firstboot
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -55,6 +57,7 @@ func checkSlot(st *state) (string, error) {
 	st.n.esp = esp
 	st.n.trial = s.Running.State == slot.StateTrial
 	st.n.mu.Unlock()
+	writeSlotStatus(esp)
 	if rb := s.RolledBack; rb != nil {
 		why := rb.Trial
 		if why == "" {
@@ -131,6 +134,7 @@ func watchTrial(st *state) (string, error) {
 			st.n.mu.Lock()
 			st.n.trial = false
 			st.n.mu.Unlock()
+			writeSlotStatus(esp)
 			logf("slots: slot %s marked good: a started, caught-up voter for %s", esp.Running, m.SlotGoodAfter)
 		case st.n.ctx.Err() != nil:
 		default:
@@ -168,4 +172,20 @@ func (n *node) trialWaiting() string {
 		return "etcd has not started yet"
 	}
 	return g.Waiting()
+}
+
+// writeSlotStatus keeps the slots' state where the metrics read it.
+func writeSlotStatus(esp *slots.ESP) {
+	s, err := esp.Status()
+	if err == nil {
+		var b []byte
+		if b, err = json.Marshal(s); err == nil {
+			if err = os.MkdirAll(filepath.Dir(layout.SlotStatusPath), 0o755); err == nil {
+				err = os.WriteFile(layout.SlotStatusPath, b, 0o644)
+			}
+		}
+	}
+	if err != nil {
+		logf("slots: %s: %v", layout.SlotStatusPath, err)
+	}
 }

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"slices"
+	"strconv"
 
 	"etcdimg/image/deb"
 	"etcdimg/internal/layout"

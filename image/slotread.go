@@ -3,6 +3,7 @@ package image
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -147,4 +148,27 @@ func writeManifest(dir outdir.Layout, files []Built) error {
 		return err
 	}
 	return os.WriteFile(path.Join(dir.ImagesDir(), ManifestFile), append(data, '\n'), 0o644)
+}
+
+// ReadManifest reads images/manifest.json of dir: the raw images' slot
+// digests, by member; nil when no build wrote one.
+func ReadManifest(dir outdir.Layout) (map[string]ImageRecord, error) {
+	raw, err := os.ReadFile(path.Join(dir.ImagesDir(), ManifestFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m struct{ Images []ImageRecord }
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("image: %s: %w", ManifestFile, err)
+	}
+	out := map[string]ImageRecord{}
+	for _, r := range m.Images {
+		if r.Format == "raw" {
+			out[r.Member] = r
+		}
+	}
+	return out, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"etcdimg/internal/layout"
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/spec"
 	"etcdimg/testvm/local"
@@ -46,6 +47,8 @@ type lifecycleFlags struct {
 	// allowOutage accepts a step that leaves fewer voters than a quorum
 	// (a one- or two-member cluster), with disks kept only.
 	allowOutage bool
+	// platform is what upgrade builds for (qemu or metal); "" is qemu.
+	platform string
 }
 
 func (f *lifecycleFlags) register(c *cobra.Command) {
@@ -63,7 +66,11 @@ func (f *lifecycleFlags) options(cmd *cobra.Command, prepare func(*spec.Cluster,
 	return local.LifecycleOptions{
 		Cluster: c, Dir: f.spec.dir(), Timeout: f.timeout, AllowOutage: f.allowOutage, Out: cmd.OutOrStdout(), Prepare: prepare,
 		Build: func(only []string) (map[string]string, error) {
-			images, err := buildImages(cmd, &f.spec, &f.boot, nil, only)
+			var of *outputFlags
+			if f.platform != "" {
+				of = &outputFlags{formats: "raw", platform: f.platform}
+			}
+			images, err := buildImages(cmd, &f.spec, &f.boot, of, only)
 			return images, err
 		},
 		Interruptible: interruptible,
@@ -77,6 +84,18 @@ func (f *lifecycleFlags) roll(cmd *cobra.Command, keepDisks bool, prepare func(*
 		return 0, 0, err
 	}
 	return local.Roll(cmd.Context(), o, keepDisks)
+}
+
+// upgrade is local.Upgrade of every member with the flags: prepare, when
+// set, runs after the check and before the images are built. It returns
+// how many members took a new slot and how long that took.
+func (f *lifecycleFlags) upgrade(cmd *cobra.Command, prepare func(*spec.Cluster, outdir.Layout) error) (int, time.Duration, error) {
+	o, err := f.options(cmd, prepare)
+	if err != nil {
+		return 0, 0, err
+	}
+	done, took, err := local.Upgrade(cmd.Context(), o, nil)
+	return len(done), took, err
 }
 
 func replaceCmd(a *app) *cobra.Command {
@@ -142,6 +161,9 @@ stops there, naming it, and leaves the rest untouched. Run again, it skips the
 members that run their new image already. It needs nothing from the machines'
 platform: the same under 'up' and on machines reached at the spec's addresses.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.platform != layout.PlatformQEMU && f.platform != layout.PlatformMetal {
+				return usageError{fmt.Errorf("--platform %q: upgrade installs a member's own image: qemu or metal (cloud members boot a generic image and cannot be upgraded yet)", f.platform)}
+			}
 			o, err := f.options(cmd, nil)
 			if err != nil {
 				return err
@@ -164,5 +186,6 @@ platform: the same under 'up' and on machines reached at the spec's addresses.`,
 		},
 	}
 	f.register(c)
+	c.Flags().StringVar(&f.platform, "platform", layout.PlatformQEMU, "the platform the members run: qemu or metal (a member refuses a slot built for another)")
 	return c
 }

@@ -21,8 +21,9 @@ func rotateCmd(a *app) *cobra.Command {
 }
 
 // rotateCertsCmd reissues every member's certificate and the admin's (the
-// CA is kept), rebuilds the images and rolls them out keeping every data
-// disk, then reissues the application clients' certificates. The old
+// CA is kept), rebuilds the images and installs them on the members over
+// their node APIs (upgrade: each reboots into a new slot, its data disk
+// untouched), then reissues the application clients' certificates. The old
 // certificates and keys are moved to OUT/retired/<time>/.
 func rotateCertsCmd(a *app) *cobra.Command {
 	f := lifecycleFlags{spec: specFlags{app: a}}
@@ -34,7 +35,7 @@ func rotateCertsCmd(a *app) *cobra.Command {
 			w := cmd.OutOrStdout()
 			stamp := render.Stamp(time.Now())
 			var retired []string
-			n, took, err := f.roll(cmd, true, func(c *spec.Cluster, dir outdir.Layout) error {
+			n, took, err := f.upgrade(cmd, func(c *spec.Cluster, dir outdir.Layout) error {
 				moved, err := render.RetireLeaves(c, dir, stamp)
 				retired = moved
 				return err
@@ -54,9 +55,10 @@ func rotateCertsCmd(a *app) *cobra.Command {
 }
 
 // rotateCACmd runs the next phase of a CA rotation (pki.Rotation): it
-// changes the PKI for that phase, rolls every member onto it keeping its
-// data disk, and says what external clients need before the next one. A
-// phase whose roll did not finish is rolled again by the next run.
+// changes the PKI for that phase, upgrades every member onto it (a new
+// slot each, the data disk untouched), and says what external clients
+// need before the next one. A phase whose upgrade did not finish is
+// resumed by the next run: members already on their slot are skipped.
 func rotateCACmd(a *app) *cobra.Command {
 	f := lifecycleFlags{spec: specFlags{app: a}}
 	c := &cobra.Command{
@@ -79,7 +81,7 @@ func rotateCACmd(a *app) *cobra.Command {
 				return render.RotationFinished(w, dir, stamp)
 			}
 			s.Opening(w)
-			n, took, err := f.roll(cmd, true, func(c *spec.Cluster, dir outdir.Layout) error { return s.Write(c, dir, stamp) })
+			n, took, err := f.upgrade(cmd, func(c *spec.Cluster, dir outdir.Layout) error { return s.Write(c, dir, stamp) })
 			if err != nil {
 				return fmt.Errorf("rotate ca, %s phase: %w; run `etcdimg rotate ca` again to resume it", phase, err)
 			}

@@ -2,6 +2,7 @@ package backupd
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"etcdimg/internal/backup"
+	"etcdimg/internal/slot"
 )
 
 // metrics are what the service has seen: the cluster's last backup (from
@@ -96,6 +98,7 @@ func (s *Service) WriteMetrics(w io.Writer, certs Certificates) {
 	}
 	fmt.Fprintf(w, "# HELP %[1]s %[2]s\n# TYPE %[1]s counter\n%[1]s %[3]d\n", "etcdimg_backup_future_records_total",
 		"Backup records this member found dated after its own clock (beyond a 5-minute skew); each was ignored and a backup taken.", s.metrics.futureRecords)
+	writeSlotMetrics(w, s.SlotStatus)
 	var names []string
 	for n := range certs {
 		names = append(names, n)
@@ -139,4 +142,35 @@ func freeBytes(dir string) (int64, error) {
 		return 0, err
 	}
 	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// writeSlotMetrics writes the boot slot the member runs, from PID 1's
+// record at path: etcdimg_image_info names it (its ID, digest, state and
+// versions), etcdimg_slot_rolled_back is 1 when the member came back
+// from an update whose tries were spent.
+func writeSlotMetrics(w io.Writer, path string) {
+	if path == "" {
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	var st slot.Status
+	if json.Unmarshal(b, &st) != nil {
+		return
+	}
+	r := st.Running
+	etcd, kernel := "", ""
+	if r.Manifest != nil {
+		etcd, kernel = r.Manifest.Etcd, r.Manifest.Kernel
+	}
+	fmt.Fprintf(w, "# HELP etcdimg_image_info The boot slot this member runs: its ID, generation, digest (images/manifest.json's slot_digest), state and versions.\n# TYPE etcdimg_image_info gauge\n")
+	fmt.Fprintf(w, "etcdimg_image_info{slot=%q,gen=\"%d\",digest=%q,state=%q,etcd=%q,kernel=%q} 1\n", r.ID, r.Gen, r.Digest, r.State, etcd, kernel)
+	fmt.Fprintf(w, "# HELP etcdimg_slot_rolled_back 1 when this member runs an older slot than an update whose boot tries were spent: it rolled back.\n# TYPE etcdimg_slot_rolled_back gauge\n")
+	if rb := st.RolledBack; rb != nil {
+		fmt.Fprintf(w, "etcdimg_slot_rolled_back{from=%q} 1\n", rb.ID)
+	} else {
+		fmt.Fprintf(w, "etcdimg_slot_rolled_back 0\n")
+	}
 }

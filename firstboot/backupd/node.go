@@ -110,8 +110,9 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 		FirstDelay: 15 * time.Second,
 		// The backups API serves root and the members, whose names
 		// the peer port allows (ETCD_PEER_CERT_ALLOWED_CN).
-		Readers: Readers(me.Names),
-		Log:     func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
+		Readers:    Readers(me.Names),
+		SlotStatus: filepath.Join(root, layout.SlotStatusPath),
+		Log:        func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
 	}
 	if cfg.S3 != nil {
 		creds, err := os.ReadFile(filepath.Join(root, layout.S3CredentialsPath))

@@ -97,7 +97,10 @@ type Service struct {
 	// Readers are the certificate CNs the backups API serves (Readers:
 	// the admin's and the members').
 	Readers []string
-	Log     func(format string, args ...any)
+	// SlotStatus is PID 1's record of the boot slots
+	// (layout.SlotStatusPath), which the metrics report; "" for none.
+	SlotStatus string
+	Log        func(format string, args ...any)
 
 	// clock is the member's clock (nil: time.Now).
 	clock func() time.Time

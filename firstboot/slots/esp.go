@@ -166,6 +166,14 @@ func (e ESP) Install(r io.Reader, want Want, tries int, limit int64) (slot.Manif
 	case m.Size() > limit:
 		return m, fmt.Errorf("slots: the update is %d bytes, more than the %d a slot may hold", m.Size(), limit)
 	}
+	// The platform decides where the config comes from and how the
+	// network comes up: a slot built for another one would not come up
+	// here.
+	if raw, err := os.ReadFile(filepath.Join(e.slotDir(e.Running), layout.SlotManifestFile)); err == nil {
+		if cur, err := decode(raw); err == nil && cur.Platform != m.Platform {
+			return m, fmt.Errorf("slots: the update is built for platform %q, this member runs %q: build the images with --platform %s", m.Platform, cur.Platform, cur.Platform)
+		}
+	}
 	entries, err := e.Entries()
 	if err != nil {
 		return m, err

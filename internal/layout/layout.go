@@ -138,6 +138,10 @@ const (
 // overrides; on a host that is not the appliance it never exists.
 const RuntimeEnvPath = "/run/etcdimg/etcd.env"
 
+// SlotStatusPath is where PID 1 keeps the boot slots' state (the node
+// API's status) for the metrics (etcdimg_image_info).
+const SlotStatusPath = "/run/etcdimg/slot.json"
+
 // Platforms. The image builder writes the platform on the kernel command
 // line (PlatformArg=NAME, as Ignition's ignition.platform.id); firstboot
 // reads it there to pick where the config comes from and how the network

@@ -54,7 +54,7 @@ func CertsRotated(w io.Writer, c *spec.Cluster, dir outdir.Layout, stamp string,
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "rotated  %d member certificates and every other one in pki/ and kubernetes/ (admin, Kubernetes API server, scraper), same CA; every member rolled onto its new one in %.1fs, data disks kept\n", members, took.Seconds())
+	fmt.Fprintf(w, "rotated  %d member certificates and every other one in pki/ and kubernetes/ (admin, Kubernetes API server, scraper), same CA; every member upgraded onto its new one (a new boot slot each) in %.1fs, data disks kept\n", members, took.Seconds())
 	if len(clients) > 0 {
 		fmt.Fprintf(w, "clients  reissued %s in %s: hand each client its new pair (the old ones stay valid until they expire, as the CA is the same)\n", strings.Join(clients, ", "), dir.Clients())
 	}
@@ -69,7 +69,7 @@ func (s RotationStep) Opening(w io.Writer) {
 		fmt.Fprintf(w, "the old CA expired before the trust phase was rolled out: switching to the new CA now\n")
 	}
 	if s.Resume {
-		fmt.Fprintf(w, "resuming the %s phase: its files are written; rolling the members onto them again\n", s.Phase)
+		fmt.Fprintf(w, "resuming the %s phase: its files are written; upgrading the members onto them again\n", s.Phase)
 	}
 }
 
@@ -81,7 +81,7 @@ func (s RotationStep) Rolled(w io.Writer, c *spec.Cluster, dir outdir.Layout, st
 	if err := MarkRotationRolled(dir); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "rolled   %d members onto the %s phase in %.1fs, data disks kept\n", members, s.Phase, took.Seconds())
+	fmt.Fprintf(w, "upgraded %d members onto the %s phase in %.1fs, data disks kept\n", members, s.Phase, took.Seconds())
 	ca := dir.PKIFile(pki.CACertFile)
 	switch s.Phase {
 	case pki.PhaseTrust:

@@ -42,9 +42,9 @@ func TestRotationStepsReportEachPhase(t *testing.T) {
 	dir := rendered(t, c)
 	ca := dir.PKIFile(pki.CACertFile)
 	for i, want := range []string{
-		"rolled   1 members onto the trust phase in 2.0s, data disks kept\nphase 1 of 3 (trust) done: every member trusts the old CA and the new one (" + ca + " holds both)",
-		"rolled   1 members onto the switch phase in 2.0s, data disks kept\nphase 2 of 3 (switch) done: the new CA signs; every member, the admin, the Kubernetes API server (" + filepath.Join(dir.Dir(), KubeDir) + ") and the clients (app) have new certificates",
-		"rolled   1 members onto the drop phase in 2.0s, data disks kept\nphase 3 of 3 (drop) done: only the new CA is trusted; a certificate of the old one is refused on every port\nrotation complete: the old CA's certificate, key and the certificates it signed are under " + filepath.Join(dir.Dir(), RetiredDir),
+		"upgraded 1 members onto the trust phase in 2.0s, data disks kept\nphase 1 of 3 (trust) done: every member trusts the old CA and the new one (" + ca + " holds both)",
+		"upgraded 1 members onto the switch phase in 2.0s, data disks kept\nphase 2 of 3 (switch) done: the new CA signs; every member, the admin, the Kubernetes API server (" + filepath.Join(dir.Dir(), KubeDir) + ") and the clients (app) have new certificates",
+		"upgraded 1 members onto the drop phase in 2.0s, data disks kept\nphase 3 of 3 (drop) done: only the new CA is trusted; a certificate of the old one is refused on every port\nrotation complete: the old CA's certificate, key and the certificates it signed are under " + filepath.Join(dir.Dir(), RetiredDir),
 	} {
 		s, err := NextRotationStep(dir)
 		if err != nil {
@@ -74,7 +74,7 @@ func TestRotationStepsReportEachPhase(t *testing.T) {
 	}
 	var w strings.Builder
 	(RotationStep{Phase: pki.PhaseTrust, Resume: true}).Opening(&w)
-	if want := "resuming the trust phase: its files are written; rolling the members onto them again\n"; w.String() != want {
+	if want := "resuming the trust phase: its files are written; upgrading the members onto them again\n"; w.String() != want {
 		t.Errorf("resume: %q", w.String())
 	}
 	w.Reset()

@@ -28,6 +28,7 @@ func Status(w io.Writer, c *spec.Cluster, dir outdir.Layout) error {
 		return err
 	}
 	down := st.Table(w)
+	cluster.SlotTable(context.Background(), w, c, dir, Reach(dir))
 	if e, err := cluster.Admin(c, dir, Reach(dir)); err != nil {
 		fmt.Fprintln(w, "last backup: unknown ("+err.Error()+")")
 	} else {
