@@ -211,6 +211,35 @@ func (u *Upgrader) waitGood(ctx context.Context, member, id, old string) error {
 	}
 }
 
+// checkVersions refuses, before any member goes down, images whose etcd
+// the cluster cannot move to (VersionGate), and says which etcd each
+// member runs and will run.
+func (l *Lifecycle) checkVersions(ctx context.Context, images map[string]string, order []string) error {
+	start := time.Now()
+	running, cluster, err := l.Etcd.Versions(ctx)
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	next := map[string]string{}
+	var said []string
+	for _, n := range order {
+		if images[n] == "" {
+			return fmt.Errorf("upgrade: no image for %s", n)
+		}
+		_, m, err := image.ReadSlot(images[n])
+		if err != nil {
+			return err
+		}
+		next[n] = m.Etcd
+		said = append(said, fmt.Sprintf("%s %s → %s", n, running[n], m.Etcd))
+	}
+	if err := VersionGate(running, next, cluster); err != nil {
+		return fmt.Errorf("upgrade: refused before any member: %w", err)
+	}
+	l.say(fmt.Sprintf("etcd: cluster version %s; %s", cluster, strings.Join(said, ", ")), start)
+	return nil
+}
+
 // UpgradeOrder is the order an upgrade goes through members: the
 // followers in spec order, then the leader.
 func UpgradeOrder(members []string, leader string) []string {
@@ -242,6 +271,9 @@ func (l *Lifecycle) Upgrade(ctx context.Context, u *Upgrader, images map[string]
 		members = only
 	}
 	order := UpgradeOrder(members, leader)
+	if err := l.checkVersions(ctx, images, order); err != nil {
+		return nil, err
+	}
 	for i, n := range order {
 		if images[n] == "" {
 			return done, fmt.Errorf("upgrade: no image for %s", n)
