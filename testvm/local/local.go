@@ -179,7 +179,7 @@ func Boot(o Options) (*State, error) {
 		})
 		// A member boots `up` after `up` from its own OS disk, with the
 		// slots it wrote, for as long as its image is the same.
-		_, aside, err := prepareOSDisk(st.DiskDir, &st.Members[i], time.Now())
+		_, aside, err := prepareOSDisk(st.DiskDir, &st.Members[i], time.Now(), false)
 		if aside != "" && o.Out != nil {
 			fmt.Fprintf(o.Out, "%s: its image changed; old OS disk kept at %s, a fresh copy replaces it\n", m.Name, aside)
 		}
@@ -296,7 +296,7 @@ func (st *State) Start(name string) error {
 		return fmt.Errorf("the virtual LAN of %s is down; run `etcdimg down` then `etcdimg up`", filepath.Dir(st.RunDir))
 	}
 	if _, err := os.Lstat(m.OSDisk); m.OSDisk == "" || errors.Is(err, os.ErrNotExist) {
-		if _, _, err := prepareOSDisk(st.DiskDir, m, time.Now()); err != nil {
+		if _, _, err := prepareOSDisk(st.DiskDir, m, time.Now(), false); err != nil {
 			return err
 		}
 	}
@@ -315,10 +315,9 @@ func (st *State) SetImage(name, image string) error {
 	return st.save()
 }
 
-// PrepareOSDisk makes stopped member name's OS disk ready to boot its
-// image (SetImage): kept when the image is the one it was copied from,
-// else set aside in DiskDir/previous/ for a fresh copy. It returns a
-// line saying which.
+// PrepareOSDisk gives stopped member name a fresh OS disk, a copy of its
+// image (SetImage), the one before set aside in DiskDir/previous/: the
+// machine is re-imaged. It returns a line saying so.
 func (st *State) PrepareOSDisk(name string) (string, error) {
 	m, err := st.Member(name)
 	if err != nil {
@@ -327,7 +326,7 @@ func (st *State) PrepareOSDisk(name string) (string, error) {
 	if m.Running() {
 		return "", fmt.Errorf("%s is running; stop it before its OS disk is changed", name)
 	}
-	line, _, err := prepareOSDisk(st.DiskDir, m, time.Now())
+	line, _, err := prepareOSDisk(st.DiskDir, m, time.Now(), true)
 	if serr := st.save(); err == nil {
 		err = serr
 	}

@@ -19,10 +19,10 @@ import (
 // boot entries at every boot (boot counting), and the node writes new
 // boot slots into it and reboots into them. It starts as a sparse copy of
 // the member's built image, and NAME-os.img.source records the SHA-256 of
-// the image it was copied from. A boot from an unchanged image (`up`
-// again, or a replace that rebuilt the same bytes) keeps the disk and the
-// slots the member wrote since; a new image sets the old disk aside in
-// DiskDir/previous/, never deleted, and boots a fresh copy.
+// the image it was copied from. `up` again from an unchanged image keeps
+// the disk and the slots the member wrote since; a new image, and every
+// replace or roll (which re-image the machine), set the old disk aside
+// in DiskDir/previous/, never deleted, and boot a fresh copy.
 
 // previousDir, in DiskDir, keeps the OS disks that fresh copies replaced.
 const previousDir = "previous"
@@ -38,12 +38,15 @@ func OSDiskPath(diskDir, name string) string { return filepath.Join(diskDir, nam
 func sourceFile(osDisk string) string { return osDisk + ".source" }
 
 // prepareOSDisk makes m's OS disk (m.OSDisk, else OSDiskPath) ready to
-// boot m.Image: it keeps the disk when its recorded source is the image's
-// digest now, else moves it (and its record) aside to
-// diskDir/previous/NAME-os-STAMP.img and writes a fresh copy. It sets
+// boot m.Image: unless fresh, it keeps the disk when its recorded source
+// is the image's digest now; else it moves the disk (and its record)
+// aside to diskDir/previous/NAME-os-STAMP.img and writes a fresh copy.
+// replace and roll ask for a fresh one: they re-image the machine, and a
+// disk kept from the same image would boot whatever slot the member has
+// since installed (upgrade) instead of the image asked for. It sets
 // m.OSDisk and returns a line for the operator and the old disk's new
 // path ("" when none was set aside). m must be stopped.
-func prepareOSDisk(diskDir string, m *MemberState, now time.Time) (line, aside string, err error) {
+func prepareOSDisk(diskDir string, m *MemberState, now time.Time, fresh bool) (line, aside string, err error) {
 	if m.OSDisk == "" {
 		m.OSDisk = OSDiskPath(diskDir, m.Name)
 	}
@@ -54,7 +57,7 @@ func prepareOSDisk(diskDir string, m *MemberState, now time.Time) (line, aside s
 		return "", "", fmt.Errorf("cluster: OS disk of %s: %w", m.Name, err)
 	}
 	if exists {
-		if recorded, err := os.ReadFile(sourceFile(disk)); err == nil {
+		if recorded, err := os.ReadFile(sourceFile(disk)); err == nil && !fresh {
 			digest, err := fileSHA256(m.Image)
 			if err != nil {
 				return "", "", fmt.Errorf("cluster: image of %s: %w", m.Name, err)

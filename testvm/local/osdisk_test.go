@@ -67,7 +67,7 @@ func TestOSDiskIsASparseCopy(t *testing.T) {
 	disks := filepath.Join(dir, "disks")
 	os.Mkdir(disks, 0o700)
 	m := &MemberState{Name: "etcd-1", Image: image}
-	line, aside, err := prepareOSDisk(disks, m, time.Now())
+	line, aside, err := prepareOSDisk(disks, m, time.Now(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,14 +113,14 @@ func TestOSDiskKeptWhileTheImageIsUnchanged(t *testing.T) {
 	image := filepath.Join(t.TempDir(), "etcd-1.img")
 	writeImage(t, image, 1)
 	m := &MemberState{Name: "etcd-1", Image: image}
-	if _, _, err := prepareOSDisk(disks, m, time.Now()); err != nil {
+	if _, _, err := prepareOSDisk(disks, m, time.Now(), false); err != nil {
 		t.Fatal(err)
 	}
 	slot := []byte("slot b, written by the member")
 	f, _ := os.OpenFile(m.OSDisk, os.O_WRONLY, 0)
 	f.WriteAt(slot, 6<<20)
 	f.Close()
-	line, aside, err := prepareOSDisk(disks, m, time.Now())
+	line, aside, err := prepareOSDisk(disks, m, time.Now(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestOSDiskSetAsideWhenTheImageChanged(t *testing.T) {
 	image := filepath.Join(t.TempDir(), "etcd-1.img")
 	first := writeImage(t, image, 1)
 	m := &MemberState{Name: "etcd-1", Image: image}
-	if _, _, err := prepareOSDisk(disks, m, time.Now()); err != nil {
+	if _, _, err := prepareOSDisk(disks, m, time.Now(), false); err != nil {
 		t.Fatal(err)
 	}
 	f, _ := os.OpenFile(m.OSDisk, os.O_WRONLY, 0)
@@ -155,7 +155,7 @@ func TestOSDiskSetAsideWhenTheImageChanged(t *testing.T) {
 
 	second := writeImage(t, image, 2)
 	now := time.Date(2026, 3, 4, 5, 6, 7, 890e6, time.FixedZone("CET", 3600))
-	line, aside, err := prepareOSDisk(disks, m, now)
+	line, aside, err := prepareOSDisk(disks, m, now, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,10 +179,10 @@ func TestOSDiskSetAsideWhenTheImageChanged(t *testing.T) {
 	// No record of the source: set aside too, and a second one in the
 	// same millisecond is refused rather than overwrite the first.
 	os.Remove(sourceFile(m.OSDisk))
-	if _, _, err := prepareOSDisk(disks, m, now); err == nil || !strings.Contains(err.Error(), "exists; move it away first") {
+	if _, _, err := prepareOSDisk(disks, m, now, false); err == nil || !strings.Contains(err.Error(), "exists; move it away first") {
 		t.Errorf("an old disk was set aside over another: %v", err)
 	}
-	if _, aside, err := prepareOSDisk(disks, m, now.Add(time.Second)); err != nil || aside == "" {
+	if _, aside, err := prepareOSDisk(disks, m, now.Add(time.Second), false); err != nil || aside == "" {
 		t.Errorf("an OS disk without its source: set aside %q, %v", aside, err)
 	}
 	if old, _ := filepath.Glob(filepath.Join(disks, "previous", "etcd-1-os-*.img")); len(old) != 2 {
@@ -236,5 +236,41 @@ func TestOldStateFilesLoad(t *testing.T) {
 	}
 	if m := st.Members[0]; m.Image != "/o/images/etcd-1.img" || m.OSDisk != "" || m.NodeAPI != 0 || m.Backup != 40183 {
 		t.Errorf("loaded %+v", m)
+	}
+}
+
+// TestAReplaceReImagesEvenFromTheSameImage: replace and roll re-image the
+// machine: an OS disk copied from the very same image is set aside for a
+// fresh copy, as it may hold a slot the member installed since (upgrade),
+// which it would boot instead of the image. `up` keeps it.
+func TestAReplaceReImagesEvenFromTheSameImage(t *testing.T) {
+	disks := t.TempDir()
+	image := filepath.Join(t.TempDir(), "etcd-1.img")
+	writeImage(t, image, 1)
+	m := &MemberState{Name: "etcd-1", Image: image}
+	if _, _, err := prepareOSDisk(disks, m, time.Now(), false); err != nil {
+		t.Fatal(err)
+	}
+	// The member wrote a slot into its disk since.
+	f, err := os.OpenFile(m.OSDisk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("a slot installed by upgrade"), 4096)
+	f.Close()
+	if _, aside, err := prepareOSDisk(disks, m, time.Now(), false); err != nil || aside != "" {
+		t.Fatalf("up from the same image: aside %q, %v; want the disk kept", aside, err)
+	}
+	_, aside, err := prepareOSDisk(disks, m, time.Now().Add(time.Second), true)
+	if err != nil || aside == "" {
+		t.Fatalf("replace: aside %q, %v; want a fresh copy", aside, err)
+	}
+	got, _ := os.ReadFile(m.OSDisk)
+	want, _ := os.ReadFile(image)
+	if !bytes.Equal(got, want) {
+		t.Error("the fresh OS disk is not a copy of the image")
+	}
+	if kept, _ := os.ReadFile(aside); !bytes.Contains(kept, []byte("a slot installed by upgrade")) {
+		t.Error("the old OS disk was not kept aside whole")
 	}
 }
