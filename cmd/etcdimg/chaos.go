@@ -50,6 +50,26 @@ func chaosCmd(a *app) *cobra.Command {
 				}
 			}
 			o.Plan, o.Dir = plan, filepath.Join(out, outdir.ChaosDir, time.Now().UTC().Format("20060102-150405"))
+			// upgrade sends images of a changed spec (good) and another
+			// cluster's (foreign), each built in a directory of the run's
+			// with this directory's PKI and image-signing key.
+			if chaos.NeedsUpgradeImages(plan) {
+				good, foreign, err := chaos.UpgradeDirs(b.c, b.dir, o.Dir, o.Seed)
+				if err != nil {
+					return err
+				}
+				o.UpgradeImages = map[string]map[string]string{}
+				for variant, d := range map[string]outdir.Layout{chaos.GoodUpgrade: good, chaos.ForeignUpgrade: foreign} {
+					alt := specFlags{app: &app{out: d.Dir()}}
+					if o.UpgradeImages[variant], err = buildImages(cmd, &alt, &bf, nil, nil); err != nil {
+						return fmt.Errorf("chaos: the %s upgrade's images: %w", variant, err)
+					}
+				}
+				if o.NodeAPI, err = cluster.AdminNodeAPI(b.c, b.dir, local.Reach(b.dir)); err != nil {
+					return err
+				}
+				o.Trial = time.Duration(b.c.Upgrade.Tries)*b.c.Upgrade.TrialTimeout.D() + 2*time.Minute
+			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "chaos: %s of traffic from %d clients over %d keys, seed %d (the same --seed gives the same faults); files in %s\n", o.Duration, o.Clients, o.Keys, o.Seed, o.Dir)
 			for _, f := range plan {
@@ -69,7 +89,7 @@ func chaosCmd(a *app) *cobra.Command {
 	bf.register(c)
 	c.Flags().DurationVar(&o.Duration, "duration", 2*time.Minute, "how long traffic runs; the faults share it after a 10 s warm-up, and 20 s are left after the last")
 	c.Flags().StringVar(&faults, "faults", strings.Join(chaos.Kinds, ","), "faults to inject, comma-separated: "+strings.Join(chaos.Kinds, ",")+
-		"; a variant is chosen by kill:leader, kill:follower, partition:isolate, partition:split (the leader in the minority), partition:lossy (30 % of a member's frames lost), replace:blank, replace:keep (the data disk kept), roll:blank or roll:keep; else the seed chooses")
+		"; a variant is chosen by kill:leader, kill:follower, partition:isolate, partition:split (the leader in the minority), partition:lossy (30 % of a member's frames lost), replace:blank, replace:keep (the data disk kept), roll:blank, roll:keep, upgrade:good (every member onto images of a changed spec, over the network) or upgrade:foreign (one member sent another cluster's image, which it must refuse); else the seed chooses")
 	c.Flags().IntVar(&o.Clients, "clients", 8, "concurrent clients, spread over the members' endpoints")
 	c.Flags().IntVar(&o.Keys, "keys", 10, "size of the key space the clients share")
 	c.Flags().Uint64Var(&o.Seed, "seed", 0, "seed of the fault schedule and the clients' choices (default: drawn and printed)")

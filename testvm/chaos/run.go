@@ -30,6 +30,12 @@ type Options struct {
 	Keys     int
 	Seed     uint64
 	Images   map[string]string // member → the image replace and roll boot (built from the current spec)
+	// UpgradeImages are the upgrade fault's images, by variant, then
+	// member (UpgradeDirs); NodeAPI reaches the members' node APIs and
+	// Trial bounds a member's wait for its new slot.
+	UpgradeImages map[string]map[string]string
+	NodeAPI       *cluster.NodeAPI
+	Trial         time.Duration
 	Dir      string            // where the run's files go (DIR/chaos/<time>)
 	Log      io.Writer         // progress lines
 }
@@ -305,6 +311,29 @@ func (r *runner) inject(ctx context.Context, f Fault) (func() error, string, err
 			return none, member, r.lifecycle().Replace(ctx, member, cluster.ReplaceOptions{Image: r.o.Images[member], KeepDisk: f.Variant == Keep})
 		}
 		return none, "every member", r.lifecycle().Roll(ctx, r.o.Images, cluster.RollOptions{KeepDisks: f.Variant == Keep})
+	case Upgrade:
+		imgs := r.o.UpgradeImages[f.Variant]
+		if imgs == nil || r.o.NodeAPI == nil {
+			return none, member, fmt.Errorf("chaos: upgrade %s needs its images and the node API; none were prepared for this run", f.Variant)
+		}
+		u := &cluster.Upgrader{API: r.o.NodeAPI, Trial: r.o.Trial}
+		l := r.lifecycle()
+		l.Driver = u
+		if f.Variant == GoodUpgrade {
+			_, err := l.Upgrade(ctx, u, imgs, nil)
+			return none, "every member", err
+		}
+		// Another cluster's image, signed with this cluster's key: the
+		// member must refuse it before anything is written or rebooted.
+		err := u.Swap(ctx, member, imgs[member], true, l.Say)
+		switch {
+		case err == nil:
+			return none, member, fmt.Errorf("chaos: %s installed another cluster's image", member)
+		case !strings.Contains(err.Error(), "another cluster's output directory"):
+			return none, member, fmt.Errorf("chaos: %s did not refuse another cluster's image as such: %w", member, err)
+		}
+		r.logf("    %s refused another cluster's image: %v", member, err)
+		return none, member, nil
 	}
 	return none, member, fmt.Errorf("chaos: %s is not a fault chaos runs know", f.Kind)
 }

@@ -22,10 +22,11 @@ const (
 	Partition = "partition" // in the LAN switch: isolate one member, split minority from majority, or drop a share of frames
 	Replace   = "replace"   // `etcdimg replace` of one member: with a blank data disk, or keeping its disk
 	Roll      = "roll"      // `etcdimg roll`: every member replaced in turn, with blank data disks or keeping them
+	Upgrade   = "upgrade"   // `etcdimg upgrade`: every member onto a new slot over the network, or one member sent another cluster's image
 )
 
 // Kinds is every fault kind, the default of --faults.
-var Kinds = []string{Kill, PowerOff, PowerCut, Partition, Replace, Roll}
+var Kinds = []string{Kill, PowerOff, PowerCut, Partition, Replace, Roll, Upgrade}
 
 // Variants are the forms a fault kind takes, drawn from the seed unless
 // --faults names one (kill:leader, partition:lossy).
@@ -34,6 +35,7 @@ var Variants = map[string][]string{
 	Partition: {"isolate", "split", "lossy"},
 	Replace:   {Blank, Keep},
 	Roll:      {Blank, Keep},
+	Upgrade:   {GoodUpgrade, ForeignUpgrade},
 }
 
 // The variants of replace and roll: a blank data disk (a new member ID,
@@ -117,10 +119,10 @@ func Schedule(kinds, members []string, duration time.Duration, seed uint64) ([]F
 			}
 		}
 		switch {
-		case kind == Partition && f.Variant != "split", kind == PowerOff, kind == Replace:
+		case kind == Partition && f.Variant != "split", kind == PowerOff, kind == Replace, kind == Upgrade && f.Variant == ForeignUpgrade:
 			f.Member = members[rnd.IntN(len(members))]
 		}
-		if kind == Roll || kind == Replace {
+		if kind == Roll || kind == Replace || kind == Upgrade {
 			f.For = 0 // healed when the command returns
 		}
 		plan = append(plan, f)

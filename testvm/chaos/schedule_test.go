@@ -1,10 +1,14 @@
 package chaos
 
 import (
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"etcdimg/internal/outdir"
+	"etcdimg/internal/spec"
 )
 
 var three = []string{"etcd-1", "etcd-2", "etcd-3"}
@@ -53,7 +57,7 @@ func TestBadSchedulesAreRefused(t *testing.T) {
 		want     string
 	}{
 		{[]string{"kill", "meteor"}, three, 5 * time.Minute, `--faults: unknown fault "meteor"; the faults are kill,poweroff,powercut,partition,replace,roll`},
-		{Kinds, three, time.Minute, "--duration 1m0s is too short for 6 faults: give at least 1m30s"},
+		{Kinds, three, time.Minute, "--duration 1m0s is too short for 7 faults: give at least 1m40s"},
 		{[]string{"kill"}, three[:1], 5 * time.Minute, "a fault test needs a cluster of at least 3"},
 		{[]string{"kill:everyone"}, three, 5 * time.Minute, `--faults: kill has no variant "everyone"; its variants are leader, follower`},
 		{[]string{"roll:fast"}, three, 5 * time.Minute, `--faults: roll has no variant "fast"; its variants are blank, keep`},
@@ -90,5 +94,69 @@ func TestNamedVariantsAreKept(t *testing.T) {
 				t.Fatalf("seed %d: %v", seed, f)
 			}
 		}
+	}
+}
+
+// TestUpgradeDirsDifferOnlyWhereTheyMust: the good directory's spec moves
+// upgrade.goodAfter alone and keeps the cluster's record; the foreign one
+// has no record (render gives it a new token); both carry the PKI with
+// its modes (keys 0600).
+func TestUpgradeDirsDifferOnlyWhereTheyMust(t *testing.T) {
+	c := spec.Default(3)
+	dir := outdir.Layout(t.TempDir())
+	os.MkdirAll(dir.PKI(), 0o700)
+	os.WriteFile(dir.PKIFile("image-signing.key"), []byte("key"), 0o600)
+	os.WriteFile(dir.PKIFile("etcd-ca.pem"), []byte("ca"), 0o644)
+	os.WriteFile(dir.ClusterRecord(), []byte(`{"clusterID":"1"}`), 0o644)
+	good, foreign, err := UpgradeDirs(c, dir, t.TempDir(), 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []outdir.Layout{good, foreign} {
+		st, err := os.Stat(d.PKIFile("image-signing.key"))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: the signing key: %v %v", d, st, err)
+		}
+	}
+	g, err := os.ReadFile(good.Spec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc, err := spec.Parse(g, "etcdimg.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gc.Upgrade.GoodAfter == c.Upgrade.GoodAfter || gc.Upgrade.GoodAfter >= gc.Upgrade.TrialTimeout {
+		t.Errorf("good: goodAfter %s (was %s)", gc.Upgrade.GoodAfter.D(), c.Upgrade.GoodAfter.D())
+	}
+	gc.Upgrade = c.Upgrade
+	want, _ := spec.Marshal(c)
+	got, _ := spec.Marshal(gc)
+	if string(got) != string(want) {
+		t.Errorf("good: the spec differs beyond upgrade.goodAfter:\n%s\nwant\n%s", got, want)
+	}
+	if _, err := os.Stat(good.ClusterRecord()); err != nil {
+		t.Errorf("good: no cluster record: %v", err)
+	}
+	if _, err := os.Stat(foreign.ClusterRecord()); err == nil {
+		t.Error("foreign: the cluster's record was copied")
+	}
+}
+
+// TestAnUpgradeIsHealedWhenItsCommandEnds: upgrade faults last as long as
+// their command; a foreign image is sent to one member.
+func TestAnUpgradeIsHealedWhenItsCommandEnds(t *testing.T) {
+	for _, k := range []string{"upgrade:good", "upgrade:foreign"} {
+		plan, err := Schedule([]string{k}, []string{"etcd-1", "etcd-2", "etcd-3"}, 2*time.Minute, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := plan[0]
+		if f.Kind != Upgrade || f.For != 0 || (f.Variant == ForeignUpgrade) != (f.Member != "") {
+			t.Errorf("%s: %+v", k, f)
+		}
+	}
+	if !NeedsUpgradeImages([]Fault{{Kind: Upgrade}}) || NeedsUpgradeImages([]Fault{{Kind: Roll}}) {
+		t.Error("NeedsUpgradeImages")
 	}
 }
