@@ -1,0 +1,263 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"etcdimg/internal/layout"
+	"etcdimg/internal/slot"
+)
+
+// testImage writes a raw disk laid out as image.build lays out a
+// member's: a GPT, an ESP with one slot (its entry and its directory).
+// It returns the image's path and the bundle upgrade reads from it.
+func testImage(t *testing.T, id, tag string) (string, slot.Bundle) {
+	t.Helper()
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	files := map[string][]byte{
+		slot.FileUKI: []byte("MZ " + tag), slot.FileNode: []byte("ELF " + tag),
+		slot.FileConfig: []byte(`{"ignition":{}}`), slot.FileSigningKey: []byte("-----BEGIN PUBLIC KEY-----\n"),
+	}
+	b, err := slot.NewBundle(slot.Manifest{Format: slot.Format, ID: id, Cluster: "c0ffee", Member: "etcd-1", Kernel: "6.1", Etcd: "3.7.3"}, files, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "etcd-1.img")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const mib = 1 << 20
+	espSize := int64(40 * mib)
+	if err := f.Truncate(espSize + 2*mib); err != nil {
+		t.Fatal(err)
+	}
+	d, err := diskfs.OpenBackend(file.New(f, false), diskfs.WithSectorSize(diskfs.SectorSize512))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Partition(&gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, Partitions: []*gpt.Partition{{
+		Index: 1, Start: mib / 512, End: uint64((mib+espSize)/512 - 1), Type: gpt.EFISystemPartition, Name: layout.ESPLabel,
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 1, FSType: filesystem.TypeFat32, VolumeLabel: "ETCDIMG"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := layout.SlotsDir + "/" + id
+	put := map[string][]byte{
+		layout.EntryDir + "/" + slot.Entry{Gen: 1, ID: id}.Name(): files[slot.FileUKI],
+		dir + "/" + layout.SlotManifestFile:                       b.Manifest,
+		dir + "/" + layout.SlotSignatureFile:                      b.Signature,
+	}
+	for n, data := range files {
+		if n != slot.FileUKI {
+			put[dir+"/"+n] = data
+		}
+	}
+	for _, m := range []string{"/EFI", layout.EntryDir, layout.SlotsDir, dir} {
+		if err := fs.Mkdir(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for n, data := range put {
+		w, err := fs.OpenFile(n, os.O_CREATE|os.O_RDWR)
+		if err != nil {
+			t.Fatalf("%s: %v", n, err)
+		}
+		if _, err := io.Copy(w, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+	}
+	return p, b
+}
+
+// fakeNode is a member's node API whose status the test scripts: before
+// is what it answers until it is rebooted, after (called with the
+// number of status requests since the reboot) what it answers then.
+type fakeNode struct {
+	mu       sync.Mutex
+	before   slot.Status
+	after    func(n int) slot.Status
+	put      [][]byte
+	putCode  int
+	reboots  int
+	sinceReb int
+}
+
+func (f *fakeNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == slot.APIStatus:
+		st := f.before
+		if f.reboots > 0 && f.after != nil {
+			st = f.after(f.sinceReb)
+			f.sinceReb++
+		}
+		json.NewEncoder(w).Encode(st)
+	case r.Method == http.MethodPut && r.URL.Path == slot.APIUpdate:
+		b, _ := io.ReadAll(r.Body)
+		f.put = append(f.put, b)
+		if f.putCode != 0 {
+			http.Error(w, "refused", f.putCode)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]string{"slot": "x", "state": slot.StateStaged})
+	case r.Method == http.MethodPost && r.URL.Path == slot.APIReboot:
+		f.reboots++
+		w.WriteHeader(http.StatusAccepted)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func newUpgrader(t *testing.T, f *fakeNode, bound time.Duration) *Upgrader {
+	srv := httptest.NewTLSServer(f)
+	t.Cleanup(srv.Close)
+	tlsCfg := srv.Client().Transport.(*http.Transport).TLSClientConfig
+	return &Upgrader{API: &NodeAPI{Members: map[string]string{"etcd-1": srv.URL}, TLS: tlsCfg}, Trial: bound}
+}
+
+const (
+	oldSlot = "1111111111111111"
+	newSlot = "2222222222222222"
+)
+
+func good(id, digest string) slot.SlotState {
+	return slot.SlotState{ID: id, Gen: 1, State: slot.StateGood, Digest: digest}
+}
+
+func quiet(string, time.Duration) {}
+
+func TestUpgraderSwap(t *testing.T) {
+	img, b := testImage(t, newSlot, "new")
+	digest := slot.Digest(b.Manifest)
+	oldGood := slot.Status{Member: "etcd-1", Running: good(oldSlot, "olddigest")}
+	for _, c := range []struct {
+		name    string
+		before  slot.Status
+		after   func(n int) slot.Status
+		putCode int
+		wantErr string // "" for success
+		puts    int
+		reboots int
+		bound   time.Duration
+	}{
+		{name: "good after a trial", before: oldGood, after: func(n int) slot.Status {
+			switch {
+			case n < 2: // not gone down yet
+				return oldGood
+			case n < 4:
+				return slot.Status{Running: slot.SlotState{ID: newSlot, State: slot.StateTrial, TriesDone: 1}, Waiting: "good for 3s of 30s"}
+			}
+			return slot.Status{Running: good(newSlot, digest)}
+		}, puts: 1, reboots: 1, bound: 20 * time.Second},
+		{name: "rolled back", before: oldGood, after: func(n int) slot.Status {
+			if n < 2 {
+				return oldGood
+			}
+			return slot.Status{Running: good(oldSlot, "olddigest"), RolledBack: &slot.SlotState{ID: newSlot, State: slot.StateBad, TriesDone: 3, Trial: "etcd never caught up"}}
+		}, wantErr: "ROLLED BACK to slot " + oldSlot, puts: 1, reboots: 1},
+		{name: "rolled back before it said why", before: oldGood, after: func(n int) slot.Status {
+			return slot.Status{Running: good(oldSlot, "olddigest"), RolledBack: &slot.SlotState{ID: newSlot, State: slot.StateBad, TriesDone: 3}}
+		}, wantErr: "before it could say why", puts: 1, reboots: 1},
+		{name: "runs a third slot", before: oldGood, after: func(n int) slot.Status {
+			return slot.Status{Running: good("3333333333333333", "x")}
+		}, wantErr: "3333333333333333", puts: 1, reboots: 1},
+		{name: "never reboots into it", before: oldGood, after: func(n int) slot.Status {
+			return slot.Status{Running: good(oldSlot, "olddigest"), Other: &slot.SlotState{ID: newSlot, State: slot.StateStaged}}
+		}, wantErr: "still on slot " + oldSlot, puts: 1, reboots: 1},
+		{name: "update refused", before: oldGood, putCode: http.StatusUnprocessableEntity, wantErr: "refused the update", puts: 1},
+		{name: "on trial", before: slot.Status{Running: slot.SlotState{ID: oldSlot, State: slot.StateTrial}}, wantErr: "still on trial"},
+		{name: "runs it already", before: slot.Status{Running: good(newSlot, digest)}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := &fakeNode{before: c.before, after: c.after, putCode: c.putCode}
+			bound := c.bound
+			if bound == 0 {
+				bound = 3 * time.Second
+			}
+			u := newUpgrader(t, f, bound)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := u.Swap(ctx, "etcd-1", img, true, quiet)
+			switch {
+			case c.wantErr == "" && err != nil:
+				t.Fatal(err)
+			case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
+				t.Fatalf("%v, want %q", err, c.wantErr)
+			}
+			if len(f.put) != c.puts || f.reboots != c.reboots {
+				t.Fatalf("%d updates, %d reboots; want %d, %d", len(f.put), f.reboots, c.puts, c.reboots)
+			}
+			for _, p := range f.put {
+				want, _ := b.Bytes()
+				if !bytes.Equal(p, want) {
+					t.Fatal("the update sent is not the image's slot")
+				}
+			}
+		})
+	}
+	if err := (&Upgrader{}).Swap(context.Background(), "etcd-1", img, false, quiet); err == nil {
+		t.Fatal("a network upgrade without the data disk")
+	}
+}
+
+// A member that rolled back from a slot has spent its tries on it: its
+// boots, each up to the trial timeout, kept it out of the cluster.
+// Running upgrade again (which "resumes") must not send it the same slot
+// again without being told to.
+func TestUpgraderDoesNotResendASlotTheMemberRolledBackFrom(t *testing.T) {
+	img, _ := testImage(t, newSlot, "new")
+	before := slot.Status{Running: good(oldSlot, "olddigest"), RolledBack: &slot.SlotState{ID: newSlot, State: slot.StateBad, TriesDone: 3, Trial: "etcd never caught up"}}
+	f := &fakeNode{before: before, after: func(int) slot.Status { return before }}
+	u := newUpgrader(t, f, 2*time.Second)
+	err := u.Swap(context.Background(), "etcd-1", img, true, quiet)
+	if len(f.put) != 0 || f.reboots != 0 {
+		t.Fatalf("sent the slot %s rolled back from again (%d updates, %d reboots; %v)", newSlot, len(f.put), f.reboots, err)
+	}
+	if err == nil {
+		t.Fatal("no error")
+	}
+}
+
+func TestUpgradeOrder(t *testing.T) {
+	for _, c := range []struct {
+		members []string
+		leader  string
+		want    []string
+	}{
+		{[]string{"a", "b", "c"}, "a", []string{"b", "c", "a"}},
+		{[]string{"a", "b", "c"}, "c", []string{"a", "b", "c"}},
+		{[]string{"a", "b", "c"}, "", []string{"a", "b", "c"}},
+		{[]string{"b"}, "a", []string{"b"}},
+	} {
+		in := slices.Clone(c.members)
+		if got := UpgradeOrder(c.members, c.leader); !slices.Equal(got, c.want) || !slices.Equal(in, c.members) {
+			t.Errorf("%v leader %q: %v", c.members, c.leader, got)
+		}
+	}
+}
