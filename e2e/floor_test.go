@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -121,7 +125,19 @@ func prepareFloor(b testing.TB, dir string) floorBoot {
 	if err := errors.Join(os.WriteFile(fb.kernel, k.Vmlinuz, 0o644), os.WriteFile(fb.initrd, trivialInitramfs(b), 0o644)); err != nil {
 		b.Fatal(err)
 	}
-	boot := &image.Boot{Stub: stub, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: trivialInitramfs(b)}
+	loader, err := image.ReadLoader(sdeb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The disk is a member's: systemd-boot, then the slot's UKI; the
+	// node binary is never run (the trivial /init exits first).
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		b.Fatal(err)
+	}
+	boot := &image.Boot{Stub: stub, Loader: loader, Kernel: k.Vmlinuz, KernelVersion: k.Version, Initrd: trivialInitramfs(b),
+		Node: []byte("not run"), Signer: key, SignerPub: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})}
 	raw, _ := image.FormatNamed("raw")
 	built, err := image.WriteAll(dir, []image.Member{{Cluster: "floor", Name: "floor"}}, boot, []image.Format{raw}, image.FormatOptions{})
 	if err != nil {

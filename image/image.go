@@ -96,7 +96,7 @@ func PrepareBoot(in Inputs) (*Boot, error) {
 	if err != nil {
 		return nil, err
 	}
-	loader, err := readDebFile(in.BootloaderDeb, bootIn)
+	loader, err := ReadLoader(in.BootloaderDeb)
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +127,9 @@ func PrepareBoot(in Inputs) (*Boot, error) {
 
 // ReadStub reads systemd's EFI stub from Debian's systemd-boot-efi package.
 func ReadStub(debPath string) ([]byte, error) { return readDebFile(debPath, stubIn) }
+
+// ReadLoader reads systemd-boot from Debian's systemd-boot-efi package.
+func ReadLoader(debPath string) ([]byte, error) { return readDebFile(debPath, bootIn) }
 
 // readDebFile reads one file of Debian's systemd-boot-efi package.
 func readDebFile(debPath, want string) ([]byte, error) {
