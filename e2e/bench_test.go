@@ -307,6 +307,52 @@ func BenchmarkReplaceAndRoll(b *testing.B) {
 	fmt.Printf("  replace of one member → voter again: %.1fs (target 30 s)\n  roll of three members: %.1fs (target 90 s)\n", replace.Seconds(), roll.Seconds())
 }
 
+// BenchmarkUpgrade times `etcdimg upgrade` of a three-member cluster
+// under TCG to images of a changed spec (upgrade.goodAfter 5s), from the
+// command's own lines: per member, the slot's transfer into the inactive
+// slot and the reboot until the member marked the slot good; and the
+// whole command, builds included.
+func BenchmarkUpgrade(b *testing.B) {
+	u := upThree(b)
+	raw := mustRead(b, filepath.Join(u.out, "etcdimg.yaml"))
+	raw = strings.Replace(raw, "goodAfter: 30s", "goodAfter: 5s", 1)
+	cfg := filepath.Join(u.work, "upgrade.yaml")
+	os.WriteFile(cfg, []byte(raw), 0o644)
+	start := time.Now()
+	out, stderr, code := etcdimg(b, u.work, "upgrade", "--config", cfg, "--out", u.out)
+	total := time.Since(start)
+	if code != 0 {
+		b.Fatalf("upgrade: %s%s", out, stderr)
+	}
+	fmt.Printf("\nupgrade (3 members):\n%s", out)
+	var stage, good []float64
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		var secs float64
+		if _, err := fmt.Sscanf(strings.TrimSuffix(f[len(f)-1], "s"), "%g", &secs); err != nil {
+			continue
+		}
+		switch {
+		case strings.Contains(line, " staged ("):
+			stage = append(stage, secs)
+		case strings.Contains(line, "and marked it good"):
+			good = append(good, secs)
+		}
+	}
+	if len(stage) != 3 || len(good) != 3 {
+		b.Fatalf("upgrade said %d staged and %d marked-good lines, want 3 each:\n%s", len(stage), len(good), out)
+	}
+	for i := range stage {
+		b.ReportMetric(stage[i], fmt.Sprintf("stage%d-s", i+1))
+		b.ReportMetric(good[i], fmt.Sprintf("reboot-to-good%d-s", i+1))
+	}
+	b.ReportMetric(total.Seconds(), "upgrade-total-s")
+	fmt.Printf("  per member: staged in %v s, rebooted and marked good in %v s (goodAfter 5 s)\n  upgrade of three members, builds included: %.1fs\n", stage, good, total.Seconds())
+}
+
 // BenchmarkSnapshotAndRestore times, on a three-member cluster under TCG
 // holding 100,000 keys (100-byte values): `snapshot save` (from the
 // healthiest member, verified) and its size; then `restore` of that
