@@ -43,6 +43,10 @@ type Lifecycle struct {
 	// cluster (added to the spec after its first bootstrap, not booted
 	// yet): while the member list lacks them, nobody waits for them.
 	Pending []string
+	// Guard, when set, runs before each member goes down; its error
+	// stops the operation there (OperationLock.Held: the lock is still
+	// this operation's).
+	Guard func(context.Context) error
 }
 
 // Attach ties l to the output directory dir whose images it will boot,
@@ -108,6 +112,11 @@ func (l *Lifecycle) Replace(ctx context.Context, member string, o ReplaceOptions
 		oldID = m.ID
 	}
 	l.say(fmt.Sprintf("checked: cluster %x, %d of %d members healthy besides %s", snap.ClusterID, len(others), len(others), member), start)
+	if l.Guard != nil {
+		if err := l.Guard(ctx); err != nil {
+			return fmt.Errorf("replace %s: %w", member, err)
+		}
+	}
 	if err := l.moveLeaderFrom(ctx, snap, member); err != nil {
 		return fmt.Errorf("replace %s: %w", member, err)
 	}

@@ -118,3 +118,20 @@ func (l *OperationLock) Release() {
 	l.cli.Revoke(ctx, l.lease)
 	l.cli.Close()
 }
+
+// Held says whether the lock is still this operator's: its key exists on
+// this lock's lease. A keep-alive that failed for longer than the TTL
+// loses the lock without a word; an operation asks before each member it
+// takes down.
+func (l *OperationLock) Held(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
+	defer cancel()
+	resp, err := l.cli.Get(ctx, OperationLockKey)
+	if err != nil {
+		return fmt.Errorf("cluster: operation lock: %w", err)
+	}
+	if len(resp.Kvs) != 1 || clientv3.LeaseID(resp.Kvs[0].Lease) != l.lease {
+		return errors.New("cluster: this operation lost the cluster's operation lock (its lease expired: the cluster was unreachable for longer than its TTL); stopped before the next member; run it again")
+	}
+	return nil
+}

@@ -63,3 +63,42 @@ func TestOneOperationAtATime(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 }
+
+// TestALostLockStopsTheNextMember: when the keep-alive stops (the
+// cluster unreachable for longer than the TTL), the lease expires and the
+// lock is another operator's to take; Held then says so, and the
+// operation stops before its next member. Held on a live lock is nil.
+func TestALostLockStopsTheNextMember(t *testing.T) {
+	defer func(ttl int64) { operationLockTTL = ttl }(operationLockTTL)
+	operationLockTTL = 3
+	c, dir, reach := builtEtcd(t)
+	e, err := Admin(c, dir, reach)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	lk, err := e.LockOperation(ctx, "upgrade")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lk.Release()
+	if err := lk.Held(ctx); err != nil {
+		t.Fatalf("a live lock: %v", err)
+	}
+	lk.cancel() // the keep-alive stops; the client stays
+	deadline := time.Now().Add(time.Duration(operationLockTTL+15) * time.Second)
+	for lk.Held(ctx) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the lock outlived its lease")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err := lk.Held(ctx); err == nil || !strings.Contains(err.Error(), "lost the cluster's operation lock") {
+		t.Errorf("Held after the lease expired: %v", err)
+	}
+	l := &Lifecycle{Etcd: e, Members: c.Names(), Guard: lk.Held, Driver: &ManualDriver{}}
+	err = l.Replace(ctx, c.Members[0].Name, ReplaceOptions{KeepDisk: true, AllowOutage: true})
+	if err == nil || !strings.Contains(err.Error(), "lost the cluster's operation lock") {
+		t.Errorf("a replace after the lock was lost: %v", err)
+	}
+}

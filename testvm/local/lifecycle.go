@@ -99,6 +99,7 @@ func (o LifecycleOptions) run(ctx context.Context, op string, only []string, che
 		return err
 	}
 	defer lock.Release()
+	l.Guard = lock.Held
 	if o.Prepare != nil {
 		if err := o.Prepare(o.Cluster, o.Dir); err != nil {
 			return err
