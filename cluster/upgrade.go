@@ -147,6 +147,13 @@ func (u *Upgrader) Swap(ctx context.Context, member, imagePath string, keepDisk 
 		say(fmt.Sprintf("%s: runs slot %s already", member, m.ID), time.Since(start))
 		return nil
 	}
+	if rb := before.RolledBack; rb != nil && rb.ID == m.ID {
+		why := rb.Trial
+		if why == "" {
+			why = "no reason recorded"
+		}
+		return fmt.Errorf("upgrade: %s rolled back from this very slot %s after %d tries (%s); it is not sent again: build a fixed image, or re-image the member with `replace %s --keep-disk`", member, m.ID, rb.TriesDone, why, member)
+	}
 	if before.Running.State == slot.StateTrial {
 		return fmt.Errorf("upgrade: %s: its running slot %s is still on trial (%s); wait until it is marked good", member, before.Running.ID, before.Waiting)
 	}
@@ -197,7 +204,7 @@ func (u *Upgrader) waitGood(ctx context.Context, member, id, old string) error {
 			case r.ID == old:
 				last = fmt.Sprintf("still on slot %s", old)
 			default:
-				last = fmt.Sprintf("runs slot %s (%s)", r.ID, r.State)
+				return fmt.Errorf("%s runs slot %s (%s), neither the one it ran (%s) nor the one sent (%s): another operator's, or a power cut in between; stopped", member, r.ID, r.State, old, id)
 			}
 		}
 		if time.Since(start) > bound {
@@ -237,6 +244,10 @@ func (l *Lifecycle) checkVersions(ctx context.Context, images map[string]string,
 		return fmt.Errorf("upgrade: refused before any member: %w", err)
 	}
 	l.say(fmt.Sprintf("etcd: cluster version %s; %s", cluster, strings.Join(said, ", ")), start)
+	if minor := minorUpgrade(next, cluster); minor != "" {
+		last := order[len(order)-1]
+		l.say(fmt.Sprintf("etcd: the cluster moves to %s once every member runs it; should %s, the last, roll back after that, its old etcd cannot start below the cluster's version: re-image it with `replace %s --keep-disk` from the new image", minor, last, last), start)
+	}
 	return nil
 }
 
@@ -293,4 +304,19 @@ func (l *Lifecycle) Upgrade(ctx context.Context, u *Upgrader, images map[string]
 		done = append(done, n)
 	}
 	return done, nil
+}
+
+// minorUpgrade is the minor version (major.minor) the images move the
+// cluster to, when it is newer than the cluster's, or "".
+func minorUpgrade(next map[string]string, cluster string) string {
+	cv, err := parseVersion(cluster)
+	if err != nil {
+		return ""
+	}
+	for _, n := range next {
+		if nv, err := parseVersion(n); err == nil && nv.major == cv.major && nv.minor > cv.minor {
+			return nv.minorOnly()
+		}
+	}
+	return ""
 }

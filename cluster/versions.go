@@ -71,7 +71,25 @@ func VersionGate(running, next map[string]string, cluster string) error {
 // returns them by name with the cluster's version (the lowest minor
 // every member runs, which etcd moves only once every member runs the
 // new one).
+//
+// A cluster that has just started says "not_decided" until its leader
+// publishes the version; Versions asks again for up to 20 s.
 func (e *Etcd) Versions(ctx context.Context) (map[string]string, string, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		running, cluster, err := e.versions(ctx)
+		if err == nil || time.Now().After(deadline) {
+			return running, cluster, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, "", ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (e *Etcd) versions(ctx context.Context) (map[string]string, string, error) {
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: e.TLS}}
 	running := map[string]string{}
 	cluster := ""

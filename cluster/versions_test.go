@@ -51,3 +51,15 @@ func TestVersionsAreTheMembersOwn(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAMinorUpgradeIsSaid: images of a newer minor than the cluster's are
+// named, so that upgrade warns what a late rollback costs.
+func TestAMinorUpgradeIsSaid(t *testing.T) {
+	for _, tc := range []struct {
+		next, cluster, want string
+	}{{"3.8.1", "3.7.0", "3.8"}, {"3.7.4", "3.7.0", ""}, {"bad", "3.7.0", ""}} {
+		if got := minorUpgrade(map[string]string{"etcd-1": tc.next}, tc.cluster); got != tc.want {
+			t.Errorf("%s on %s: %q, want %q", tc.next, tc.cluster, got, tc.want)
+		}
+	}
+}

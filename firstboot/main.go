@@ -65,6 +65,7 @@ func Main() {
 		logf("ctrl-alt-del: %v", err)
 	}
 	startReaper()
+	n.esp, n.trial = bootSlot()
 	if err := n.boot(); err != nil {
 		n.stopped(err)
 	}

@@ -39,22 +39,47 @@ func writableESP(fn func() error) error {
 	return err
 }
 
+// bootSlot is the slot that booted (the kernel command line names it)
+// and whether its entry still counts tries: read first thing by PID 1,
+// so that a trial boot that stops at any step after it reboots, spending
+// a try, rather than waiting for a power-off.
+func bootSlot() (*slots.ESP, bool) {
+	b, _ := os.ReadFile("/proc/cmdline")
+	esp := &slots.ESP{Root: layout.ESPRoot, Running: slots.SlotFromCmdline(string(b)), Writable: writableESP}
+	if esp.Running == "" {
+		return esp, false
+	}
+	entries, err := esp.Entries()
+	if err != nil {
+		return esp, false
+	}
+	trial := false
+	for _, en := range entries {
+		if en.ID == esp.Running {
+			trial = en.Counting
+			if !en.Counting {
+				break // a good entry of the slot wins (see ESP.Status)
+			}
+		}
+	}
+	return esp, trial
+}
+
 // checkSlot reads which slot booted and how the slots stand: a slot on
 // trial is watched (watchTrial) and marked good once the member is; a
 // member that came back from an update that failed says so.
 func checkSlot(st *state) (string, error) {
-	b, _ := os.ReadFile("/proc/cmdline")
-	id := slots.SlotFromCmdline(string(b))
-	if id == "" {
+	st.n.mu.Lock()
+	esp := st.n.esp
+	st.n.mu.Unlock()
+	if esp == nil || esp.Running == "" {
 		return "", fmt.Errorf("the kernel command line names no boot slot (%s): rebuild the image with this etcdimg", layout.SlotArg)
 	}
-	esp := &slots.ESP{Root: layout.ESPRoot, Running: id, Writable: writableESP}
 	s, err := esp.Status()
 	if err != nil {
 		return "", err
 	}
 	st.n.mu.Lock()
-	st.n.esp = esp
 	st.n.trial = s.Running.State == slot.StateTrial
 	st.n.mu.Unlock()
 	writeSlotStatus(esp)
@@ -106,7 +131,9 @@ func serveNodeAPI(st *state) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("node API: %w", err)
 	}
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, TLSConfig: serverTLS}
+	// An update streams for seconds to minutes; a stalled one must not
+	// hold the update lock (and the ESP writable) for ever.
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 15 * time.Minute, WriteTimeout: 16 * time.Minute, IdleTimeout: 2 * time.Minute, TLSConfig: serverTLS}
 	console.Go("node API", func() { srv.ServeTLS(ln, "", "") })
 	st.slotTiming = m
 	return fmt.Sprintf("mTLS on %s", ln.Addr()), nil

@@ -65,13 +65,22 @@ func (e ESP) Entries() ([]slot.Entry, error) {
 }
 
 // running is the running slot's entry.
+//
+// A power cut in the middle of a FAT rename (MarkGood) can leave the
+// entry under both names, sharing its clusters: the good name is the
+// one that counts (systemd-boot boots it first, the spent one last), and
+// neither is removed, which would free clusters the other still uses.
 func (e ESP) running(entries []slot.Entry) (slot.Entry, error) {
+	found, ok := slot.Entry{}, false
 	for _, en := range entries {
-		if en.ID == e.Running {
-			return en, nil
+		if en.ID == e.Running && (!ok || found.Counting && !en.Counting) {
+			found, ok = en, true
 		}
 	}
-	return slot.Entry{}, fmt.Errorf("slots: the running slot %s has no boot entry in %s", e.Running, layout.EntryDir)
+	if !ok {
+		return slot.Entry{}, fmt.Errorf("slots: the running slot %s has no boot entry in %s", e.Running, layout.EntryDir)
+	}
+	return found, nil
 }
 
 // Status reads the slots' state.
@@ -87,7 +96,7 @@ func (e ESP) Status() (slot.Status, error) {
 	st := slot.Status{Running: e.state(run, run)}
 	for _, en := range entries {
 		if en.ID == run.ID {
-			continue
+			continue // the running slot, and a duplicate of its entry
 		}
 		s := e.state(en, run)
 		if st.Other == nil {
@@ -108,9 +117,13 @@ func (e ESP) state(en, run slot.Entry) slot.SlotState {
 	switch {
 	case !en.Counting:
 		s.State = slot.StateGood
+	case en.ID == run.ID:
+		// systemd-boot takes a try before it boots: the last try runs
+		// as NAME+0-N.efi, and is a trial all the same.
+		s.State = slot.StateTrial
 	case en.Spent():
 		s.State = slot.StateBad
-	case en.ID == run.ID || en.TriesDone > 0:
+	case en.TriesDone > 0:
 		s.State = slot.StateTrial
 	default:
 		s.State = slot.StateStaged
@@ -147,6 +160,9 @@ type Want struct{ Cluster, Member string }
 // written before the signature and the manifest are checked. limit
 // bounds the slot's size.
 func (e ESP) Install(r io.Reader, want Want, tries int, limit int64) (slot.Manifest, error) {
+	if tries < 1 || tries > slot.MaxTries {
+		return slot.Manifest{}, fmt.Errorf("slots: %d boot tries; a slot takes 1 to %d", tries, slot.MaxTries)
+	}
 	pub, err := e.TrustedKey()
 	if err != nil {
 		return slot.Manifest{}, err
@@ -255,6 +271,14 @@ func (e ESP) install(br *slot.Reader, gen, tries int) error {
 		err = writeSynced(filepath.Join(tmpDir, layout.SlotManifestFile), strings.NewReader(string(br.Raw)))
 	}
 	if err == nil {
+		// A slot whose key cannot be read would take no update ever
+		// after it is marked good.
+		var pub []byte
+		if pub, err = os.ReadFile(filepath.Join(tmpDir, slot.FileSigningKey)); err == nil {
+			_, err = slot.ParsePublicKey(pub)
+		}
+	}
+	if err == nil {
 		err = syncDir(tmpDir)
 	}
 	if err == nil {
@@ -271,6 +295,8 @@ func (e ESP) install(br *slot.Reader, gen, tries int) error {
 		err = syncDir(e.entryDir())
 	}
 	if err != nil {
+		// The entry first: nothing half-written may boot.
+		os.Remove(filepath.Join(e.entryDir(), entry.Name()))
 		os.Remove(tmpUKI)
 		os.RemoveAll(tmpDir)
 		os.RemoveAll(e.slotDir(m.ID))

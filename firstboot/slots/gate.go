@@ -69,7 +69,14 @@ func (g *Gate) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline.C:
-			return fmt.Errorf("not a started, caught-up voter for %s within %s: %s", g.GoodAfter, g.Timeout, g.Waiting())
+			g.mu.Lock()
+			last := g.last
+			g.mu.Unlock()
+			why := g.Waiting()
+			if last != "" && !strings.Contains(why, last) {
+				why += "; before that: " + last
+			}
+			return fmt.Errorf("not a started, caught-up voter for %s within %s: %s", g.GoodAfter, g.Timeout, why)
 		case <-tick.C:
 		}
 	}

@@ -45,6 +45,13 @@ var Files = []string{FileSigningKey, FileConfig, FileNode, FileUKI}
 // Format is the manifest's format version.
 const Format = 1
 
+// MaxFileSize bounds each file of a slot; MaxTries, the boot tries a new
+// slot gets (its entry's name holds one digit).
+const (
+	MaxFileSize = 1 << 30
+	MaxTries    = 9
+)
+
 // Manifest describes one slot.
 type Manifest struct {
 	Format int    `json:"format"`
@@ -115,7 +122,7 @@ func (m Manifest) Check() error {
 			return fmt.Errorf("slot manifest: file %q listed twice", f.Name)
 		}
 		seen[f.Name] = true
-		if f.Size <= 0 || !sumPattern.MatchString(f.SHA256) {
+		if f.Size <= 0 || f.Size > MaxFileSize || !sumPattern.MatchString(f.SHA256) {
 			return fmt.Errorf("slot manifest: file %q: size %d, sha256 %q", f.Name, f.Size, f.SHA256)
 		}
 	}
