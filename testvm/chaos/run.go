@@ -36,8 +36,8 @@ type Options struct {
 	UpgradeImages map[string]map[string]string
 	NodeAPI       *cluster.NodeAPI
 	Trial         time.Duration
-	Dir      string            // where the run's files go (DIR/chaos/<time>)
-	Log      io.Writer         // progress lines
+	Dir           string    // where the run's files go (DIR/chaos/<time>)
+	Log           io.Writer // progress lines
 }
 
 // Run drives traffic against the local cluster st (through e, the
