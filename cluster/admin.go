@@ -65,11 +65,16 @@ func AdminNodeBackups(c *spec.Cluster, dir outdir.Layout, reach render.Endpoint)
 	if err != nil {
 		return nil, err
 	}
-	n := &NodeBackups{Members: map[string]string{}, TLS: tlsCfg}
+	return &NodeBackups{Members: memberURLs(c, reach, layout.BackupPort), TLS: tlsCfg}, nil
+}
+
+// memberURLs are the https URLs of c's members' port, by name.
+func memberURLs(c *spec.Cluster, reach render.Endpoint, port int) map[string]string {
+	urls := map[string]string{}
 	for _, m := range c.Members {
-		n.Members[m.Name] = "https://" + hostPort(reach, m, layout.BackupPort)
+		urls[m.Name] = "https://" + hostPort(reach, m, port)
 	}
-	return n, nil
+	return urls
 }
 
 // EtcdctlEnv is the environment that points etcdctl at the cluster with

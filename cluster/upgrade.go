@@ -34,11 +34,7 @@ func AdminNodeAPI(c *spec.Cluster, dir outdir.Layout, reach render.Endpoint) (*N
 	if err != nil {
 		return nil, err
 	}
-	n := &NodeAPI{Members: map[string]string{}, TLS: tlsCfg}
-	for _, m := range c.Members {
-		n.Members[m.Name] = "https://" + hostPort(reach, m, layout.NodeAPIPort)
-	}
-	return n, nil
+	return &NodeAPI{Members: memberURLs(c, reach, layout.NodeAPIPort), TLS: tlsCfg}, nil
 }
 
 func (n *NodeAPI) client(timeout time.Duration) *http.Client {

@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"etcdimg/internal/slot"
 )
 
 // The image-signing pair, beside the CA: an Ed25519 key that signs the
@@ -127,18 +129,8 @@ func parseImageSigningKey(keyPEM []byte) (ed25519.PrivateKey, error) {
 	return key, nil
 }
 
+// parseImageSigningPub reads the public key as every slot carries it and
+// the node reads it (slot.ParsePublicKey).
 func parseImageSigningPub(pubPEM []byte) (ed25519.PublicKey, error) {
-	b, _ := pem.Decode(pubPEM)
-	if b == nil || b.Type != "PUBLIC KEY" {
-		return nil, errors.New("want a PUBLIC KEY block")
-	}
-	k, err := x509.ParsePKIXPublicKey(b.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	pub, ok := k.(ed25519.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("a %T, not Ed25519", k)
-	}
-	return pub, nil
+	return slot.ParsePublicKey(pubPEM)
 }

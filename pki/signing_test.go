@@ -139,7 +139,7 @@ func TestBrokenImageSigningKeyIsRefused(t *testing.T) {
 		{"key not PEM", put(ImageSigningKey, []byte("nope")), "image-signing.key is not a PEM Ed25519 private key (want a PRIVATE KEY block)", false},
 		{"key not Ed25519", put(ImageSigningKey, other.Members["etcd-1"].Key), "image-signing.key is not a PEM Ed25519 private key", false},
 		{"corrupt public key", put(ImageSigningPub, []byte("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")), "image-signing.pub is not a PEM Ed25519 public key", false},
-		{"public key is the CA certificate", put(ImageSigningPub, other.CACert), "image-signing.pub is not a PEM Ed25519 public key (want a PUBLIC KEY block)", false},
+		{"public key is the CA certificate", put(ImageSigningPub, other.CACert), "image-signing.pub is not a PEM Ed25519 public key (image-signing key: not a PEM public key)", false},
 		{"key lost, public key kept", func(dir string) { os.Remove(filepath.Join(dir, ImageSigningKey)) }, "image-signing.key is missing; put the image-signing key back", false},
 		{"key unreadable", func(dir string) {
 			p := filepath.Join(dir, ImageSigningKey)
