@@ -137,7 +137,7 @@ func (u *Upgrader) Swap(ctx context.Context, member, imagePath string, keepDisk 
 	digest := slot.Digest(b.Manifest)
 	before, err := u.API.Status(ctx, member)
 	if err != nil {
-		return err
+		return fmt.Errorf("upgrade: %w (a member built before boot slots has no node API: move it once with `roll --keep-disks`)", err)
 	}
 	if before.Running.Digest == digest && before.Running.State == slot.StateGood {
 		say(fmt.Sprintf("%s: runs slot %s already", member, m.ID), time.Since(start))
