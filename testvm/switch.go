@@ -120,7 +120,28 @@ func (s *Switch) passes(src [6]byte, q *swPort) bool {
 
 type swPort struct {
 	conn net.Conn
-	mu   sync.Mutex // serialises writes
+	// out is the port's transmit queue, written to the member by its own
+	// goroutine (drain): a member that does not read (a guest rebooting,
+	// its NIC reset, or stuck) fills its queue and loses frames, as on a
+	// real switch, and never stalls the ports that send to it.
+	out chan []byte
+}
+
+// portQueue is how many frames wait for a member before more are dropped.
+const portQueue = 256
+
+func newPort(c net.Conn) *swPort { return &swPort{conn: c, out: make(chan []byte, portQueue)} }
+
+// drain writes the port's queued frames until its connection fails.
+func (p *swPort) drain() {
+	for f := range p.out {
+		if _, err := p.conn.Write(f); err != nil {
+			p.conn.Close()
+			for range p.out {
+			}
+			return
+		}
+	}
 }
 
 // maxFrame bounds a frame; QEMU sends at most 64 KiB.
@@ -168,11 +189,15 @@ func (s *Switch) Serve() error {
 			}
 			return fmt.Errorf("testvm: switch: %w", err)
 		}
-		p := &swPort{conn: c}
+		p := newPort(c)
 		s.mu.Lock()
 		s.ports[p] = true
 		s.mu.Unlock()
-		s.wg.Add(1)
+		s.wg.Add(2)
+		go func() {
+			defer s.wg.Done()
+			p.drain()
+		}()
 		go func() {
 			defer s.wg.Done()
 			s.run(p)
@@ -204,6 +229,9 @@ func (s *Switch) run(p *swPort) {
 				delete(s.macs, mac)
 			}
 		}
+		// No sender holds p any more (they pick ports under s.mu and
+		// send under it too): its queue can close.
+		close(p.out)
 		s.mu.Unlock()
 	}()
 	var hdr [4]byte
@@ -242,20 +270,23 @@ func (s *Switch) run(p *swPort) {
 				}
 			}
 		}
-		s.mu.Unlock()
-		for _, q := range out {
-			q.send(hdr[:], frame)
+		if len(out) > 0 {
+			f := append(append(make([]byte, 0, len(hdr)+len(frame)), hdr[:]...), frame...)
+			for _, q := range out {
+				q.send(f)
+			}
 		}
+		s.mu.Unlock()
 	}
 }
 
-func (p *swPort) send(hdr, frame []byte) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	// A member that cannot keep up loses the frame, as on a real LAN; its
-	// reader notices a dead connection.
-	if _, err := p.conn.Write(append(append(make([]byte, 0, len(hdr)+len(frame)), hdr...), frame...)); err != nil {
-		p.conn.Close()
+// send queues frame f for the member, or drops it when the member has
+// not taken the frames before it: a member that cannot keep up loses
+// frames, as on a real LAN. The caller holds the switch's lock.
+func (p *swPort) send(f []byte) {
+	select {
+	case p.out <- f:
+	default:
 	}
 }
 

@@ -248,3 +248,71 @@ func TestArgsWritableAndReboot(t *testing.T) {
 		}
 	}
 }
+
+// TestAMemberThatDoesNotReadStallsNoOne: a member whose NIC stops taking
+// frames (a guest rebooting in place, or stuck) loses the frames sent to
+// it, and the others go on talking: broadcasts, which reach it too, do
+// not block the switch. On the old switch, which wrote to each port in
+// the sender's goroutine, the senders stalled once the deaf member's
+// socket buffer filled, and with them the whole LAN.
+func TestAMemberThatDoesNotReadStallsNoOne(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "lan.sock")
+	sw, err := ListenSwitch(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go sw.Serve()
+	defer sw.Close()
+	var c [3]net.Conn
+	for i := range c {
+		if c[i], err = net.Dial("unix", sock); err != nil {
+			t.Fatal(err)
+		}
+		defer c[i].Close()
+	}
+	time.Sleep(100 * time.Millisecond)
+	// Port 3 never reads. Port 1 floods far more than any socket buffer
+	// holds, while port 2 drains what it gets.
+	payload := strings.Repeat("x", 60000)
+	done := make(chan error, 1)
+	go func() {
+		c[1].SetReadDeadline(time.Now().Add(30 * time.Second))
+		buf := make([]byte, 1<<16)
+		for {
+			if _, err := c[1].Read(buf); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	sent := make(chan error, 1)
+	go func() {
+		for range 2000 { // 120 MB of broadcasts
+			var hdr [4]byte
+			f := frame(0xff, 1, payload)
+			binary.BigEndian.PutUint32(hdr[:], uint32(len(f)))
+			c[0].SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c[0].Write(append(hdr[:], f...)); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	select {
+	case err := <-sent:
+		if err != nil {
+			t.Fatalf("the sender stalled behind a member that does not read: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the sender stalled behind a member that does not read")
+	}
+	// And unicast between the two live ports still flows.
+	send(t, c[1], frame(1, 2, "still here"))
+	deadline := time.Now().Add(5 * time.Second)
+	for got := recv(t, c[0]); got != "still here"; got = recv(t, c[0]) {
+		if time.Now().After(deadline) {
+			t.Fatal("port 1 no longer gets frames")
+		}
+	}
+}
