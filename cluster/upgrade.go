@@ -74,15 +74,18 @@ func (n *NodeAPI) Status(ctx context.Context, member string) (slot.Status, error
 	return st, err
 }
 
-// Stage sends b into member's inactive slot; it returns the state the
-// member answers ("staged", or "running" for the slot it runs).
-func (n *NodeAPI) Stage(ctx context.Context, member string, b slot.Bundle) (string, error) {
-	raw, err := b.Bytes()
-	if err != nil {
+// Stage sends b into member's inactive slot, leaving out the files whose
+// SHA-256 is have's for their name (the member takes them from the slot
+// it runs); it returns the state the member answers ("staged", or
+// "running" for the slot it runs).
+func (n *NodeAPI) Stage(ctx context.Context, member string, b slot.Bundle, have map[string]string) (string, error) {
+	var buf bytes.Buffer
+	if _, err := b.WriteLeavingOut(&buf, have); err != nil {
 		return "", err
 	}
+	raw := buf.Bytes()
 	var resp struct{ Slot, State string }
-	err = n.do(ctx, member, http.MethodPut, slot.APIUpdate, bytes.NewReader(raw), 10*time.Minute, &resp)
+	err := n.do(ctx, member, http.MethodPut, slot.APIUpdate, bytes.NewReader(raw), 10*time.Minute, &resp)
 	return resp.State, err
 }
 
@@ -100,6 +103,9 @@ type Upgrader struct {
 	// Trial bounds the wait for the new slot: the member's tries times
 	// its trial timeout, and some.
 	Trial time.Duration
+	// Full sends every file of a slot, even those the member runs
+	// already.
+	Full bool
 }
 
 // Running reports whether member's node API answers.
@@ -154,11 +160,25 @@ func (u *Upgrader) Swap(ctx context.Context, member, imagePath string, keepDisk 
 		return fmt.Errorf("upgrade: %s: its running slot %s is still on trial (%s); wait until it is marked good", member, before.Running.ID, before.Waiting)
 	}
 	if before.Running.Digest != digest {
-		state, err := u.API.Stage(ctx, member, b)
+		// What the member runs already (the node binary, when only the
+		// config changed) is not sent again: it copies it from its slot.
+		have := map[string]string{}
+		if rm := before.Running.Manifest; rm != nil && !u.Full {
+			for _, f := range rm.Files {
+				have[f.Name] = f.SHA256
+			}
+		}
+		var sent int64
+		for _, f := range m.Files {
+			if have[f.Name] != f.SHA256 {
+				sent += f.Size
+			}
+		}
+		state, err := u.API.Stage(ctx, member, b, have)
 		if err != nil {
 			return fmt.Errorf("upgrade: %s refused the update: %w", member, err)
 		}
-		say(fmt.Sprintf("%s: slot %s %s (%.0f MiB, etcd %s)", member, m.ID, state, float64(m.Size())/(1<<20), m.Etcd), time.Since(start))
+		say(fmt.Sprintf("%s: slot %s %s (%.0f MiB, %.0f MiB sent, etcd %s)", member, m.ID, state, float64(m.Size())/(1<<20), float64(sent)/(1<<20), m.Etcd), time.Since(start))
 	}
 	start = time.Now()
 	if err := u.API.Reboot(ctx, member); err != nil {

@@ -149,7 +149,7 @@ func TestUpgradeOverTheNetwork(t *testing.T) {
 	stage := func(b slot.Bundle) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		_, err := api.Stage(ctx, "etcd-2", b)
+		_, err := api.Stage(ctx, "etcd-2", b, nil)
 		return err
 	}
 	if err := stage(foreign); err == nil || !strings.Contains(err.Error(), "not this member's image-signing key") {
@@ -289,7 +289,7 @@ func TestUpgradeOverTheNetwork(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		_, err := api.Stage(ctx, "etcd-3", b3)
+		_, err := api.Stage(ctx, "etcd-3", b3, nil)
 		staged <- err
 	}()
 	time.Sleep(3 * time.Second)
@@ -303,7 +303,7 @@ func TestUpgradeOverTheNetwork(t *testing.T) {
 		t.Errorf("after a power cut while staging etcd-3 runs %+v, want its good slot", cutWhileStaging.Running)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	if state, err := api.Stage(ctx, "etcd-3", b3); err != nil || state != slot.StateStaged {
+	if state, err := api.Stage(ctx, "etcd-3", b3, nil); err != nil || state != slot.StateStaged {
 		t.Fatalf("stage etcd-3's previous image after the cut: %q %v", state, err)
 	}
 	if err := api.Reboot(ctx, "etcd-3"); err != nil {

@@ -49,6 +49,8 @@ type lifecycleFlags struct {
 	allowOutage bool
 	// platform is what upgrade builds for (qemu or metal); "" is qemu.
 	platform string
+	// full: upgrade sends every file, even those a member runs already.
+	full bool
 }
 
 func (f *lifecycleFlags) register(c *cobra.Command) {
@@ -168,6 +170,7 @@ platform: the same under 'up' and on machines reached at the spec's addresses.`,
 			if err != nil {
 				return err
 			}
+			o.Full = f.full
 			for _, n := range args {
 				if !slices.Contains(o.Cluster.Names(), n) {
 					return fmt.Errorf("upgrade: no member %q in the spec; members: %s", n, strings.Join(o.Cluster.Names(), ", "))
@@ -187,5 +190,6 @@ platform: the same under 'up' and on machines reached at the spec's addresses.`,
 	}
 	f.register(c)
 	c.Flags().StringVar(&f.platform, "platform", layout.PlatformQEMU, "the platform the members run: qemu or metal (a member refuses a slot built for another)")
+	c.Flags().BoolVar(&f.full, "full", false, "send every file of each slot, even those the member runs already (by default it copies them from its running slot, checked against the signed manifest)")
 	return c
 }

@@ -3,6 +3,7 @@ package slot
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
@@ -29,7 +30,18 @@ type Bundle struct {
 }
 
 // WriteTo writes b as a tar stream.
-func (b Bundle) WriteTo(w io.Writer) (int64, error) {
+func (b Bundle) WriteTo(w io.Writer) (int64, error) { return b.WriteLeavingOut(w, nil) }
+
+// WriteLeavingOut writes b as a tar stream without the files whose
+// SHA-256 is have's for their name: what the member holds already in
+// the slot it runs (its status's manifest), which it takes from there.
+func (b Bundle) WriteLeavingOut(w io.Writer, have map[string]string) (int64, error) {
+	var m Manifest
+	if len(have) > 0 {
+		if err := json.Unmarshal(b.Manifest, &m); err != nil {
+			return 0, fmt.Errorf("slot bundle: %w", err)
+		}
+	}
 	cw := &countWriter{w: w}
 	tw := tar.NewWriter(cw)
 	put := func(name string, data []byte) error {
@@ -46,6 +58,9 @@ func (b Bundle) WriteTo(w io.Writer) (int64, error) {
 		return cw.n, fmt.Errorf("slot bundle: %w", err)
 	}
 	for _, name := range Files {
+		if f, ok := m.File(name); ok && have[name] == f.SHA256 {
+			continue
+		}
 		if data, ok := b.Files[name]; ok {
 			if err := put(name, data); err != nil {
 				return cw.n, fmt.Errorf("slot bundle: %s: %w", name, err)
@@ -75,7 +90,10 @@ type Reader struct {
 	// Manifest is the verified manifest, and Raw its encoding.
 	Manifest Manifest
 	Raw      []byte
-	seen     map[string]bool
+	// Reuse, when set, opens the member's own copy of a file the bundle
+	// left out (WriteTo's have), or returns nil when it has none.
+	Reuse func(f File) io.ReadCloser
+	seen  map[string]bool
 }
 
 // OpenBundle reads a bundle's manifest and signature from r and checks
@@ -140,8 +158,26 @@ func (r *Reader) Each(write func(f File, data io.Reader) error) error {
 		}
 	}
 	for _, f := range r.Manifest.Files {
-		if !r.seen[f.Name] {
+		if r.seen[f.Name] {
+			continue
+		}
+		// A file the host left out because the member holds it already:
+		// taken from the running slot, and checked like any other.
+		var src io.ReadCloser
+		if r.Reuse != nil {
+			src = r.Reuse(f)
+		}
+		if src == nil {
 			return fmt.Errorf("slot bundle: %s is missing: the update was cut short", f.Name)
+		}
+		sum := sha256.New()
+		err := write(f, io.TeeReader(io.LimitReader(src, f.Size), sum))
+		src.Close()
+		if err != nil {
+			return fmt.Errorf("slot bundle: %s (kept from the running slot): %w", f.Name, err)
+		}
+		if got := hex.EncodeToString(sum.Sum(nil)); got != f.SHA256 {
+			return fmt.Errorf("slot bundle: the running slot's %s has SHA-256 %s, not the %s it was left out for: send the whole update (etcdimg upgrade --full)", f.Name, got, f.SHA256)
 		}
 	}
 	return nil

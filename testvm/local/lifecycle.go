@@ -29,6 +29,9 @@ type LifecycleOptions struct {
 	// members in only, or of every one when nil) and returns each
 	// member's raw image.
 	Build func(only []string) (map[string]string, error)
+	// Full makes upgrade send every file of each slot, even those the
+	// member runs already.
+	Full bool
 	// Interruptible, when set, makes the context the members go down
 	// under, once the images are built (the command's, that Ctrl-C
 	// cancels); else that context is ctx.
@@ -133,7 +136,7 @@ func Upgrade(ctx context.Context, o LifecycleOptions, only []string) (done []str
 		if err != nil {
 			return err
 		}
-		up := &cluster.Upgrader{API: api, Trial: time.Duration(u.Tries)*u.TrialTimeout.D() + 2*time.Minute}
+		up := &cluster.Upgrader{API: api, Trial: time.Duration(u.Tries)*u.TrialTimeout.D() + 2*time.Minute, Full: o.Full}
 		l.Driver = up
 		start := time.Now()
 		done, err = l.Upgrade(ctx, up, images, only)
