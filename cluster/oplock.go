@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -36,6 +37,9 @@ type OperationLock struct {
 	cli    *clientv3.Client
 	lease  clientv3.LeaseID
 	cancel context.CancelFunc
+	kaCtx  context.Context
+	mu     sync.Mutex
+	kaDead chan struct{} // closed when the running keep-alive ended
 }
 
 // LockOperation takes the cluster's operation lock for op (such as
@@ -79,11 +83,23 @@ func (e *Etcd) LockOperation(ctx context.Context, op string) (*OperationLock, er
 		cli.Close()
 		return nil, fmt.Errorf("cluster: operation lock: %w", err)
 	}
+	l := &OperationLock{cli: cli, lease: lease.ID, cancel: stop, kaCtx: kaCtx}
+	l.watch(ka)
+	return l, nil
+}
+
+// watch drains a keep-alive's answers and marks it dead when the client
+// gives up on it (no answer within the TTL), so that Held starts another.
+func (l *OperationLock) watch(ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	dead := make(chan struct{})
+	l.mu.Lock()
+	l.kaDead = dead
+	l.mu.Unlock()
 	go func() {
 		for range ka {
 		}
+		close(dead)
 	}()
-	return &OperationLock{cli: cli, lease: lease.ID, cancel: stop}, nil
 }
 
 // heldBy is the refusal that names the lock's holder.
@@ -132,6 +148,24 @@ func (l *OperationLock) Held(ctx context.Context) error {
 	}
 	if len(resp.Kvs) != 1 || clientv3.LeaseID(resp.Kvs[0].Lease) != l.lease {
 		return errors.New("cluster: this operation lost the cluster's operation lock (its lease expired: the cluster was unreachable for longer than its TTL); stopped before the next member; run it again")
+	}
+	// Still ours: renew it now, and keep it alive again if the client
+	// gave the keep-alive up while the cluster did not answer (a member
+	// down under --allow-outage, say).
+	if _, err := l.cli.KeepAliveOnce(ctx, l.lease); err != nil {
+		return fmt.Errorf("cluster: operation lock: renew: %w", err)
+	}
+	l.mu.Lock()
+	dead := l.kaDead
+	l.mu.Unlock()
+	select {
+	case <-dead:
+		if l.kaCtx.Err() == nil {
+			if ka, err := l.cli.KeepAlive(l.kaCtx, l.lease); err == nil {
+				l.watch(ka)
+			}
+		}
+	default:
 	}
 	return nil
 }

@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"etcdimg/image"
@@ -143,7 +145,10 @@ func (u *Upgrader) Swap(ctx context.Context, member, imagePath string, keepDisk 
 	digest := slot.Digest(b.Manifest)
 	before, err := u.API.Status(ctx, member)
 	if err != nil {
-		return fmt.Errorf("upgrade: %w (a member built before boot slots has no node API: move it once with `roll --keep-disks`)", err)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("upgrade: %w (nothing serves the node API there: a member built before boot slots has none; move it once with `roll --keep-disks`)", err)
+		}
+		return fmt.Errorf("upgrade: %w", err)
 	}
 	if before.Running.Digest == digest && before.Running.State == slot.StateGood {
 		say(fmt.Sprintf("%s: runs slot %s already", member, m.ID), time.Since(start))
@@ -175,6 +180,13 @@ func (u *Upgrader) Swap(ctx context.Context, member, imagePath string, keepDisk 
 			}
 		}
 		state, err := u.API.Stage(ctx, member, b, have)
+		if err != nil && len(have) > 0 && strings.Contains(err.Error(), slot.ErrLeftOut) {
+			// Its own copy of a file left out does not match: once more,
+			// whole.
+			say(fmt.Sprintf("%s: %v; sending the whole slot", member, err), time.Since(start))
+			sent = m.Size()
+			state, err = u.API.Stage(ctx, member, b, nil)
+		}
 		if err != nil {
 			return fmt.Errorf("upgrade: %s refused the update: %w", member, err)
 		}

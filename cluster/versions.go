@@ -58,13 +58,17 @@ func VersionGate(running, next map[string]string, cluster string) error {
 		case nv.minor < cv.minor:
 			return fmt.Errorf("%s's new image runs etcd %s, older than the cluster's version %s: a downgrade needs etcd's own downgrade procedure, which etcdimg does not run yet; build with etcd %s.x", name, n, cluster, cv.minorOnly())
 		}
-		if r, ok := running[name]; ok {
-			if rv, err := parseVersion(r); err == nil && rv.minor > nv.minor {
-				return fmt.Errorf("%s runs etcd %s, its new image %s: a downgrade needs etcd's own downgrade procedure, which etcdimg does not run yet", name, r, n)
-			}
-		}
+		// A member ahead of the cluster's version (a minor upgrade
+		// stopped half way) may go back to the cluster's minor: the
+		// cluster never moved, and nothing was written in the new
+		// format.
 	}
 	return nil
+}
+
+// less orders versions by major, then minor.
+func (v etcdVersion) less(w etcdVersion) bool {
+	return v.major < w.major || v.major == w.major && v.minor < w.minor
 }
 
 // Versions asks every member for the etcd it runs (its /version), and
@@ -93,6 +97,7 @@ func (e *Etcd) versions(ctx context.Context) (map[string]string, string, error) 
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: e.TLS}}
 	running := map[string]string{}
 	cluster := ""
+	var why []string
 	for _, ep := range e.Endpoints {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, ep.URL+"/version", nil)
 		if err != nil {
@@ -100,7 +105,9 @@ func (e *Etcd) versions(ctx context.Context) (map[string]string, string, error) 
 		}
 		resp, err := hc.Do(req)
 		if err != nil {
-			continue // a member down: Replace's own check refuses what needs it
+			// A member down: Replace's own check refuses what needs it.
+			why = append(why, fmt.Sprintf("%s: %v", ep.Member, err))
+			continue
 		}
 		var v struct {
 			Server  string `json:"etcdserver"`
@@ -109,17 +116,21 @@ func (e *Etcd) versions(ctx context.Context) (map[string]string, string, error) 
 		err = json.NewDecoder(resp.Body).Decode(&v)
 		resp.Body.Close()
 		if err != nil {
+			why = append(why, fmt.Sprintf("%s: /version: %v", ep.Member, err))
 			continue
 		}
 		running[ep.Member] = v.Server
-		if cv, err := parseVersion(v.Cluster); err == nil {
-			if lo, err := parseVersion(cluster); err != nil || cv.minor < lo.minor || cv.major < lo.major {
-				cluster = v.Cluster
-			}
+		cv, err := parseVersion(v.Cluster)
+		if err != nil {
+			why = append(why, fmt.Sprintf("%s: cluster version %q", ep.Member, v.Cluster))
+			continue
+		}
+		if lo, err := parseVersion(cluster); err != nil || cv.less(lo) {
+			cluster = v.Cluster
 		}
 	}
 	if cluster == "" {
-		return running, "", fmt.Errorf("no member reports the cluster's etcd version")
+		return running, "", fmt.Errorf("no member reports the cluster's etcd version (%s)", strings.Join(why, "; "))
 	}
 	return running, cluster, nil
 }

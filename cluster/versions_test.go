@@ -23,7 +23,7 @@ func TestTheVersionGate(t *testing.T) {
 		{"the next minor", "3.7.3", "3.8.0", "3.7.0", ""},
 		{"a minor skipped", "3.7.3", "3.9.0", "3.7.0", "one minor version at a time; build with etcd 3.8 first"},
 		{"a minor down", "3.7.3", "3.6.9", "3.7.0", "older than the cluster's version 3.7"},
-		{"a member ahead, back to the cluster's minor", "3.8.0", "3.7.3", "3.7.0", "runs etcd 3.8.0, its new image 3.7.3: a downgrade"},
+		{"a member ahead, back to the cluster's minor", "3.8.0", "3.7.3", "3.7.0", ""},
 		{"another major", "3.7.3", "4.0.0", "3.7.0", "never changes its major version"},
 		{"a bad version", "3.7.3", "three", "3.7.0", "not major.minor"},
 	} {

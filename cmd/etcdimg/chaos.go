@@ -61,7 +61,13 @@ func chaosCmd(a *app) *cobra.Command {
 				o.UpgradeImages = map[string]map[string]string{}
 				for variant, d := range map[string]outdir.Layout{chaos.GoodUpgrade: good, chaos.ForeignUpgrade: foreign} {
 					alt := specFlags{app: &app{out: d.Dir()}}
-					if o.UpgradeImages[variant], err = buildImages(cmd, &alt, &bf, nil, nil); err != nil {
+					o.UpgradeImages[variant], err = buildImages(cmd, &alt, &bf, nil, nil)
+					// The copies of the signing keys go once the images are
+					// built; the directory's own stay where they are.
+					if rerr := chaos.DropSigningKeys(d); err == nil {
+						err = rerr
+					}
+					if err != nil {
 						return fmt.Errorf("chaos: the %s upgrade's images: %w", variant, err)
 					}
 				}

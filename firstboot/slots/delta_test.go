@@ -63,12 +63,38 @@ func TestAnUpdateLeavesOutWhatTheMemberRuns(t *testing.T) {
 	b[10] ^= 1
 	os.WriteFile(node, b, 0o600)
 	_, err = f.install(next("3333333333333333", "again"))
-	if err == nil || !strings.Contains(err.Error(), "not the") || !strings.Contains(err.Error(), "--full") {
+	if err == nil || !strings.Contains(err.Error(), "not the") || !strings.Contains(err.Error(), slot.ErrLeftOut) {
 		t.Fatalf("a left-out file that does not match: %v", err)
 	}
 	for _, n := range f.entryNames() {
 		if strings.Contains(n, "3333333333333333") {
 			t.Errorf("a refused update left an entry: %s", n)
 		}
+	}
+}
+
+// TestLeftoversOfTheRunningSlotStay: a power cut in the renames that
+// committed the running slot may leave its temporary names beside the
+// final ones, sharing their clusters on FAT; the next install removes
+// other leftovers but never these, which would free the running slot's
+// clusters.
+func TestLeftoversOfTheRunningSlotStay(t *testing.T) {
+	f := newFixture(t, slot.Entry{Gen: 1})
+	entry := filepath.Join(f.root, layout.EntryDir, f.run.Name()+".tmp")
+	dir := filepath.Join(f.root, layout.SlotsDir, runID+".tmp")
+	other := filepath.Join(f.root, layout.EntryDir, "etcdimg-2-3333333333333333+3.efi.tmp")
+	os.WriteFile(entry, []byte("shares the running entry's clusters"), 0o600)
+	os.MkdirAll(dir, 0o700)
+	os.WriteFile(other, []byte("an interrupted install's"), 0o600)
+	if _, err := f.install(raw(t, f.bundle("2222222222222222", testCluster, testMember, "next"))); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{entry, dir} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("the running slot's leftover %s was removed", filepath.Base(p))
+		}
+	}
+	if _, err := os.Stat(other); err == nil {
+		t.Error("another install's leftover was kept")
 	}
 }

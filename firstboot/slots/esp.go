@@ -268,8 +268,12 @@ func (e ESP) clear(entries []slot.Entry) error {
 	if err != nil {
 		return fmt.Errorf("slots: %w", err)
 	}
+	// What an interrupted install left goes too, except a leftover of the
+	// running slot itself: a power cut in the rename that committed it
+	// may have left the temporary name beside the final one, sharing its
+	// clusters, and removing it would free the running slot's.
 	for _, de := range des {
-		if strings.HasSuffix(de.Name(), ".tmp") {
+		if strings.HasSuffix(de.Name(), ".tmp") && !strings.Contains(de.Name(), "-"+e.Running) {
 			os.Remove(filepath.Join(e.entryDir(), de.Name()))
 		}
 	}
@@ -278,7 +282,7 @@ func (e ESP) clear(entries []slot.Entry) error {
 		return fmt.Errorf("slots: %w", err)
 	}
 	for _, de := range dirs {
-		if de.Name() != e.Running {
+		if de.Name() != e.Running && de.Name() != e.Running+".tmp" {
 			if err := os.RemoveAll(filepath.Join(e.Root, layout.SlotsDir, de.Name())); err != nil {
 				return fmt.Errorf("slots: remove the inactive slot: %w", err)
 			}

@@ -84,6 +84,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// ErrLeftOut ends the node's refusal of an update that left out a file
+// it cannot take from its running slot: the host sends the whole update
+// then.
+const ErrLeftOut = "send the whole update"
+
 // Reader reads a bundle on the node.
 type Reader struct {
 	tr *tar.Reader
@@ -168,7 +173,7 @@ func (r *Reader) Each(write func(f File, data io.Reader) error) error {
 			src = r.Reuse(f)
 		}
 		if src == nil {
-			return fmt.Errorf("slot bundle: %s is missing: the update was cut short", f.Name)
+			return fmt.Errorf("slot bundle: %s is missing: the update was cut short, or left it out for a copy this member does not hold (%s)", f.Name, ErrLeftOut)
 		}
 		sum := sha256.New()
 		err := write(f, io.TeeReader(io.LimitReader(src, f.Size), sum))
@@ -177,7 +182,7 @@ func (r *Reader) Each(write func(f File, data io.Reader) error) error {
 			return fmt.Errorf("slot bundle: %s (kept from the running slot): %w", f.Name, err)
 		}
 		if got := hex.EncodeToString(sum.Sum(nil)); got != f.SHA256 {
-			return fmt.Errorf("slot bundle: the running slot's %s has SHA-256 %s, not the %s it was left out for: send the whole update (etcdimg upgrade --full)", f.Name, got, f.SHA256)
+			return fmt.Errorf("slot bundle: the running slot's %s has SHA-256 %s, not the %s it was left out for (%s)", f.Name, got, f.SHA256, ErrLeftOut)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/spec"
+	"etcdimg/pki"
 )
 
 var three = []string{"etcd-1", "etcd-2", "etcd-3"}
@@ -158,5 +160,26 @@ func TestAnUpgradeIsHealedWhenItsCommandEnds(t *testing.T) {
 	}
 	if !NeedsUpgradeImages([]Fault{{Kind: Upgrade}}) || NeedsUpgradeImages([]Fault{{Kind: Roll}}) {
 		t.Error("NeedsUpgradeImages")
+	}
+}
+
+// TestTheRunsKeyCopiesGo: once the upgrade images are built, the copies
+// of the signing keys leave the run's directory; the rest stays.
+func TestTheRunsKeyCopiesGo(t *testing.T) {
+	d := outdir.Layout(t.TempDir())
+	os.MkdirAll(filepath.Join(d.PKI(), pki.NextDir), 0o700)
+	for _, f := range []string{pki.CAKeyFile, filepath.Join(pki.NextDir, pki.CAKeyFile), pki.ImageSigningKey, pki.CACertFile, "etcd-1-key.pem"} {
+		os.WriteFile(d.PKIFile(f), []byte("x"), 0o600)
+	}
+	if err := DropSigningKeys(d); err != nil {
+		t.Fatal(err)
+	}
+	for f, want := range map[string]bool{pki.CAKeyFile: false, filepath.Join(pki.NextDir, pki.CAKeyFile): false, pki.ImageSigningKey: false, pki.CACertFile: true, "etcd-1-key.pem": true} {
+		if _, err := os.Stat(d.PKIFile(f)); (err == nil) != want {
+			t.Errorf("%s: present %v, want %v", f, err == nil, want)
+		}
+	}
+	if err := DropSigningKeys(d); err != nil {
+		t.Errorf("again: %v", err)
 	}
 }

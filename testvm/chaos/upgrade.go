@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -9,6 +10,7 @@ import (
 
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/spec"
+	"etcdimg/pki"
 )
 
 // The variants of the upgrade fault: every member upgraded over the
@@ -109,4 +111,18 @@ func copyTree(from, to string) error {
 		}
 		return err
 	})
+}
+
+// DropSigningKeys removes, from a directory UpgradeDirs wrote, the copies
+// of the keys that sign (the CA's, a rotation's next CA's, the
+// image-signing key) once its images are built: a chaos run's files
+// should not keep signing material the output directory may rotate away.
+func DropSigningKeys(d outdir.Layout) error {
+	var errs []error
+	for _, p := range []string{d.PKIFile(pki.CAKeyFile), d.PKIFile(filepath.Join(pki.NextDir, pki.CAKeyFile)), d.PKIFile(pki.ImageSigningKey)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
