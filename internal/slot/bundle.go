@@ -3,10 +3,10 @@ package slot
 import (
 	"archive/tar"
 	"bytes"
-	"encoding/json"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
