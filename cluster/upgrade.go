@@ -241,7 +241,7 @@ func (u *Upgrader) waitGood(ctx context.Context, member, id, old string) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(2 * time.Second):
+		case <-time.After(time.Second):
 		}
 	}
 }

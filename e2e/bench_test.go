@@ -497,6 +497,20 @@ func BenchmarkChaos(b *testing.B) {
 	slices.Sort(heal)
 	b.ReportMetric(kill[1].Seconds(), "kill-to-write-s")
 	b.ReportMetric(heal[1].Seconds(), "heal-to-caught-up-s")
+	// upgrade as a chaos fault: every member onto images of a changed
+	// spec, and one member sent another cluster's image, which it must
+	// refuse; the checks pass.
+	start := time.Now()
+	up, stderr, code := etcdimg(b, u.work, "chaos", "--out", u.out, "--duration", "50s", "--faults", "upgrade:good,upgrade:foreign", "--seed", "3")
+	if code != 0 {
+		b.Fatalf("chaos upgrade: exit %d: %s%s", code, up, stderr)
+	}
+	for _, want := range []string{"verdict: PASS", "refused another cluster's image", "marked it good"} {
+		if !strings.Contains(up, want) {
+			b.Fatalf("the chaos upgrade report lacks %q:\n%s", want, up)
+		}
+	}
+	fmt.Printf("\nchaos upgrade:good,upgrade:foreign: PASS in %.1fs\n", time.Since(start).Seconds())
 	fmt.Printf("\n%s  leader kill → next acknowledged write: best %.2fs, median %.2fs (%v)\n  partition lifted → every member caught up: best %.2fs, median %.2fs (%v)\n",
 		stdout, kill[0].Seconds(), kill[1].Seconds(), kill, heal[0].Seconds(), heal[1].Seconds(), heal)
 }

@@ -145,7 +145,7 @@ func serveNodeAPI(st *state) (string, error) {
 // spending a try.
 func watchTrial(st *state) (string, error) {
 	m := st.slotTiming
-	g := &slots.Gate{Check: st.me.CaughtUpVoter, GoodAfter: m.SlotGoodAfter, Timeout: m.SlotTrialTimeout}
+	g := &slots.Gate{Check: st.me.CaughtUpVoter, GoodAfter: m.SlotGoodAfter, Timeout: m.SlotTrialTimeout, Every: time.Second}
 	st.n.mu.Lock()
 	st.n.gate = g
 	esp := st.n.esp
