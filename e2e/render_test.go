@@ -78,7 +78,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 		"kubernetes/k3s-datastore.yaml", "kubernetes/kubeadm-etcd.yaml",
 		"pki/admin-key.pem", "pki/admin.pem", "pki/ca-config.json",
 		"pki/etcd-1-key.pem", "pki/etcd-1.pem", "pki/etcd-2-key.pem", "pki/etcd-2.pem", "pki/etcd-3-key.pem", "pki/etcd-3.pem",
-		"pki/etcd-ca-key.pem", "pki/etcd-ca.pem",
+		"pki/etcd-ca-key.pem", "pki/etcd-ca.pem", "pki/image-signing.key", "pki/image-signing.pub",
 		"prometheus-rules.yml", "prometheus.yml",
 	}
 	if strings.Join(files, " ") != strings.Join(want, " ") {
@@ -86,7 +86,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	}
 	for _, f := range files {
 		st, _ := os.Stat(filepath.Join(out, f))
-		if strings.HasSuffix(f, "-key.pem") && st.Mode().Perm() != 0o600 {
+		if (strings.HasSuffix(f, "-key.pem") || strings.HasSuffix(f, ".key")) && st.Mode().Perm() != 0o600 {
 			t.Errorf("%s mode %v, want 0600", f, st.Mode())
 		}
 	}
@@ -136,7 +136,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("rerun: exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 27 unchanged") {
+	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 29 unchanged") {
 		t.Errorf("rerun output:\n%s", stdout)
 	}
 	after := tree(t, out)
