@@ -49,20 +49,8 @@ func bootSlot() (*slots.ESP, bool) {
 	if esp.Running == "" {
 		return esp, false
 	}
-	entries, err := esp.Entries()
-	if err != nil {
-		return esp, false
-	}
-	trial := false
-	for _, en := range entries {
-		if en.ID == esp.Running {
-			trial = en.Counting
-			if !en.Counting {
-				break // a good entry of the slot wins (see ESP.Status)
-			}
-		}
-	}
-	return esp, trial
+	run, err := esp.RunningEntry()
+	return esp, err == nil && run.Counting
 }
 
 // checkSlot reads which slot booted and how the slots stand: a slot on

@@ -52,21 +52,7 @@ func recv(t *testing.T, c net.Conn) string {
 // TestSwitchLearnsAndFloods: broadcasts and unknown destinations reach
 // every other port; once a MAC is learned, its frames reach only its port.
 func TestSwitchLearnsAndFloods(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "lan.sock")
-	sw, err := ListenSwitch(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go sw.Serve()
-	defer sw.Close()
-	var c [3]net.Conn
-	for i := range c {
-		if c[i], err = net.Dial("unix", sock); err != nil {
-			t.Fatal(err)
-		}
-		defer c[i].Close()
-	}
-	time.Sleep(100 * time.Millisecond) // let the switch register the ports
+	c := lanOf(t)
 
 	// Port 1 (MAC ..01) broadcasts: ports 2 and 3 get it, and 01 is learned.
 	send(t, c[0], frame(0xff, 1, "hello all"))
@@ -256,21 +242,7 @@ func TestArgsWritableAndReboot(t *testing.T) {
 // the sender's goroutine, the senders stalled once the deaf member's
 // socket buffer filled, and with them the whole LAN.
 func TestAMemberThatDoesNotReadStallsNoOne(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "lan.sock")
-	sw, err := ListenSwitch(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go sw.Serve()
-	defer sw.Close()
-	var c [3]net.Conn
-	for i := range c {
-		if c[i], err = net.Dial("unix", sock); err != nil {
-			t.Fatal(err)
-		}
-		defer c[i].Close()
-	}
-	time.Sleep(100 * time.Millisecond)
+	c := lanOf(t)
 	// Port 3 never reads. Port 1 floods far more than any socket buffer
 	// holds, while port 2 drains what it gets.
 	payload := strings.Repeat("x", 60000)
@@ -315,4 +287,26 @@ func TestAMemberThatDoesNotReadStallsNoOne(t *testing.T) {
 			t.Fatal("port 1 no longer gets frames")
 		}
 	}
+}
+
+// lanOf starts a switch with three members plugged in, stopped and
+// unplugged when the test ends, and returns their connections.
+func lanOf(t *testing.T) [3]net.Conn {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "lan.sock")
+	sw, err := ListenSwitch(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go sw.Serve()
+	t.Cleanup(func() { sw.Close() })
+	var c [3]net.Conn
+	for i := range c {
+		if c[i], err = net.Dial("unix", sock); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c[i].Close() })
+	}
+	time.Sleep(100 * time.Millisecond) // let the switch register the ports
+	return c
 }

@@ -83,6 +83,16 @@ func (e ESP) running(entries []slot.Entry) (slot.Entry, error) {
 	return found, nil
 }
 
+// RunningEntry is the running slot's boot entry (its good name, when a
+// power cut left it under two).
+func (e ESP) RunningEntry() (slot.Entry, error) {
+	entries, err := e.Entries()
+	if err != nil {
+		return slot.Entry{}, err
+	}
+	return e.running(entries)
+}
+
 // Status reads the slots' state.
 func (e ESP) Status() (slot.Status, error) {
 	entries, err := e.Entries()
@@ -234,11 +244,7 @@ func (e ESP) reuse(f slot.File) io.ReadCloser {
 	}
 	path := filepath.Join(e.slotDir(e.Running), f.Name)
 	if f.Name == slot.FileUKI {
-		entries, err := e.Entries()
-		if err != nil {
-			return nil
-		}
-		run, err := e.running(entries)
+		run, err := e.RunningEntry()
 		if err != nil {
 			return nil
 		}
