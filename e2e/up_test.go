@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -106,28 +107,71 @@ func (u *upCluster) up(t testing.TB) {
 	u.state = st
 }
 
-// freePortBase finds a --port-base whose client and metrics ports for n
-// members are all free now.
+// freePortBase finds a --port-base whose forwarded ports for n members
+// are all free now and that no other test of this run has taken. It looks
+// below the kernel's ephemeral range first: a port there is never taken
+// by an outgoing connection between this check and the member's start
+// (CI once lost two tests to an S3 client's source port, 41184, that was
+// a member's node API port).
 func freePortBase(t testing.TB, n int) int {
 	t.Helper()
+	portBases.Lock()
+	defer portBases.Unlock()
+	lo, hi := ephemeralRange()
+	var bases []int
+	for base := 20000; base+100*n+100 < lo; base += 1000 {
+		bases = append(bases, base)
+	}
+	for base := hi + 1; base+100*n+100 < 65535; base += 1000 {
+		bases = append(bases, base)
+	}
 	for base := 41000; base < 60000; base += 1000 {
+		bases = append(bases, base)
+	}
+	for _, base := range bases {
+		if portBases.taken[base] {
+			continue
+		}
 		free := true
 		for i := 1; i <= n && free; i++ {
-			c, m := local.Ports(base, i)
-			for _, p := range []int{c, m} {
+			for _, p := range local.HostPorts(base, i) {
 				if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
 					free = false
+					break
 				} else {
 					l.Close()
 				}
 			}
 		}
 		if free {
+			portBases.taken[base] = true
 			return base
 		}
 	}
-	t.Fatal("no free port base between 41000 and 60000")
+	t.Fatal("no free port base")
 	return 0
+}
+
+// portBases are the bases this run's tests took: two tests that start at
+// once never get the same one.
+var portBases = struct {
+	sync.Mutex
+	taken map[int]bool
+}{taken: map[int]bool{}}
+
+// ephemeralRange is the kernel's range of source ports for outgoing
+// connections (Linux's default when it cannot be read).
+func ephemeralRange() (lo, hi int) {
+	lo, hi = 32768, 60999
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	var l, h int
+	if _, err := fmt.Sscan(string(b), &l, &h); err == nil && l > 0 && h >= l {
+		return l, h
+	}
+	return lo, hi
 }
 
 func pids(st *local.State) []int {

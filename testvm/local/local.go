@@ -81,6 +81,15 @@ func PeerPort(base, i int) int { return base + 100*i + 80 }
 // (layout.NodeAPIPort: mTLS, the admin and the members only).
 func NodeAPIPort(base, i int) int { return base + 100*i + 84 }
 
+// HostPorts returns every host port member i (from 1) forwards: client,
+// peer, metrics, node metrics, backup and node API. Boot checks each is
+// free before it starts anything.
+func HostPorts(base, i int) []int {
+	c, m := Ports(base, i)
+	nm, b := NodePorts(base, i)
+	return []int{c, PeerPort(base, i), m, nm, b, NodeAPIPort(base, i)}
+}
+
 // Boot boots every member on one LAN. Each QEMU runs in its own process
 // group, so the cluster keeps running when the caller exits. The state
 // file is written after every start, so Down can clean up even a partial
@@ -105,9 +114,7 @@ func Boot(o Options) (*State, error) {
 		return nil, err
 	}
 	for i := range o.Members {
-		c, m := Ports(o.PortBase, i+1)
-		nm, b := NodePorts(o.PortBase, i+1)
-		for _, p := range []int{c, m, nm, b, NodeAPIPort(o.PortBase, i+1)} {
+		for _, p := range HostPorts(o.PortBase, i+1) {
 			if err := portFree(p); err != nil {
 				return nil, fmt.Errorf("port %d for %s: %w; stop what uses it or pass another --port-base", p, o.Members[i].Name, err)
 			}

@@ -3,6 +3,7 @@ package local
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -48,6 +49,43 @@ func TestPorts(t *testing.T) {
 	}
 	if p := NodeAPIPort(40000, 3); p != 40384 {
 		t.Errorf("NodeAPIPort(40000, 3) = %d", p)
+	}
+	if got, want := HostPorts(40000, 3), []int{40379, 40380, 40381, 40382, 40383, 40384}; !slices.Equal(got, want) {
+		t.Errorf("HostPorts(40000, 3) = %v, want %v", got, want)
+	}
+}
+
+// TestBootRefusesEveryTakenPort: Boot names a forwarded port that is
+// taken before it starts anything, whichever of a member's ports it is
+// (the peer port was once left out of the check).
+func TestBootRefusesEveryTakenPort(t *testing.T) {
+	for _, p := range HostPorts(0, 1) {
+		t.Run(fmt.Sprint(p), func(t *testing.T) {
+			var l net.Listener
+			var base int
+			for base = 42000; base < 43000; base += 100 {
+				var err error
+				if l, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+p)); err == nil {
+					break
+				}
+			}
+			if l == nil {
+				t.Skip("no free port to take")
+			}
+			defer l.Close()
+			dir := t.TempDir()
+			_, err := Boot(Options{
+				RunDir: filepath.Join(dir, "run"), DiskDir: filepath.Join(dir, "disks"),
+				Network: netip.MustParsePrefix("192.168.2.0/24"), Accel: "tcg", PortBase: base,
+				Members: []MemberSpec{{Name: "etcd-1", IP: netip.MustParseAddr("192.168.2.11"), Image: filepath.Join(dir, "none.img")}},
+			})
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("port %d for etcd-1", base+p)) {
+				t.Fatalf("Boot with port %d taken: %v", base+p, err)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+				t.Errorf("Boot left %d entries behind", len(entries))
+			}
+		})
 	}
 }
 
