@@ -37,16 +37,30 @@ type Build struct {
 	Formats  []Format
 	Options  FormatOptions
 	Only     []string // the members to build; nil builds every one
+	// MemberSlots, on a cloud, builds what `upgrade` installs instead of
+	// the generic image: a raw image per member for the platform, whose
+	// slot carries the member's config, cluster and name like a metal
+	// image's. A cloud member boots the generic image once, from its
+	// user-data; a slot installed from these gives it its own config,
+	// which it boots from then on. They go to Dir.UpgradeImages, apart
+	// from the images uploaded to the cloud, and images/manifest.json
+	// (which names those) is left alone. On qemu and metal every image
+	// is a member's already, and the build is as without it.
+	MemberSlots bool
 }
 
 // Cloud reports whether the build writes one generic image.
-func (b Build) Cloud() bool { return Platforms[b.Platform] }
+func (b Build) Cloud() bool { return Platforms[b.Platform] && !b.MemberSlots }
+
+// upgradeOnly reports whether the build writes MemberSlots' images.
+func (b Build) upgradeOnly() bool { return Platforms[b.Platform] && b.MemberSlots }
 
 // Check refuses, before anything is read or written, what cannot be
 // built from the directory: a cloud image of a restored cluster, as a
-// cloud image is shared by every instance and never carries data.
+// cloud image is shared by every instance and never carries data (and
+// so no cloud member runs the restored cluster).
 func (b Build) Check() error {
-	if !b.Cloud() {
+	if !Platforms[b.Platform] {
 		return nil
 	}
 	plan, err := restore.Load(b.Dir)
@@ -66,7 +80,8 @@ type Written struct {
 	Plan  *restore.Plan
 	Files []Built
 	// Raw is each member's raw image, what boots it here (`up`,
-	// replace, roll); empty for a cloud build.
+	// replace, roll) or whose slot upgrade installs; empty for a cloud
+	// build of the generic image.
 	Raw map[string]string
 }
 
@@ -127,13 +142,20 @@ func (b Build) Write(boot *Boot, ignition map[string][]byte) (*Written, error) {
 	if err != nil {
 		return w, err
 	}
-	if w.Files, err = WriteAll(b.Dir.ImagesDir(), b.Members(ignition, snapshot, clusterID), boot, b.Formats, b.Options); err != nil {
+	dir := b.Dir.ImagesDir()
+	if b.upgradeOnly() {
+		dir = b.Dir.UpgradeImages(b.Platform)
+	}
+	if w.Files, err = WriteAll(dir, b.Members(ignition, snapshot, clusterID), boot, b.Formats, b.Options); err != nil {
 		return w, err
 	}
 	for _, f := range w.Files {
 		if f.Format == "raw" && !b.Cloud() {
 			w.Raw[f.Member] = f.Path
 		}
+	}
+	if b.upgradeOnly() {
+		return w, nil
 	}
 	if err := writeManifest(b.Dir, w.Files); err != nil {
 		return w, fmt.Errorf("image: %s: %w", ManifestFile, err)

@@ -1,6 +1,7 @@
 package image
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,7 +9,9 @@ import (
 
 	"etcdimg/internal/layout"
 	"etcdimg/internal/restore"
+	"etcdimg/internal/slot"
 	"etcdimg/internal/spec"
+	"etcdimg/pki"
 )
 
 func raw(t *testing.T) []Format {
@@ -146,5 +149,80 @@ func TestBuiltState(t *testing.T) {
 		if got := b.State(); got != want {
 			t.Errorf("%+v: %q, want %q", b, got, want)
 		}
+	}
+}
+
+// TestUpgradeBuildsACloudMembersOwnSlot: for `upgrade` on a cloud, the
+// build writes a raw image per member, apart from the generic image,
+// whose signed slot is built for the platform and carries the member's
+// config, cluster and name, as a metal image's does; the generic image's
+// slot names the same platform, which a member compares before it
+// installs an update.
+func TestUpgradeBuildsACloudMembersOwnSlot(t *testing.T) {
+	for _, platform := range []string{layout.PlatformAWS, layout.PlatformGCP, layout.PlatformAzure, layout.PlatformOpenStack} {
+		t.Run(platform, func(t *testing.T) {
+			c := spec.Default(2)
+			dir := testDir(t)
+			cfgs := configs(c)
+			generic, err := Build{Cluster: c, Dir: dir, Platform: platform, Formats: raw(t)}.Write(fakeBoot(), cfgs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			manifest, _ := os.ReadFile(filepath.Join(dir.ImagesDir(), ManifestFile))
+			b := Build{Cluster: c, Dir: dir, Platform: platform, Formats: raw(t), MemberSlots: true}
+			if b.Cloud() {
+				t.Fatal("a build of the members' slots is the generic image's")
+			}
+			if err := b.Check(); err != nil {
+				t.Fatal(err)
+			}
+			w, err := b.Write(fakeBoot(), cfgs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(w.Files) != len(c.Members) || len(w.Raw) != len(c.Members) {
+				t.Fatalf("wrote %+v, raw %v: want a raw image per member", w.Files, w.Raw)
+			}
+			if after, _ := os.ReadFile(filepath.Join(dir.ImagesDir(), ManifestFile)); !bytes.Equal(after, manifest) {
+				t.Error("images/manifest.json changed: it names the images the user uploads")
+			}
+			pubPEM, err := os.ReadFile(dir.PKIFile(pki.ImageSigningPub))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub, err := slot.ParsePublicKey(pubPEM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, gm, err := ReadSlot(generic.Files[0].Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := gm.File(slot.FileConfig); ok || gm.Cluster != "" || gm.Platform != platform {
+				t.Fatalf("the generic image's slot %+v", gm)
+			}
+			for _, m := range c.Members {
+				path := w.Raw[m.Name]
+				if filepath.Dir(path) != dir.UpgradeImages(platform) {
+					t.Errorf("%s's image is %s, want it in %s", m.Name, path, dir.UpgradeImages(platform))
+				}
+				sb, sm, err := ReadSlot(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := slot.Verify(sb.Manifest, sb.Signature, pub); err != nil {
+					t.Errorf("%s: %v", m.Name, err)
+				}
+				if sm.Cluster != "1a2b" || sm.Member != m.Name || sm.Platform != platform || sm.Platform != gm.Platform {
+					t.Errorf("%s's slot is for cluster %q, member %q, platform %q", m.Name, sm.Cluster, sm.Member, sm.Platform)
+				}
+				if !bytes.Equal(sb.Files[slot.FileConfig], cfgs[m.Name]) {
+					t.Errorf("%s's slot carries config %q, want its own", m.Name, sb.Files[slot.FileConfig])
+				}
+				if arg := layout.PlatformArg + "=" + platform + " " + layout.SlotArg + "=" + sm.ID; !bytes.Contains(sb.Files[slot.FileUKI], []byte(arg)) {
+					t.Errorf("%s's UKI does not boot with %s", m.Name, arg)
+				}
+			}
+		})
 	}
 }

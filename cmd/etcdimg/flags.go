@@ -136,6 +136,8 @@ func (f *bootFlags) inputs() (image.Inputs, error) {
 type outputFlags struct {
 	formats, platform string
 	compress          bool
+	// memberSlots: on a cloud, upgrade's images (image.Build.MemberSlots).
+	memberSlots bool
 }
 
 func (o *outputFlags) register(c *cobra.Command) {
@@ -154,7 +156,7 @@ func (o *outputFlags) build(only []string) (image.Build, error) {
 		return image.Build{}, fmt.Errorf("--platform: unknown platform %q; use qemu, metal, aws, gcp, azure or openstack", o.platform)
 	}
 	formats, err := image.ParseFormats(o.formats)
-	return image.Build{Platform: o.platform, Formats: formats, Options: image.FormatOptions{Compress: o.compress}, Only: only}, err
+	return image.Build{Platform: o.platform, Formats: formats, Options: image.FormatOptions{Compress: o.compress}, Only: only, MemberSlots: o.memberSlots}, err
 }
 
 // withoutOut marks a verb that reads no output directory (init writes

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"etcdimg/image"
 	"etcdimg/internal/layout"
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/spec"
@@ -47,7 +48,8 @@ type lifecycleFlags struct {
 	// allowOutage accepts a step that leaves fewer voters than a quorum
 	// (a one- or two-member cluster), with disks kept only.
 	allowOutage bool
-	// platform is what upgrade builds for (qemu or metal); "" is qemu.
+	// platform is what upgrade builds for (a key of image.Platforms; on a
+	// cloud, each member's own slot); "" is qemu.
 	platform string
 	// full: upgrade sends every file, even those a member runs already.
 	full bool
@@ -70,7 +72,7 @@ func (f *lifecycleFlags) options(cmd *cobra.Command, prepare func(*spec.Cluster,
 		Build: func(only []string) (map[string]string, error) {
 			var of *outputFlags
 			if f.platform != "" {
-				of = &outputFlags{formats: "raw", platform: f.platform}
+				of = &outputFlags{formats: "raw", platform: f.platform, memberSlots: true}
 			}
 			images, err := buildImages(cmd, &f.spec, &f.boot, of, only)
 			return images, err
@@ -163,8 +165,8 @@ stops there, naming it, and leaves the rest untouched. Run again, it skips the
 members that run their new image already. It needs nothing from the machines'
 platform: the same under 'up' and on machines reached at the spec's addresses.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if f.platform != layout.PlatformQEMU && f.platform != layout.PlatformMetal {
-				return usageError{fmt.Errorf("--platform %q: upgrade installs a member's own image: qemu or metal (cloud members boot a generic image and cannot be upgraded yet)", f.platform)}
+			if _, ok := image.Platforms[f.platform]; !ok {
+				return usageError{fmt.Errorf("--platform: unknown platform %q; use qemu, metal, aws, gcp, azure or openstack", f.platform)}
 			}
 			o, err := f.options(cmd, nil)
 			if err != nil {
@@ -189,7 +191,7 @@ platform: the same under 'up' and on machines reached at the spec's addresses.`,
 		},
 	}
 	f.register(c)
-	c.Flags().StringVar(&f.platform, "platform", layout.PlatformQEMU, "the platform the members run: qemu or metal (a member refuses a slot built for another)")
+	c.Flags().StringVar(&f.platform, "platform", layout.PlatformQEMU, "the platform the members run: qemu, metal, aws, gcp, azure or openstack (a member refuses a slot built for another; on a cloud each member gets a slot with its own config, built in OUT/images/upgrade/PLATFORM, which it boots from instead of its user-data)")
 	c.Flags().BoolVar(&f.full, "full", false, "send every file of each slot, even those the member runs already (by default it copies them from its running slot, checked against the signed manifest)")
 	return c
 }

@@ -17,7 +17,9 @@ func init() {
 
 // espFile is the config the image builder put on the EFI system
 // partition, in the booted slot's directory: the initramfs's /init
-// binds it, read-only, on espMount+layout.ConfigDir.
+// binds it, read-only, on espMount+layout.ConfigDir. A generic cloud
+// image's slot has none; a slot an upgrade installed on a cloud member
+// has the member's (readCloudConfig).
 type espFile struct{}
 
 const espMount = layout.ESPMount

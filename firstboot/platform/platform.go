@@ -1,7 +1,8 @@
 // Package platform owns where the appliance runs: one file per platform
 // (qemu, metal, aws, gcp, azure, openstack), each registering a Platform
 // that says where the member's config comes from (its Sources: QEMU's
-// fw_cfg, the image's ESP, a cloud's user-data or config drive), whether
+// fw_cfg, the image's ESP, a cloud's user-data or config drive, which
+// a slot installed by an upgrade overrides with its own config), whether
 // its address comes by DHCP, its own clock sources, and what it must be
 // told once the instance is up (Azure's Ready). Adding a platform is
 // adding a file with one register call.
@@ -38,7 +39,9 @@ type Platform struct {
 	Name string
 	// Cloud is set when the config is the instance's user-data and the
 	// address comes by DHCP: the config is asked for until it parses
-	// (within configWait), and the lease must be the spec's address.
+	// (within configWait), and the lease must be the spec's address. A
+	// slot that an upgrade installed carries the member's own config,
+	// which is used instead (readCloudConfig).
 	Cloud bool
 	// sources are where the config may be, in the order they are tried.
 	sources func() []Source
@@ -80,14 +83,41 @@ const configWait = 60 * time.Second
 
 // ReadConfig reads the member's config from the platform's sources and
 // validates it with Ignition's own parser; it also says where it came
-// from. A cloud's sources are asked again until one gives a config that
-// parses, or until configWait has passed or ctx ends.
+// from. On a cloud the booted slot's own config comes first (see
+// readCloudConfig); otherwise the user-data is asked for again until it
+// gives a config that parses, or until configWait has passed or ctx
+// ends.
 func (p *Platform) ReadConfig(ctx context.Context) (ign.Config, string, error) {
 	if !p.Cloud {
 		return readConfig(p.sources())
 	}
+	return readCloudConfig(ctx, espFile{}, p.sources(), configWait)
+}
+
+// readCloudConfig is a cloud member's config: the booted slot's, when it
+// carries one, else the instance's user-data. A cloud instance first
+// boots the generic image, whose slot carries no config, from its
+// user-data; a slot that `etcdimg upgrade` installed carries the
+// member's own config, which wins from then on: the user-data seeds the
+// first boot only. The slot is asked once, before the user-data and
+// outside its retries: a file on the ESP is there or not, and its
+// absence costs no wait. A slot config that is there but unreadable or
+// does not parse stops the boot rather than falling back on user-data
+// that may be older than the slot (a trial slot then rolls back).
+func readCloudConfig(ctx context.Context, slot Source, userData []Source, within time.Duration) (ign.Config, string, error) {
+	raw, err := slot.Fetch()
+	switch {
+	case err == nil:
+		cfg, err := ign.Parse(raw)
+		if err != nil {
+			return ign.Config{}, "", fmt.Errorf("config from %s (the booted slot's): %w", slot.Name(), err)
+		}
+		return cfg, fmt.Sprintf("%s, %d bytes, Ignition %s (the booted slot's; the user-data seeded the first boot only)", slot.Name(), len(raw), cfg.Ignition.Version), nil
+	case !errors.Is(err, errNotFound):
+		return ign.Config{}, "", fmt.Errorf("%s (the booted slot's config): %w", slot.Name(), err)
+	}
 	var cfg ign.Config
-	raw, from, err := fetchWithRetry(ctx, p.sources(), configWait, func(b []byte) error {
+	raw, from, err := fetchWithRetry(ctx, userData, within, func(b []byte) error {
 		var err error
 		cfg, err = ign.Parse(b)
 		return err

@@ -5,10 +5,12 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/base64"
+	"fmt"
 	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -199,6 +201,110 @@ func TestClockSources(t *testing.T) {
 		}
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("%s %v: %q, want %q", tc.platform, tc.servers, got, tc.want)
+		}
+	}
+}
+
+// slotFile stands for the booted slot's config on the ESP (espFile reads
+// what /init bound there): a config, none (errNotFound, a generic
+// image's slot), or an error; it counts how often it is asked.
+type slotFile struct {
+	data  []byte
+	err   error
+	asked int
+}
+
+func (s *slotFile) Name() string { return espFile{}.Name() }
+
+func (s *slotFile) Fetch() ([]byte, error) {
+	s.asked++
+	return s.data, s.err
+}
+
+// configNamed is a config that says where it came from: one file, at
+// path, without contents.
+func configNamed(path string) []byte {
+	return []byte(`{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"` + path + `"}]}}`)
+}
+
+// TestACloudMemberReadsItsSlotsConfigBeforeItsUserData: on every cloud a
+// slot that carries a config (one an upgrade installed) wins over the
+// user-data, which is then not even asked for; a generic image's slot,
+// which carries none, falls back on the user-data at once (no wait for
+// the missing file) and with the user-data's own retries; a slot config
+// that is there but broken stops the boot instead of falling back on
+// user-data older than the slot.
+func TestACloudMemberReadsItsSlotsConfigBeforeItsUserData(t *testing.T) {
+	const (
+		fromSlot     = "/etc/etcdimg/from-slot"
+		fromUserData = "/etc/etcdimg/from-user-data"
+	)
+	sources := map[string]func(metadata) Source{
+		layout.PlatformAWS:       func(m metadata) Source { return awsIMDS{m} },
+		layout.PlatformGCP:       func(m metadata) Source { return gcpMetadata{m} },
+		layout.PlatformAzure:     func(m metadata) Source { return azureIMDS{m} },
+		layout.PlatformOpenStack: func(m metadata) Source { return openstackMetadata{m} },
+	}
+	for _, tc := range []struct {
+		name     string
+		slot     slotFile
+		userData []byte // nil: the instance has none
+		// want is the config's one file, "" for an error saying err.
+		want, err string
+		asked     bool // the metadata service was asked for the user-data
+	}{
+		{name: "an upgraded slot's config", slot: slotFile{data: configNamed(fromSlot)}, userData: gz(configNamed(fromUserData)),
+			want: fromSlot},
+		{name: "an upgraded slot's config, the user-data gone", slot: slotFile{data: configNamed(fromSlot)},
+			want: fromSlot},
+		{name: "a generic slot: the user-data", slot: slotFile{err: errNotFound}, userData: gz(configNamed(fromUserData)),
+			want: fromUserData, asked: true},
+		{name: "a generic slot, no user-data", slot: slotFile{err: errNotFound},
+			err: "no usable config after 1s", asked: true},
+		{name: "a slot config that does not parse", slot: slotFile{data: []byte(`{"ignition":{"version":"3.4.0"`)}, userData: gz(configNamed(fromUserData)),
+			err: "config from ESP /etcdimg/node.ign (the booted slot's)"},
+		{name: "a slot config that cannot be read", slot: slotFile{err: syscall.EIO}, userData: gz(configNamed(fromUserData)),
+			err: "ESP /etcdimg/node.ign (the booted slot's config): input/output error"},
+	} {
+		for platform, src := range sources {
+			t.Run(tc.name+"/"+platform, func(t *testing.T) {
+				sim := &cloudsim.Server{Platform: platform, UserData: tc.userData}
+				slot := tc.slot
+				start := time.Now()
+				cfg, from, err := readCloudConfig(context.Background(), &slot, []Source{src(simulate(t, sim))}, time.Second)
+				took := time.Since(start)
+				if slot.asked != 1 {
+					t.Errorf("the slot's config was asked for %d times, want once", slot.asked)
+				}
+				if got := sim.Asked() > 0; got != tc.asked {
+					t.Errorf("the metadata service was asked %d times", sim.Asked())
+				}
+				if tc.err != "" {
+					if err == nil || !strings.Contains(err.Error(), tc.err) {
+						t.Fatalf("err %v, want %q", err, tc.err)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(cfg.Storage.Files) != 1 || cfg.Storage.Files[0].Path != tc.want {
+					t.Errorf("config %+v, want the one with %s", cfg.Storage.Files, tc.want)
+				}
+				// The console says honestly where the config came from.
+				wantFrom := fmt.Sprintf("%s, %d bytes, Ignition 3.4.0", src(metadata{}).Name(), len(configNamed(fromUserData)))
+				if tc.want == fromSlot {
+					wantFrom = fmt.Sprintf("ESP /etcdimg/node.ign, %d bytes, Ignition 3.4.0 (the booted slot's; the user-data seeded the first boot only)", len(configNamed(fromSlot)))
+				}
+				if from != wantFrom {
+					t.Errorf("from %q, want %q", from, wantFrom)
+				}
+				// A missing slot config costs no wait: the user-data
+				// answers at once, so the config is there at once.
+				if took > 500*time.Millisecond {
+					t.Errorf("took %s", took)
+				}
+			})
 		}
 	}
 }

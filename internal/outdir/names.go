@@ -16,6 +16,10 @@ const (
 	IgnitionDir = "ignition"
 	// ImagesDir holds the built images.
 	ImagesDir = "images"
+	// UpgradeImagesDir, inside ImagesDir, holds what `upgrade` installs on
+	// cloud members, per platform: a raw image per member whose slot
+	// carries its config, never uploaded (Layout.UpgradeImages).
+	UpgradeImagesDir = "upgrade"
 	// KubeDir holds what a Kubernetes API server needs to use the cluster:
 	// its client pair, the CA, and the kubeadm and k3s snippets.
 	KubeDir = "kubernetes"

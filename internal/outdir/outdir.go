@@ -47,6 +47,13 @@ func (l Layout) Image(member string) string {
 	return filepath.Join(string(l), ImagesDir, member+".img")
 }
 
+// UpgradeImages is where `upgrade` writes the images whose slots it
+// installs on the members of a cloud platform, apart from the generic
+// image that is uploaded.
+func (l Layout) UpgradeImages(platform string) string {
+	return filepath.Join(string(l), ImagesDir, UpgradeImagesDir, platform)
+}
+
 // RunDir holds what a cluster under `up` needs while it runs (consoles,
 // sockets, its state file and lock, the tool configs for its forwarded
 // ports); DisksDir its members' data disks, kept across down and up.
