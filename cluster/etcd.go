@@ -55,6 +55,12 @@ type MemberStatus struct {
 	RaftIndex uint64
 	Applied   uint64
 	IsLearner bool
+	// StorageVersion is the version (major.minor.patch) of its data's
+	// format, which follows the cluster's version.
+	StorageVersion string
+	// Downgrade is the target of etcd's downgrade when the cluster has
+	// one enabled, as the member applied it, else "".
+	Downgrade string
 	Err       error
 }
 
@@ -91,6 +97,10 @@ func (e *Etcd) status(ctx context.Context, ep health.Endpoint, timeout time.Dura
 	}
 	s.ID, s.ClusterID, s.Leader = r.Header.MemberId, r.Header.ClusterId, r.Leader
 	s.RaftTerm, s.RaftIndex, s.Applied, s.IsLearner = r.RaftTerm, r.RaftIndex, r.RaftAppliedIndex, r.IsLearner
+	s.StorageVersion = r.StorageVersion
+	if d := r.DowngradeInfo; d != nil && d.Enabled {
+		s.Downgrade = d.TargetVersion
+	}
 	return s
 }
 

@@ -108,6 +108,10 @@ type Upgrader struct {
 	// Full sends every file of a slot, even those the member runs
 	// already.
 	Full bool
+	// AllowDowngrade lets Lifecycle.Upgrade install images whose etcd is
+	// one minor below the cluster's version: before the first member
+	// goes down it runs etcd's own downgrade (Etcd.Downgrade).
+	AllowDowngrade bool
 }
 
 // Running reports whether member's node API answers.
@@ -248,10 +252,16 @@ func (u *Upgrader) waitGood(ctx context.Context, member, id, old string) error {
 
 // checkVersions refuses, before any member goes down, images whose etcd
 // the cluster cannot move to (VersionGate), and says which etcd each
-// member runs and will run.
-func (l *Lifecycle) checkVersions(ctx context.Context, images map[string]string, order []string) error {
+// member runs and will run. Images one minor below the cluster's
+// version, when allowDowngrade, go through once etcd's own downgrade
+// moved every member's storage version to theirs.
+func (l *Lifecycle) checkVersions(ctx context.Context, images map[string]string, order []string, allowDowngrade bool) error {
 	start := time.Now()
 	running, cluster, err := l.Etcd.Versions(ctx)
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	downgrading, err := l.Etcd.Downgrading(ctx, l.Pending)
 	if err != nil {
 		return fmt.Errorf("upgrade: %w", err)
 	}
@@ -268,10 +278,20 @@ func (l *Lifecycle) checkVersions(ctx context.Context, images map[string]string,
 		next[n] = m.Etcd
 		said = append(said, fmt.Sprintf("%s %s → %s", n, running[n], m.Etcd))
 	}
-	if err := VersionGate(running, next, cluster); err != nil {
+	target, err := VersionGate(VersionMove{Running: running, Next: next, Cluster: cluster, Downgrading: downgrading, AllowDowngrade: allowDowngrade})
+	if err != nil {
 		return fmt.Errorf("upgrade: refused before any member: %w", err)
 	}
-	l.say(fmt.Sprintf("etcd: cluster version %s; %s", cluster, strings.Join(said, ", ")), start)
+	line := fmt.Sprintf("etcd: cluster version %s; %s", cluster, strings.Join(said, ", "))
+	if downgrading != "" {
+		line += fmt.Sprintf("; downgrade to %s enabled (etcd ends it once every member runs it)", downgrading)
+	}
+	l.say(line, start)
+	if target != "" {
+		if err := l.Etcd.Downgrade(ctx, target, l.Pending, downgradeWithin, l.say); err != nil {
+			return fmt.Errorf("upgrade: before any member: %w", err)
+		}
+	}
 	if minor := minorUpgrade(next, cluster); minor != "" {
 		last := order[len(order)-1]
 		l.say(fmt.Sprintf("etcd: the cluster moves to %s once every member runs it; should %s, the last, roll back after that, its old etcd cannot start below the cluster's version: re-image it with `replace %s --keep-disk` from the new image", minor, last, last), start)
@@ -310,7 +330,7 @@ func (l *Lifecycle) Upgrade(ctx context.Context, u *Upgrader, images map[string]
 		members = only
 	}
 	order := UpgradeOrder(members, leader)
-	if err := l.checkVersions(ctx, images, order); err != nil {
+	if err := l.checkVersions(ctx, images, order, u.AllowDowngrade); err != nil {
 		return nil, err
 	}
 	for i, n := range order {

@@ -32,12 +32,18 @@ import (
 // It returns the image's path and the bundle upgrade reads from it.
 func testImage(t *testing.T, id, tag string) (string, slot.Bundle) {
 	t.Helper()
+	return testImageOf(t, id, tag, "3.7.3")
+}
+
+// testImageOf is testImage with etcd etcd in the slot's manifest.
+func testImageOf(t *testing.T, id, tag, etcd string) (string, slot.Bundle) {
+	t.Helper()
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	files := map[string][]byte{
 		slot.FileUKI: []byte("MZ " + tag), slot.FileNode: []byte("ELF " + tag),
 		slot.FileConfig: []byte(`{"ignition":{}}`), slot.FileSigningKey: []byte("-----BEGIN PUBLIC KEY-----\n"),
 	}
-	b, err := slot.NewBundle(slot.Manifest{Format: slot.Format, ID: id, Cluster: "c0ffee", Member: "etcd-1", Kernel: "6.1", Etcd: "3.7.3"}, files, key)
+	b, err := slot.NewBundle(slot.Manifest{Format: slot.Format, ID: id, Cluster: "c0ffee", Member: "etcd-1", Kernel: "6.1", Etcd: etcd}, files, key)
 	if err != nil {
 		t.Fatal(err)
 	}

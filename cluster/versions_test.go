@@ -9,30 +9,70 @@ import (
 )
 
 // TestTheVersionGate: etcd moves one minor version at a time, never
-// below the cluster's version without its downgrade procedure, and never
-// across a major version; patch releases either way are fine.
+// below the cluster's version without its downgrade procedure (which
+// only --allow-downgrade runs, one minor down, every image at once), and
+// never across a major version; patch releases either way are fine. A
+// downgrade the cluster has enabled lets only images at its target
+// through.
 func TestTheVersionGate(t *testing.T) {
 	for _, tc := range []struct {
 		name             string
 		running, next    string
 		cluster, refused string
+		allow            bool
+		downgrading      string
+		downgrade        string // the target of etcd's downgrade to run
 	}{
-		{"the same", "3.7.3", "3.7.3", "3.7.0", ""},
-		{"a patch up", "3.7.3", "3.7.4", "3.7.0", ""},
-		{"a patch down", "3.7.3", "3.7.2", "3.7.0", ""},
-		{"the next minor", "3.7.3", "3.8.0", "3.7.0", ""},
-		{"a minor skipped", "3.7.3", "3.9.0", "3.7.0", "one minor version at a time; build with etcd 3.8 first"},
-		{"a minor down", "3.7.3", "3.6.9", "3.7.0", "older than the cluster's version 3.7"},
-		{"a member ahead, back to the cluster's minor", "3.8.0", "3.7.3", "3.7.0", ""},
-		{"another major", "3.7.3", "4.0.0", "3.7.0", "never changes its major version"},
-		{"a bad version", "3.7.3", "three", "3.7.0", "not major.minor"},
+		{name: "the same", running: "3.7.3", next: "3.7.3", cluster: "3.7.0"},
+		{name: "a patch up", running: "3.7.3", next: "3.7.4", cluster: "3.7.0"},
+		{name: "a patch down", running: "3.7.3", next: "3.7.2", cluster: "3.7.0"},
+		{name: "a patch down, allowed: no downgrade", running: "3.7.3", next: "3.7.2", cluster: "3.7.0", allow: true},
+		{name: "the next minor", running: "3.7.3", next: "3.8.0", cluster: "3.7.0"},
+		{name: "a minor skipped", running: "3.7.3", next: "3.9.0", cluster: "3.7.0", refused: "one minor version at a time; build with etcd 3.8 first"},
+		{name: "a minor down", running: "3.7.3", next: "3.6.9", cluster: "3.7.0", refused: "older than the cluster's version 3.7.0: that is etcd's downgrade; run again with --allow-downgrade"},
+		{name: "a minor down, allowed", running: "3.7.3", next: "3.6.9", cluster: "3.7.0", allow: true, downgrade: "3.6"},
+		{name: "a minor down, allowed, enabled already", running: "3.7.3", next: "3.6.9", cluster: "3.7.0", allow: true, downgrading: "3.6.0", downgrade: "3.6"},
+		{name: "a minor down, enabled, not allowed", running: "3.7.3", next: "3.6.9", cluster: "3.7.0", downgrading: "3.6.0", refused: "--allow-downgrade"},
+		{name: "two minors down, allowed", running: "3.7.3", next: "3.5.21", cluster: "3.7.0", allow: true, refused: "one minor version at a time; build with etcd 3.6 first, downgrade every member"},
+		{name: "the cluster at the target already", running: "3.7.3", next: "3.6.9", cluster: "3.6.0", downgrading: "3.6.0"},
+		{name: "a member downgraded already", running: "3.6.9", next: "3.6.9", cluster: "3.6.0", downgrading: "3.6.0"},
+		{name: "another target enabled", running: "3.7.3", next: "3.5.21", cluster: "3.6.0", allow: true, downgrading: "3.6.0", refused: "downgrade to 3.6 enabled, and etcd-1's new image runs etcd 3.5.21: cancel the downgrade first with `etcdimg etcdctl -- downgrade cancel`"},
+		{name: "back up while one is enabled", running: "3.7.3", next: "3.7.3", cluster: "3.6.0", downgrading: "3.6.0", refused: "downgrade cancel"},
+		{name: "a member ahead, back to the cluster's minor", running: "3.8.0", next: "3.7.3", cluster: "3.7.0"},
+		{name: "another major", running: "3.7.3", next: "4.0.0", cluster: "3.7.0", refused: "never changes its major version"},
+		{name: "another major down, allowed", running: "3.7.3", next: "2.3.8", cluster: "3.7.0", allow: true, refused: "never changes its major version"},
+		{name: "a bad version", running: "3.7.3", next: "three", cluster: "3.7.0", refused: "not major.minor"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := VersionGate(map[string]string{"etcd-1": tc.running}, map[string]string{"etcd-1": tc.next}, tc.cluster)
+			got, err := VersionGate(VersionMove{
+				Running: map[string]string{"etcd-1": tc.running}, Next: map[string]string{"etcd-1": tc.next},
+				Cluster: tc.cluster, Downgrading: tc.downgrading, AllowDowngrade: tc.allow,
+			})
 			if (tc.refused == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.refused) {
 				t.Fatalf("got %v, want %q", err, tc.refused)
 			}
+			if err != nil && strings.Contains(err.Error(), "\n") {
+				t.Errorf("the refusal is not one line: %q", err)
+			}
+			if got != tc.downgrade {
+				t.Fatalf("downgrade %q, want %q", got, tc.downgrade)
+			}
 		})
+	}
+}
+
+// TestADowngradeMovesEveryImage: etcd's downgrade moves the whole
+// cluster's version, so images of two minors in one run are refused,
+// naming both.
+func TestADowngradeMovesEveryImage(t *testing.T) {
+	running := map[string]string{"etcd-1": "3.7.3", "etcd-2": "3.7.3", "etcd-3": "3.7.3"}
+	_, err := VersionGate(VersionMove{Running: running, Next: map[string]string{"etcd-1": "3.6.9", "etcd-2": "3.7.3", "etcd-3": "3.6.9"}, Cluster: "3.7.0", AllowDowngrade: true})
+	if err == nil || !strings.Contains(err.Error(), "etcd-1's new image runs etcd 3.6.9 and etcd-2's 3.7.3") {
+		t.Fatalf("mixed minors: %v", err)
+	}
+	got, err := VersionGate(VersionMove{Running: running, Next: map[string]string{"etcd-1": "3.6.9", "etcd-2": "3.6.8", "etcd-3": "3.6.9"}, Cluster: "3.7.0", AllowDowngrade: true})
+	if err != nil || got != "3.6" {
+		t.Fatalf("patch releases of one minor: %q, %v", got, err)
 	}
 }
 
@@ -47,7 +87,7 @@ func TestVersionsAreTheMembersOwn(t *testing.T) {
 	if running["etcd-1"] != version.Version || cluster != version.Cluster(version.Version)+".0" {
 		t.Fatalf("running %v, cluster %q; want %s and %s.0", running, cluster, version.Version, version.Cluster(version.Version))
 	}
-	if err := VersionGate(running, map[string]string{"etcd-1": version.Version}, cluster); err != nil {
+	if _, err := VersionGate(VersionMove{Running: running, Next: map[string]string{"etcd-1": version.Version}, Cluster: cluster}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -53,6 +53,9 @@ type lifecycleFlags struct {
 	platform string
 	// full: upgrade sends every file, even those a member runs already.
 	full bool
+	// allowDowngrade: upgrade runs etcd's downgrade for images one minor
+	// below the cluster's version.
+	allowDowngrade bool
 }
 
 func (f *lifecycleFlags) register(c *cobra.Command) {
@@ -172,7 +175,7 @@ platform: the same under 'up' and on machines reached at the spec's addresses.`,
 			if err != nil {
 				return err
 			}
-			o.Full = f.full
+			o.Full, o.AllowDowngrade = f.full, f.allowDowngrade
 			for _, n := range args {
 				if !slices.Contains(o.Cluster.Names(), n) {
 					return fmt.Errorf("upgrade: no member %q in the spec; members: %s", n, strings.Join(o.Cluster.Names(), ", "))
@@ -193,5 +196,6 @@ platform: the same under 'up' and on machines reached at the spec's addresses.`,
 	f.register(c)
 	c.Flags().StringVar(&f.platform, "platform", layout.PlatformQEMU, "the platform the members run: qemu, metal, aws, gcp, azure or openstack (a member refuses a slot built for another; on a cloud each member gets a slot with its own config, built in OUT/images/upgrade/PLATFORM, which it boots from instead of its user-data)")
 	c.Flags().BoolVar(&f.full, "full", false, "send every file of each slot, even those the member runs already (by default it copies them from its running slot, checked against the signed manifest)")
+	c.Flags().BoolVar(&f.allowDowngrade, "allow-downgrade", false, "accept images whose etcd is one minor below the cluster's version: before any member goes down, run etcd's downgrade (validate, enable, wait until every member's storage version is the older minor's)")
 	return c
 }

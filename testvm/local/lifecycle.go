@@ -32,6 +32,10 @@ type LifecycleOptions struct {
 	// Full makes upgrade send every file of each slot, even those the
 	// member runs already.
 	Full bool
+	// AllowDowngrade lets upgrade install images whose etcd is one minor
+	// below the cluster's version, after etcd's own downgrade
+	// (cluster.Upgrader.AllowDowngrade).
+	AllowDowngrade bool
 	// Interruptible, when set, makes the context the members go down
 	// under, once the images are built (the command's, that Ctrl-C
 	// cancels); else that context is ctx.
@@ -136,7 +140,7 @@ func Upgrade(ctx context.Context, o LifecycleOptions, only []string) (done []str
 		if err != nil {
 			return err
 		}
-		up := &cluster.Upgrader{API: api, Trial: time.Duration(u.Tries)*u.TrialTimeout.D() + 2*time.Minute, Full: o.Full}
+		up := &cluster.Upgrader{API: api, Trial: time.Duration(u.Tries)*u.TrialTimeout.D() + 2*time.Minute, Full: o.Full, AllowDowngrade: o.AllowDowngrade}
 		l.Driver = up
 		start := time.Now()
 		done, err = l.Upgrade(ctx, up, images, only)
