@@ -93,11 +93,38 @@ func (f *lifecycleFlags) roll(cmd *cobra.Command, keepDisks bool, prepare func(*
 	return local.Roll(cmd.Context(), o, keepDisks)
 }
 
+// registerUpgrade registers the flags of the commands that install new
+// slots (upgrade, rotate certs, rotate ca): the lifecycle's, --platform
+// and --full.
+func (f *lifecycleFlags) registerUpgrade(c *cobra.Command) {
+	f.register(c)
+	c.Flags().StringVar(&f.platform, "platform", layout.PlatformQEMU, "the platform the members run: qemu, metal, aws, gcp, azure or openstack (a member refuses a slot built for another; on a cloud each member gets a slot with its own config, built in OUT/images/upgrade/PLATFORM, which it boots from instead of its user-data)")
+	c.Flags().BoolVar(&f.full, "full", false, "send every file of each slot, even those the member runs already (by default it copies them from its running slot, checked against the signed manifest)")
+}
+
+// checkPlatform refuses an unknown --platform.
+func (f *lifecycleFlags) checkPlatform() error {
+	if _, ok := image.Platforms[f.platform]; !ok {
+		return usageError{fmt.Errorf("--platform: unknown platform %q; use qemu, metal, aws, gcp, azure or openstack", f.platform)}
+	}
+	return nil
+}
+
+// upgradeOptions are options with the slot flags checked and applied.
+func (f *lifecycleFlags) upgradeOptions(cmd *cobra.Command, prepare func(*spec.Cluster, outdir.Layout) error) (local.LifecycleOptions, error) {
+	if err := f.checkPlatform(); err != nil {
+		return local.LifecycleOptions{}, err
+	}
+	o, err := f.options(cmd, prepare)
+	o.Full = f.full
+	return o, err
+}
+
 // upgrade is local.Upgrade of every member with the flags: prepare, when
 // set, runs after the check and before the images are built. It returns
 // how many members took a new slot and how long that took.
 func (f *lifecycleFlags) upgrade(cmd *cobra.Command, prepare func(*spec.Cluster, outdir.Layout) error) (int, time.Duration, error) {
-	o, err := f.options(cmd, prepare)
+	o, err := f.upgradeOptions(cmd, prepare)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -168,14 +195,11 @@ stops there, naming it, and leaves the rest untouched. Run again, it skips the
 members that run their new image already. It needs nothing from the machines'
 platform: the same under 'up' and on machines reached at the spec's addresses.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, ok := image.Platforms[f.platform]; !ok {
-				return usageError{fmt.Errorf("--platform: unknown platform %q; use qemu, metal, aws, gcp, azure or openstack", f.platform)}
-			}
-			o, err := f.options(cmd, nil)
+			o, err := f.upgradeOptions(cmd, nil)
 			if err != nil {
 				return err
 			}
-			o.Full, o.AllowDowngrade = f.full, f.allowDowngrade
+			o.AllowDowngrade = f.allowDowngrade
 			for _, n := range args {
 				if !slices.Contains(o.Cluster.Names(), n) {
 					return fmt.Errorf("upgrade: no member %q in the spec; members: %s", n, strings.Join(o.Cluster.Names(), ", "))
@@ -193,9 +217,7 @@ platform: the same under 'up' and on machines reached at the spec's addresses.`,
 			return nil
 		},
 	}
-	f.register(c)
-	c.Flags().StringVar(&f.platform, "platform", layout.PlatformQEMU, "the platform the members run: qemu, metal, aws, gcp, azure or openstack (a member refuses a slot built for another; on a cloud each member gets a slot with its own config, built in OUT/images/upgrade/PLATFORM, which it boots from instead of its user-data)")
-	c.Flags().BoolVar(&f.full, "full", false, "send every file of each slot, even those the member runs already (by default it copies them from its running slot, checked against the signed manifest)")
+	f.registerUpgrade(c)
 	c.Flags().BoolVar(&f.allowDowngrade, "allow-downgrade", false, "accept images whose etcd is one minor below the cluster's version: before any member goes down, run etcd's downgrade (validate, enable, wait until every member's storage version is the older minor's)")
 	return c
 }

@@ -50,7 +50,7 @@ func rotateCertsCmd(a *app) *cobra.Command {
 			return render.CertsRotated(w, c, a.dir(), stamp, n, took, len(retired))
 		},
 	}
-	f.register(c)
+	f.registerUpgrade(c)
 	return c
 }
 
@@ -67,6 +67,9 @@ func rotateCACmd(a *app) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			w := cmd.OutOrStdout()
+			if err := f.checkPlatform(); err != nil {
+				return err
+			}
 			c, err := f.spec.cluster(cmd)
 			if err != nil {
 				return err
@@ -88,6 +91,6 @@ func rotateCACmd(a *app) *cobra.Command {
 			return s.Rolled(w, c, dir, stamp, n, took)
 		},
 	}
-	f.register(c)
+	f.registerUpgrade(c)
 	return c
 }

@@ -14,14 +14,40 @@ import (
 // that does not exist.
 func runUpgrade(t *testing.T, args ...string) error {
 	t.Helper()
+	return runSlotCommand(t, []string{"upgrade"}, args...)
+}
+
+// runSlotCommand runs `etcdimg COMMAND ARGS` (upgrade, rotate certs,
+// rotate ca) against an output directory that does not exist.
+func runSlotCommand(t *testing.T, command []string, args ...string) error {
+	t.Helper()
 	root := &cobra.Command{Use: "etcdimg", SilenceUsage: true, SilenceErrors: true}
 	var a app
 	a.register(root)
-	root.AddCommand(upgradeCmd(&a))
+	root.AddCommand(upgradeCmd(&a), rotateCmd(&a))
 	root.SetOut(io.Discard)
 	root.SetErr(io.Discard)
-	root.SetArgs(append([]string{"upgrade", "--out", filepath.Join(t.TempDir(), "none")}, args...))
+	root.SetArgs(append(append(command, "--out", filepath.Join(t.TempDir(), "none")), args...))
 	return root.Execute()
+}
+
+// TestRotationsTakeThePlatform: the rotations install slots as upgrade
+// does, so they take --platform and --full (a metal or cloud member
+// refuses a qemu slot, and the rotations once always built qemu's).
+func TestRotationsTakeThePlatform(t *testing.T) {
+	for _, command := range [][]string{{"rotate", "certs"}, {"rotate", "ca"}} {
+		for _, platform := range []string{"metal", "aws"} {
+			err := runSlotCommand(t, command, "--platform", platform, "--full")
+			var ue usageError
+			if err == nil || errors.As(err, &ue) || strings.Contains(err.Error(), "flag") || strings.Contains(err.Error(), "platform") {
+				t.Errorf("%v --platform %s --full: %v, want it past the flags to the missing output directory", command, platform, err)
+			}
+		}
+		err := runSlotCommand(t, command, "--platform", "vmware")
+		if err == nil || err.Error() != `--platform: unknown platform "vmware"; use qemu, metal, aws, gcp, azure or openstack` {
+			t.Errorf("%v --platform vmware: %v", command, err)
+		}
+	}
 }
 
 // TestUpgradeTakesEveryPlatform: upgrade takes the cloud platforms (each
