@@ -112,6 +112,10 @@ type Upgrader struct {
 	// one minor below the cluster's version: before the first member
 	// goes down it runs etcd's own downgrade (Etcd.Downgrade).
 	AllowDowngrade bool
+	// AllowOutage lets Lifecycle.Upgrade take a one- or two-member
+	// cluster below its quorum while a member reboots into its slot
+	// (ReplaceOptions.AllowOutage).
+	AllowOutage bool
 }
 
 // Running reports whether member's node API answers.
@@ -342,7 +346,7 @@ func (l *Lifecycle) Upgrade(ctx context.Context, u *Upgrader, images map[string]
 			l.say(fmt.Sprintf("%s runs its new image already: skipped", n), start)
 			continue
 		}
-		if err := l.Replace(ctx, n, ReplaceOptions{Image: images[n], KeepDisk: true}); err != nil {
+		if err := l.Replace(ctx, n, ReplaceOptions{Image: images[n], KeepDisk: true, AllowOutage: u.AllowOutage}); err != nil {
 			rest := "no member was left untouched"
 			if i+1 < len(order) {
 				rest = strings.Join(order[i+1:], ", ") + " not touched"

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -55,6 +56,15 @@ type cloudCase struct {
 	Want       string // the console line that ends the boot
 	WantHealth bool   // a healthy member that takes writes
 	WantReady  bool   // Azure: Ready reported to the wire server
+	// Upgrade, once the member is healthy, runs `etcdimg upgrade
+	// --platform` (the Etcdimg binary, the UpgradeSpec, a copy of the
+	// output directory Out) and checks that the member boots its new
+	// slot from the slot's own config, not from its user-data, which
+	// then answers garbage.
+	Upgrade     bool
+	Etcdimg     string
+	UpgradeSpec string
+	Out         string
 }
 
 // cloudCaseEnv carries a case to the test binary re-run inside the
@@ -122,12 +132,27 @@ func TestCloudImagesBootFromTheirPlatformsUserData(t *testing.T) {
 			Want: firstboot.MsgStopped + " read config: no usable config after 1m0s"},
 		{Name: "aws-wrong-address", Platform: "aws", Image: "etcdimg-aws.raw", DHCPStart: "192.168.2.60",
 			Want: firstboot.MsgStopped + " check address: the instance's address 192.168.2.60 (DHCP) is not this member's spec address 192.168.2.51"},
+		// Upgraded over the network, a cloud member boots its new slot's
+		// config from then on: its user-data seeded the first boot only.
+		{Name: "aws-upgrade", Platform: "aws", Image: "etcdimg-aws.raw", Upgrade: true},
 	}
+	upgradeSpec := filepath.Join(work, "upgrade.yaml")
+	os.WriteFile(upgradeSpec, []byte(oneMemberSpec+"upgrade: {goodAfter: 5s}\n"), 0o644)
 	for _, c := range cases {
 		c := mergeCase(base, c)
 		c.Image = filepath.Join(images, c.Image)
 		c.Dir = filepath.Join(work, c.Name)
 		c.Data = filepath.Join(c.Dir, "data.img")
+		if c.Upgrade {
+			c.Etcdimg, c.UpgradeSpec, c.Out = bin.etcdimg, upgradeSpec, filepath.Join(c.Dir, "out")
+			copyOutputDir(t, out, c.Out)
+			// The member writes its new slot on its own copy.
+			own := filepath.Join(c.Dir, filepath.Base(c.Image))
+			if b, err := exec.Command("cp", "--sparse=always", c.Image, own).CombinedOutput(); err != nil {
+				t.Fatalf("cp: %v: %s", err, b)
+			}
+			c.Image = own
+		}
 		t.Run(c.Name, func(t *testing.T) {
 			t.Parallel()
 			runCloudCase(t, c)
@@ -243,14 +268,26 @@ func cloudCaseRun(c cloudCase) error {
 	if err != nil {
 		return err
 	}
+	forwards := []testvm.Forward{{Host: client, Guest: layout.ClientPort}}
+	if c.Upgrade {
+		// upgrade reaches the member at its spec address, as on a cloud.
+		for _, p := range []int{layout.MetricsPort, layout.NodeMetricsPort, layout.BackupPort, layout.NodeAPIPort} {
+			hp, err := testvm.FreePort()
+			if err != nil {
+				return err
+			}
+			forwards = append(forwards, testvm.Forward{Host: hp, Guest: p})
+		}
+	}
 	vm, err := testvm.Start(testvm.Options{
 		Name: "etcd-1", Dir: c.Dir, Image: c.Image, ImageFormat: c.Format, DataDisk: c.Data, Bus: c.Bus,
 		Accel: "tcg", MemoryMB: guestMemoryMB, DHCP: true,
 		Network: netip.MustParsePrefix("192.168.2.0/24"), HostIP: netip.MustParseAddr("192.168.2.1"),
 		GuestIP:    netip.MustParseAddr(c.DHCPStart),
-		Forwards:   []testvm.Forward{{Host: client, Guest: 2379}},
+		Forwards:   forwards,
 		ExtraDisks: nonEmpty(c.DriveISO),
 		RTCBase:    c.RTCBase,
+		Writable:   c.Upgrade, Reboot: c.Upgrade,
 	})
 	if err != nil {
 		return err
@@ -302,7 +339,101 @@ func cloudCaseRun(c cloudCase) error {
 		}
 	}
 	fmt.Println("healthy: wrote and read /cloud/" + c.Platform)
+	if c.Upgrade {
+		return cloudUpgrade(c, sim, vm, lo, forwards, cli)
+	}
 	return nil
+}
+
+// cloudUpgrade upgrades the cloud member over the network and checks
+// that it booted the new slot from the slot's config: its user-data
+// answers garbage from before the reboot on and is never asked again.
+func cloudUpgrade(c cloudCase, sim *cloudsim.Server, vm *testvm.VM, lo netlink.Link, forwards []testvm.Forward, cli *clientv3.Client) error {
+	// The member's spec address is the namespace's own, relayed to
+	// QEMU's forwards: upgrade dials 192.168.2.51 as it would a cloud
+	// instance, and the member's certificate names that address.
+	addr, _ := netlink.ParseAddr(c.DHCPStart + "/32")
+	if err := netlink.AddrAdd(lo, addr); err != nil {
+		return fmt.Errorf("add %s to lo: %w", c.DHCPStart, err)
+	}
+	for _, f := range forwards {
+		ln, err := net.Listen("tcp", net.JoinHostPort(c.DHCPStart, strconv.Itoa(f.Guest)))
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		go relay(ln, fmt.Sprintf("127.0.0.1:%d", f.Host))
+	}
+	sim.SetGarbage([]byte("<html>502 Bad Gateway</html>"))
+	asked := sim.Asked()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.Etcdimg, "upgrade", "--platform", c.Platform, "--allow-outage", "--config", c.UpgradeSpec, "--out", c.Out)
+	out, err := cmd.CombinedOutput()
+	fmt.Printf("--- etcdimg upgrade --platform %s ---\n%s\n", c.Platform, out)
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	if !strings.Contains(string(out), "marked it good") {
+		return errors.New("upgrade did not say the member marked its new slot good")
+	}
+	con, _ := os.ReadFile(vm.Console)
+	fmt.Printf("--- console, firstboot lines ---\n%s\n", grepLines(string(con), firstboot.Console))
+	want := "(the booted slot's; the user-data seeded the first boot only)"
+	if !strings.Contains(string(con), want) {
+		return fmt.Errorf("no %q on the console after the upgrade", want)
+	}
+	if n := sim.Asked(); n != asked {
+		return fmt.Errorf("the upgraded member asked for its user-data %d times", n-asked)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel2()
+	if r, err := cli.Get(ctx2, "/cloud/"+c.Platform); err != nil || len(r.Kvs) != 1 {
+		return fmt.Errorf("get after the upgrade: %v %v", r, err)
+	}
+	fmt.Println("upgraded: the member boots its slot's config and kept /cloud/" + c.Platform)
+	return nil
+}
+
+// relay copies each connection ln accepts to and from to.
+func relay(ln net.Listener, to string) {
+	for {
+		a, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer a.Close()
+			b, err := net.Dial("tcp", to)
+			if err != nil {
+				return
+			}
+			defer b.Close()
+			go io.Copy(b, a)
+			io.Copy(a, b)
+		}()
+	}
+}
+
+// copyOutputDir copies an output directory without its images (an
+// upgrade builds its own).
+func copyOutputDir(t *testing.T, from, to string) {
+	t.Helper()
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(to, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() == "images" {
+			continue
+		}
+		if b, err := exec.Command("cp", "-a", filepath.Join(from, e.Name()), to).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v: %s", err, b)
+		}
+	}
 }
 
 func nonEmpty(s ...string) []string {

@@ -75,12 +75,21 @@ func (s *Server) Asked() int {
 	return s.asked
 }
 
+// SetGarbage makes every later user-data request answer b (as Garbage
+// does), while the instance runs: what a member asks at its next boot.
+func (s *Server) SetGarbage(b []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Garbage = b
+}
+
 func (s *Server) userData(w http.ResponseWriter, data []byte) {
 	s.mu.Lock()
 	s.asked++
+	garbage := s.Garbage
 	s.mu.Unlock()
-	if s.Garbage != nil {
-		w.Write(s.Garbage)
+	if garbage != nil {
+		w.Write(garbage)
 		return
 	}
 	if data == nil {

@@ -131,7 +131,7 @@ func (o LifecycleOptions) run(ctx context.Context, op string, only []string, che
 // machines reached at the spec's addresses, with no driver. It returns
 // the members it upgraded and how long that took.
 func Upgrade(ctx context.Context, o LifecycleOptions, only []string) (done []string, took time.Duration, err error) {
-	ro := cluster.RollOptions{KeepDisks: true}
+	ro := cluster.RollOptions{KeepDisks: true, AllowOutage: o.AllowOutage}
 	u := o.Cluster.Upgrade
 	err = o.run(ctx, "upgrade", only, func(ctx context.Context, l *cluster.Lifecycle) error {
 		return l.CheckRoll(ctx, ro)
@@ -140,7 +140,7 @@ func Upgrade(ctx context.Context, o LifecycleOptions, only []string) (done []str
 		if err != nil {
 			return err
 		}
-		up := &cluster.Upgrader{API: api, Trial: time.Duration(u.Tries)*u.TrialTimeout.D() + 2*time.Minute, Full: o.Full, AllowDowngrade: o.AllowDowngrade}
+		up := &cluster.Upgrader{API: api, Trial: time.Duration(u.Tries)*u.TrialTimeout.D() + 2*time.Minute, Full: o.Full, AllowDowngrade: o.AllowDowngrade, AllowOutage: o.AllowOutage}
 		l.Driver = up
 		start := time.Now()
 		done, err = l.Upgrade(ctx, up, images, only)
