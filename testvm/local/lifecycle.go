@@ -131,6 +131,9 @@ func (o LifecycleOptions) run(ctx context.Context, op string, only []string, che
 // machines reached at the spec's addresses, with no driver. It returns
 // the members it upgraded and how long that took.
 func Upgrade(ctx context.Context, o LifecycleOptions, only []string) (done []string, took time.Duration, err error) {
+	if err := forwardsNodeAPI(o.Dir); err != nil {
+		return nil, 0, err
+	}
 	ro := cluster.RollOptions{KeepDisks: true, AllowOutage: o.AllowOutage}
 	u := o.Cluster.Upgrade
 	err = o.run(ctx, "upgrade", only, func(ctx context.Context, l *cluster.Lifecycle) error {
@@ -148,4 +151,22 @@ func Upgrade(ctx context.Context, o LifecycleOptions, only []string) (done []str
 		return err
 	})
 	return done, took, err
+}
+
+// forwardsNodeAPI refuses an upgrade of a cluster under `up` whose LAN
+// was started by an etcdimg without boot slots: its gateway forwards no
+// node API port, and a member restart (replace, roll) does not change
+// that; `down` and `up` do, keeping the data disks. A directory with no
+// cluster under `up` (machines reached at the spec's addresses) passes.
+func forwardsNodeAPI(dir outdir.Layout) error {
+	st, err := Load(dir)
+	if err != nil {
+		return nil
+	}
+	for _, m := range st.Members {
+		if m.NodeAPI == 0 {
+			return fmt.Errorf("upgrade: the cluster under `up` in %s was started by an etcdimg without boot slots, and its LAN forwards no node API port for %s: run `etcdimg down` and `etcdimg up` once (the data disks are kept), then upgrade", dir.Dir(), m.Name)
+		}
+	}
+	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"etcdimg/internal/outdir"
 )
 
 // writeImage writes an 8 MiB image at path: a GPT-like first sector, a
@@ -236,6 +238,27 @@ func TestOldStateFilesLoad(t *testing.T) {
 	}
 	if m := st.Members[0]; m.Image != "/o/images/etcd-1.img" || m.OSDisk != "" || m.NodeAPI != 0 || m.Backup != 40183 {
 		t.Errorf("loaded %+v", m)
+	}
+}
+
+// TestUpgradeRefusesALANWithoutNodeAPIForwards: a cluster that an
+// etcdimg without boot slots started has no node API forwards (measured:
+// roll --keep-disks boots slotted images on it, and upgrade then dialled
+// 127.0.0.1:0); upgrade says to run down and up once, before anything.
+func TestUpgradeRefusesALANWithoutNodeAPIForwards(t *testing.T) {
+	out := t.TempDir()
+	run := outdir.Layout(out).RunDir()
+	os.MkdirAll(run, 0o700)
+	old := `{"runDir": "` + run + `", "diskDir": "/d", "members": [{"name": "etcd-1", "ip": "192.168.2.11",
+		"qemu": {"pid": 0, "args": null}, "clientPort": 40179, "backupPort": 40183, "console": "c", "qmp": "q",
+		"image": "/o/images/etcd-1.img", "dataDisk": "/d/etcd-1-data.img"}]}`
+	os.WriteFile(filepath.Join(run, StateFile), []byte(old), 0o600)
+	_, _, err := Upgrade(context.Background(), LifecycleOptions{Dir: outdir.Layout(out)}, nil)
+	if err == nil || !strings.Contains(err.Error(), "forwards no node API port for etcd-1: run `etcdimg down` and `etcdimg up` once") {
+		t.Fatalf("upgrade of a pre-slot LAN: %v", err)
+	}
+	if err := forwardsNodeAPI(outdir.Layout(t.TempDir())); err != nil {
+		t.Errorf("no cluster under up: %v", err)
 	}
 }
 
