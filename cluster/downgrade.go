@@ -16,7 +16,7 @@ import (
 // once etcd's downgrade is enabled: the leader moves the cluster's
 // version to the target at its next version check (every 4 s in etcd
 // 3.7), and each member its storage version at its own next one.
-const downgradeWithin = 2 * time.Minute
+var downgradeWithin = 2 * time.Minute
 
 // Downgrading is the target of etcd's downgrade (major.minor.patch, as
 // etcd keeps it) when a member answering reports one enabled, or ""
@@ -72,7 +72,21 @@ func (e *Etcd) Downgrade(ctx context.Context, target string, skip []string, boun
 	default:
 		return fmt.Errorf("etcd's downgrade to %s: the cluster has one to %s enabled; cancel it first with `etcdimg etcdctl -- downgrade cancel`", want.minorOnly(), ev.minorOnly())
 	}
-	start = time.Now()
+	return e.WaitStorage(ctx, target, skip, bound, say)
+}
+
+// WaitStorage waits, within bound, until every member but those in skip
+// keeps its data in target's format (major.minor): its storage version.
+// A member may start target's etcd on its data only then. It is asked
+// on every run while a downgrade is enabled, not only on the run that
+// enabled it: the cluster's version moves to the target at once, a
+// member's storage version later.
+func (e *Etcd) WaitStorage(ctx context.Context, target string, skip []string, bound time.Duration, say func(step string, start time.Time)) error {
+	want, err := parseVersion(target)
+	if err != nil {
+		return fmt.Errorf("etcd's downgrade: %w", err)
+	}
+	start := time.Now()
 	for {
 		var behind []string
 		for _, st := range e.without(skip).Statuses(ctx, 3*time.Second) {

@@ -327,6 +327,8 @@ func (l *Lifecycle) Roll(ctx context.Context, images map[string]string, o RollOp
 // RollOptions say how a roll replaces each member (see ReplaceOptions).
 type RollOptions struct {
 	KeepDisks, AllowOutage bool
+	// Verb names the command in refusals: "roll" when empty.
+	Verb string
 }
 
 // CheckRoll says why a roll cannot start now, if it cannot: every member
@@ -339,31 +341,35 @@ func (l *Lifecycle) CheckRoll(ctx context.Context, o RollOptions) error {
 }
 
 func (l *Lifecycle) checkRoll(ctx context.Context, o RollOptions) (*Snapshot, error) {
-	if err := outageKeepsDisks(ReplaceOptions{KeepDisk: o.KeepDisks, AllowOutage: o.AllowOutage}, "roll", "--keep-disks"); err != nil {
+	verb := o.Verb
+	if verb == "" {
+		verb = "roll"
+	}
+	if err := outageKeepsDisks(ReplaceOptions{KeepDisk: o.KeepDisks, AllowOutage: o.AllowOutage}, verb, "--keep-disks"); err != nil {
 		return nil, err
 	}
 	for _, n := range l.Members {
 		up, err := l.Driver.Running(n)
 		if err != nil {
-			return nil, fmt.Errorf("roll: %w", err)
+			return nil, fmt.Errorf("%s: %w", verb, err)
 		}
 		if !up {
-			return nil, fmt.Errorf("roll: refused, %s is not running; start it (etcdimg start %s) or replace it alone first", n, n)
+			return nil, fmt.Errorf("%s: refused, %s is not running; start it (etcdimg start %s) or replace it alone first", verb, n, n)
 		}
 	}
 	snap, err := l.Etcd.Observe(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("roll: refused, the cluster does not answer: %w", err)
+		return nil, fmt.Errorf("%s: refused, the cluster does not answer: %w", verb, err)
 	}
 	if err := l.checkClusterID(snap); err != nil {
-		return nil, fmt.Errorf("roll: %w", err)
+		return nil, fmt.Errorf("%s: %w", verb, err)
 	}
 	if bad := snap.Unhealthy(l.Members, l.Members); len(bad) > 0 {
-		return nil, fmt.Errorf("roll: refused, the cluster is not healthy: %s", strings.Join(bad, "; "))
+		return nil, fmt.Errorf("%s: refused, the cluster is not healthy: %s", verb, strings.Join(bad, "; "))
 	}
 	// Every member goes down once; all voters count alike.
 	if err := quorumWithout(snap, l.Members[0], ReplaceOptions{KeepDisk: o.KeepDisks, AllowOutage: o.AllowOutage}); err != nil {
-		return nil, fmt.Errorf("roll: refused, %w", err)
+		return nil, fmt.Errorf("%s: refused, %w", verb, err)
 	}
 	return snap, nil
 }

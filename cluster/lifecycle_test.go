@@ -55,6 +55,10 @@ func TestAStepBelowTheQuorumIsRefusedBeforeAnyPowerOff(t *testing.T) {
 	if err := l.Roll(ctx, map[string]string{"etcd-1": "x"}, RollOptions{}); err == nil || !strings.Contains(err.Error(), "below its quorum") {
 		t.Errorf("roll: %v", err)
 	}
+	// upgrade's check is roll's, in its own name.
+	if err := l.CheckRoll(ctx, RollOptions{KeepDisks: true, Verb: "upgrade"}); err == nil || !strings.HasPrefix(err.Error(), "upgrade: refused, ") || !strings.Contains(err.Error(), "--allow-outage") {
+		t.Errorf("upgrade: %v", err)
+	}
 	if d.swaps != 0 {
 		t.Fatalf("the driver was asked to swap %d time(s) before the refusal", d.swaps)
 	}

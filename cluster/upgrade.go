@@ -259,48 +259,57 @@ func (u *Upgrader) waitGood(ctx context.Context, member, id, old string) error {
 // member runs and will run. Images one minor below the cluster's
 // version, when allowDowngrade, go through once etcd's own downgrade
 // moved every member's storage version to theirs.
-func (l *Lifecycle) checkVersions(ctx context.Context, images map[string]string, order []string, allowDowngrade bool) error {
+func (l *Lifecycle) checkVersions(ctx context.Context, images map[string]string, order []string, allowDowngrade bool) (downgrade string, err error) {
 	start := time.Now()
 	running, cluster, err := l.Etcd.Versions(ctx)
 	if err != nil {
-		return fmt.Errorf("upgrade: %w", err)
+		return "", fmt.Errorf("upgrade: %w", err)
 	}
 	downgrading, err := l.Etcd.Downgrading(ctx, l.Pending)
 	if err != nil {
-		return fmt.Errorf("upgrade: %w", err)
+		return "", fmt.Errorf("upgrade: %w", err)
 	}
 	next := map[string]string{}
 	var said []string
 	for _, n := range order {
 		if images[n] == "" {
-			return fmt.Errorf("upgrade: no image for %s", n)
+			return "", fmt.Errorf("upgrade: no image for %s", n)
 		}
 		_, m, err := image.ReadSlot(images[n])
 		if err != nil {
-			return err
+			return "", err
 		}
 		next[n] = m.Etcd
 		said = append(said, fmt.Sprintf("%s %s → %s", n, running[n], m.Etcd))
 	}
 	target, err := VersionGate(VersionMove{Running: running, Next: next, Cluster: cluster, Downgrading: downgrading, AllowDowngrade: allowDowngrade})
 	if err != nil {
-		return fmt.Errorf("upgrade: refused before any member: %w", err)
+		return "", fmt.Errorf("upgrade: refused before any member: %w", err)
 	}
 	line := fmt.Sprintf("etcd: cluster version %s; %s", cluster, strings.Join(said, ", "))
 	if downgrading != "" {
 		line += fmt.Sprintf("; downgrade to %s enabled (etcd ends it once every member runs it)", downgrading)
 	}
 	l.say(line, start)
-	if target != "" {
+	switch {
+	case target != "":
 		if err := l.Etcd.Downgrade(ctx, target, l.Pending, downgradeWithin, l.say); err != nil {
-			return fmt.Errorf("upgrade: before any member: %w", err)
+			return target, fmt.Errorf("upgrade: before any member: %w", err)
+		}
+		downgrading = target
+	case downgrading != "":
+		// A run that stopped after enabling it: the members' storage
+		// version may still lag the cluster's version, which moved at
+		// once.
+		if err := l.Etcd.WaitStorage(ctx, downgrading, l.Pending, downgradeWithin, l.say); err != nil {
+			return downgrading, fmt.Errorf("upgrade: before any member: %w", err)
 		}
 	}
 	if minor := minorUpgrade(next, cluster); minor != "" {
 		last := order[len(order)-1]
 		l.say(fmt.Sprintf("etcd: the cluster moves to %s once every member runs it; should %s, the last, roll back after that, its old etcd cannot start below the cluster's version: re-image it with `replace %s --keep-disk` from the new image", minor, last, last), start)
 	}
-	return nil
+	return downgrading, nil
 }
 
 // UpgradeOrder is the order an upgrade goes through members: the
@@ -334,8 +343,14 @@ func (l *Lifecycle) Upgrade(ctx context.Context, u *Upgrader, images map[string]
 		members = only
 	}
 	order := UpgradeOrder(members, leader)
-	if err := l.checkVersions(ctx, images, order, u.AllowDowngrade); err != nil {
-		return nil, err
+	// Before anything changes, etcd's downgrade included: every member
+	// settled on a good slot.
+	if err := u.settled(ctx, l.settledOnes("")); err != nil {
+		return nil, fmt.Errorf("upgrade: refused before any member: %w", err)
+	}
+	downgrade, err := l.checkVersions(ctx, images, order, u.AllowDowngrade)
+	if err != nil {
+		return nil, withDowngrade(err, downgrade)
 	}
 	for i, n := range order {
 		if images[n] == "" {
@@ -346,16 +361,56 @@ func (l *Lifecycle) Upgrade(ctx context.Context, u *Upgrader, images map[string]
 			l.say(fmt.Sprintf("%s runs its new image already: skipped", n), start)
 			continue
 		}
-		if err := l.Replace(ctx, n, ReplaceOptions{Image: images[n], KeepDisk: true, AllowOutage: u.AllowOutage}); err != nil {
+		err := u.settled(ctx, l.settledOnes(n))
+		if err == nil {
+			err = l.Replace(ctx, n, ReplaceOptions{Image: images[n], KeepDisk: true, AllowOutage: u.AllowOutage})
+		}
+		if err != nil {
 			rest := "no member was left untouched"
 			if i+1 < len(order) {
 				rest = strings.Join(order[i+1:], ", ") + " not touched"
 			}
-			return done, fmt.Errorf("upgrade stopped at %s (%d of %d): %w; %s", n, i+1, len(order), err, rest)
+			return done, withDowngrade(fmt.Errorf("upgrade stopped at %s (%d of %d): %w; %s", n, i+1, len(order), err, rest), downgrade)
 		}
 		done = append(done, n)
 	}
 	return done, nil
+}
+
+// settledOnes are the members whose slots must be settled before but
+// member goes down: every member of the cluster but it and those not in
+// the cluster yet.
+func (l *Lifecycle) settledOnes(but string) []string {
+	return slices.DeleteFunc(slices.Clone(l.Members), func(n string) bool { return n == but || slices.Contains(l.Pending, n) })
+}
+
+// settled refuses while a member of names runs a slot on trial (it
+// reboots by itself if its gate fails: taking another member down then
+// could cost the quorum) or does not say which slot it runs.
+func (u *Upgrader) settled(ctx context.Context, names []string) error {
+	for _, n := range names {
+		st, err := u.API.Status(ctx, n)
+		if err != nil {
+			return fmt.Errorf("%w; upgrade takes a member down only while every other one runs a good slot", err)
+		}
+		if st.Running.State == slot.StateTrial {
+			waiting := ""
+			if st.Waiting != "" {
+				waiting = " (" + st.Waiting + ")"
+			}
+			return fmt.Errorf("%s runs slot %s on trial%s: wait until it marks it good or rolls back (etcdimg status), then run upgrade again", n, st.Running.ID, waiting)
+		}
+	}
+	return nil
+}
+
+// withDowngrade adds to an upgrade's stop that etcd's downgrade to
+// target, which it or a run before enabled, stays enabled.
+func withDowngrade(err error, target string) error {
+	if target == "" {
+		return err
+	}
+	return fmt.Errorf("%w; etcd's downgrade to %s stays enabled: run `etcdimg upgrade --allow-downgrade` again to go on, or cancel it with `etcdimg etcdctl -- downgrade cancel`", err, target)
 }
 
 // minorUpgrade is the minor version (major.minor) the images move the

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +24,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"etcdimg/internal/etcdtest"
 	"etcdimg/internal/layout"
 	"etcdimg/internal/slot"
 )
@@ -265,5 +267,51 @@ func TestUpgradeOrder(t *testing.T) {
 		if got := UpgradeOrder(c.members, c.leader); !slices.Equal(got, c.want) || !slices.Equal(in, c.members) {
 			t.Errorf("%v leader %q: %v", c.members, c.leader, got)
 		}
+	}
+}
+
+// TestUpgradeWaitsForEveryMemberToSettle: a member running a slot on
+// trial reboots by itself if its gate fails; upgrade takes no other
+// member down meanwhile (once it did: the check was etcd's health only),
+// and refuses before anything changes, etcd's downgrade included, with
+// one line naming the member. A member whose node API does not answer
+// is refused the same way. Settled, every member passes.
+func TestUpgradeWaitsForEveryMemberToSettle(t *testing.T) {
+	_, e := oneMember(t)
+	one := &fakeNode{before: slot.Status{Running: good(oldSlot, "d")}}
+	two := &fakeNode{before: slot.Status{Running: slot.SlotState{ID: newSlot, Gen: 2, State: slot.StateTrial, TriesLeft: 2}, Waiting: "a voter for 3s of 30s"}}
+	u := newUpgrader(t, one, 3*time.Second)
+	srv := httptest.NewTLSServer(two)
+	t.Cleanup(srv.Close)
+	u.API.Members["etcd-2"] = srv.URL
+	u.AllowDowngrade, u.AllowOutage = true, true
+	l := &Lifecycle{Etcd: e, Driver: u, Members: []string{"etcd-1", "etcd-2"}, Timeout: time.Second, Say: quiet}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cur, _ := parseVersion("3.7.3")
+	img, _ := testImageOf(t, "3333333333333333", "down", fmt.Sprintf("%d.%d.9", cur.major, cur.minor-1))
+	_, err := l.Upgrade(ctx, u, map[string]string{"etcd-1": img}, []string{"etcd-1"})
+	if err == nil || !strings.Contains(err.Error(), "etcd-2 runs slot "+newSlot+" on trial (a voter for 3s of 30s): wait until it marks it good or rolls back") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("a member on trial: %v", err)
+	}
+	if len(one.put) != 0 || one.reboots != 0 {
+		t.Fatalf("etcd-1 got %d updates and %d reboots while etcd-2 was on trial", len(one.put), one.reboots)
+	}
+	if d, err := e.Downgrading(ctx, nil); err != nil || d != "" {
+		t.Fatalf("etcd's downgrade enabled before the refusal: %q, %v", d, err)
+	}
+	u.API.Members["etcd-2"] = "https://" + etcdtest.FreeURL(t, "http").Host
+	if err := u.settled(ctx, []string{"etcd-1", "etcd-2"}); err == nil || !strings.Contains(err.Error(), "etcd-2") || !strings.Contains(err.Error(), "every other one runs a good slot") {
+		t.Fatalf("a node API that does not answer: %v", err)
+	}
+	u.API.Members["etcd-2"] = srv.URL
+	two.mu.Lock()
+	two.before = slot.Status{Running: good(newSlot, "d")}
+	two.mu.Unlock()
+	if err := u.settled(ctx, []string{"etcd-1", "etcd-2"}); err != nil {
+		t.Fatalf("settled: %v", err)
+	}
+	if got := l.settledOnes("etcd-1"); !slices.Equal(got, []string{"etcd-2"}) {
+		t.Errorf("settledOnes(etcd-1) = %v", got)
 	}
 }

@@ -134,7 +134,7 @@ func Upgrade(ctx context.Context, o LifecycleOptions, only []string) (done []str
 	if err := forwardsNodeAPI(o.Dir); err != nil {
 		return nil, 0, err
 	}
-	ro := cluster.RollOptions{KeepDisks: true, AllowOutage: o.AllowOutage}
+	ro := cluster.RollOptions{KeepDisks: true, AllowOutage: o.AllowOutage, Verb: "upgrade"}
 	u := o.Cluster.Upgrade
 	err = o.run(ctx, "upgrade", only, func(ctx context.Context, l *cluster.Lifecycle) error {
 		return l.CheckRoll(ctx, ro)
