@@ -58,7 +58,7 @@ func BenchmarkOneMember(b *testing.B) {
 	gz, zs := compressedSizes(b, img)
 	initrd := initramfsOf(b, img)
 
-	floors := measureFloors(b, filepath.Join(work, "floor"), 5)
+	floors := measureFloors(b, filepath.Join(work, "floor"), 7)
 	unpack := initramfsCost(b, filepath.Join(work, "floor"), initrd, 3)
 
 	var first, again []time.Duration
@@ -96,6 +96,10 @@ func BenchmarkOneMember(b *testing.B) {
 	fmt.Printf("  floors, QEMU start → /init of a trivial initramfs, same kernel and machine (best/median of %d):\n", len(floors.direct))
 	fmt.Printf("    (a) QEMU loads the kernel:                 %s / %s\n", fa.Round(10*time.Millisecond), median(floors.direct).Round(10*time.Millisecond))
 	fmt.Printf("    (b) OVMF boots the UKI:                    %s / %s\n", fb.Round(10*time.Millisecond), median(floors.efi).Round(10*time.Millisecond))
+	fmt.Printf("    (b) with the UKI as the loader instead of systemd-boot: %s / %s: systemd-boot costs %s (best), %s (median)\n",
+		best(floors.uki).Round(10*time.Millisecond), median(floors.uki).Round(10*time.Millisecond),
+		(fb - best(floors.uki)).Round(10*time.Millisecond), (median(floors.efi) - median(floors.uki)).Round(10*time.Millisecond))
+	b.ReportMetric((fb - best(floors.uki)).Seconds(), "systemd-boot-s")
 	fmt.Printf("  QEMU start → healthy (best / median of %d):\n", len(first))
 	fmt.Printf("    first boot (blank data disk):              %s / %s = %.2f × floor (b), %.2f × floor (a)   (target ≤ 1.2 × (b))\n",
 		best(first).Round(10*time.Millisecond), median(first).Round(10*time.Millisecond), best(first).Seconds()/fb.Seconds(), best(first).Seconds()/fa.Seconds())

@@ -94,6 +94,10 @@ func trivialInitramfs(b testing.TB) []byte {
 type floorBoot struct {
 	kernel, initrd string // files, for QEMU's -kernel and -initrd
 	disk           string // a raw disk whose ESP holds the UKI
+	// ukiDisk is the same disk with the slot's UKI as the removable-media
+	// loader (EFI/BOOT/BOOTX64.EFI) instead of systemd-boot: what
+	// systemd-boot costs is floor (b) on disk less floor (b) on ukiDisk.
+	ukiDisk string
 	cmdline        string // for QEMU's -append; "" is the member's
 	memoryMB       int    // guest RAM; 0 is guestMemoryMB
 }
@@ -144,6 +148,25 @@ func prepareFloor(b testing.TB, dir string) floorBoot {
 		b.Fatal(err)
 	}
 	fb.disk = built[0].Path
+	// The slot's ID does not depend on the loader: the UKI written as
+	// the loader is byte for byte the slot's.
+	bundle, _, err := image.ReadSlot(fb.disk)
+	if err != nil {
+		b.Fatal(err)
+	}
+	direct := *boot
+	direct.Loader = bundle.Files[slot.FileUKI]
+	built, err = image.WriteAll(filepath.Join(dir, "uki"), []image.Member{{Cluster: "floor", Name: "floor"}}, &direct, []image.Format{raw}, image.FormatOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	fb.ukiDisk = built[0].Path
+	return fb
+}
+
+// withoutLoader is fb booting its UKI as the removable-media loader.
+func (fb floorBoot) withoutLoader() floorBoot {
+	fb.disk = fb.ukiDisk
 	return fb
 }
 
@@ -227,11 +250,14 @@ func floorSmallestRAM(b testing.TB, fb floorBoot) int {
 	return 0
 }
 
-// floors measures floor (a) and floor (b) n times each, interleaved so
-// that a busy moment of the host weighs on both alike. Floor (b) runs
-// OVMF as members do (testvm.FirmwareArgs).
+// floorFigures are floor (a), floor (b) and floor (b) without
+// systemd-boot, measured n times each, interleaved so that a busy moment
+// of the host weighs on each alike. Floor (b) runs OVMF as members do
+// (testvm.FirmwareArgs).
 type floorFigures struct {
 	direct, efi []time.Duration
+	// uki is floor (b) with the UKI as the loader: no systemd-boot.
+	uki         []time.Duration
 	smallestRAM int // floorSmallestRAM
 }
 
@@ -241,6 +267,7 @@ func measureFloors(b testing.TB, dir string, n int) floorFigures {
 	for range n {
 		f.direct = append(f.direct, floorRun(b, fb, false))
 		f.efi = append(f.efi, floorRun(b, fb, true))
+		f.uki = append(f.uki, floorRun(b, fb.withoutLoader(), true))
 	}
 	f.smallestRAM = floorSmallestRAM(b, fb)
 	return f
@@ -257,7 +284,8 @@ func median(d []time.Duration) time.Duration {
 
 // TestTrivialInitEndsQEMUAtOnce: the floor's /init, booted by QEMU with
 // the member's kernel, ends QEMU with the debug-exit status, and its
-// UKI boots under OVMF to the same end. Without this the floors the
+// UKI boots under OVMF to the same end, through systemd-boot and as the
+// loader itself. Without this the floors the
 // benchmark prints could be timeouts.
 func TestTrivialInitEndsQEMUAtOnce(t *testing.T) {
 	dir := t.TempDir()
@@ -266,6 +294,8 @@ func TestTrivialInitEndsQEMUAtOnce(t *testing.T) {
 		d := floorRun(t, fb, efi)
 		t.Logf("efi=%v: QEMU start → /init: %s", efi, d.Round(10*time.Millisecond))
 	}
+	d := floorRun(t, fb.withoutLoader(), true)
+	t.Logf("the UKI as the loader, no systemd-boot: QEMU start → /init: %s", d.Round(10*time.Millisecond))
 }
 
 // initramfsOf is the compressed initramfs in img's unified kernel image.
