@@ -97,9 +97,9 @@ type floorBoot struct {
 	// ukiDisk is the same disk with the slot's UKI as the removable-media
 	// loader (EFI/BOOT/BOOTX64.EFI) instead of systemd-boot: what
 	// systemd-boot costs is floor (b) on disk less floor (b) on ukiDisk.
-	ukiDisk string
-	cmdline        string // for QEMU's -append; "" is the member's
-	memoryMB       int    // guest RAM; 0 is guestMemoryMB
+	ukiDisk  string
+	cmdline  string // for QEMU's -append; "" is the member's
+	memoryMB int    // guest RAM; 0 is guestMemoryMB
 }
 
 // prepareFloor writes the floor's files into dir from the packages `make
