@@ -10,7 +10,10 @@
 //   - application clients: the etcd users and roles behind render's pairs;
 //   - Lifecycle: replacing a member and rolling new images through the
 //     cluster, refused before anything goes down when it would cost the
-//     quorum or meets another cluster.
+//     quorum or meets another cluster;
+//   - maintenance: the cluster's alarms (Alarms, Disarm once their cause
+//     is gone) and defragmentation one member at a time, the leader
+//     last, under the operation lock (Defragment).
 //
 // Only a Driver knows how machines are powered and their disks swapped:
 // testvm/local's for clusters under `up`, ManualDriver for real machines,

@@ -61,7 +61,11 @@ type MemberStatus struct {
 	// Downgrade is the target of etcd's downgrade when the cluster has
 	// one enabled, as the member applied it, else "".
 	Downgrade string
-	Err       error
+	// DBSize is the size of its database file (what the quota counts),
+	// DBSizeInUse the part of it that holds data, DBQuota its backend
+	// quota (members lower theirs to fit small data disks), in bytes.
+	DBSize, DBSizeInUse, DBQuota int64
+	Err                          error
 }
 
 // Statuses asks every endpoint for its status, in parallel, each within
@@ -98,6 +102,7 @@ func (e *Etcd) status(ctx context.Context, ep health.Endpoint, timeout time.Dura
 	s.ID, s.ClusterID, s.Leader = r.Header.MemberId, r.Header.ClusterId, r.Leader
 	s.RaftTerm, s.RaftIndex, s.Applied, s.IsLearner = r.RaftTerm, r.RaftIndex, r.RaftAppliedIndex, r.IsLearner
 	s.StorageVersion = r.StorageVersion
+	s.DBSize, s.DBSizeInUse, s.DBQuota = r.DbSize, r.DbSizeInUse, r.DbSizeQuota
 	if d := r.DowngradeInfo; d != nil && d.Enabled {
 		s.Downgrade = d.TargetVersion
 	}

@@ -35,6 +35,10 @@ type Result struct {
 	Healthy bool
 	Took    time.Duration
 	Err     string
+	// Alarms are the cluster's active alarms as this member listed them
+	// (NOSPACE, CORRUPT): etcd keeps them for the whole cluster, so every
+	// member that answers lists the same ones.
+	Alarms []string
 }
 
 // TLS loads the client certificate, key and CA.
@@ -102,6 +106,7 @@ func check(ctx context.Context, ep Endpoint, tc *tls.Config, timeout time.Durati
 			for _, a := range alarms.Alarms {
 				names = append(names, a.Alarm.String())
 			}
+			r.Alarms = names
 			err = fmt.Errorf("active alarm(s): %s", strings.Join(names, ", "))
 		default:
 			err = nil

@@ -46,7 +46,7 @@ checks a local cluster under faults.`,
 	}
 	group("build", "Build:", withoutOut(initCmd()), renderCmd(&a), buildCmd(&a), clientCmd(&a), rotateCmd(&a), restoreCmd(&a))
 	group("local", "Run locally (QEMU):", upCmd(&a), downCmd(&a), statusCmd(&a), stopCmd(&a), startCmd(&a), withoutOut(lanCmd()))
-	group("operate", "Operate:", healthCmd(&a), etcdctlCmd(&a), snapshotCmd(&a), backupsCmd(&a), upgradeCmd(&a), replaceCmd(&a), rollCmd(&a))
+	group("operate", "Operate:", healthCmd(&a), etcdctlCmd(&a), alarmsCmd(&a), defragCmd(&a), snapshotCmd(&a), backupsCmd(&a), upgradeCmd(&a), replaceCmd(&a), rollCmd(&a))
 	group("test", "Test:", chaosCmd(&a))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "etcdimg: %v\n", err)

@@ -15,8 +15,8 @@ import (
 // The verbs on the cluster under `up` in a built directory: status,
 // down, and stopping and starting one member.
 
-// Status writes the table of the cluster under `up` in dir (State.Table)
-// and when its last backup was taken to w. It returns an error when no
+// Status writes the table of the cluster under `up` in dir (State.Table),
+// when its last backup was taken and its active alarms to w. It returns an error when no
 // cluster runs there, or when a member is not running.
 func Status(w io.Writer, c *spec.Cluster, dir outdir.Layout) error {
 	st, err := Load(dir)
@@ -32,7 +32,11 @@ func Status(w io.Writer, c *spec.Cluster, dir outdir.Layout) error {
 	if e, err := cluster.Admin(c, dir, Reach(dir)); err != nil {
 		fmt.Fprintln(w, "last backup: unknown ("+err.Error()+")")
 	} else {
-		fmt.Fprintln(w, e.LastBackupLine(context.Background(), c.Backup.Interval))
+		// One bound for both: a cluster that does not answer costs it once.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		fmt.Fprintln(w, e.LastBackupLine(ctx, c.Backup.Interval))
+		fmt.Fprintln(w, e.AlarmsLine(ctx))
+		cancel()
 	}
 	if down > 0 {
 		return fmt.Errorf("status: %d of %d members are not running", down, len(st.Members))
