@@ -9,7 +9,7 @@ GOFLAGS_BUILD := -trimpath -ldflags=-s\ -w
 
 # Debian packages the build and the tests use, as command:package.
 HOST_TOOLS := openssl:openssl qemu-system-x86_64:qemu-system-x86 sfdisk:fdisk cryptsetup:cryptsetup-bin \
-	fsck.vfat:dosfstools e2fsck:e2fsprogs mkfs.ext4:e2fsprogs prometheus:prometheus \
+	fsck.vfat:dosfstools e2fsck:e2fsprogs mkfs.ext4:e2fsprogs prometheus:prometheus promtool:prometheus \
 	qemu-img:qemu-utils objdump:binutils
 # Files that prove a package without a command is installed, as file:package.
 HOST_FILES := /usr/share/OVMF/OVMF_CODE.fd:ovmf

@@ -8,6 +8,7 @@ require (
 	github.com/cloudflare/cfssl v1.6.5
 	github.com/coreos/ignition/v2 v2.27.0
 	github.com/diskfs/go-diskfs v1.9.4
+	github.com/grafana/grafana-foundation-sdk/go v0.0.22
 	github.com/insomniacslk/dhcp v0.0.0-20260901064844-234b97448fae
 	github.com/klauspost/compress v1.19.2
 	github.com/minio/minio-go/v7 v7.4.1

@@ -72,7 +72,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	}
 	sort.Strings(files)
 	want := []string{
-		"cluster-id.json", "etcdctl.env", "etcdimg.yaml",
+		"cluster-id.json", "etcdctl.env", "etcdimg.yaml", "grafana-dashboard.json",
 		"ignition/etcd-1.bu", "ignition/etcd-1.ign", "ignition/etcd-2.bu", "ignition/etcd-2.ign", "ignition/etcd-3.bu", "ignition/etcd-3.ign",
 		"kubernetes/apiserver-etcd-client-key.pem", "kubernetes/apiserver-etcd-client.pem", "kubernetes/etcd-ca.pem",
 		"kubernetes/k3s-datastore.yaml", "kubernetes/kubeadm-etcd.yaml",

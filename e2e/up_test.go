@@ -399,7 +399,7 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	}
 
 	// A real Prometheus, with the generated prometheus.yml, scrapes every
-	// member.
+	// member, and every query of the generated dashboard returns data.
 	prometheusScrapes(t, u)
 
 	// Least privilege: the backup API and client prefixes.
@@ -446,17 +446,20 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	}
 }
 
-// prometheusScrapes runs Debian's prometheus on loopback with the
-// cluster's prometheus.yml and waits until it reports up == 1 and
-// etcd_server_has_leader == 1 for every member. It is stopped by PID.
 // promQuery runs a query and returns each series' value by member.
 type promQuery func(q string) (map[string]string, error)
 
+// prometheusScrapes runs Debian's prometheus on loopback with the
+// cluster's prometheus.yml and waits until it reports up == 1 and
+// etcd_server_has_leader == 1 for every member; then every query of the
+// rendered Grafana dashboard must return series from it. It is stopped
+// by PID.
 func prometheusScrapes(t *testing.T, u *upCluster) {
 	t.Helper()
 	query, port, dir, stop := startPrometheus(t, filepath.Join(u.out, "run", "prometheus.yml"))
 	defer stop()
 	checkScrapes(t, u, query, port, dir)
+	checkDashboardQueries(t, u.out, port, dir)
 }
 
 // startPrometheus runs Debian's prometheus on the given prometheus.yml,

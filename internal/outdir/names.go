@@ -33,6 +33,10 @@ const (
 	EtcdctlEnvFile = "etcdctl.env"
 	PrometheusFile = "prometheus.yml"
 	RulesFile      = "prometheus-rules.yml"
+	// DashboardFile is the Grafana dashboard of the cluster's metrics
+	// (etcd's mixin panels and the appliance's), to import into Grafana
+	// with a Prometheus that scrapes as prometheus.yml does.
+	DashboardFile = "grafana-dashboard.json"
 	// ClusterRecordFile names the cluster the directory's images belong to.
 	ClusterRecordFile = "cluster-id.json"
 	// RetiredDir keeps, by time, the certificates and keys that rotation

@@ -37,6 +37,7 @@ func (l Layout) Butane(member string) string {
 }
 func (l Layout) EtcdctlEnv() string { return filepath.Join(string(l), EtcdctlEnvFile) }
 func (l Layout) Prometheus() string { return filepath.Join(string(l), PrometheusFile) }
+func (l Layout) Dashboard() string  { return filepath.Join(string(l), DashboardFile) }
 
 // ClusterRecord names the cluster the directory's images belong to (its
 // ID and token), recorded at the first render and kept across

@@ -5,7 +5,9 @@
 //     and its Butane source per member (package ignition), the cluster's
 //     record (ClusterRecord: its ID and token, provisional until a live
 //     cluster confirms it), etcdctl.env, the Prometheus scrape config and
-//     alert rules, and the Kubernetes API server's files;
+//     alert rules (etcd's mixin in mixin.go, the appliance's in
+//     alerts.go), the Grafana dashboard (dashboard.go), and the
+//     Kubernetes API server's files;
 //   - clients: AddClient, ReissueClients, RetireClient (a pair per
 //     application client, moved aside, never deleted);
 //   - CA rotation: NextRotationStep and RotationStep.Write, one phase at a

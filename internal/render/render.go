@@ -199,6 +199,10 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 	if err != nil {
 		return nil, nil, err
 	}
+	dash, err := Dashboard(c)
+	if err != nil {
+		return nil, nil, err
+	}
 	kubeadm, err := KubeadmConfig(c)
 	if err != nil {
 		return nil, nil, err
@@ -210,6 +214,7 @@ func Files(c *spec.Cluster, dir outdir.Layout) ([]outdir.File, *pki.Set, error) 
 	files = append(files,
 		outdir.File{Path: rel(dir.Prometheus()), Data: prom, Mode: 0o644},
 		outdir.File{Path: RulesFile, Data: rules, Mode: 0o644},
+		outdir.File{Path: rel(dir.Dashboard()), Data: dash, Mode: 0o644},
 		outdir.File{Path: filepath.Join(KubeDir, KubeCA), Data: set.CACert, Mode: 0o644},
 		outdir.File{Path: filepath.Join(KubeDir, KubeadmFile), Data: kubeadm, Mode: 0o644},
 		outdir.File{Path: filepath.Join(KubeDir, K3sFile), Data: k3s, Mode: 0o644})
@@ -265,6 +270,11 @@ func EtcdctlEnv(c *spec.Cluster, dir outdir.Layout, ep Endpoint) []byte {
 // NodeJob is the Prometheus job of the appliance's own metrics.
 const NodeJob = "etcdimg"
 
+// scrapeIntervalSeconds is prometheus.yml's scrape interval, the
+// runbook's 10 s; the mixin's rate windows and the dashboard's
+// $__rate_interval follow it.
+const scrapeIntervalSeconds = 10
+
 // Prometheus is prometheus.yml: the runbook's 10 s scrape of every
 // member's plain-HTTP metrics port, one static target per member, and
 // the same of the appliance's own metrics port (job NodeJob). With
@@ -293,7 +303,7 @@ func Prometheus(c *spec.Cluster, ep Endpoint, dir outdir.Layout) ([]byte, error)
 		RuleFiles     []string       `yaml:"rule_files"`
 		ScrapeConfigs []scrapeConfig `yaml:"scrape_configs"`
 	}{RuleFiles: []string{RulesFile}}
-	doc.Global.ScrapeInterval = "10s"
+	doc.Global.ScrapeInterval = strconv.Itoa(scrapeIntervalSeconds) + "s"
 	// etcd's own metrics, and the appliance's (backups, certificates).
 	for _, j := range []struct {
 		name string

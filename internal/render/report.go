@@ -38,7 +38,7 @@ func (r *Result) Report(w io.Writer, c *spec.Cluster, dir outdir.Layout, from st
 	if c.Metrics.TLS {
 		scrape = "mTLS with " + dir.PKIFile(pki.PrometheusCert)
 	}
-	fmt.Fprintf(w, "metrics  %s (%s; alert rules in %s)\n", dir.Prometheus(), scrape, RulesFile)
+	fmt.Fprintf(w, "metrics  %s (%s; alert rules in %s, Grafana dashboard in %s)\n", dir.Prometheus(), scrape, RulesFile, DashboardFile)
 	fmt.Fprintf(w, "k8s      %s (%s for kubeadm, %s for k3s/RKE2; the API server's certificate may use /registry/ only)\n", filepath.Join(dir.Dir(), KubeDir), KubeadmFile, K3sFile)
 	if len(r.Retired) > 0 {
 		fmt.Fprintf(w, "retired  %s: members no longer in the spec, moved under %s/ (their data disks are left where they are)\n", strings.Join(r.Retired, ", "), filepath.Join(dir.Dir(), RetiredDir))
