@@ -203,11 +203,6 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string, clusterID uint64) []
 		// member's name. The admin's (CN root) and every client's, from
 		// the same CA, are refused there.
 		{"ETCD_PEER_CERT_ALLOWED_CN", strings.Join(c.Names(), ",")},
-		// A member whose data differs from its peers' never serves: it
-		// compares its hash with theirs before it serves anything, and
-		// the leader compares the followers' hashes after each
-		// compaction (raising etcd's CORRUPT alarm on a mismatch).
-		{"ETCD_FEATURE_GATES", EtcdFeatureGates},
 	}
 	if clusterID != 0 {
 		kv = append(kv, [2]string{ign.ClusterIDVar, strconv.FormatUint(clusterID, 16)})
@@ -229,11 +224,6 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string, clusterID uint64) []
 	}
 	return b.Bytes()
 }
-
-// EtcdFeatureGates is ETCD_FEATURE_GATES, etcd's --feature-gates: the
-// corruption checks that etcd v3.7 ships off (alpha), InitialCorruptCheck
-// and CompactHashCheck.
-const EtcdFeatureGates = "CompactHashCheck=true,InitialCorruptCheck=true"
 
 // InitialCluster is ETCD_INITIAL_CLUSTER: every member of the spec as
 // name=https://IP:peer-port, in spec order.

@@ -165,7 +165,6 @@ func TestEtcdConf(t *testing.T) {
 		`ETCD_PEER_CLIENT_CERT_AUTH="true"`,
 		`ETCD_PEER_TRUSTED_CA_FILE="/etc/etcd/cert/etcd-ca.pem"`,
 		`ETCD_TLS_MIN_VERSION="TLS1.2"`,
-		`ETCD_FEATURE_GATES="CompactHashCheck=true,InitialCorruptCheck=true"`,
 		`ETCDIMG_SLOT_GOOD_AFTER="30s"`,
 		`ETCDIMG_SLOT_TRIAL_TIMEOUT="10m0s"`,
 		`ETCDIMG_SLOT_TRIES="3"`,
