@@ -44,9 +44,9 @@ func (a Alarm) Remedy() string {
 	case a.Type == etcdserverpb.AlarmType_NOSPACE:
 		return "the database reached its quota and the cluster takes no writes: delete keys, then `etcdimg defrag --compact` and `etcdimg alarms --disarm`; if live data alone fills the quota, grow the data disk"
 	case a.Type == etcdserverpb.AlarmType_CORRUPT && a.ID == 0:
-		return "etcd found members whose data differ with no majority agreeing, so it cannot tell which are damaged, and the cluster serves no reads or writes: restore the cluster from a verified backup (`etcdimg restore`)"
+		return "etcd found members whose data differ with no majority agreeing, so it cannot tell which are damaged, and the cluster takes no writes (it still serves reads): restore the cluster from a verified backup (`etcdimg restore`)"
 	case a.Type == etcdserverpb.AlarmType_CORRUPT && a.Listed:
-		return fmt.Sprintf("its data differs from its peers' and the cluster serves no reads or writes: `etcdimg replace %s` heals it from its peers, then `etcdimg alarms --disarm`", a.Member)
+		return fmt.Sprintf("its data differs from its peers' and the cluster takes no writes (it still serves reads, from %s too); etcd refuses the lease the cluster's operation lock needs while the alarm stands, so disarm it by hand (`etcdimg etcdctl -- alarm disarm`) and at once `etcdimg replace %s` to heal it from its peers", a.Member, a.Member)
 	case a.Type == etcdserverpb.AlarmType_CORRUPT:
 		return "raised by a member that is no longer in the cluster: `etcdimg alarms --disarm` clears it"
 	}
@@ -167,7 +167,7 @@ func disarmable(alarms []Alarm, sts []MemberStatus) error {
 			if a.ID == 0 {
 				why = append(why, "members' data differ with no majority agreeing (CORRUPT for the whole cluster): restore the cluster from a verified backup (`etcdimg restore`)")
 			} else if a.Listed {
-				why = append(why, fmt.Sprintf("%s's data differs from its peers' (CORRUPT): `etcdimg replace %s` heals it from them", a.Member, a.Member))
+				why = append(why, fmt.Sprintf("%s's data differs from its peers' (CORRUPT): disarm it by hand (`etcdimg etcdctl -- alarm disarm`) and at once `etcdimg replace %s` to heal it from them", a.Member, a.Member))
 			}
 		default:
 			why = append(why, fmt.Sprintf("%s: etcdimg does not know when that alarm's cause is gone; if you do, `etcdimg etcdctl -- alarm disarm`", a))
