@@ -297,17 +297,30 @@ func (e *Etcd) Defragment(ctx context.Context, o DefragOptions) ([]DefragResult,
 		op += " " + strings.Join(o.Only, " ")
 	}
 	start := time.Now()
-	lock, err := e.LockOperation(ctx, op)
-	switch {
-	case errors.Is(err, rpctypes.ErrNoSpace):
-		if err := e.lockFree(ctx); err != nil {
-			return nil, fmt.Errorf("defrag: %w", err)
+	// take takes the operation lock; while NOSPACE refuses the lease it
+	// needs (a write), it checks nobody holds it instead, and leaves lock
+	// nil, to be taken before the next member once it can be: an alarm
+	// disarmed half way would otherwise let another operation start
+	// beside this one.
+	var lock *OperationLock
+	defer func() {
+		if lock != nil {
+			lock.Release()
 		}
-		say("the database is full (NOSPACE): no operation can take the cluster's lock while it lasts, nor this one; going on without it", start)
-	case err != nil:
+	}()
+	take := func() error {
+		l, err := e.LockOperation(ctx, op)
+		if errors.Is(err, rpctypes.ErrNoSpace) {
+			return e.lockFree(ctx)
+		}
+		lock = l
+		return err
+	}
+	if err := take(); err != nil {
 		return nil, fmt.Errorf("defrag: %w", err)
-	default:
-		defer lock.Release()
+	}
+	if lock == nil {
+		say("the database is full (NOSPACE): no operation can take the cluster's lock while it lasts, nor this one; going on without it", start)
 	}
 	snap, err := e.healthy(ctx, members, 0)
 	if err != nil {
@@ -340,6 +353,8 @@ func (e *Etcd) Defragment(ctx context.Context, o DefragOptions) ([]DefragResult,
 			if err := lock.Held(ctx); err != nil {
 				return stop(err)
 			}
+		} else if err := take(); err != nil {
+			return stop(err)
 		}
 		if i > 0 {
 			if snap, err = e.healthy(ctx, members, defragSettle); err != nil {

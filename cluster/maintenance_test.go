@@ -399,3 +399,67 @@ func TestDefragIsRefusedBeforeAnyMember(t *testing.T) {
 		})
 	}
 }
+
+// TestDefragUnderNoSpaceTakesTheLockOnceItCan: under NOSPACE defrag goes
+// on without the operation lock (a lease is a write); once the alarm is
+// disarmed half way (etcd-1's small quota was the only one full), another
+// operation could take the lock and run beside it. Defrag now takes the
+// lock before each next member, and stops, naming the holder, when
+// another operation got it first. It went on before (audit D3).
+func TestDefragUnderNoSpaceTakesTheLockOnceItCan(t *testing.T) {
+	const quota = 2 << 20
+	e := members(t, 3, func(c *embed.Config) {
+		if c.Name == "etcd-1" {
+			c.QuotaBackendBytes = quota
+		}
+	})
+	ctx := context.Background()
+	snap, err := e.Observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leader, ok := snap.Leader(); !ok {
+		t.Fatal("no leader")
+	} else if leader.Name != "etcd-2" {
+		if err := e.MoveLeader(ctx, leader.URL, snap.Status["etcd-2"].ID); err != nil {
+			t.Fatalf("move the leadership to etcd-2: %v", err)
+		}
+	}
+	cli, err := e.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	value := strings.Repeat("x", 64<<10)
+	var full error
+	for i := 0; i < 1000 && full == nil; i++ {
+		_, full = cli.Put(ctx, fmt.Sprintf("/fill/%04d", i), value)
+	}
+	if !errors.Is(full, rpctypes.ErrNoSpace) {
+		t.Fatalf("filling etcd-1's %d-byte quota: %v", quota, full)
+	}
+	if _, err := cli.Delete(ctx, "/fill/", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	var said steps
+	var other *OperationLock
+	var otherErr error
+	say := func(step string, d time.Duration) {
+		said.say(step, d)
+		if strings.HasPrefix(step, "etcd-1 defragmented") {
+			if _, err := e.Disarm(ctx); err != nil {
+				t.Errorf("disarm after etcd-1: %v", err)
+			}
+			other, otherErr = e.LockOperation(ctx, "roll")
+		}
+	}
+	done, err := e.Defragment(ctx, DefragOptions{Compact: true, Say: say})
+	t.Logf("%s", strings.Join(said, "\n"))
+	if otherErr != nil {
+		t.Fatalf("the other operation: %v", otherErr)
+	}
+	defer other.Release()
+	if err == nil || !strings.Contains(err.Error(), "roll") || len(done) != 1 || done[0].Member != "etcd-1" {
+		t.Fatalf("defrag beside an operation that took the lock: %v, %+v", err, done)
+	}
+}
