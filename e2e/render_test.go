@@ -136,7 +136,7 @@ func TestRenderWritesTheOutputDirectory(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("rerun: exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 29 unchanged") {
+	if !strings.Contains(stdout, "etcdimg-out/etcdimg.yaml") || !strings.Contains(stdout, "0 written, 30 unchanged") {
 		t.Errorf("rerun output:\n%s", stdout)
 	}
 	after := tree(t, out)
