@@ -215,14 +215,7 @@ func TestNoSpaceIsNamedRefusedThenRecovered(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	value := strings.Repeat("x", 64<<10)
-	var full error
-	for i := 0; i < 1000 && full == nil; i++ {
-		_, full = cli.Put(ctx, fmt.Sprintf("/fill/%04d", i), value)
-	}
-	if !errors.Is(full, rpctypes.ErrNoSpace) || !strings.Contains(full.Error(), "database space exceeded") {
-		t.Fatalf("filling a %d-byte quota: %v", quota, full)
-	}
+	fillToNoSpace(t, cli, quota)
 	var alarms []Alarm
 	for deadline := time.Now().Add(10 * time.Second); len(alarms) == 0; time.Sleep(100 * time.Millisecond) {
 		if alarms, err = e.Alarms(ctx); err != nil || time.Now().After(deadline) {
@@ -299,19 +292,7 @@ func TestNoSpaceIsNamedRefusedThenRecovered(t *testing.T) {
 func TestDefragGoesLeaderLast(t *testing.T) {
 	e := members(t, 3, nil)
 	ctx := context.Background()
-	snap, err := e.Observe(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leader, ok := snap.Leader()
-	if !ok {
-		t.Fatal("no leader")
-	}
-	if leader.Name != "etcd-2" {
-		if err := e.MoveLeader(ctx, leader.URL, snap.Status["etcd-2"].ID); err != nil {
-			t.Fatalf("move the leadership to etcd-2: %v", err)
-		}
-	}
+	leadBy(t, e, "etcd-2")
 	cli, err := e.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -414,30 +395,13 @@ func TestDefragUnderNoSpaceTakesTheLockOnceItCan(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	snap, err := e.Observe(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if leader, ok := snap.Leader(); !ok {
-		t.Fatal("no leader")
-	} else if leader.Name != "etcd-2" {
-		if err := e.MoveLeader(ctx, leader.URL, snap.Status["etcd-2"].ID); err != nil {
-			t.Fatalf("move the leadership to etcd-2: %v", err)
-		}
-	}
+	leadBy(t, e, "etcd-2")
 	cli, err := e.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	value := strings.Repeat("x", 64<<10)
-	var full error
-	for i := 0; i < 1000 && full == nil; i++ {
-		_, full = cli.Put(ctx, fmt.Sprintf("/fill/%04d", i), value)
-	}
-	if !errors.Is(full, rpctypes.ErrNoSpace) {
-		t.Fatalf("filling etcd-1's %d-byte quota: %v", quota, full)
-	}
+	fillToNoSpace(t, cli, quota)
 	if _, err := cli.Delete(ctx, "/fill/", clientv3.WithPrefix()); err != nil {
 		t.Fatal(err)
 	}
@@ -461,5 +425,39 @@ func TestDefragUnderNoSpaceTakesTheLockOnceItCan(t *testing.T) {
 	defer other.Release()
 	if err == nil || !strings.Contains(err.Error(), "roll") || len(done) != 1 || done[0].Member != "etcd-1" {
 		t.Fatalf("defrag beside an operation that took the lock: %v, %+v", err, done)
+	}
+}
+
+// leadBy moves the cluster's leadership to member name, if another
+// member leads.
+func leadBy(t *testing.T, e *Etcd, name string) {
+	t.Helper()
+	ctx := context.Background()
+	snap, err := e.Observe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader, ok := snap.Leader()
+	if !ok {
+		t.Fatal("no leader")
+	}
+	if leader.Name != name {
+		if err := e.MoveLeader(ctx, leader.URL, snap.Status[name].ID); err != nil {
+			t.Fatalf("move the leadership to %s: %v", name, err)
+		}
+	}
+}
+
+// fillToNoSpace writes 64 KiB values under /fill/ until etcd answers
+// "database space exceeded" (a quota of quota bytes).
+func fillToNoSpace(t *testing.T, cli *clientv3.Client, quota int) {
+	t.Helper()
+	value := strings.Repeat("x", 64<<10)
+	var full error
+	for i := 0; i < 1000 && full == nil; i++ {
+		_, full = cli.Put(context.Background(), fmt.Sprintf("/fill/%04d", i), value)
+	}
+	if !errors.Is(full, rpctypes.ErrNoSpace) || !strings.Contains(full.Error(), "database space exceeded") {
+		t.Fatalf("filling a %d-byte quota: %v", quota, full)
 	}
 }
