@@ -34,9 +34,11 @@ type state struct {
 	me       *join.Self
 	// formatted is set when this boot formatted the data disk.
 	formatted bool
-	hasData   bool
-	owner     datadisk.Marker
-	plan      *join.Plan
+	// grew is set when this boot grew the data disk's file system.
+	grew    bool
+	hasData bool
+	owner   datadisk.Marker
+	plan    *join.Plan
 	// slotTiming is the member's config, for the trial's settings.
 	slotTiming *ign.Member
 }
@@ -88,6 +90,9 @@ var bootSteps = []bootStep{
 	{name: "serve node API", run: serveNodeAPI},
 	{name: "prepare data disk", run: prepareDataDisk},
 	{name: "check data disk", run: checkDataDisk},
+	// A data disk enlarged while the member was off: its file system
+	// grows to fill it, and the quota (decide cluster state) with it.
+	{name: "grow data disk", quiet: true, run: growDataDisk},
 	{name: "decide cluster state", run: decideClusterState},
 	// Each unit's start is a line of its own: "start etcd.service".
 	{name: "start units", quiet: true, run: startUnits},
@@ -248,6 +253,17 @@ func checkDataDisk(st *state) (string, error) {
 	return detail, nil
 }
 
+// growDataDisk grows the claimed data disk's file system when the disk
+// was enlarged, and says so.
+func growDataDisk(st *state) (string, error) {
+	said, err := datadisk.Grow(st.n.dataDev, layout.DataMount)
+	if said != "" {
+		logf("%s", said)
+		st.grew = true
+	}
+	return said, err
+}
+
 func decideClusterState(st *state) (string, error) {
 	var err error
 	if st.plan, err = st.me.Decide(st.n.ctx, st.hasData); err != nil {
@@ -257,6 +273,8 @@ func decideClusterState(st *state) (string, error) {
 	if quota, total, err := datadisk.FitQuota(layout.DataMount, st.me.Quota); err == nil && quota < st.me.Quota {
 		env = append(env, fmt.Sprintf("ETCD_QUOTA_BACKEND_BYTES=%d", quota))
 		logf("backend quota %d MiB lowered to %d MiB: the data disk holds %d MiB, and keeps %d MiB for the WAL and snapshots", st.me.Quota>>20, quota>>20, total>>20, datadisk.QuotaReserve>>20)
+	} else if err == nil && st.grew {
+		logf("backend quota %d MiB, the spec's, now that the data disk holds %d MiB", quota>>20, total>>20)
 	}
 	if len(env) > 0 {
 		if err := writeRuntimeEnv(env); err != nil {

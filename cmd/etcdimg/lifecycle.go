@@ -20,7 +20,12 @@ func stopCmd(a *app) *cobra.Command {
 }
 
 func startCmd(a *app) *cobra.Command {
-	return memberCmd(a, "start NAME", "Boot one stopped member from its image and data disk", local.StartMember)
+	var size spec.Size
+	c := memberCmd(a, "start NAME", "Boot one stopped member from its image and data disk", func(dir outdir.Layout, name string) (string, error) {
+		return local.StartMember(dir, name, size)
+	})
+	c.Flags().Var(&size, "data-size", "grow the member's data disk to this size first (sparse; never shrinks); the member grows its file system and backend quota into it at boot")
+	return c
 }
 
 // memberCmd is a command on one member of the local cluster.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"etcdimg/internal/layout"
+	"etcdimg/internal/spec"
 	"etcdimg/testvm"
 )
 
@@ -308,6 +309,32 @@ func (st *State) Start(name string) error {
 		}
 	}
 	return st.boot(m)
+}
+
+// GrowDataDisk enlarges stopped member name's data disk to size bytes
+// (sparse: the new space costs nothing until written); the member grows
+// its file system and its quota into it when it boots. A disk is never
+// shrunk: a size not larger than the disk's is refused, and nothing
+// changes. The caller holds the lock.
+func (st *State) GrowDataDisk(name string, size int64) (string, error) {
+	m, err := st.Member(name)
+	if err != nil {
+		return "", err
+	}
+	if m.Running() {
+		return "", fmt.Errorf("--data-size: %s is running (pid %d); `etcdimg stop %s` first", name, m.QEMU.PID, name)
+	}
+	fi, err := os.Stat(m.DataDisk)
+	if err != nil {
+		return "", fmt.Errorf("--data-size: %s's data disk: %w", name, err)
+	}
+	if size <= fi.Size() {
+		return "", fmt.Errorf("--data-size %s: %s's data disk is %s already; a data disk only grows, pass a larger size", spec.Size(size), name, spec.Size(fi.Size()))
+	}
+	if err := os.Truncate(m.DataDisk, size); err != nil {
+		return "", fmt.Errorf("--data-size: grow %s: %w", m.DataDisk, err)
+	}
+	return fmt.Sprintf("%s: data disk %s grown from %s to %s; the member grows its file system and quota into it at boot", name, m.DataDisk, spec.Size(fi.Size()), spec.Size(size)), nil
 }
 
 // SetImage makes member name boot from image from its next start.

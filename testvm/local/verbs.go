@@ -64,14 +64,23 @@ func StopMember(dir outdir.Layout, name string) (string, error) {
 }
 
 // StartMember boots stopped member name from its OS disk as it is and
-// its data disk, and returns the line that says so.
-func StartMember(dir outdir.Layout, name string) (string, error) {
+// its data disk, first grown to dataSize when that is not 0 (GrowDataDisk),
+// and returns the lines that say so.
+func StartMember(dir outdir.Layout, name string, dataSize spec.Size) (string, error) {
 	return onMember(dir, "start", func(st *State) (string, error) {
+		grew := ""
+		if dataSize != 0 {
+			line, err := st.GrowDataDisk(name, int64(dataSize))
+			if err != nil {
+				return "", err
+			}
+			grew = line + "\n"
+		}
 		if err := st.Start(name); err != nil {
 			return "", err
 		}
 		m, _ := st.Member(name)
-		return fmt.Sprintf("%s: booting %s (pid %d), console %s", m.Name, m.OSDisk, m.QEMU.PID, m.Console), nil
+		return fmt.Sprintf("%s%s: booting %s (pid %d), console %s", grew, m.Name, m.OSDisk, m.QEMU.PID, m.Console), nil
 	})
 }
 

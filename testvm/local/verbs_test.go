@@ -2,11 +2,13 @@ package local
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"etcdimg/internal/outdir"
 	"etcdimg/internal/spec"
+	"etcdimg/testvm"
 )
 
 // TestVerbsWithNoClusterUnderUp: status says how to start the cluster
@@ -23,7 +25,7 @@ func TestVerbsWithNoClusterUnderUp(t *testing.T) {
 	if err := PowerOff(&w, &w, dir); err != nil || w.String() != "no cluster is running from "+dir.Dir()+"\n" {
 		t.Errorf("down: %v, said %q", err, w.String())
 	}
-	for verb, do := range map[string]func(outdir.Layout, string) (string, error){"stop": StopMember, "start": StartMember} {
+	for verb, do := range map[string]func(outdir.Layout, string) (string, error){"stop": StopMember, "start": func(d outdir.Layout, n string) (string, error) { return StartMember(d, n, 0) }} {
 		_, err := do(dir, "etcd-1")
 		if want := verb + ": no cluster runs here under `etcdimg up`; on real machines, power the member with your platform's tools"; err == nil || err.Error() != want {
 			t.Errorf("%s: %v, want %q", verb, err, want)
@@ -64,7 +66,7 @@ func TestStartingAnUnknownMemberReleasesTheLock(t *testing.T) {
 	if err := st.save(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := StartMember(dir, "etcd-9"); err == nil {
+	if _, err := StartMember(dir, "etcd-9", 0); err == nil {
 		t.Fatal("started a member the cluster does not have")
 	}
 	lock, err := LockDir(dir)
@@ -72,4 +74,48 @@ func TestStartingAnUnknownMemberReleasesTheLock(t *testing.T) {
 		t.Fatalf("the lock was kept: %v", err)
 	}
 	lock.Unlock()
+}
+
+// TestGrowDataDiskOnlyGrows: a stopped member's data disk grows, sparse,
+// to the size asked; a size not larger is refused naming the flag and
+// the disk's size, and a running member's disk is refused; neither
+// changes the disk.
+func TestGrowDataDiskOnlyGrows(t *testing.T) {
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "etcd-1-data.img")
+	if err := os.WriteFile(disk, []byte("ext4"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(disk, 1<<30)
+	st := &State{RunDir: dir, Members: []MemberState{{Name: "etcd-1", DataDisk: disk}}}
+	for _, tc := range []struct {
+		size int64
+		want string
+	}{
+		{512 << 20, "--data-size 512MiB: etcd-1's data disk is 1GiB already; a data disk only grows, pass a larger size"},
+		{1 << 30, "--data-size 1GiB: etcd-1's data disk is 1GiB already"},
+	} {
+		if _, err := st.GrowDataDisk("etcd-1", tc.size); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("GrowDataDisk(%d): %v, want %q", tc.size, err, tc.want)
+		}
+	}
+	line, err := st.GrowDataDisk("etcd-1", 4<<30)
+	if err != nil || !strings.Contains(line, "grown from 1GiB to 4GiB") {
+		t.Fatalf("GrowDataDisk(4GiB): %q, %v", line, err)
+	}
+	if fi, _ := os.Stat(disk); fi.Size() != 4<<30 {
+		t.Errorf("disk is %d bytes", fi.Size())
+	}
+	if f, err := os.Open(disk); err == nil {
+		b := make([]byte, 4)
+		f.Read(b)
+		f.Close()
+		if string(b) != "ext4" {
+			t.Errorf("the disk's content changed: %q", b)
+		}
+	}
+	st.Members[0].QEMU = testvm.Process{PID: os.Getpid(), Args: os.Args}
+	if _, err := st.GrowDataDisk("etcd-1", 8<<30); err == nil || !strings.Contains(err.Error(), "is running") {
+		t.Errorf("GrowDataDisk of a running member: %v", err)
+	}
 }
