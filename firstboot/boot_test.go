@@ -173,7 +173,7 @@ func TestTheBootRunsItsStepsInOrder(t *testing.T) {
 		"configure network (platform)", "read config", "check units", "apply config", "set hostname",
 		"read network files", "check address", "report ready", "configure network",
 		"choose clock sources", "sync clock", "keep the clock", "read member identity", "serve node API",
-		"prepare data disk", "check data disk", "decide cluster state", "start units", "watch the trial",
+		"prepare data disk", "check data disk", "grow data disk", "decide cluster state", "start units", "watch the trial",
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("the boot's steps are\n%q\nwant\n%q", got, want)
