@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"etcdimg/cluster/health"
+	"etcdimg/internal/maintain"
 )
 
 // Etcd reaches the members' client ports with one client certificate.
@@ -66,6 +67,12 @@ type MemberStatus struct {
 	// quota (members lower theirs to fit small data disks), in bytes.
 	DBSize, DBSizeInUse, DBQuota int64
 	Err                          error
+}
+
+// DB is s as maintain's rules read it.
+func (s MemberStatus) DB() maintain.Member {
+	return maintain.Member{Name: s.Name, ID: s.ID, Leader: s.ID != 0 && s.Leader == s.ID, Learner: s.IsLearner, Applied: s.Applied,
+		DBSize: s.DBSize, InUse: s.DBSizeInUse, Quota: s.DBQuota, Err: s.Err}
 }
 
 // Statuses asks every endpoint for its status, in parallel, each within

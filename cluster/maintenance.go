@@ -21,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"etcdimg/cluster/health"
+	"etcdimg/internal/maintain"
 )
 
 // Alarm is one of the cluster's active alarms.
@@ -116,9 +117,9 @@ func (e *Etcd) AlarmsLine(ctx context.Context) string {
 }
 
 // DisarmBelowPercent is how full, at most, every member's database may be
-// (of its quota) for NOSPACE to be disarmed: a database at its quota
-// raises the alarm again with the next write.
-const DisarmBelowPercent = 90
+// (of its quota) for NOSPACE to be disarmed (maintain's rule, which the
+// members' own recovery follows too).
+const DisarmBelowPercent = maintain.DisarmBelowPercent
 
 // Disarm disarms the cluster's alarms once their cause is gone, all or
 // none: NOSPACE once every member's database is under DisarmBelowPercent
@@ -174,20 +175,19 @@ func disarmable(alarms []Alarm, sts []MemberStatus) error {
 		}
 	}
 	if nospace {
+		var db []maintain.Member
 		for _, st := range sts {
-			if st.Err != nil {
-				why = append(why, fmt.Sprintf("%s does not answer (%v), so its database's size is unknown: start it, or wait until it answers", st.Name, oneLine(st.Err)))
-				continue
-			}
-			limit := st.DBQuota / 100 * DisarmBelowPercent
-			if st.DBSize < limit {
-				continue
-			}
-			head := fmt.Sprintf("%s's database is %s, over %d%% of its %s quota", st.Name, HumanSize(st.DBSize), DisarmBelowPercent, HumanSize(st.DBQuota))
-			if st.DBSizeInUse < limit {
-				why = append(why, fmt.Sprintf("%s, with %s in use: `etcdimg defrag %s` gives the rest back", head, HumanSize(st.DBSizeInUse), st.Name))
-			} else {
-				why = append(why, fmt.Sprintf("%s, and %s of it is in use (history included): delete keys, then `etcdimg defrag --compact`, or grow the data disk", head, HumanSize(st.DBSizeInUse)))
+			db = append(db, st.DB())
+		}
+		for _, b := range maintain.NoSpaceBlockers(db) {
+			head := fmt.Sprintf("%s's database is %s, over %d%% of its %s quota", b.Name, HumanSize(b.DBSize), DisarmBelowPercent, HumanSize(b.Quota))
+			switch b.Kind {
+			case maintain.Unknown:
+				why = append(why, fmt.Sprintf("%s does not answer (%v), so its database's size is unknown: start it, or wait until it answers", b.Name, oneLine(b.Err)))
+			case maintain.FreePages:
+				why = append(why, fmt.Sprintf("%s, with %s in use: `etcdimg defrag %s` gives the rest back", head, HumanSize(b.InUse), b.Name))
+			case maintain.LiveData:
+				why = append(why, fmt.Sprintf("%s, and %s of it is in use (history included): delete keys, then `etcdimg defrag --compact`, or grow the data disk", head, HumanSize(b.InUse)))
 			}
 		}
 	}
@@ -201,17 +201,7 @@ func disarmable(alarms []Alarm, sts []MemberStatus) error {
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
 
 // HumanSize is n bytes in B, KiB, MiB or GiB.
-func HumanSize(n int64) string {
-	switch {
-	case n < 1<<10:
-		return fmt.Sprintf("%d B", n)
-	case n < 1<<20:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	case n < 1<<30:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	}
-	return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-}
+func HumanSize(n int64) string { return maintain.Human(n) }
 
 // DefragOptions say which members Defragment takes, and how.
 type DefragOptions struct {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"etcdimg/internal/layout"
 )
 
 // OperationLockKey holds the cluster's one operation lock: the key of
@@ -18,7 +20,7 @@ import (
 // that operator keeps alive. A second operator, from any machine and any
 // copy of the output directory, is refused; an operator that crashed
 // lets go when its lease expires.
-const OperationLockKey = "/etcdimg/operation/lock"
+const OperationLockKey = layout.OperationLockKey
 
 // operationLockTTL is the lease's TTL, in seconds: how long a crashed
 // operator's lock outlives it.

@@ -294,6 +294,9 @@ func BackupConfig(c *spec.Cluster, o Options) ign.BackupConfig {
 		Retain:          c.Backup.Retain,
 		MaxAgeSeconds:   int64(c.Backup.MaxAge.D().Seconds()),
 	}
+	if m := c.Maintenance; m.Check != 0 {
+		b.Maintenance = &ign.Maintenance{CheckSeconds: int64(m.Check.D().Seconds()), DefragFreePercent: m.DefragFreePercent}
+	}
 	if s3 := c.Backup.S3; s3 != nil {
 		b.S3 = &ign.S3Target{Endpoint: s3.Endpoint, Bucket: s3.Bucket, Prefix: s3.Prefix, Region: s3.Region, CA: len(o.S3CA) > 0}
 	}

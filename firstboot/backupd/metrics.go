@@ -99,6 +99,9 @@ func (s *Service) WriteMetrics(w io.Writer, certs Certificates) {
 	fmt.Fprintf(w, "# HELP %[1]s %[2]s\n# TYPE %[1]s counter\n%[1]s %[3]d\n", "etcdimg_backup_future_records_total",
 		"Backup records this member found dated after its own clock (beyond a 5-minute skew); each was ignored and a backup taken.", s.metrics.futureRecords)
 	writeSlotMetrics(w, s.SlotStatus)
+	if s.Maintenance != nil {
+		s.Maintenance.WriteMetrics(w)
+	}
 	var names []string
 	for n := range certs {
 		names = append(names, n)

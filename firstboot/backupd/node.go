@@ -21,9 +21,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"etcdimg/firstboot/maintd"
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/backup"
 	"etcdimg/internal/layout"
+	"etcdimg/internal/maintain"
 )
 
 // Main is the etcd-backup program inside the appliance: the service for
@@ -68,6 +70,10 @@ func run() error {
 		where += " and " + s.S3.Where()
 	}
 	s.Log("backup: every %s for the cluster, keeping %d, to %s; metrics on :%d, backups over mTLS on :%d", time.Duration(s.Config.IntervalSeconds)*time.Second, s.Config.Retain, where, layout.NodeMetricsPort, layout.BackupPort)
+	if m := s.Maintenance; m != nil {
+		s.Log("maintenance: every %s, defragmentation at %d%% of the quota free, NOSPACE recovery", m.Check, m.Policy.FreePercent)
+		go m.Run(ctx)
+	}
 	return s.Run(ctx)
 }
 
@@ -113,6 +119,18 @@ func Load(root string) (*Service, *tls.Config, string, error) {
 		Readers:    Readers(me.Names),
 		SlotStatus: filepath.Join(root, layout.SlotStatusPath),
 		Log:        func(f string, a ...any) { fmt.Printf(f+"\n", a...) },
+	}
+	if m := cfg.Maintenance; m != nil && m.CheckSeconds > 0 {
+		interval := time.Duration(cfg.IntervalSeconds) * time.Second
+		s.Maintenance = &maintd.Service{
+			Member: s.Member, Endpoint: s.Endpoint, Client: s.Client,
+			Policy: maintain.Policy{FreePercent: m.DefragFreePercent},
+			Check:  time.Duration(m.CheckSeconds) * time.Second,
+			// Two intervals: the backup before last may be late by a
+			// tick, and a defragmentation should not wait on that.
+			BackupWithin: 2*interval + backup.MaxSkew,
+			Log:          s.Log,
+		}
 	}
 	if cfg.S3 != nil {
 		creds, err := os.ReadFile(filepath.Join(root, layout.S3CredentialsPath))

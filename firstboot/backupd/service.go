@@ -46,6 +46,7 @@ import (
 	csnap "go.etcd.io/etcd/client/v3/snapshot"
 	"go.uber.org/zap"
 
+	"etcdimg/firstboot/maintd"
 	"etcdimg/ignition/ign"
 	"etcdimg/internal/backup"
 	"etcdimg/internal/snapshot"
@@ -100,7 +101,10 @@ type Service struct {
 	// SlotStatus is PID 1's record of the boot slots
 	// (layout.SlotStatusPath), which the metrics report; "" for none.
 	SlotStatus string
-	Log        func(format string, args ...any)
+	// Maintenance is the member's own care of its database, run beside
+	// the backups; its metrics are served with theirs. nil: none.
+	Maintenance *maintd.Service
+	Log         func(format string, args ...any)
 
 	// clock is the member's clock (nil: time.Now).
 	clock func() time.Time

@@ -150,6 +150,16 @@ type BackupConfig struct {
 	Retain          int       `json:"retain"`
 	MaxAgeSeconds   int64     `json:"maxAgeSeconds,omitempty"`
 	S3              *S3Target `json:"s3,omitempty"`
+	// Maintenance is the members' own care of their databases; nil or
+	// CheckSeconds 0: none.
+	Maintenance *Maintenance `json:"maintenance,omitempty"`
+}
+
+// Maintenance is spec.Maintenance for the member's backup service, which
+// runs it.
+type Maintenance struct {
+	CheckSeconds      int64 `json:"checkSeconds"`
+	DefragFreePercent int   `json:"defragFreePercent"`
 }
 
 // S3Target is where backups are uploaded.

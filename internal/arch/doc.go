@@ -6,7 +6,7 @@
 //   - The image's code (cmd/etcdnode, cmd/etcdinit, firstboot/...) reaches,
 //     directly or through any library, only its own tree and what the
 //     builder and the appliance share (ignition/ign, internal/layout,
-//     input, snapshot, authz, backup): never pki, image, ignition itself,
+//     input, snapshot, authz, backup, slot, maintain): never pki, image, ignition itself,
 //     cluster, testvm, cmd/etcdimg, internal/spec, render, restore, outdir,
 //     nor the host's libraries (the YAML parser, cfssl, Butane, the cpio
 //     writer). The graph is the one the node binary is built from
@@ -39,6 +39,7 @@ var Rank = []struct {
 	{"etcdimg/internal/snapshot", 1},
 	{"etcdimg/internal/authz", 1},
 	{"etcdimg/internal/slot", 1},
+	{"etcdimg/internal/maintain", 1},
 	{"etcdimg/internal/outdir", 1},
 	{"etcdimg/ignition/ign", 1},
 	{"etcdimg/image/deb", 1},

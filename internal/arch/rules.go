@@ -19,7 +19,7 @@ var imageMayReach = []string{
 	"etcdimg/firstboot", "etcdimg/cmd/etcdnode", "etcdimg/cmd/etcdinit",
 	"etcdimg/ignition/ign", "etcdimg/internal/layout", "etcdimg/internal/input",
 	"etcdimg/internal/snapshot", "etcdimg/internal/authz", "etcdimg/internal/backup",
-	"etcdimg/internal/slot",
+	"etcdimg/internal/slot", "etcdimg/internal/maintain",
 }
 
 // hostLibraries are outside libraries only the host uses: the spec's

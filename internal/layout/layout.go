@@ -193,3 +193,9 @@ const (
 	// ConsoleStopped starts the line of a boot that cannot go on.
 	ConsoleStopped = "BOOT STOPPED:"
 )
+
+// OperationLockKey holds the cluster's one operation lock (cluster's
+// OperationLock): the key of whichever operator's upgrade, replace, roll
+// or rotation is running. The members read it too: their scheduled
+// defragmentation waits while an operation holds the cluster.
+const OperationLockKey = "/etcdimg/operation/lock"

@@ -34,6 +34,9 @@ type Cluster struct {
 	PKI     PKI      `yaml:"pki"`
 	Metrics Metrics  `yaml:"metrics"`
 	Upgrade Upgrade  `yaml:"upgrade"`
+	// Maintenance is what the members do for their databases by
+	// themselves.
+	Maintenance Maintenance `yaml:"maintenance"`
 
 	// written holds the values as the spec file wrote them, by path,
 	// for errors (nil for a spec made in code).
@@ -63,6 +66,21 @@ type Upgrade struct {
 	// Tries is how many times a new slot is booted before the member
 	// falls back to the old one (1 to MaxUpgradeTries).
 	Tries int `yaml:"tries"`
+}
+
+// Maintenance sets the members' own care of their databases: scheduled
+// defragmentation, and recovery from the NOSPACE alarm.
+type Maintenance struct {
+	// Check is how often each member looks at the cluster's databases
+	// and alarms; 0 turns scheduled defragmentation and NOSPACE
+	// recovery off (`etcdimg defrag` and `etcdimg alarms --disarm`
+	// remain).
+	Check Duration `yaml:"check"`
+	// DefragFreePercent: a member whose free pages (the database file
+	// less what is in use) reach this share of its quota is
+	// defragmented, one member at a time under the backup lock, only
+	// while every member is healthy and a verified backup is recent.
+	DefragFreePercent int `yaml:"defragFreePercent"`
 }
 
 // MaxUpgradeTries bounds upgrade.tries: a slot that failed nine trial
@@ -180,7 +198,8 @@ func Default(n int) *Cluster {
 			// server's watch cache needs (its own compactor keeps 5 min).
 			AutoCompactionRetention: Duration(time.Hour),
 		},
-		Backup: Backup{Interval: Duration(time.Hour), Retain: 24},
+		Backup:      Backup{Interval: Duration(time.Hour), Retain: 24},
+		Maintenance: Maintenance{Check: Duration(time.Minute), DefragFreePercent: 20},
 		PKI: PKI{
 			KeyAlgorithm:  KeyECDSAP256,
 			CALifetime:    Duration(87600 * time.Hour),

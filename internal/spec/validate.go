@@ -113,6 +113,12 @@ func (c *Cluster) Validate() error {
 	if err := c.Etcd.validate(w); err != nil {
 		return err
 	}
+	if m := c.Maintenance; m.Check.D() < 0 || (m.Check != 0 && m.Check.D() < 10*time.Second) || m.Check.D()%time.Second != 0 {
+		return fmt.Errorf("spec: maintenance.check %s: write 0 (off) or a whole number of seconds from 10s, such as 1m", w.dur("maintenance.check", m.Check))
+	}
+	if p := c.Maintenance.DefragFreePercent; p < 1 || p > 90 {
+		return fmt.Errorf("spec: maintenance.defragFreePercent %d: write a share of the quota from 1 to 90 (default 20); a member is defragmented when that much of it is free pages", p)
+	}
 	if c.Backup.Interval.D() < time.Minute {
 		return fmt.Errorf("spec: backup.interval %s is under 1m; back up at most once a minute (e.g. 1h)", w.dur("backup.interval", c.Backup.Interval))
 	}
