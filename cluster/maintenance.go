@@ -219,6 +219,11 @@ type DefragOptions struct {
 	// Say reports each step: the compaction, each leadership moved, each
 	// member defragmented (DefragResult.String).
 	Say Say
+	// MembersRecover says the members recover from NOSPACE by themselves
+	// (the spec's maintenance.check): under the alarm, when no lock can
+	// be taken, Defragment then leaves it to them rather than defragment
+	// beside them in another order.
+	MembersRecover bool
 }
 
 // DefragResult is one member's defragmentation: its status before and
@@ -308,6 +313,9 @@ func (e *Etcd) Defragment(ctx context.Context, o DefragOptions) ([]DefragResult,
 	}
 	if err := take(); err != nil {
 		return nil, fmt.Errorf("defrag: %w", err)
+	}
+	if lock == nil && o.MembersRecover {
+		return nil, errors.New("defrag: refused, nothing defragmented: the database is full (NOSPACE), and the members recover from it by themselves (maintenance.check): they compact, defragment one at a time and disarm; `etcdimg alarms` shows each member's size; if live data fills the quota, delete keys or grow the data disks")
 	}
 	if lock == nil {
 		say("the database is full (NOSPACE): no operation can take the cluster's lock while it lasts, nor this one; going on without it", start)

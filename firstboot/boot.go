@@ -254,14 +254,19 @@ func checkDataDisk(st *state) (string, error) {
 }
 
 // growDataDisk grows the claimed data disk's file system when the disk
-// was enlarged, and says so.
+// was enlarged, and says so. A grow that fails leaves the file system as
+// it was (the kernel resizes in one step, journaled) and stops nothing:
+// the member boots at its old size and says why.
 func growDataDisk(st *state) (string, error) {
 	said, err := datadisk.Grow(st.n.dataDev, layout.DataMount)
-	if said != "" {
+	switch {
+	case err != nil:
+		logf("%v; booting with the data disk's file system at its old size", err)
+	case said != "":
 		logf("%s", said)
 		st.grew = true
 	}
-	return said, err
+	return said, nil
 }
 
 func decideClusterState(st *state) (string, error) {

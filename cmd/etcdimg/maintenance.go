@@ -86,9 +86,10 @@ func defragCmd(a *app) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "defrag [NAME...]",
 		Short: "Defragment every member (or those named) one at a time, health-checked, followers first and the leader last after its leadership moved, under the cluster's operation lock",
-		RunE: a.onEtcd(func(cmd *cobra.Command, args []string, _ *built, e *cluster.Etcd) error {
+		RunE: a.onEtcd(func(cmd *cobra.Command, args []string, b *built, e *cluster.Etcd) error {
 			out := cmd.OutOrStdout()
 			o.Only = args
+			o.MembersRecover = b.c.Maintenance.Check > 0
 			o.Say = func(step string, took time.Duration) { fmt.Fprintf(out, "%-100s %6.1fs\n", step, took.Seconds()) }
 			ctx, stop := interruptible()
 			defer stop()

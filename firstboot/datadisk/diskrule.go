@@ -271,7 +271,13 @@ func formatData(storage backend.Storage, size int64, in intent) error {
 		return err
 	}
 	fsSize := (size - intentSpace) / 4096 * 4096
-	if _, err := ext4.Create(d.Backend, fsSize, 0, d.LogicalBlocksize, &ext4.Params{VolumeName: layout.DataLabel, InodeRatio: dataInodeRatio}); err != nil {
+	// No resize inode: the one go-diskfs writes on small disks (1 KiB
+	// blocks) is not valid (e2fsck: "Resize inode not valid"), and the
+	// kernel refuses to grow through it; without one, the kernel's
+	// online resize converts to meta_bg as it grows (Grow).
+	params := &ext4.Params{VolumeName: layout.DataLabel, InodeRatio: dataInodeRatio,
+		Features: []ext4.FeatureOpt{ext4.WithFeatureReservedGDTBlocksForExpansion(false)}}
+	if _, err := ext4.Create(d.Backend, fsSize, 0, d.LogicalBlocksize, params); err != nil {
 		return err
 	}
 	return syncStorage(storage)
@@ -337,6 +343,9 @@ func Prepare(dir string, o Owner, window time.Duration) (dev, detail string, for
 				err = fmt.Errorf("%w: not provably blank, nor provably ours; not touching it", err)
 			} else {
 				content, err = inspect(wr, size)
+			}
+			if err == nil && content == contentOurs {
+				err = checkGeometry(r, size)
 			}
 			c.Close()
 			took := time.Since(start)

@@ -3,6 +3,7 @@ package datadisk
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"unsafe"
 
@@ -39,8 +40,14 @@ func fsGeometry(dev string) (blockSize, blocks int64, err error) {
 		return 0, 0, err
 	}
 	defer f.Close()
+	return geometryAt(f, dev)
+}
+
+// geometryAt reads the block size and block count of the ext4 file
+// system r holds (dev names it in errors).
+func geometryAt(r io.ReaderAt, dev string) (blockSize, blocks int64, err error) {
 	sb := make([]byte, 1024)
-	if _, err := f.ReadAt(sb, sbOffset); err != nil {
+	if _, err := r.ReadAt(sb, sbOffset); err != nil {
 		return 0, 0, fmt.Errorf("read the superblock: %w", err)
 	}
 	le := binary.LittleEndian
@@ -53,6 +60,39 @@ func fsGeometry(dev string) (blockSize, blocks int64, err error) {
 		blocks |= int64(le.Uint32(sb[sbBlocksCountHi:])) << 32
 	}
 	return blockSize, blocks, nil
+}
+
+// checkGeometry refuses a data disk r (size bytes) that is ours by its
+// label but does not fit what its file system says, before anything
+// mounts it: a disk smaller than its file system (a wrong or truncated
+// volume; the kernel would refuse it with "bad geometry"), or one
+// enlarged after a first format that did not finish (the record of that
+// format still lies just past the file system's end, where the disk's
+// end was).
+func checkGeometry(r io.ReaderAt, size int64) error {
+	bs, blocks, err := geometryAt(r, "the data disk")
+	if err != nil {
+		return err
+	}
+	end := blocks * bs
+	if size < end {
+		return fmt.Errorf("the disk is %d MiB, smaller than its %d MiB file system: attach the disk it was, or a larger one; nothing on it was changed", size>>20, end>>20)
+	}
+	if size-end < intentSpace+sampleSize {
+		return nil // the disk's end is where the format left it
+	}
+	b := make([]byte, 2*sampleSize)
+	if n, _ := r.ReadAt(b, end); n < len(b) {
+		return fmt.Errorf("reading %d bytes at byte %d, the file system's end: short read", len(b), end)
+	}
+	// The record sat at the old end less intentSpace, which the file
+	// system's end rounded down to 4 KiB, on a sector boundary.
+	for off := 0; off < sampleSize; off += 512 {
+		if in, ok := decodeIntent(b[off : off+sampleSize]); ok {
+			return fmt.Errorf("it carries a first-format record of %s/%s for a %d-byte disk at its file system's end, but is %d bytes: the first format did not finish before the disk was enlarged; not using it (attach a blank disk)", in.Cluster, in.Member, in.Size, size)
+		}
+	}
+	return nil
 }
 
 // Grow grows the ext4 file system on dev, mounted read-write on dir, to

@@ -122,3 +122,76 @@ func fsBytes(t *testing.T, dir string) int64 {
 	}
 	return int64(st.Blocks) * int64(st.Bsize)
 }
+
+// TestTheFirstFormatIsCleanAndGrowable: the appliance's own first
+// format, small disks (1 KiB blocks) and large (4 KiB), is clean for
+// e2fsck and carries no resize inode (go-diskfs's is invalid on small
+// disks, and the kernel would refuse to grow through it).
+func TestTheFirstFormatIsCleanAndGrowable(t *testing.T) {
+	for _, size := range []int64{256 << 20, 512 << 20, 513 << 20, 1 << 30} {
+		img := sparse(t, size)
+		if err := format(t, img); err != nil {
+			t.Fatal(err)
+		}
+		if err := ClearIntent(img); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
+			t.Errorf("%d MiB: e2fsck -fn: %v\n%s", size>>20, err, b)
+		}
+		b, err := exec.Command("dumpe2fs", "-h", img).Output()
+		if err != nil {
+			t.Fatalf("dumpe2fs: %v", err)
+		}
+		if strings.Contains(string(b), "resize_inode") {
+			t.Errorf("%d MiB: the file system has a resize inode", size>>20)
+		}
+	}
+}
+
+// TestCheckGeometry: a disk ours by its label is refused before it is
+// mounted when it is smaller than its file system, or when it was
+// enlarged after a first format that did not finish (that format's
+// record lies at the file system's end); a disk enlarged after a
+// finished format, and one as formatted, pass.
+func TestCheckGeometry(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		clear  bool  // the first format finished (ClearIntent)
+		resize int64 // the disk's new size (0: as formatted)
+		want   string
+	}{
+		{"as formatted", true, 0, ""},
+		{"enlarged after a finished format", true, 768 << 20, ""},
+		{"enlarged after an interrupted format", false, 768 << 20, "carries a first-format record of c/etcd-1 for a 268435456-byte disk at its file system's end, but is 805306368 bytes"},
+		{"enlarged by a block after an interrupted format", false, 256<<20 + 4096, "the first format did not finish before the disk was enlarged"},
+		{"smaller than its file system", true, 128 << 20, "the disk is 128 MiB, smaller than its 255 MiB file system"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := sparse(t, 256<<20)
+			if err := format(t, img); err != nil {
+				t.Fatal(err)
+			}
+			if tc.clear {
+				if err := ClearIntent(img); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.resize != 0 {
+				if err := os.Truncate(img, tc.resize); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f, err := os.Open(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			fi, _ := f.Stat()
+			err = checkGeometry(f, fi.Size())
+			if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("checkGeometry: %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -27,6 +27,7 @@ package maintd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -145,6 +146,12 @@ func (s *Service) client(url string) (*clientv3.Client, error) {
 	return clientv3.New(cfg)
 }
 
+// maxLag is how far, in raft entries, a member's applied index may be
+// behind its committed index for it to count as answering: more, and it
+// is catching up (a member's Status waits for its defragmentation, then
+// answers far behind).
+const maxLag = 50
+
 // view is what a round sees: every member's database, the alarms, and
 // this member.
 type view struct {
@@ -209,6 +216,11 @@ func (s *Service) observe(ctx context.Context, cli *clientv3.Client) (*view, err
 			mm.Leader = r.Leader != 0 && r.Leader == r.Header.MemberId
 			mm.Applied, mm.DBSize, mm.InUse, mm.Quota = r.RaftAppliedIndex, r.DbSize, r.DbSizeInUse, r.DbSizeQuota
 			*index = r.RaftIndex
+			if r.RaftIndex > r.RaftAppliedIndex+maxLag {
+				// Just defragmented (Status waits for a running
+				// defragmentation), or otherwise behind: busy.
+				mm.Err = fmt.Errorf("catching up: applied index %d of %d", r.RaftAppliedIndex, r.RaftIndex)
+			}
 		}(&v.members[i], &index[i], m.ClientURLs[0])
 	}
 	wg.Wait()
@@ -305,7 +317,16 @@ func (s *Service) scheduled(ctx context.Context, cli *clientv3.Client, v *view, 
 		return fmt.Errorf("defrag: lock: %w", err)
 	}
 	defer mu.Unlock(context.Background())
-	// Under the lock, everything is read again: another member may just
+	// The operator's operation lock too, on the same lease: an upgrade,
+	// a roll or `etcdimg defrag` that starts now is refused, naming this
+	// defragmentation, rather than take a second member down beside it.
+	if op, err := s.takeOperationLock(ctx, cli, sess.Lease()); err != nil {
+		return err
+	} else if op != "" {
+		return wait("an operation holds the cluster (" + op + ")")
+	}
+	// Closing the session revokes its lease, and both locks go with it.
+	// Under the locks, everything is read again: another member may just
 	// have finished, and taken this one's place as the one that leads.
 	if v, err = s.observe(ctx, cli); err != nil {
 		return err
@@ -413,7 +434,13 @@ func (s *Service) defragSelf(ctx context.Context, cli *clientv3.Client, v *view,
 		s.fail()
 		return fmt.Errorf("defrag: %s failed after %s (bound %s): %w", s.Member, took.Round(time.Millisecond), timeout, err)
 	}
-	after, index, err := s.caughtUp(ctx, cli, v.leaderIndex)
+	// What the cluster committed while this member was defragmented:
+	// the leader's index now (the leader may have changed).
+	target := v.leaderIndex
+	if now, err := s.observe(ctx, cli); err == nil {
+		target = max(target, now.leaderIndex)
+	}
+	after, index, err := s.caughtUp(ctx, cli, target)
 	if err != nil {
 		s.fail()
 		return fmt.Errorf("defrag: %s: %w", s.Member, err)
@@ -511,6 +538,33 @@ func (s *Service) backupStale(ctx context.Context, cli *clientv3.Client) (string
 	return "", nil
 }
 
+// takeOperationLock takes the cluster's operation lock on lease, the
+// way an operator's command takes it, or returns what holds it.
+func (s *Service) takeOperationLock(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	me, _ := json.Marshal(struct {
+		Op    string    `json:"op"`
+		By    string    `json:"by"`
+		Since time.Time `json:"since"`
+	}{"scheduled defragmentation of " + s.Member, s.Member, s.now().UTC().Truncate(time.Second)})
+	r, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(layout.OperationLockKey), "=", 0)).
+		Then(clientv3.OpPut(layout.OperationLockKey, string(me), clientv3.WithLease(lease))).
+		Else(clientv3.OpGet(layout.OperationLockKey)).
+		Commit()
+	if err != nil {
+		return "", fmt.Errorf("defrag: operation lock: %w", err)
+	}
+	if r.Succeeded {
+		return "", nil
+	}
+	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+		return string(kvs[0].Value), nil
+	}
+	return "held", nil
+}
+
 // operationHeld names the operation that holds the cluster's operation
 // lock, if one does (a read, which a full database still serves).
 func operationHeld(ctx context.Context, cli *clientv3.Client) (string, error) {
@@ -553,7 +607,9 @@ func (s *Service) fail() {
 func (s *Service) setAlarms(id uint64, alarms []*etcdserverpb.AlarmMember) {
 	m := map[string]bool{}
 	for _, a := range alarms {
-		if a.MemberID == id {
+		// MemberID 0: a CORRUPT alarm for the whole cluster (no
+		// majority agreed), which holds for every member.
+		if a.MemberID == id || a.MemberID == 0 {
 			m[a.Alarm.String()] = true
 		}
 	}

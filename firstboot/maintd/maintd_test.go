@@ -365,6 +365,9 @@ func TestScheduledDefragWaitsForItsConditions(t *testing.T) {
 	if h := r.log.with("defrag: " + leader + " handed its leadership over to "); len(h) != 1 {
 		t.Errorf("the leader did not hand over first:\n%s", r.log)
 	}
+	if g, err := r.cli.Get(ctx, layout.OperationLockKey); err != nil || len(g.Kvs) != 0 {
+		t.Errorf("the operation lock outlived the defragmentations: %v, %v", g, err)
+	}
 	after := r.statuses()
 	for name := range after {
 		if after[name].DbSize >= before[name].DbSize-quota/5 {
@@ -379,4 +382,30 @@ func TestScheduledDefragWaitsForItsConditions(t *testing.T) {
 		t.Errorf("metrics:\n%s", m.String())
 	}
 	t.Logf("%s", r.log)
+}
+
+// TestTheDefragHoldsTheOperationLock: a member's scheduled
+// defragmentation takes the operator's operation lock on its session's
+// lease, naming itself, so that an upgrade or a roll starting meanwhile
+// is refused; a second taker is told who holds it; the lock goes with
+// the session.
+func TestTheDefragHoldsTheOperationLock(t *testing.T) {
+	r := newRig(t, 64<<20)
+	ctx := context.Background()
+	s := r.services[1]
+	sess, err := concurrency.NewSession(r.cli, concurrency.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held, err := s.takeOperationLock(ctx, r.cli, sess.Lease()); err != nil || held != "" {
+		t.Fatalf("take: %q, %v", held, err)
+	}
+	held, err := r.services[0].takeOperationLock(ctx, r.cli, clientv3.NoLease)
+	if err != nil || !strings.Contains(held, `"op":"scheduled defragmentation of etcd-2","by":"etcd-2"`) {
+		t.Fatalf("second take: %q, %v", held, err)
+	}
+	sess.Close()
+	if g, err := r.cli.Get(ctx, layout.OperationLockKey); err != nil || len(g.Kvs) != 0 {
+		t.Errorf("the lock outlived its session: %v, %v", g, err)
+	}
 }

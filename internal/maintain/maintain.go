@@ -128,11 +128,13 @@ func NoSpaceBlockers(ms []Member) []Blocker {
 }
 
 // NoSpaceNext is the member to defragment next while NOSPACE stands: the
-// first, in Order, that a defragmentation brings under its limit; the
-// leader only once no follower is over its limit (a follower's compaction
-// may still be freeing its pages); none while any member does not answer
-// (one member at a time: one that does not answer may be being
-// defragmented).
+// first member over its limit, in Order, and only when a
+// defragmentation brings it under (its free pages keep it over); none
+// while that member's live data keeps it over (a compaction may still be
+// freeing its pages, or keys must be deleted) or while any member does
+// not answer (one member at a time: one that does not answer may be
+// being defragmented). Members that decide from views a moment apart
+// thus pick the same member, or none.
 func NoSpaceNext(ms []Member) (Member, bool) {
 	bs := NoSpaceBlockers(ms)
 	for _, b := range bs {
@@ -140,14 +142,8 @@ func NoSpaceNext(ms []Member) (Member, bool) {
 			return Member{}, false
 		}
 	}
-	for i, b := range bs {
-		if b.Kind != FreePages {
-			continue
-		}
-		if b.Leader && i > 0 {
-			return Member{}, false
-		}
-		return b.Member, true
+	if len(bs) > 0 && bs[0].Kind == FreePages {
+		return bs[0].Member, true
 	}
 	return Member{}, false
 }
