@@ -205,6 +205,10 @@ func consoleOf(u *upCluster, name string) string {
 // An independent client writes through every endpoint all along; no
 // acknowledged write is ever lost, and the cluster stays one cluster.
 func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
+	// It runs beside the other long test once the serial ones are done
+	// (docs/tests.md): the backup test's members spend most of their
+	// time idle between one-minute rounds, and two cores carry both.
+	t.Parallel()
 	u := upThree(t)
 	before, clusterID := membersByName(t, u)
 

@@ -34,6 +34,8 @@ type upCluster struct {
 	work, out string
 	state     *local.State
 	admin     *tls.Config
+	// upArgs are more arguments for `etcdimg up` (--data-size, say).
+	upArgs []string
 }
 
 // upThree builds a three-member cluster and boots it with `etcdimg up`.
@@ -57,11 +59,17 @@ func (u *upCluster) stateMembers() []local.MemberState {
 // the work directory work.
 func upBuilt(t testing.TB, work string, buildArgs ...string) *upCluster {
 	t.Helper()
+	return upBuiltWith(t, work, nil, buildArgs...)
+}
+
+// upBuiltWith is upBuilt with more arguments for `etcdimg up`.
+func upBuiltWith(t testing.TB, work string, upArgs []string, buildArgs ...string) *upCluster {
+	t.Helper()
 	out := filepath.Join(work, "out")
 	if _, stderr, code := etcdimg(t, work, append([]string{"build", "--out", out}, buildArgs...)...); code != 0 {
 		t.Fatalf("build: %s", stderr)
 	}
-	u := &upCluster{work: work, out: out}
+	u := &upCluster{work: work, out: out, upArgs: upArgs}
 	t.Cleanup(func() {
 		st, err := local.LoadState(filepath.Join(out, "run"))
 		// A failure after `down` (which removes the state file) shows
@@ -95,7 +103,7 @@ func (u *upCluster) up(t testing.TB) {
 	// A port base of its own, so that a cluster an operator left running
 	// with `make up` (base 40000) does not stop the test.
 	base := freePortBase(t, 3)
-	stdout, stderr, code := etcdimg(t, u.work, "up", "--out", u.out, "--detach", "--accel", "tcg", "--timeout", "4m", "--port-base", strconv.Itoa(base))
+	stdout, stderr, code := etcdimg(t, u.work, append([]string{"up", "--out", u.out, "--detach", "--accel", "tcg", "--timeout", "4m", "--port-base", strconv.Itoa(base)}, u.upArgs...)...)
 	t.Logf("up:\n%s", stdout)
 	if code != 0 {
 		t.Fatalf("up: exit %d: %s", code, stderr)

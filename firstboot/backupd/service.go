@@ -33,7 +33,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,7 +41,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	csnap "go.etcd.io/etcd/client/v3/snapshot"
 	"go.uber.org/zap"
 
@@ -212,22 +210,11 @@ func (s *Service) Once(ctx context.Context) error {
 	if !s.due(last) {
 		return nil
 	}
-	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(30), concurrency.WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("lock: %w", err)
+	lock, err := backup.TryLock(ctx, cli)
+	if err != nil || lock == nil {
+		return err // nil: another member is at it
 	}
-	defer sess.Close()
-	mu := concurrency.NewMutex(sess, backup.LockKey)
-	lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
-	err = mu.TryLock(lctx)
-	lcancel()
-	if errors.Is(err, concurrency.ErrLocked) {
-		return nil // another member is at it
-	}
-	if err != nil {
-		return fmt.Errorf("lock: %w", err)
-	}
-	defer mu.Unlock(context.Background())
+	defer lock.Release()
 	// Under the lock, the record is read again: another member may have
 	// just finished. prev is what it says, from the future or not: age
 	// retention checks this member's clock against it.

@@ -40,7 +40,6 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
 	"etcdimg/internal/backup"
@@ -301,31 +300,23 @@ func (s *Service) scheduled(ctx context.Context, cli *clientv3.Client, v *view, 
 	}) {
 		return wait("it leads, and goes after the followers that need one")
 	}
-	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(30), concurrency.WithContext(ctx))
+	lock, err := backup.TryLock(ctx, cli)
 	if err != nil {
-		return fmt.Errorf("defrag: lock: %w", err)
+		return fmt.Errorf("defrag: %w", err)
 	}
-	defer sess.Close()
-	mu := concurrency.NewMutex(sess, backup.LockKey)
-	lctx, lcancel := context.WithTimeout(ctx, 10*time.Second)
-	err = mu.TryLock(lctx)
-	lcancel()
-	if errors.Is(err, concurrency.ErrLocked) {
+	if lock == nil {
 		return nil // a backup, or another member's defragmentation
 	}
-	if err != nil {
-		return fmt.Errorf("defrag: lock: %w", err)
-	}
-	defer mu.Unlock(context.Background())
+	defer lock.Release()
 	// The operator's operation lock too, on the same lease: an upgrade,
 	// a roll or `etcdimg defrag` that starts now is refused, naming this
 	// defragmentation, rather than take a second member down beside it.
-	if op, err := s.takeOperationLock(ctx, cli, sess.Lease()); err != nil {
+	if op, err := s.takeOperationLock(ctx, cli, lock.Lease()); err != nil {
 		return err
 	} else if op != "" {
 		return wait("an operation holds the cluster (" + op + ")")
 	}
-	// Closing the session revokes its lease, and both locks go with it.
+	// Release revokes the lease, and both locks go with it.
 	// Under the locks, everything is read again: another member may just
 	// have finished, and taken this one's place as the one that leads.
 	if v, err = s.observe(ctx, cli); err != nil {
