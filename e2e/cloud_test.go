@@ -478,3 +478,17 @@ func base64Gzip(b []byte) string {
 	zw.Close()
 	return base64.StdEncoding.EncodeToString(buf.Bytes())
 }
+
+// grepLines are s's lines holding any of parts, joined.
+func grepLines(s string, parts ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, p := range parts {
+			if strings.Contains(l, p) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
