@@ -220,6 +220,16 @@ func TestUpgradeOverTheNetwork(t *testing.T) {
 	if b, err := exec.Command("sh", "-c", "tar -C "+u.out+" --exclude=./disks --exclude=./images -cf - . | tar -C "+copyOut+" -xf -").CombinedOutput(); err != nil {
 		t.Fatalf("copy the output directory: %v\n%s", err, b)
 	}
+	// The second starts once the first holds the lock: started before,
+	// it would take the lock itself and the first be refused (CI once
+	// saw exactly that).
+	lockReader := u.client(t, 0, u.admin) // etcd-1 stays up meanwhile
+	waitUntil(t, u, 2*time.Minute, "the first upgrade holding the operation lock", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := lockReader.Get(ctx, cluster.OperationLockKey)
+		return err == nil && len(r.Kvs) == 1
+	})
 	var second string
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
