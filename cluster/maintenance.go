@@ -434,15 +434,7 @@ func (e *Etcd) compact(ctx context.Context) (int64, error) {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	resp, err := cli.Get(ctx, OperationLockKey, clientv3.WithCountOnly())
-	if err != nil {
-		return 0, fmt.Errorf("compact: the current revision: %w", err)
-	}
-	rev := resp.Header.Revision
-	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
-		return 0, fmt.Errorf("compact to revision %d: %w", rev, err)
-	}
-	return rev, nil
+	return maintain.CompactToCurrent(ctx, cli)
 }
 
 // defragOne defragments the member called name, within timeout, and

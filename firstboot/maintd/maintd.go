@@ -38,7 +38,6 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -572,20 +571,11 @@ func operationHeld(ctx context.Context, cli *clientv3.Client) (string, error) {
 }
 
 // compact compacts the cluster's history to the current revision, the
-// first thing to give up under NOSPACE (a compaction at a revision
-// already compacted is no error), and returns the revision.
+// first thing to give up under NOSPACE, within 5 minutes.
 func compact(ctx context.Context, cli *clientv3.Client) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	r, err := cli.Get(ctx, layout.OperationLockKey, clientv3.WithCountOnly())
-	if err != nil {
-		return 0, fmt.Errorf("the current revision: %w", err)
-	}
-	rev := r.Header.Revision
-	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
-		return 0, fmt.Errorf("compact to revision %d: %w", rev, err)
-	}
-	return rev, nil
+	return maintain.CompactToCurrent(ctx, cli)
 }
 
 func (s *Service) fail() {

@@ -7,8 +7,15 @@
 package maintain
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"slices"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"etcdimg/internal/layout"
 )
 
 // Member is one member's database as its status reports it.
@@ -159,4 +166,22 @@ func Human(n int64) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
 	return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+}
+
+// CompactToCurrent compacts the cluster's history to its current
+// revision (etcd's NOSPACE procedure: deleted keys and old revisions give
+// their space back only then) and waits until the member cli reaches has
+// given the space back to its database (the others do in their own
+// time). A compaction at a revision already compacted is no error. It
+// returns the revision; ctx bounds it.
+func CompactToCurrent(ctx context.Context, cli *clientv3.Client) (int64, error) {
+	r, err := cli.Get(ctx, layout.OperationLockKey, clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("compact: the current revision: %w", err)
+	}
+	rev := r.Header.Revision
+	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+		return 0, fmt.Errorf("compact to revision %d: %w", rev, err)
+	}
+	return rev, nil
 }
