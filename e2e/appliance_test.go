@@ -485,7 +485,7 @@ func TestRefusedBootLeavesTheDataDiskAlone(t *testing.T) {
 		{"ext4 data disk of someone else", nil, ext4Disk, `labelled "precious", not "etcd-data"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel() // the image is attached read-only
+			vmCase(t) // the image is attached read-only
 			dir := t.TempDir()
 			data := filepath.Join(dir, "data.img")
 			tc.disk(t, data)

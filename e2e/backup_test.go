@@ -28,9 +28,9 @@ import (
 // with the S3 server stopped, failures are counted while the members go
 // on backing up to their disks; with a member stopped, backups go on.
 func TestBackupsReachTheNodesAndTheBucket(t *testing.T) {
-	// It runs beside the other long test once the serial ones are done
-	// (docs/tests.md): the backup test's members spend most of their
-	// time idle between one-minute rounds, and two cores carry both.
+	// It runs beside the long tests once the serial ones are done,
+	// without a slot of its own (schedule_test.go): its members spend
+	// most of their time idle between one-minute rounds.
 	t.Parallel()
 	srv := s3test.Start(t, 0)
 	srv.MakeBucket(t, "etcd-backups")

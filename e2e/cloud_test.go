@@ -162,12 +162,12 @@ func TestCloudImagesBootFromTheirPlatformsUserData(t *testing.T) {
 			continue
 		}
 		t.Run(c.Name, func(t *testing.T) {
-			t.Parallel()
+			vmCase(t)
 			runCloudCase(t, c)
 		})
 	}
 	t.Run("no-usable-config", func(t *testing.T) {
-		t.Parallel()
+		vmCase(t)
 		var wg sync.WaitGroup
 		for _, c := range idle {
 			wg.Add(1)

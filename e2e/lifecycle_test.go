@@ -205,10 +205,7 @@ func consoleOf(u *upCluster, name string) string {
 // An independent client writes through every endpoint all along; no
 // acknowledged write is ever lost, and the cluster stays one cluster.
 func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
-	// It runs beside the other long test once the serial ones are done
-	// (docs/tests.md): the backup test's members spend most of their
-	// time idle between one-minute rounds, and two cores carry both.
-	t.Parallel()
+	longTest(t, rankReplaceRoll)
 	u := upThree(t)
 	before, clusterID := membersByName(t, u)
 
@@ -313,6 +310,57 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 		t.Errorf("the roll took %d elections (raft term %d → %d); want at most one per member", d, term, term+d)
 	}
 
+	// The whole cluster powered off; etcd-3's data disk swapped for a
+	// blank one; all started again: no second cluster forms, etcd-3
+	// rejoins as a learner and is promoted, every write is there.
+	w = startWriter(t, u, "/load/powercut")
+	time.Sleep(3 * time.Second)
+	w.Stop()
+	before, _ = membersByName(t, u)
+	if _, stderr, code := etcdimg(t, u.work, "down", "--out", u.out); code != 0 {
+		t.Fatalf("down: %s", stderr)
+	}
+	disk := filepath.Join(u.out, "disks", "etcd-3-data.img")
+	if err := os.Rename(disk, disk+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	u.up(t)
+	after, id = membersByName(t, u)
+	if id != clusterID || len(after) != 3 {
+		t.Fatalf("after the power-off with a blank disk: cluster %x (was %x), members %v", id, clusterID, after)
+	}
+	if after["etcd-3"] == before["etcd-3"] || after["etcd-1"] != before["etcd-1"] {
+		t.Errorf("member IDs before %v, after %v: want only etcd-3's new", before, after)
+	}
+	for i, m := range u.state.Members {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := u.client(t, i, u.admin).Status(ctx, fmt.Sprintf("https://127.0.0.1:%d", m.Client))
+		cancel()
+		if err != nil || st.Header.ClusterId != clusterID {
+			t.Errorf("%s: cluster %v, want %x (%v)", m.Name, st, clusterID, err)
+		}
+	}
+	c := consoleOf(u, "etcd-3")
+	if !strings.Contains(c, "removed this member's stale entry") || !strings.Contains(c, "from learner to voter") {
+		t.Errorf("etcd-3 did not rejoin as a learner; console tail:\n%s", lastLines(c, 30))
+	}
+	checkAcked(t, u, w)
+}
+
+// TestRotateCertsAndCAKeepEveryWrite is docs/lifecycle.md's rotations:
+// `rotate certs` and the three runs of `rotate ca`, each under write load
+// and each through `upgrade` (the members run slotted images). Every
+// member serves a new serial and keeps its member ID, the application's
+// certificate is reissued, the old CA's certificates work until the last
+// phase and are then refused on every port; no acknowledged write is lost.
+func TestRotateCertsAndCAKeepEveryWrite(t *testing.T) {
+	longTest(t, rankRotate)
+	u := upThree(t)
+	var stdout, stderr string
+	var code int
+	var runs, acked, failed int
+	var w *writer
+
 	// rotate certs under write load: every member serves a certificate
 	// with a new serial (as openssl s_client sees it), keeps its member
 	// ID (the disks are kept), and a client's certificate is reissued.
@@ -329,7 +377,7 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 	} else {
 		t.Fatalf("the spec has no goodAfter: 30s to shorten:\n%s", s)
 	}
-	before, _ = membersByName(t, u)
+	before, _ := membersByName(t, u)
 	w = startWriter(t, u, "/load/rotate")
 	time.Sleep(2 * time.Second)
 	stdout, stderr, code = etcdimg(t, u.work, "rotate", "certs", "--out", u.out, "--timeout", "4m")
@@ -343,7 +391,7 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 	runs, acked, failed = w.outages()
 	t.Logf("rotate certs: %d writes acknowledged, %d failed in %d outages", acked, failed, runs)
 	checkAcked(t, u, w)
-	after, _ = membersByName(t, u)
+	after, _ := membersByName(t, u)
 	now := servedSerials(t, u)
 	for n, old := range serials {
 		if now[n] == "" || now[n] == old {
@@ -463,41 +511,6 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 		}
 	}
 
-	// The whole cluster powered off; etcd-3's data disk swapped for a
-	// blank one; all started again: no second cluster forms, etcd-3
-	// rejoins as a learner and is promoted, every write is there.
-	w = startWriter(t, u, "/load/powercut")
-	time.Sleep(3 * time.Second)
-	w.Stop()
-	before, _ = membersByName(t, u)
-	if _, stderr, code := etcdimg(t, u.work, "down", "--out", u.out); code != 0 {
-		t.Fatalf("down: %s", stderr)
-	}
-	disk := filepath.Join(u.out, "disks", "etcd-3-data.img")
-	if err := os.Rename(disk, disk+".aside"); err != nil {
-		t.Fatal(err)
-	}
-	u.up(t)
-	after, id = membersByName(t, u)
-	if id != clusterID || len(after) != 3 {
-		t.Fatalf("after the power-off with a blank disk: cluster %x (was %x), members %v", id, clusterID, after)
-	}
-	if after["etcd-3"] == before["etcd-3"] || after["etcd-1"] != before["etcd-1"] {
-		t.Errorf("member IDs before %v, after %v: want only etcd-3's new", before, after)
-	}
-	for i, m := range u.state.Members {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		st, err := u.client(t, i, u.admin).Status(ctx, fmt.Sprintf("https://127.0.0.1:%d", m.Client))
-		cancel()
-		if err != nil || st.Header.ClusterId != clusterID {
-			t.Errorf("%s: cluster %v, want %x (%v)", m.Name, st, clusterID, err)
-		}
-	}
-	c := consoleOf(u, "etcd-3")
-	if !strings.Contains(c, "removed this member's stale entry") || !strings.Contains(c, "from learner to voter") {
-		t.Errorf("etcd-3 did not rejoin as a learner; console tail:\n%s", lastLines(c, 30))
-	}
-	checkAcked(t, u, w)
 }
 
 func waitHealthy(t *testing.T, u *upCluster) {

@@ -5,6 +5,7 @@
 package e2e
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,6 +24,14 @@ func TestMain(m *testing.M) {
 	if c := os.Getenv(cloudCaseEnv); c != "" {
 		// Re-run inside a network namespace for one cloud boot.
 		os.Exit(cloudCaseMain(c))
+	}
+	// The pools of schedule_test.go decide how many tests boot VMs at
+	// once; -parallel only has to let them all wait.
+	flag.Parse()
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit {
+		flag.Set("test.parallel", "16")
 	}
 	dir, err := os.MkdirTemp("", "etcdimg-e2e-bin-")
 	if err != nil {

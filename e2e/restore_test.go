@@ -65,6 +65,7 @@ func putKeys(t testing.TB, cli *clientv3.Client, prefix string, n int) {
 // cluster ID is new, and an image of the old cluster booted on the new
 // LAN with a blank disk refuses to join it.
 func TestRestoreRebuildsTheClusterFromASnapshot(t *testing.T) {
+	longTest(t, rankRestore)
 	u := upThree(t)
 	_, oldID := membersByName(t, u)
 	putKeys(t, u.client(t, 0, u.admin), "/restore/", 10000)

@@ -65,6 +65,7 @@ func runningSlots(t *testing.T, api *cluster.NodeAPI, names []string) map[string
 // cluster's operation lock; run again, upgrade skips the members that
 // run their image already. No acknowledged write is lost.
 func TestUpgradeOverTheNetwork(t *testing.T) {
+	longTest(t, rankUpgrade)
 	u := upThree(t)
 	names := []string{"etcd-1", "etcd-2", "etcd-3"}
 	before, clusterID := membersByName(t, u)
