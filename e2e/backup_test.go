@@ -28,10 +28,7 @@ import (
 // with the S3 server stopped, failures are counted while the members go
 // on backing up to their disks; with a member stopped, backups go on.
 func TestBackupsReachTheNodesAndTheBucket(t *testing.T) {
-	// It runs beside the long tests once the serial ones are done,
-	// without a slot of its own (schedule_test.go): its members spend
-	// most of their time idle between one-minute rounds.
-	t.Parallel()
+	longTest(t, rankBackups)
 	srv := s3test.Start(t, 0)
 	srv.MakeBucket(t, "etcd-backups")
 	_, port, _ := strings.Cut(srv.Addr, ":")

@@ -16,7 +16,6 @@ import (
 // (a new member ID, the old disk set aside) and a roll keeping the disks,
 // under the same traffic and checks.
 func TestChaosShortRun(t *testing.T) {
-	longTest(t, rankChaos)
 	u := upThree(t)
 	stdout, stderr, code := etcdimg(t, u.work, "chaos", "--out", u.out, "--duration", "60s", "--faults", "kill:leader,partition:split", "--seed", "1")
 	t.Logf("chaos:\n%s", stdout)
