@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -262,6 +263,15 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 		t.Errorf("the old data disk of etcd-2 was not kept aside: %v", old)
 	}
 
+	// A value that every member holds, to be damaged on etcd-1's disk.
+	probe := fmt.Sprintf("precious-value-%x", time.Now().UnixNano())
+	pctx, pcancel := context.WithTimeout(context.Background(), time.Minute)
+	if _, err := u.client(t, 1, u.admin).Put(pctx, "/damage/probe", probe); err != nil {
+		t.Fatal(err)
+	}
+	pcancel()
+	waitValue(t, u, 0, "/damage/probe", probe)
+
 	// A roll is refused while a member is stopped, before anything
 	// changes: no image is rebuilt, no member touched.
 	if _, stderr, code := etcdimg(t, u.work, "stop", "etcd-1", "--out", u.out); code != 0 {
@@ -275,11 +285,39 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 	if after := tree(t, filepath.Join(u.out, "images")); fmt.Sprint(after) != fmt.Sprint(images) {
 		t.Errorf("a refused roll changed the images")
 	}
+
+	// One byte of the value flipped in etcd-1's database while it is
+	// off. Started again with its peers serving, it does not serve: etcd's
+	// initial corruption check refuses it and the console names it and
+	// the fix; `health` names it; `replace` heals it from its peers.
+	flipInDatabase(t, filepath.Join(u.out, "disks", "etcd-1-data.img"), probe)
 	if _, stderr, code := etcdimg(t, u.work, "start", "etcd-1", "--out", u.out); code != 0 {
 		t.Fatalf("start etcd-1: %s", stderr)
 	}
 	u.reload(t)
+	waitConsole(t, u, "etcd-1", "corruption: etcd refused to start", 4*time.Minute)
+	if c := consoleOf(u, "etcd-1"); !strings.Contains(c, "etcdimg replace etcd-1") || !strings.Contains(c, "2 of its 2 peers serve: etcd compares its data") {
+		t.Errorf("etcd-1's console does not say what it checked and how to heal it:\n%s", lastLines(c, 30))
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if st, err := u.client(t, 0, u.admin).Status(sctx, fmt.Sprintf("https://127.0.0.1:%d", u.state.Members[0].Client)); err == nil {
+		t.Errorf("etcd-1 serves on damaged data: %v", st)
+	}
+	scancel()
+	if stdout, stderr, code := etcdimg(t, u.work, "health", "--out", u.out); code != 1 || !strings.Contains(stderr, "etcd-1") {
+		t.Errorf("health with etcd-1 refused: exit %d\n%s%s", code, stdout, stderr)
+	}
+	stdout, stderr, code = etcdimg(t, u.work, "replace", "etcd-1", "--out", u.out, "--timeout", "4m")
+	t.Logf("replace etcd-1 (damaged):\n%s", stdout)
+	if code != 0 {
+		t.Fatalf("replace etcd-1: exit %d: %s", code, stderr)
+	}
+	u.reload(t)
 	waitHealthy(t, u)
+	waitValue(t, u, 0, "/damage/probe", probe)
+	if old, _ := filepath.Glob(filepath.Join(u.out, "disks", "old", "etcd-1-data-*.img")); len(old) != 1 {
+		t.Errorf("the damaged data disk of etcd-1 was not kept aside: %v", old)
+	}
 
 	// roll every member under write load: at most one election each.
 	before, _ = membersByName(t, u)
@@ -511,6 +549,113 @@ func TestRotateCertsAndCAKeepEveryWrite(t *testing.T) {
 		}
 	}
 
+}
+
+// waitValue waits until member i holds key at value, read locally.
+func waitValue(t *testing.T, u *upCluster, i int, key, value string) {
+	t.Helper()
+	cli := u.client(t, i, u.admin)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r, err := cli.Get(ctx, key, clientv3.WithSerializable())
+		cancel()
+		if err == nil && len(r.Kvs) == 1 && string(r.Kvs[0].Value) == value {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not hold %s = %q: %v %v", u.state.Members[i].Name, key, value, r, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// waitConsole waits until member name's console says want; it prints
+// the console's tail when it does not within timeout.
+func waitConsole(t *testing.T, u *upCluster, name, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(consoleOf(u, name), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's console did not say %q within %s; its tail:\n%s", name, want, timeout, lastLines(consoleOf(u, name), 40))
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
+// flipInDatabase flips one byte of value where etcd's database on the
+// ext4 data disk image holds it, found with e2fsprogs' debugfs (the file
+// dumped, its block mapped to the disk), and checks that the database
+// now holds the value no more. The WAL, elsewhere on the disk, keeps it.
+func flipInDatabase(t *testing.T, disk, value string) {
+	t.Helper()
+	const db = "/etcd/member/snap/db"
+	dump := filepath.Join(t.TempDir(), "db")
+	debugfs := func(req string) string {
+		out, err := exec.Command("debugfs", "-R", req, disk).CombinedOutput()
+		if err != nil {
+			t.Fatalf("debugfs %s: %v: %s", req, err, out)
+		}
+		return string(out)
+	}
+	debugfs("dump " + db + " " + dump)
+	b, err := os.ReadFile(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offs []int64
+	for i := 0; ; {
+		j := strings.Index(string(b[i:]), value)
+		if j < 0 {
+			break
+		}
+		offs = append(offs, int64(i+j))
+		i += j + len(value)
+	}
+	if len(offs) == 0 {
+		t.Fatalf("%s on %s does not hold %q", db, disk, value)
+	}
+	var bs int64
+	for _, l := range strings.Split(debugfs("stats"), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "Block size:"); ok {
+			bs, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	if bs == 0 {
+		t.Fatal("debugfs stats: no block size")
+	}
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every copy: bbolt writes a changed page anew, so freed pages may
+	// hold older copies of the live one.
+	for _, off := range offs {
+		fields := strings.Fields(debugfs(fmt.Sprintf("bmap %s %d", db, off/bs)))
+		if len(fields) == 0 {
+			t.Fatalf("debugfs bmap %s %d: no answer", db, off/bs)
+		}
+		phys, err := strconv.ParseInt(fields[len(fields)-1], 10, 64)
+		if err != nil || phys == 0 {
+			t.Fatalf("debugfs bmap: %q: %v", fields, err)
+		}
+		at := phys*bs + off%bs
+		one := make([]byte, 1)
+		if _, err := f.ReadAt(one, at); err != nil || one[0] != value[0] {
+			t.Fatalf("the disk holds %q at %d, not the value's first byte %q (%v)", one, at, value[0], err)
+		}
+		one[0] ^= 0x01
+		if _, err := f.WriteAt(one, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	debugfs("dump " + db + " " + dump)
+	if b, _ := os.ReadFile(dump); strings.Contains(string(b), value) {
+		t.Fatalf("%s still holds %q after the flip", db, value)
+	}
 }
 
 func waitHealthy(t *testing.T, u *upCluster) {

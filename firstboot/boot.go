@@ -294,6 +294,9 @@ func decideClusterState(st *state) (string, error) {
 func startUnits(st *state) (string, error) {
 	for _, u := range st.units {
 		s := newService(u)
+		if u.Name == ign.EtcdUnitName {
+			s.explain = st.me.Explain
+		}
 		st.n.mu.Lock()
 		st.n.services = append(st.n.services, s)
 		st.n.mu.Unlock()

@@ -38,6 +38,9 @@ type service struct {
 	wake      chan struct{} // closed by stop, to end a restart delay
 	ready     bool
 	starts    int
+	// explain, when set, has words for the console after an output line
+	// that says why the service stopped and what heals it.
+	explain func(line string) string
 }
 
 func newService(u *Unit) *service { return &service{unit: u, wake: make(chan struct{})} }
@@ -149,7 +152,7 @@ func (s *service) spawn(env []string) error {
 	s.mu.Unlock()
 	console.Go(s.unit.Name+" output", func() {
 		defer close(relayed)
-		relay(strings.TrimSuffix(s.unit.Name, ".service"), pr, held)
+		relay(strings.TrimSuffix(s.unit.Name, ".service"), pr, held, s.explain)
 		pr.Close()
 	})
 	return nil
@@ -327,7 +330,10 @@ const maxLine = 64 << 10
 // every line written to the emulated serial port costs the boot CPU time
 // (etcd's 80 start-up lines took about half a second of a TCG boot), and
 // the last of them are printed when the service fails.
-func relay(prefix string, r io.Reader, held *heldLines) {
+//
+// explain, when set, is asked about every line; what it says follows the
+// line on the console as firstboot's.
+func relay(prefix string, r io.Reader, held *heldLines, explain func(string) string) {
 	br := bufio.NewReaderSize(r, maxLine)
 	for {
 		line, isPrefix, err := br.ReadLine()
@@ -340,6 +346,11 @@ func relay(prefix string, r io.Reader, held *heldLines) {
 				held.add(fmt.Sprintf("%s%s", line, cut))
 			} else {
 				fmt.Fprintf(serialOut, "%s: %s%s\n", prefix, line, cut)
+			}
+			if explain != nil {
+				if words := explain(string(line)); words != "" {
+					logf("%s", words)
+				}
 			}
 		}
 		for isPrefix && err == nil {

@@ -230,3 +230,19 @@ func startProcess(t *testing.T, s *service) (*exec.Cmd, chan struct{}) {
 	defer s.mu.Unlock()
 	return s.cmd, s.exited
 }
+
+// TestTheRelayAsksForWordsOnEveryLine: a service's explain hook sees
+// every line, routine or not, so that a line that says why etcd stopped
+// is followed by what heals it.
+func TestTheRelayAsksForWordsOnEveryLine(t *testing.T) {
+	captureConsole(t)
+	var seen []string
+	in := "{\"level\":\"info\",\"msg\":\"routine\"}\n{\"level\":\"error\",\"msg\":\"checkInitialHashKV failed\"}\nplain\n"
+	relay("etcd", strings.NewReader(in), &heldLines{}, func(line string) string {
+		seen = append(seen, line)
+		return ""
+	})
+	if len(seen) != 3 || !strings.Contains(seen[1], "checkInitialHashKV failed") {
+		t.Errorf("explain saw %q", seen)
+	}
+}

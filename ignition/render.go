@@ -203,6 +203,7 @@ func EtcdConf(c *spec.Cluster, m spec.Member, token string, clusterID uint64) []
 		// member's name. The admin's (CN root) and every client's, from
 		// the same CA, are refused there.
 		{"ETCD_PEER_CERT_ALLOWED_CN", strings.Join(c.Names(), ",")},
+		{ign.FeatureGatesVar, ign.FeatureGates(false)},
 	}
 	if clusterID != 0 {
 		kv = append(kv, [2]string{ign.ClusterIDVar, strconv.FormatUint(clusterID, 16)})

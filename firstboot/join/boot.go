@@ -2,8 +2,12 @@ package join
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"time"
 
 	"etcdimg/firstboot/internal/console"
+	"etcdimg/ignition/ign"
 )
 
 // Decide says how etcd starts: from the data on the disk (hasData), or,
@@ -13,7 +17,7 @@ import (
 // peers this member is starting has ended by then.
 func (s *Self) Decide(ctx context.Context, hasData bool) (*Plan, error) {
 	if hasData {
-		return &Plan{Detail: "this member's etcd data is on the disk: etcd restarts from it"}, nil
+		return s.restartPlan(ctx), nil
 	}
 	plan, err := s.bootstrapOrJoin(ctx)
 	if err != nil {
@@ -33,6 +37,51 @@ func (s *Self) Decide(ctx context.Context, hasData bool) (*Plan, error) {
 		plan.Release()
 	}
 	return plan, nil
+}
+
+// peersServingWait bounds how long a member restarting from its data
+// asks its peers whether they serve: a peer that is off costs one
+// timeout, and a cluster restarting as a whole waits for nobody.
+const peersServingWait = 4 * time.Second
+
+// restartPlan is the plan of a member restarting from its data. When a
+// quorum of the cluster serves without it, etcd's initial corruption
+// check is turned on: etcd compares this member's data with every peer's
+// at its revision before serving anything, and refuses to start on a
+// difference (the console says so, and `replace` heals it). Otherwise
+// (a cluster restarting as a whole, peers down) the check stays off: a
+// damaged member that started first would make etcd refuse every healthy
+// peer after it. The leader's compaction hash check names such a member
+// once a quorum serves.
+func (s *Self) restartPlan(ctx context.Context) *Plan {
+	plan := &Plan{Detail: "this member's etcd data is on the disk: etcd restarts from it"}
+	if len(s.Peers) == 0 {
+		return plan
+	}
+	octx, cancel := context.WithTimeout(ctx, peersServingWait)
+	states := s.observeAll(octx)
+	cancel()
+	serving := 0
+	for _, st := range states {
+		if st.State == "etcd" {
+			serving++
+		}
+	}
+	check, why := initialCheck(serving, len(s.Peers)+1)
+	plan.Env = []string{ign.FeatureGatesVar + "=" + ign.FeatureGates(check)}
+	plan.Detail += "; " + why
+	return plan
+}
+
+// initialCheck says whether etcd's initial corruption check is to run
+// when serving of a cluster of size members' other members serve, and
+// why, in words.
+func initialCheck(serving, size int) (bool, string) {
+	quorum := size/2 + 1
+	if serving >= quorum {
+		return true, fmt.Sprintf("%d of its %d peers serve: etcd compares its data with theirs before serving", serving, size-1)
+	}
+	return false, fmt.Sprintf("%d of its %d peers serve, below a quorum of %d: no initial corruption check (the leader compares the members' hashes at each compaction)", serving, size-1, quorum)
 }
 
 // AfterStart runs, beside the etcd that started under plan, what needs
@@ -63,3 +112,12 @@ func (s *Self) AfterStart(ctx context.Context, plan *Plan, recordedID string, st
 
 // logf prints one line to the console.
 func logf(format string, args ...any) { console.Logf(format, args...) }
+
+// Explain has words for the console when etcd's output line says why it
+// stopped and what heals it; "" for any other line.
+func (s *Self) Explain(line string) string {
+	if strings.Contains(line, "found data inconsistency with peers") {
+		return "corruption: etcd refused to start: this member's data differs from its peers' at the same revision (etcd's initial corruption check, run as a quorum of its peers serve); it will not serve from this disk. Heal it from its peers: etcdimg replace " + s.Name
+	}
+	return ""
+}

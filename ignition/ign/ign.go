@@ -39,6 +39,32 @@ const (
 // member then joins only the cluster named here and never bootstraps.
 const ClusterIDVar = "ETCDIMG_CLUSTER_ID"
 
+// FeatureGatesVar is etcd's --feature-gates. etcd.conf turns on, of
+// etcd v3.7's alpha gates:
+//   - CompactHashCheck: the leader compares the members' hashes at each
+//     compaction and raises CORRUPT for the minority that differs (for
+//     the whole cluster, member 0, when no majority agrees);
+//   - StopGRPCServiceOnDefrag: a defragmenting member reports itself not
+//     serving, so that clients go to another member meanwhile.
+//
+// InitialCorruptCheck is added at boot only (firstboot's runtime
+// environment), when a quorum of the member's peers serve: etcd then
+// compares a restarting member's data with every peer before it serves,
+// and refuses to start on a mismatch. Were it always on, a healthy member
+// restarting after a power cut could be refused by a damaged peer that
+// started first, and the cluster never regain its quorum.
+const FeatureGatesVar = "ETCD_FEATURE_GATES"
+
+// FeatureGates is FeatureGatesVar's value, with InitialCorruptCheck when
+// initialCheck.
+func FeatureGates(initialCheck bool) string {
+	g := "CompactHashCheck=true,StopGRPCServiceOnDefrag=true"
+	if initialCheck {
+		g += ",InitialCorruptCheck=true"
+	}
+	return g
+}
+
 // The A/B slot settings in etcd.conf, from the spec's upgrade section,
 // as Go durations and a count. Like ClusterIDVar they are not ETCD_
 // variables, so etcd ignores them.

@@ -132,9 +132,11 @@ const (
 
 // RuntimeEnvPath is the environment file firstboot writes for what it
 // decides at boot: ETCD_INITIAL_CLUSTER_STATE and ETCD_INITIAL_CLUSTER
-// when a member with a blank disk joins an existing cluster, and
+// when a member with a blank disk joins an existing cluster,
 // ETCD_QUOTA_BACKEND_BYTES when the data disk is too small for the
-// spec's quota. etcd.service names it optional, after etcd.conf, so it
+// spec's quota, and ETCD_FEATURE_GATES when a member restarts from its
+// data (with etcd's initial corruption check when a quorum of its peers
+// serve). etcd.service names it optional, after etcd.conf, so it
 // overrides; on a host that is not the appliance it never exists.
 const RuntimeEnvPath = "/run/etcdimg/etcd.env"
 
