@@ -236,6 +236,11 @@ func (s *Snapshot) Healthy(name string) error {
 	if leader.RaftIndex > st.RaftIndex+maxLag {
 		return fmt.Errorf("%s is %d entries behind the leader", name, leader.RaftIndex-st.RaftIndex)
 	}
+	// Committed is not applied: a member that restarted with a backlog
+	// has the entries but does not serve them yet.
+	if leader.RaftIndex > st.Applied+maxLag {
+		return fmt.Errorf("%s has applied %d entries fewer than the leader committed", name, leader.RaftIndex-st.Applied)
+	}
 	return nil
 }
 

@@ -14,8 +14,8 @@ func TestSnapshotHealth(t *testing.T) {
 		ClusterID: 7, LeaderID: 1,
 		Members: []*etcdserverpb.Member{{ID: 1, Name: "a"}, {ID: 2, Name: "b"}, {ID: 3, Name: "c"}},
 		Status: map[string]MemberStatus{
-			"a": {Name: "a", ID: 1, ClusterID: 7, Leader: 1, RaftIndex: 100},
-			"b": {Name: "b", ID: 2, ClusterID: 7, Leader: 1, RaftIndex: 99},
+			"a": {Name: "a", ID: 1, ClusterID: 7, Leader: 1, RaftIndex: 100, Applied: 100},
+			"b": {Name: "b", ID: 2, ClusterID: 7, Leader: 1, RaftIndex: 99, Applied: 99},
 		},
 	}
 	spec := []string{"a", "b", "c"}
@@ -26,11 +26,19 @@ func TestSnapshotHealth(t *testing.T) {
 		t.Errorf("c is down: %v", bad)
 	}
 	lagging := snap.Status["b"]
-	lagging.RaftIndex = 10
+	lagging.RaftIndex, lagging.Applied = 10, 10
 	snap.Status["b"] = lagging
 	if bad := snap.Unhealthy([]string{"b"}, spec); len(bad) != 1 || !strings.Contains(bad[0], "90 entries behind") {
 		t.Errorf("b lags: %v", bad)
 	}
+	// Every entry committed, few applied: a backlog after a restart.
+	lagging.RaftIndex = 100
+	snap.Status["b"] = lagging
+	if bad := snap.Unhealthy([]string{"b"}, spec); len(bad) != 1 || !strings.Contains(bad[0], "applied 90 entries fewer") {
+		t.Errorf("b applies a backlog: %v", bad)
+	}
+	lagging.Applied = 99
+	snap.Status["b"] = lagging
 	snap.Members = append(snap.Members, &etcdserverpb.Member{ID: 9, IsLearner: true, PeerURLs: []string{"https://x:2380"}})
 	if bad := snap.Unhealthy(nil, spec); len(bad) != 1 || !strings.Contains(bad[0], "not in the spec") {
 		t.Errorf("a stray learner: %v", bad)

@@ -47,7 +47,7 @@ func (a Alarm) Remedy() string {
 	case a.Type == etcdserverpb.AlarmType_CORRUPT && a.ID == 0:
 		return "etcd found members whose data differ with no majority agreeing, so it cannot tell which are damaged, and the cluster takes no writes (it still serves reads): restore the cluster from a verified backup (`etcdimg restore`)"
 	case a.Type == etcdserverpb.AlarmType_CORRUPT && a.Listed:
-		return fmt.Sprintf("its data differs from its peers' and the cluster takes no writes (it still serves reads, from %s too); etcd refuses the lease the cluster's operation lock needs while the alarm stands, so disarm it by hand (`etcdimg etcdctl -- alarm disarm`) and at once `etcdimg replace %s` to heal it from its peers", a.Member, a.Member)
+		return fmt.Sprintf("its data differs from its peers' and the cluster takes no writes (it still serves reads, from %s too); etcd refuses the lease the cluster's operation lock needs while the alarm stands: power %s off first (`etcdimg stop %s`, or the machine's own power; the leader re-raises the alarm within a minute while it answers), then disarm it by hand (`etcdimg etcdctl -- alarm disarm`) and `etcdimg replace %s` to heal it from its peers", a.Member, a.Member, a.Member, a.Member)
 	case a.Type == etcdserverpb.AlarmType_CORRUPT:
 		return "raised by a member that is no longer in the cluster: `etcdimg alarms --disarm` clears it"
 	}
@@ -168,7 +168,7 @@ func disarmable(alarms []Alarm, sts []MemberStatus) error {
 			if a.ID == 0 {
 				why = append(why, "members' data differ with no majority agreeing (CORRUPT for the whole cluster): restore the cluster from a verified backup (`etcdimg restore`)")
 			} else if a.Listed {
-				why = append(why, fmt.Sprintf("%s's data differs from its peers' (CORRUPT): disarm it by hand (`etcdimg etcdctl -- alarm disarm`) and at once `etcdimg replace %s` to heal it from them", a.Member, a.Member))
+				why = append(why, fmt.Sprintf("%s's data differs from its peers' (CORRUPT): power it off first (the leader re-raises the alarm while it answers), then disarm it by hand (`etcdimg etcdctl -- alarm disarm`) and `etcdimg replace %s` to heal it from them", a.Member, a.Member))
 			}
 		default:
 			why = append(why, fmt.Sprintf("%s: etcdimg does not know when that alarm's cause is gone; if you do, `etcdimg etcdctl -- alarm disarm`", a))
@@ -384,12 +384,12 @@ func (e *Etcd) lockFree(ctx context.Context) error {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
 	defer cancel()
-	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(OperationLockKey), "=", 0)).Else(clientv3.OpGet(OperationLockKey)).Commit()
+	holder, err := maintain.OperationHolder(ctx, cli)
 	if err != nil {
-		return fmt.Errorf("operation lock: %w", err)
+		return fmt.Errorf("cluster: %w", err)
 	}
-	if !resp.Succeeded {
-		return heldBy(resp)
+	if holder != "" {
+		return heldBy(holder)
 	}
 	return nil
 }

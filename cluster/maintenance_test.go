@@ -102,7 +102,7 @@ func TestDisarmWaitsUntilTheCauseIsGone(t *testing.T) {
 		{name: "NOSPACE, a member does not answer", alarms: []Alarm{nospace}, sts: []MemberStatus{small, {Name: "etcd-2", Err: errors.New("context deadline\nexceeded")}},
 			want: []string{"etcd-2 does not answer (context deadline exceeded), so its database's size is unknown"}},
 		{name: "CORRUPT of a member", alarms: []Alarm{{Member: "etcd-3", ID: 3, Type: etcdserverpb.AlarmType_CORRUPT, Listed: true}}, sts: []MemberStatus{small},
-			want: []string{"etcd-3's data differs from its peers' (CORRUPT): disarm it by hand (`etcdimg etcdctl -- alarm disarm`) and at once `etcdimg replace etcd-3` to heal it from them"}},
+			want: []string{"etcd-3's data differs from its peers' (CORRUPT): power it off first (the leader re-raises the alarm while it answers), then disarm it by hand (`etcdimg etcdctl -- alarm disarm`) and `etcdimg replace etcd-3` to heal it from them"}},
 		{name: "CORRUPT of a member replaced since", alarms: []Alarm{{Member: "3", ID: 3, Type: etcdserverpb.AlarmType_CORRUPT}}, sts: []MemberStatus{small}},
 		{name: "CORRUPT of the whole cluster", alarms: []Alarm{{Member: "the cluster", Type: etcdserverpb.AlarmType_CORRUPT}}, sts: []MemberStatus{small},
 			want: []string{"no majority agreeing (CORRUPT for the whole cluster): restore the cluster from a verified backup (`etcdimg restore`)"}},

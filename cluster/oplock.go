@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"etcdimg/internal/layout"
+	"etcdimg/internal/maintain"
 )
 
 // OperationLockKey holds the cluster's one operation lock: the key of
@@ -27,12 +27,7 @@ const OperationLockKey = layout.OperationLockKey
 var operationLockTTL int64 = 30
 
 // Operation is who holds the lock, as its key's value says.
-type Operation struct {
-	Op    string    `json:"op"`
-	By    string    `json:"by"` // user@host
-	PID   int       `json:"pid"`
-	Since time.Time `json:"since"`
-}
+type Operation = maintain.Operation
 
 // OperationLock is a held operation lock; Release lets it go.
 type OperationLock struct {
@@ -63,19 +58,14 @@ func (e *Etcd) LockOperation(ctx context.Context, op string) (*OperationLock, er
 		cli.Close()
 		return nil, fmt.Errorf("cluster: operation lock: %w", err)
 	}
-	me, _ := json.Marshal(Operation{Op: op, By: operator(), PID: os.Getpid(), Since: time.Now().UTC().Truncate(time.Second)})
-	resp, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(OperationLockKey), "=", 0)).
-		Then(clientv3.OpPut(OperationLockKey, string(me), clientv3.WithLease(lease.ID))).
-		Else(clientv3.OpGet(OperationLockKey)).
-		Commit()
-	if err != nil || !resp.Succeeded {
+	holder, err := maintain.TakeOperationLock(ctx, cli, lease.ID, Operation{Op: op, By: operator(), PID: os.Getpid(), Since: time.Now().UTC().Truncate(time.Second)})
+	if err != nil || holder != "" {
 		cli.Revoke(context.Background(), lease.ID)
 		cli.Close()
 		if err != nil {
-			return nil, fmt.Errorf("cluster: operation lock: %w", err)
+			return nil, fmt.Errorf("cluster: %w", err)
 		}
-		return nil, heldBy(resp)
+		return nil, heldBy(holder)
 	}
 	kaCtx, stop := context.WithCancel(context.Background())
 	ka, err := cli.KeepAlive(kaCtx, lease.ID)
@@ -105,16 +95,17 @@ func (l *OperationLock) watch(ka <-chan *clientv3.LeaseKeepAliveResponse) {
 }
 
 // heldBy is the refusal that names the lock's holder.
-func heldBy(resp *clientv3.TxnResponse) error {
-	var o Operation
-	if rs := resp.Responses; len(rs) == 1 && len(rs[0].GetResponseRange().Kvs) == 1 {
-		json.Unmarshal(rs[0].GetResponseRange().Kvs[0].Value, &o)
-	}
-	if o.Op == "" {
+func heldBy(holder string) error {
+	o, ok := maintain.ParseOperation(holder)
+	if !ok {
 		return errors.New("cluster: another operation holds the cluster's lock; wait for it to finish and try again")
 	}
-	return fmt.Errorf("cluster: another operation holds the cluster: %s, by %s (pid %d) since %s; wait for it to finish, or, if it was interrupted, for its lock to expire within %ds, and try again",
-		o.Op, o.By, o.PID, o.Since.Format(time.RFC3339), operationLockTTL)
+	by := o.By
+	if o.PID != 0 {
+		by += fmt.Sprintf(" (pid %d)", o.PID)
+	}
+	return fmt.Errorf("cluster: another operation holds the cluster: %s, by %s since %s; wait for it to finish, or, if it was interrupted, for its lock to expire within %ds, and try again",
+		o.Op, by, o.Since.Format(time.RFC3339), operationLockTTL)
 }
 
 // operator names this operator as user@host.

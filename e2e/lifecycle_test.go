@@ -288,16 +288,18 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 
 	// One byte of the value flipped in etcd-1's database while it is
 	// off. Started again with its peers serving, it does not serve: etcd's
-	// initial corruption check refuses it and the console names it and
-	// the fix; `health` names it; `replace` heals it from its peers.
+	// initial corruption check refuses it, its peers agree against it, it
+	// keeps the verdict and stops etcd for good, and the console names it
+	// and the fix; `health` names it; `replace` heals it from its peers.
 	flipInDatabase(t, filepath.Join(u.out, "disks", "etcd-1-data.img"), probe)
 	if _, stderr, code := etcdimg(t, u.work, "start", "etcd-1", "--out", u.out); code != 0 {
 		t.Fatalf("start etcd-1: %s", stderr)
 	}
 	u.reload(t)
-	waitConsole(t, u, "etcd-1", "corruption: etcd refused to start", 4*time.Minute)
-	if c := consoleOf(u, "etcd-1"); !strings.Contains(c, "etcdimg replace etcd-1") || !strings.Contains(c, "2 of its 2 peers serve: etcd compares its data") {
-		t.Errorf("etcd-1's console does not say what it checked and how to heal it:\n%s", lastLines(c, 30))
+	waitConsole(t, u, "etcd-1", "agree against this member", 4*time.Minute)
+	if c := consoleOf(u, "etcd-1"); !strings.Contains(c, "corruption: etcd refused to start") || !strings.Contains(c, "etcdimg replace etcd-1") ||
+		!strings.Contains(c, "2 of its 2 peers serve: etcd compares its data") || !strings.Contains(c, "not restarting") {
+		t.Errorf("etcd-1's console does not say what it checked, that it stopped, and how to heal it:\n%s", lastLines(c, 30))
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	if st, err := u.client(t, 0, u.admin).Status(sctx, fmt.Sprintf("https://127.0.0.1:%d", u.state.Members[0].Client)); err == nil {

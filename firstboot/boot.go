@@ -295,7 +295,9 @@ func startUnits(st *state) (string, error) {
 	for _, u := range st.units {
 		s := newService(u)
 		if u.Name == ign.EtcdUnitName {
-			s.explain = st.me.Explain
+			g := st.me.NewCorruptionGuard()
+			s.explain = g.Line
+			s.beforeRestart = func() ([]string, string) { return g.BeforeRestart(st.n.ctx) }
 		}
 		st.n.mu.Lock()
 		st.n.services = append(st.n.services, s)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -41,6 +42,10 @@ type service struct {
 	// explain, when set, has words for the console after an output line
 	// that says why the service stopped and what heals it.
 	explain func(line string) string
+	// beforeRestart, when set, runs after the process exited and before
+	// it is started again: env is added to the next start's environment
+	// (a later value wins), and a stop reason ends the restarts.
+	beforeRestart func() (env []string, stop string)
 }
 
 func newService(u *Unit) *service { return &service{unit: u, wake: make(chan struct{})} }
@@ -201,6 +206,14 @@ func (s *service) supervise(env []string) {
 		if !restart {
 			logf("%s: exited (%s); Restart=%s, not restarting", s.unit.Name, exitText(err), s.unit.Restart)
 			return
+		}
+		if s.beforeRestart != nil {
+			add, stop := s.beforeRestart()
+			if stop != "" {
+				logf("%s: exited (%s); not restarting: %s", s.unit.Name, exitText(err), stop)
+				return
+			}
+			env = append(slices.Clone(env), add...)
 		}
 		if time.Since(started) >= stableAfter {
 			delay = s.unit.RestartSec

@@ -246,3 +246,39 @@ func TestTheRelayAsksForWordsOnEveryLine(t *testing.T) {
 		t.Errorf("explain saw %q", seen)
 	}
 }
+
+// TestBeforeRestartAddsToTheEnvironmentOrStops: what a service's
+// beforeRestart adds reaches the next start's environment, and a stop
+// reason ends the restarts.
+func TestBeforeRestartAddsToTheEnvironmentOrStops(t *testing.T) {
+	out := captureConsole(t)
+	dir := t.TempDir()
+	prog := script(t, dir, "etcdish", "echo \"gates=$GATES\"\nexit 1\n")
+	s := newService(unit(t, "etcdish.service", "[Service]\nExecStart="+prog+"\nEnvironment=GATES=first\nRestart=always\nRestartSec=50ms\n"))
+	calls := 0
+	stopped := make(chan struct{})
+	s.beforeRestart = func() ([]string, string) {
+		calls++
+		if calls == 1 {
+			return []string{"GATES=second"}, ""
+		}
+		close(stopped)
+		return nil, "its data is damaged"
+	}
+	if _, err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("beforeRestart was not asked twice within 10 s")
+	}
+	waitUntil(t, 5*time.Second, "the second run's output", func() bool { return strings.Contains(out.String(), "gates=second") })
+	time.Sleep(300 * time.Millisecond)
+	if n := s.startCount(); n != 2 {
+		t.Errorf("%d starts; want 2: the stop reason ends the restarts", n)
+	}
+	if !strings.Contains(out.String(), "gates=first") {
+		t.Errorf("the first run's environment:\n%s", out.String())
+	}
+}

@@ -2,8 +2,8 @@ package join
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"etcdimg/firstboot/internal/console"
@@ -17,6 +17,9 @@ import (
 // peers this member is starting has ended by then.
 func (s *Self) Decide(ctx context.Context, hasData bool) (*Plan, error) {
 	if hasData {
+		if why := s.refusedBefore(); why != "" {
+			return nil, errors.New(why)
+		}
 		return s.restartPlan(ctx), nil
 	}
 	plan, err := s.bootstrapOrJoin(ctx)
@@ -42,7 +45,7 @@ func (s *Self) Decide(ctx context.Context, hasData bool) (*Plan, error) {
 // peersServingWait bounds how long a member restarting from its data
 // asks its peers whether they serve: a peer that is off costs one
 // timeout, and a cluster restarting as a whole waits for nobody.
-const peersServingWait = 4 * time.Second
+const peersServingWait = 8 * time.Second
 
 // restartPlan is the plan of a member restarting from its data. When a
 // quorum of the cluster serves without it, etcd's initial corruption
@@ -112,12 +115,3 @@ func (s *Self) AfterStart(ctx context.Context, plan *Plan, recordedID string, st
 
 // logf prints one line to the console.
 func logf(format string, args ...any) { console.Logf(format, args...) }
-
-// Explain has words for the console when etcd's output line says why it
-// stopped and what heals it; "" for any other line.
-func (s *Self) Explain(line string) string {
-	if strings.Contains(line, "found data inconsistency with peers") {
-		return "corruption: etcd refused to start: this member's data differs from its peers' at the same revision (etcd's initial corruption check, run as a quorum of its peers serve); it will not serve from this disk. Heal it from its peers: etcdimg replace " + s.Name
-	}
-	return ""
-}

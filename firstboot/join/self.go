@@ -40,9 +40,12 @@ type Self struct {
 	JoinOnly bool
 	// Restore, when the image carries a snapshot, is what a new cluster
 	// starts from instead of an empty keyspace.
-	Restore   *ign.RestoreConfig
-	tls       *tls.Config // our certificate as a client, the CA as the trust
-	serverTLS *tls.Config // our certificate as a server, clients must have the CA's
+	Restore *ign.RestoreConfig
+	// RefusedPath is where a verdict that this member's data is damaged
+	// is kept, on its data disk (layout.RefusedFile under the root).
+	RefusedPath string
+	tls         *tls.Config // our certificate as a client, the CA as the trust
+	serverTLS   *tls.Config // our certificate as a server, clients must have the CA's
 
 	httpOnce sync.Once
 	peerHTTP *http.Client // peerClient's
@@ -84,7 +87,8 @@ func ReadSelf(root string) (*Self, error) {
 		return nil, err
 	}
 	env := m.Env
-	s := &Self{Name: m.Name, Cluster: m.Token, PeerURL: m.PeerURL, IP: m.IP, InitialCluster: m.InitialCluster, Quota: m.Quota, Peers: m.Peers}
+	s := &Self{Name: m.Name, Cluster: m.Token, PeerURL: m.PeerURL, IP: m.IP, InitialCluster: m.InitialCluster, Quota: m.Quota, Peers: m.Peers,
+		RefusedPath: filepath.Join(root, layout.RefusedFile)}
 	if b, err := os.ReadFile(filepath.Join(root, layout.RestoreConfigPath)); err == nil {
 		s.Restore = &ign.RestoreConfig{}
 		if err := json.Unmarshal(b, s.Restore); err != nil || s.Restore.Size <= 0 || len(s.Restore.SHA256) != 64 {

@@ -27,7 +27,6 @@ package maintd
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,7 +41,6 @@ import (
 	"go.uber.org/zap"
 
 	"etcdimg/internal/backup"
-	"etcdimg/internal/layout"
 	"etcdimg/internal/maintain"
 )
 
@@ -528,31 +526,17 @@ func (s *Service) backupStale(ctx context.Context, cli *clientv3.Client) (string
 	return "", nil
 }
 
-// takeOperationLock takes the cluster's operation lock on lease, the
-// way an operator's command takes it, or returns what holds it.
+// takeOperationLock takes the cluster's operation lock on lease for
+// this member's scheduled defragmentation; when another holds it, it
+// returns the holder (the key's value) and takes nothing.
 func (s *Service) takeOperationLock(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	me, _ := json.Marshal(struct {
-		Op    string    `json:"op"`
-		By    string    `json:"by"`
-		Since time.Time `json:"since"`
-	}{"scheduled defragmentation of " + s.Member, s.Member, s.now().UTC().Truncate(time.Second)})
-	r, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(layout.OperationLockKey), "=", 0)).
-		Then(clientv3.OpPut(layout.OperationLockKey, string(me), clientv3.WithLease(lease))).
-		Else(clientv3.OpGet(layout.OperationLockKey)).
-		Commit()
+	held, err := maintain.TakeOperationLock(ctx, cli, lease, maintain.Operation{Op: "scheduled defragmentation of " + s.Member, By: s.Member, Since: s.now().UTC().Truncate(time.Second)})
 	if err != nil {
-		return "", fmt.Errorf("defrag: operation lock: %w", err)
+		return "", fmt.Errorf("defrag: %w", err)
 	}
-	if r.Succeeded {
-		return "", nil
-	}
-	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
-		return string(kvs[0].Value), nil
-	}
-	return "held", nil
+	return held, nil
 }
 
 // operationHeld names the operation that holds the cluster's operation
@@ -560,14 +544,7 @@ func (s *Service) takeOperationLock(ctx context.Context, cli *clientv3.Client, l
 func operationHeld(ctx context.Context, cli *clientv3.Client) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	r, err := cli.Get(ctx, layout.OperationLockKey)
-	if err != nil {
-		return "", fmt.Errorf("read the operation lock: %w", err)
-	}
-	if len(r.Kvs) == 0 {
-		return "", nil
-	}
-	return string(r.Kvs[0].Value), nil
+	return maintain.OperationHolder(ctx, cli)
 }
 
 // compact compacts the cluster's history to the current revision, the
