@@ -295,6 +295,7 @@ func startUnits(st *state) (string, error) {
 	for _, u := range st.units {
 		s := newService(u)
 		if u.Name == ign.EtcdUnitName {
+			st.me.KeepVerdict = datadisk.MarkRefused
 			g := st.me.NewCorruptionGuard()
 			s.explain = g.Line
 			s.beforeRestart = func() ([]string, string) { return g.BeforeRestart(st.n.ctx) }

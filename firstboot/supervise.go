@@ -189,6 +189,12 @@ func (s *service) supervise(env []string) {
 			return
 		}
 		failed := err != nil
+		if s.beforeRestart != nil {
+			// It judges by the process's last lines: all of them are
+			// read first (the relay ends at the pipe's end), however
+			// slow the console.
+			<-relayed
+		}
 		if failed {
 			// The routine lines the console was spared are what an
 			// operator needs now: print the last of them.

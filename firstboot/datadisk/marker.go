@@ -19,7 +19,16 @@ type Marker struct {
 	Cluster   string `json:"cluster"`
 	Member    string `json:"member"`
 	ClusterID string `json:"clusterID,omitempty"` // once etcd reported it
+	// Refused, once set, is why the disk's etcd data was found damaged
+	// (MarkRefused); Member then ends in RefusedSuffix.
+	Refused string `json:"refused,omitempty"`
 }
+
+// RefusedSuffix ends the member's name in the marker of a disk whose data
+// was found damaged: no release, this one or an older one a member falls
+// back to, takes the disk as its member's any more (an older release
+// refuses it as another member's, nothing on it changed).
+const RefusedSuffix = "!damaged"
 
 // hasEtcdData reports whether dir holds an etcd member's data: a WAL.
 func hasEtcdData(dir string) bool {
@@ -65,6 +74,9 @@ func claimDiskAt(d diskPaths, o Owner, writable func() error) (hasData bool, m M
 	case err == nil:
 		if err := json.Unmarshal(b, &m); err != nil {
 			return false, m, "", fmt.Errorf("%s is not readable (%v); not starting etcd on a disk of unknown owner (nothing on it was changed)", d.markerFile, err)
+		}
+		if m.Cluster == o.Cluster && m.Member == o.Member+RefusedSuffix {
+			return false, m, "", fmt.Errorf("this disk's etcd data was found damaged (%s); etcd does not start from it, nothing on it was changed. Heal the member from its peers: etcdimg replace %s", m.Refused, o.Member)
 		}
 		if m.Cluster != o.Cluster || m.Member != o.Member {
 			why := fmt.Errorf("the data disk belongs to member %s of cluster %s, not %s of %s: not using it, nothing on it was changed; attach this member's own disk or a blank one", m.Member, m.Cluster, o.Member, o.Cluster)
@@ -194,6 +206,32 @@ func RecordClusterID(id string) error {
 	}
 	m.ClusterID = id
 	return writeMarker(onDisk(layout.DataMount), m)
+}
+
+// MarkRefused records on the marker of the data disk mounted at
+// layout.DataMount that its etcd data was found damaged, and why: etcd
+// never starts from it again (Claim refuses it).
+func MarkRefused(why string) error {
+	return markRefusedAt(onDisk(layout.DataMount), why)
+}
+
+func markRefusedAt(d diskPaths, why string) error {
+	b, err := os.ReadFile(d.markerFile)
+	if err != nil {
+		return fmt.Errorf("mark the data disk damaged: %w", err)
+	}
+	var m Marker
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("mark the data disk damaged: %w", err)
+	}
+	if !strings.HasSuffix(m.Member, RefusedSuffix) {
+		m.Member += RefusedSuffix
+	}
+	m.Refused = why
+	if err := writeMarker(d, m); err != nil {
+		return fmt.Errorf("mark the data disk damaged: %w", err)
+	}
+	return nil
 }
 
 // QuotaReserve is what the data disk keeps beside the backend at its

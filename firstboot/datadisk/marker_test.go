@@ -120,6 +120,8 @@ func TestClaimLeavesAForeignDiskUntouched(t *testing.T) {
 		{name: "another member's disk, legacy layout", marker: markerOf("c-token", "etcd-2"), legacy: true, refused: "belongs to member etcd-2"},
 		{name: "another member's disk", marker: markerOf("c-token", "etcd-2"), refused: "belongs to member etcd-2"},
 		{name: "unreadable marker, legacy layout", marker: "{not json", legacy: true, refused: "not readable"},
+		{name: "own disk, found damaged", marker: `{"cluster":"c-token","member":"etcd-1!damaged","refused":"etcd-2 and etcd-3 agree against it"}`, refused: "found damaged (etcd-2 and etcd-3 agree against it); etcd does not start from it, nothing on it was changed. Heal the member from its peers: etcdimg replace etcd-1"},
+		{name: "own disk of an older release's view, found damaged", marker: markerOf("c-token", "etcd-1"+RefusedSuffix), refused: "found damaged"},
 		{name: "own disk, legacy layout", marker: markerOf("c-token", "etcd-1"), legacy: true, hasData: true},
 		{name: "unclaimed disk with legacy data", legacy: true, hasData: true},
 		{name: "unclaimed blank disk"},
@@ -229,4 +231,31 @@ func fileSum(t *testing.T, path string) [sha256.Size]byte {
 		t.Fatal(err)
 	}
 	return sha256.Sum256(b)
+}
+
+// TestAMarkedDamagedDiskIsRefusedByEveryRelease: MarkRefused keeps the
+// cluster and the cluster ID, and makes the member's name one no release
+// takes as its own: this one says why, and a claim by the name alone (an
+// older release's rule) is a mismatch.
+func TestAMarkedDamagedDiskIsRefusedByEveryRelease(t *testing.T) {
+	root := t.TempDir()
+	d := onDisk(root)
+	os.WriteFile(d.markerFile, []byte(`{"cluster":"c-token","member":"etcd-1","clusterID":"abc"}`), 0o600)
+	if err := markRefusedAt(d, "why"); err != nil {
+		t.Fatal(err)
+	}
+	if err := markRefusedAt(d, "why again"); err != nil {
+		t.Fatal(err)
+	}
+	var m Marker
+	b, _ := os.ReadFile(d.markerFile)
+	if err := json.Unmarshal(b, &m); err != nil || m.Member != "etcd-1"+RefusedSuffix || m.Cluster != "c-token" || m.ClusterID != "abc" || m.Refused != "why again" {
+		t.Fatalf("the marked marker: %s (%v)", b, err)
+	}
+	if m.Member == "etcd-1" {
+		t.Fatal("an older release would take the disk as etcd-1's")
+	}
+	if _, _, _, err := claimDiskAt(d, Owner{Member: "etcd-1", Cluster: "c-token"}, func() error { return nil }); err == nil || !strings.Contains(err.Error(), "found damaged (why again)") {
+		t.Errorf("claim of a disk marked damaged: %v", err)
+	}
 }

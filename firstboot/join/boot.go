@@ -2,7 +2,6 @@ package join
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -17,9 +16,6 @@ import (
 // peers this member is starting has ended by then.
 func (s *Self) Decide(ctx context.Context, hasData bool) (*Plan, error) {
 	if hasData {
-		if why := s.refusedBefore(); why != "" {
-			return nil, errors.New(why)
-		}
 		return s.restartPlan(ctx), nil
 	}
 	plan, err := s.bootstrapOrJoin(ctx)

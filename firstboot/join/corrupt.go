@@ -3,10 +3,7 @@ package join
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -36,10 +33,13 @@ const (
 type CorruptionGuard struct {
 	s *Self
 
-	mu       sync.Mutex
-	local    hashAt // this member's hash, as etcd's refusal said it
-	refused  bool   // etcd refused since the last restart
-	peerWait time.Duration
+	mu      sync.Mutex
+	local   hashAt // this member's hash, as etcd's refusal said it
+	refused bool   // etcd refused since the last restart
+	// peerWait bounds one round of questions to the peers; retry is the
+	// first wait between rounds while no majority decides (it doubles,
+	// up to a minute).
+	peerWait, retry time.Duration
 }
 
 // hashAt is a member's hash of its keys at a revision.
@@ -50,7 +50,7 @@ type hashAt struct {
 
 // NewCorruptionGuard guards this member's etcd.
 func (s *Self) NewCorruptionGuard() *CorruptionGuard {
-	return &CorruptionGuard{s: s, peerWait: 10 * time.Second}
+	return &CorruptionGuard{s: s, peerWait: 10 * time.Second, retry: 5 * time.Second}
 }
 
 // Line reads one line of etcd's output, and has words for the console
@@ -79,8 +79,12 @@ func (g *CorruptionGuard) Line(line string) string {
 }
 
 // BeforeRestart runs after etcd exited, before it is started again. It
-// returns what to add to etcd's environment for the next start, or, when
-// this member's data is damaged, why etcd must not start again.
+// returns what to add to etcd's environment for the next start, or why
+// etcd must not start again. After a refusal it judges until a majority
+// decides, however long that takes, with etcd down meanwhile: started
+// again with the check, a damaged member would pass it as soon as its
+// peers compact past the compared revision (etcd skips a peer at another
+// compact revision), and serve.
 func (g *CorruptionGuard) BeforeRestart(ctx context.Context) (env []string, stop string) {
 	g.mu.Lock()
 	refused, local := g.refused, g.local
@@ -89,28 +93,45 @@ func (g *CorruptionGuard) BeforeRestart(ctx context.Context) (env []string, stop
 	if !refused {
 		return nil, ""
 	}
-	ctx, cancel := context.WithTimeout(ctx, g.peerWait)
-	defer cancel()
-	peers := g.s.peerHashes(ctx, local.Revision)
-	v := judge(g.s.Name, local, peers, len(g.s.Peers)+1)
-	switch v.kind {
-	case damaged:
-		if err := g.s.recordRefusal(v, local); err != nil {
-			logf("corruption: %v", err)
+	wait := g.retry
+	said := ""
+	for {
+		qctx, cancel := context.WithTimeout(ctx, g.peerWait)
+		peers := g.s.peerHashes(qctx, local.Revision)
+		cancel()
+		v := judge(g.s.Name, local, peers, g.s.Peers)
+		switch v.kind {
+		case damaged:
+			if g.s.KeepVerdict == nil {
+				logf("corruption: the verdict is not kept: no data disk to keep it on")
+			} else if err := g.s.KeepVerdict(v.words); err != nil {
+				logf("corruption: %v", err)
+			}
+			return nil, v.words
+		case sound:
+			logf("%s", v.words)
+			return []string{ign.FeatureGatesVar + "=" + ign.FeatureGates(false)}, ""
 		}
-		return nil, v.words
-	case sound:
-		logf("%s", v.words)
-		return []string{ign.FeatureGatesVar + "=" + ign.FeatureGates(false)}, ""
+		if v.words != said {
+			logf("%s", v.words)
+			said = v.words
+		}
+		select {
+		case <-ctx.Done():
+			return nil, "shutting down before a majority decided"
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
 	}
-	logf("%s", v.words)
-	return nil, ""
 }
 
 // peerHashes asks every peer for its hash at rev, in parallel, with this
-// member's certificate; a peer that does not answer is left out.
+// member's certificate. A peer that does not answer is left out, and so
+// is an answer from another cluster, or from a member that already
+// answered under another name (an address the spec gives twice).
 func (s *Self) peerHashes(ctx context.Context, rev int64) map[string]hashAt {
 	out := map[string]hashAt{}
+	ids := map[uint64]bool{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, p := range s.Peers {
@@ -123,12 +144,16 @@ func (s *Self) peerHashes(ctx context.Context, rev int64) map[string]hashAt {
 			}
 			defer cli.Close()
 			r, err := cli.HashKV(ctx, p.ClientURL, rev)
-			if err != nil {
+			if err != nil || r.Header == nil || (s.WantID != 0 && r.Header.ClusterId != s.WantID) {
 				return
 			}
 			mu.Lock()
+			defer mu.Unlock()
+			if ids[r.Header.MemberId] {
+				return
+			}
+			ids[r.Header.MemberId] = true
 			out[p.Name] = hashAt{rev, r.CompactRevision, r.Hash}
-			mu.Unlock()
 		}()
 	}
 	wg.Wait()
@@ -152,8 +177,15 @@ type verdict struct {
 // judge counts, among the members that answered with the same compact
 // revision as this one, who agrees with whom at the revision, against
 // the quorum of a cluster of size members.
-func judge(name string, local hashAt, peers map[string]hashAt, size int) verdict {
+func judge(name string, local hashAt, peers map[string]hashAt, spec []ign.Peer) verdict {
+	size := len(spec) + 1
 	quorum := size/2 + 1
+	var silent []string
+	for _, p := range spec {
+		if _, ok := peers[p.Name]; !ok {
+			silent = append(silent, p.Name)
+		}
+	}
 	groups := map[uint32][]string{local.Hash: {name}}
 	var skipped []string
 	for n, h := range peers {
@@ -181,61 +213,13 @@ func judge(name string, local hashAt, peers map[string]hashAt, size int) verdict
 	if len(mine) >= quorum {
 		return verdict{sound, against, fmt.Sprintf("corruption: this member agrees with %s at revision %d, a majority of the cluster's %d; %s differs: starting without the initial check (the leader's compaction hash check raises CORRUPT for what differs)", strings.Join(mine[1:], " and "), local.Revision, size, strings.Join(against, " and "))}
 	}
-	return verdict{undecided, against, fmt.Sprintf("corruption: no majority of the cluster's %d agrees at revision %d (this member's side: %s; differing: %s; not compared: %s); trying again with the check", size, local.Revision, strings.Join(mine, ", "), strings.Join(against, ", "), strings.Join(skipped, ", "))}
+	sort.Strings(skipped)
+	return verdict{undecided, against, fmt.Sprintf("corruption: no majority of the cluster's %d agrees at revision %d (this member's side: %s; differing: %s; at another compaction: %s; not answering: %s); etcd stays down, asking again", size, local.Revision, strings.Join(mine, ", "), list(against), list(skipped), list(silent))}
 }
 
-// refusal is what RefusedFile holds.
-type refusal struct {
-	At       time.Time `json:"at"`
-	Revision int64     `json:"revision"`
-	Hash     uint32    `json:"hash"`
-	Against  []string  `json:"against"`
-	Words    string    `json:"words"`
-}
-
-// recordRefusal keeps the verdict on the data disk, synced.
-func (s *Self) recordRefusal(v verdict, local hashAt) error {
-	b, _ := json.MarshalIndent(refusal{time.Now().UTC(), local.Revision, local.Hash, v.against, v.words}, "", "  ")
-	tmp := s.RefusedPath + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("keep the verdict: %w", err)
+func list(names []string) string {
+	if len(names) == 0 {
+		return "none"
 	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, s.RefusedPath)
-	}
-	if err == nil {
-		if d, derr := os.Open(filepath.Dir(s.RefusedPath)); derr == nil {
-			err = d.Sync()
-			d.Close()
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("keep the verdict: %w", err)
-	}
-	return nil
-}
-
-// refusedBefore says why etcd must not start from this disk, if a
-// verdict was kept on it.
-func (s *Self) refusedBefore() string {
-	if s.RefusedPath == "" {
-		return ""
-	}
-	b, err := os.ReadFile(s.RefusedPath)
-	if errors.Is(err, os.ErrNotExist) {
-		return ""
-	}
-	var r refusal
-	if err != nil || json.Unmarshal(b, &r) != nil {
-		return fmt.Sprintf("%s is unreadable (%v): this disk's data was found damaged before; etcd does not start from it. Heal the member from its peers: etcdimg replace %s", s.RefusedPath, err, s.Name)
-	}
-	return fmt.Sprintf("this disk's etcd data was found damaged on %s (%s agreed against it at revision %d); etcd does not start from it. Heal the member from its peers: etcdimg replace %s", r.At.Format(time.RFC3339), strings.Join(r.Against, " and "), r.Revision, s.Name)
+	return strings.Join(names, ", ")
 }

@@ -131,10 +131,10 @@ func (c *testCluster) start(i int, initialCheck bool) error {
 	return nil
 }
 
-// self is member i as firstboot sees it: its peers' client URLs, and
-// where a verdict is kept.
-func (c *testCluster) self(i int) *Self {
-	s := &Self{Name: c.nodes[i].cfg.Name, RefusedPath: filepath.Join(c.t.TempDir(), "refused.json")}
+// self is member i as firstboot sees it: its peers' client URLs; the
+// verdicts it keeps go to kept.
+func (c *testCluster) self(i int, kept *[]string) *Self {
+	s := &Self{Name: c.nodes[i].cfg.Name, KeepVerdict: func(why string) error { *kept = append(*kept, why); return nil }}
 	for j, nd := range c.nodes {
 		if j != i {
 			s.Peers = append(s.Peers, ign.Peer{Name: nd.cfg.Name, PeerURL: nd.cfg.AdvertisePeerUrls[0].String(), ClientURL: c.url(j)})
@@ -234,7 +234,8 @@ func TestADamagedMemberIsRefusedForGood(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), etcdInconsistent) {
 		t.Fatalf("etcd-3 restarted on damaged data with its peers serving: %v, want refused", err)
 	}
-	s := c.self(2)
+	var kept []string
+	s := c.self(2, &kept)
 	g, said := c.guardAfter(2, s)
 	if !strings.Contains(said, "corruption: etcd refused to start") {
 		t.Errorf("the console got %q", said)
@@ -243,13 +244,37 @@ func TestADamagedMemberIsRefusedForGood(t *testing.T) {
 	if env != nil || !strings.Contains(stop, "etcd-1 and etcd-2 agree against this member") || !strings.Contains(stop, "etcdimg replace etcd-3") {
 		t.Fatalf("the guard's verdict: env %v, stop %q", env, stop)
 	}
-	plan, err := s.Decide(context.Background(), true)
-	if err == nil || !strings.Contains(err.Error(), "found damaged") || !strings.Contains(err.Error(), "etcdimg replace etcd-3") {
-		t.Fatalf("the next boot's decision: %v, %v", plan, err)
+	if len(kept) != 1 || kept[0] != stop {
+		t.Errorf("the verdict kept on the disk: %q", kept)
 	}
 	// After another exit without a refusal, nothing more is decided.
 	if env, stop := g.BeforeRestart(context.Background()); env != nil || stop != "" {
 		t.Errorf("a second BeforeRestart: %v %q", env, stop)
+	}
+}
+
+// TestNoMajorityKeepsEtcdDown: refused, with one peer against it and the
+// other not answering, a member does not start again (with the check,
+// it would pass once its peers compact): it asks again until a majority
+// decides, or the machine shuts down, and keeps no verdict.
+func TestNoMajorityKeepsEtcdDown(t *testing.T) {
+	c := newTestCluster(t)
+	c.writeAndDamage(2)
+	on, _ := initialCheck(2, 3)
+	if err := c.start(2, on); err == nil {
+		t.Fatal("etcd-3 restarted on damaged data with its peers serving")
+	}
+	var kept []string
+	s := c.self(2, &kept)
+	silent := etcdtest.FreeURL(t, "http")
+	s.Peers[1].ClientURL = silent.String() // etcd-2 does not answer
+	g, _ := c.guardAfter(2, s)
+	g.peerWait, g.retry = time.Second, 200*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	env, stop := g.BeforeRestart(ctx)
+	if env != nil || !strings.Contains(stop, "before a majority decided") || len(kept) != 0 {
+		t.Fatalf("undecided: env %v, stop %q, kept %q", env, stop, kept)
 	}
 }
 
@@ -272,14 +297,15 @@ func TestAHealthyMemberRefusedBesideADamagedOneStartsAgain(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), etcdInconsistent) {
 		t.Fatalf("etcd-2 with a damaged peer serving: %v, want refused by etcd's any-peer rule", err)
 	}
-	s := c.self(1)
+	var kept []string
+	s := c.self(1, &kept)
 	g, _ := c.guardAfter(1, s)
 	env, stop := g.BeforeRestart(context.Background())
 	if stop != "" || len(env) != 1 || env[0] != ign.FeatureGatesVar+"="+ign.FeatureGates(false) {
 		t.Fatalf("the guard's verdict: env %v, stop %q; want a start without the check", env, stop)
 	}
-	if _, err := os.Stat(s.RefusedPath); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("a verdict was kept against the healthy etcd-2: %v", err)
+	if len(kept) != 0 {
+		t.Errorf("a verdict was kept against the healthy etcd-2: %q", kept)
 	}
 }
 
@@ -330,6 +356,13 @@ func TestTheCompactionHashCheckNamesTheDamagedMember(t *testing.T) {
 func TestJudgeCountsAgainstTheClustersQuorum(t *testing.T) {
 	me := hashAt{Revision: 10, CompactRevision: 5, Hash: 1}
 	h := func(hash uint32) hashAt { return hashAt{10, 5, hash} }
+	spec := func(n int) []ign.Peer {
+		var out []ign.Peer
+		for _, name := range []string{"a", "b", "c", "d"}[:n-1] {
+			out = append(out, ign.Peer{Name: name})
+		}
+		return out
+	}
 	for _, tc := range []struct {
 		name  string
 		peers map[string]hashAt
@@ -345,8 +378,12 @@ func TestJudgeCountsAgainstTheClustersQuorum(t *testing.T) {
 		{"five: two against, one with", map[string]hashAt{"a": h(2), "b": h(2), "c": h(1)}, 5, undecided},
 		{"five: two with", map[string]hashAt{"a": h(1), "b": h(1), "c": h(2)}, 5, sound},
 	} {
-		if got := judge("me", me, tc.peers, tc.size); got.kind != tc.want || got.words == "" {
+		got := judge("me", me, tc.peers, spec(tc.size))
+		if got.kind != tc.want || got.words == "" {
 			t.Errorf("%s: %v %q, want %v", tc.name, got.kind, got.words, tc.want)
+		}
+		if tc.name == "one peer against, the other silent" && !strings.Contains(got.words, "not answering: b") {
+			t.Errorf("the silent peer is not named: %q", got.words)
 		}
 	}
 }

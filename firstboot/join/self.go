@@ -41,9 +41,9 @@ type Self struct {
 	// Restore, when the image carries a snapshot, is what a new cluster
 	// starts from instead of an empty keyspace.
 	Restore *ign.RestoreConfig
-	// RefusedPath is where a verdict that this member's data is damaged
-	// is kept, on its data disk (layout.RefusedFile under the root).
-	RefusedPath string
+	// KeepVerdict, when set, keeps on the data disk that its etcd data
+	// was found damaged, and why (datadisk.MarkRefused).
+	KeepVerdict func(why string) error
 	tls         *tls.Config // our certificate as a client, the CA as the trust
 	serverTLS   *tls.Config // our certificate as a server, clients must have the CA's
 
@@ -87,8 +87,7 @@ func ReadSelf(root string) (*Self, error) {
 		return nil, err
 	}
 	env := m.Env
-	s := &Self{Name: m.Name, Cluster: m.Token, PeerURL: m.PeerURL, IP: m.IP, InitialCluster: m.InitialCluster, Quota: m.Quota, Peers: m.Peers,
-		RefusedPath: filepath.Join(root, layout.RefusedFile)}
+	s := &Self{Name: m.Name, Cluster: m.Token, PeerURL: m.PeerURL, IP: m.IP, InitialCluster: m.InitialCluster, Quota: m.Quota, Peers: m.Peers}
 	if b, err := os.ReadFile(filepath.Join(root, layout.RestoreConfigPath)); err == nil {
 		s.Restore = &ign.RestoreConfig{}
 		if err := json.Unmarshal(b, s.Restore); err != nil || s.Restore.Size <= 0 || len(s.Restore.SHA256) != 64 {

@@ -91,11 +91,6 @@ const (
 	// MarkerFile, on the data disk's root, records which cluster and
 	// member the disk belongs to.
 	MarkerFile = DataMount + "/etcdimg.json"
-	// RefusedFile, when present, says that this disk's etcd data was
-	// found damaged (a majority of the members agree against it): the
-	// member never starts etcd from it again. `replace` gives the member
-	// a blank disk, and moves this one aside.
-	RefusedFile = DataMount + "/refused.json"
 )
 
 // The snapshot a restored cluster starts from travels in a partition of

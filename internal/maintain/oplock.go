@@ -42,10 +42,10 @@ func TakeOperationLock(ctx context.Context, cli *clientv3.Client, lease clientv3
 	if r.Succeeded {
 		return "", nil
 	}
-	if rs := r.Responses; len(rs) == 1 && len(rs[0].GetResponseRange().Kvs) == 1 {
+	if rs := r.Responses; len(rs) == 1 && len(rs[0].GetResponseRange().Kvs) == 1 && len(rs[0].GetResponseRange().Kvs[0].Value) > 0 {
 		return string(rs[0].GetResponseRange().Kvs[0].Value), nil
 	}
-	return "held", nil // gone between the compare and the read
+	return "held", nil // an empty value (a foreign writer's), or gone between the compare and the read
 }
 
 // OperationHolder is the operation lock key's value, "" when no one holds
@@ -57,6 +57,9 @@ func OperationHolder(ctx context.Context, cli *clientv3.Client) (string, error) 
 	}
 	if len(r.Kvs) == 0 {
 		return "", nil
+	}
+	if len(r.Kvs[0].Value) == 0 {
+		return "held", nil // a foreign writer's empty value still holds the key
 	}
 	return string(r.Kvs[0].Value), nil
 }

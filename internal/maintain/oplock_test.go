@@ -63,6 +63,21 @@ func TestOneOperationLockForOperatorsAndMembers(t *testing.T) {
 	if h, _ := OperationHolder(ctx, cli); !strings.Contains(h, `"by":"etcd-2"`) || strings.Contains(h, "pid") {
 		t.Errorf("a member's holder: %q", h)
 	}
+	// A key with an empty value, from a foreign writer, still holds the
+	// lock.
+	if _, err := cli.Put(ctx, "/etcdimg/operation/lock", ""); err != nil {
+		t.Fatal(err)
+	}
+	third, err := cli.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := TakeOperationLock(ctx, cli, third.ID, Operation{Op: "roll"}); err != nil || h == "" {
+		t.Errorf("a take over an empty-valued key: holder %q, %v; want refused", h, err)
+	}
+	if h, err := OperationHolder(ctx, cli); err != nil || h == "" {
+		t.Errorf("the holder of an empty-valued key: %q, %v; want held", h, err)
+	}
 	for _, bad := range []string{"", "held", "{}", `{"by":"x"}`} {
 		if _, ok := ParseOperation(bad); ok {
 			t.Errorf("ParseOperation(%q) reads an operation", bad)
