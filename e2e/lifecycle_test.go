@@ -346,8 +346,11 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 			t.Errorf("%s kept member ID %x through a roll with blank disks", n, old)
 		}
 	}
-	if d := raftTerm(t, u) - term; d > 3 {
-		t.Errorf("the roll took %d elections (raft term %d → %d); want at most one per member", d, term, term+d)
+	// At most one election per member, and one more: with two clusters
+	// on two cores (the long tests run two at a time), a follower starved
+	// past its election timeout was seen to start one of its own.
+	if d := raftTerm(t, u) - term; d > 4 {
+		t.Errorf("the roll took %d elections (raft term %d → %d); want at most one per member, and one more", d, term, term+d)
 	}
 
 	// The whole cluster powered off; etcd-3's data disk swapped for a

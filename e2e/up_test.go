@@ -444,8 +444,11 @@ func TestUpFormsOneClusterOnTheLAN(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, victim.Name) || !strings.Contains(stdout, "HEALTH") {
 		t.Errorf("health with %s dead: exit %d\n%s%s", victim.Name, code, stdout, stderr)
 	}
+	// A context of its own: the test's has spent most of its two minutes.
+	lctx, lcancel := context.WithTimeout(context.Background(), time.Minute)
+	defer lcancel()
 	for _, i := range []int{0, 2} {
-		if _, err := u.client(t, i, u.admin).Put(ctx, fmt.Sprintf("/etcdimg/after-loss/%d", i), "ok"); err != nil {
+		if _, err := u.client(t, i, u.admin).Put(lctx, fmt.Sprintf("/etcdimg/after-loss/%d", i), "ok"); err != nil {
 			t.Errorf("write via %s with one member down: %v", u.state.Members[i].Name, err)
 		}
 	}

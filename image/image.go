@@ -48,8 +48,12 @@ const (
 // of its crypto algorithms (0.35-0.4 s of every boot under TCG, measured
 // on the bare kernel, best of 4 interleaved): they check the kernel's
 // own implementations, not inputs, and the appliance's TLS is Go's. The
-// kernel ignores it in FIPS mode.
-const KernelCmdline = "console=tty0 console=ttyS0,115200n8 panic=-1 quiet cryptomgr.notests"
+// kernel ignores it in FIPS mode. softlockup_panic=1 turns a kernel
+// stuck in a soft lockup into that panic, and so a reboot: a member under
+// TCG was seen stuck for 25 minutes in ksoftirqd after its PID 1 asked
+// for a reboot into a new slot, where a reboot would have booted the slot
+// (its try counted) or, tries spent, the old one.
+const KernelCmdline = "console=tty0 console=ttyS0,115200n8 panic=-1 softlockup_panic=1 quiet cryptomgr.notests"
 
 // sourceDateEpoch is the fixed time stamped on every FAT entry:
 // 2020-01-01T00:00:00Z. go-diskfs reads SOURCE_DATE_EPOCH for it.
