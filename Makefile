@@ -118,7 +118,7 @@ test: deps test-tools
 ## and the chaos figures (leader kill → next write, partition heal →
 ## caught up), under TCG.
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 45m ./e2e/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 90m ./e2e/
 
 clean:
 	rm -rf bin

@@ -182,7 +182,7 @@ func TestBackupsReachTheNodesAndTheBucket(t *testing.T) {
 
 // waitUntil polls ok every two seconds until timeout, then fails with
 // the members' console tails.
-func waitUntil(t *testing.T, u *upCluster, timeout time.Duration, what string, ok func() bool) {
+func waitUntil(t testing.TB, u *upCluster, timeout time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !ok() {

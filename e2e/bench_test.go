@@ -17,6 +17,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"etcdimg/testvm/chaos"
 	"etcdimg/testvm/local"
@@ -517,4 +518,104 @@ func BenchmarkChaos(b *testing.B) {
 	fmt.Printf("\nchaos upgrade:good,upgrade:foreign: PASS in %.1fs\n", time.Since(start).Seconds())
 	fmt.Printf("\n%s  leader kill → next acknowledged write: best %.2fs, median %.2fs (%v)\n  partition lifted → every member caught up: best %.2fs, median %.2fs (%v)\n",
 		stdout, kill[0].Seconds(), kill[1].Seconds(), kill, heal[0].Seconds(), heal[1].Seconds(), heal)
+}
+
+// BenchmarkDefragmentation is docs/maintenance.md's figures under TCG:
+// 50,000 keys written (in transactions of 100) then deleted, and an
+// independent client's write latency (p50, p99) for 30 s without a
+// defragmentation, then while `etcdimg defrag --compact` defragments the
+// three members one at a time, leader last; each member's database file
+// before and after.
+func BenchmarkDefragmentation(b *testing.B) {
+	u := upThree(b)
+	cli := u.client(b, 0, u.admin)
+	ctx := context.Background()
+	start := time.Now()
+	for i := 0; i < 50_000; i += 100 {
+		var ops []clientv3.Op
+		for j := i; j < i+100; j++ {
+			ops = append(ops, clientv3.OpPut(fmt.Sprintf("/churn/%06d", j), fmt.Sprintf("value-%06d-%s", j, strings.Repeat("x", 64))))
+		}
+		tctx, cancel := context.WithTimeout(ctx, time.Minute)
+		_, err := cli.Txn(tctx).Then(ops...).Commit()
+		cancel()
+		if err != nil {
+			b.Fatalf("put /churn/%06d…: %v", i, err)
+		}
+	}
+	fill := time.Since(start)
+	if _, err := cli.Delete(ctx, "/churn/", clientv3.WithPrefix()); err != nil {
+		b.Fatal(err)
+	}
+	before := dbStatus(b, u)
+	idle := latencies(b, u, func() { time.Sleep(30 * time.Second) })
+	var took time.Duration
+	busy := latencies(b, u, func() {
+		s := time.Now()
+		out, stderr, code := etcdimg(b, u.work, "defrag", "--compact", "--out", u.out)
+		if code != 0 {
+			b.Fatalf("defrag: exit %d: %s%s", code, out, stderr)
+		}
+		took = time.Since(s)
+		fmt.Printf("\netcdimg defrag --compact:\n%s", out)
+	})
+	after := dbStatus(b, u)
+	for i, m := range u.state.Members {
+		fmt.Printf("  %s: database %.1f → %.1f MiB (%.1f MiB in use)\n", m.Name, mib(before[i].DbSize), mib(after[i].DbSize), mib(after[i].DbSizeInUse))
+		if after[i].DbSize >= before[i].DbSize {
+			b.Errorf("%s's database did not shrink: %d → %d bytes", m.Name, before[i].DbSize, after[i].DbSize)
+		}
+	}
+	p := func(d []time.Duration, q float64) float64 {
+		if len(d) == 0 {
+			return 0
+		}
+		slices.Sort(d)
+		return float64(d[int(q*float64(len(d)-1))].Microseconds()) / 1000
+	}
+	fmt.Printf("  50,000 keys in %.1fs; writes without a defragmentation: %d, p50 %.1f ms, p99 %.1f ms; during it (%.1fs): %d, p50 %.1f ms, p99 %.1f ms\n",
+		fill.Seconds(), len(idle), p(idle, .5), p(idle, .99), took.Seconds(), len(busy), p(busy, .5), p(busy, .99))
+	b.ReportMetric(fill.Seconds(), "put-50k-keys-s")
+	b.ReportMetric(took.Seconds(), "defrag-3-members-s")
+	b.ReportMetric(p(idle, .5), "write-p50-ms")
+	b.ReportMetric(p(idle, .99), "write-p99-ms")
+	b.ReportMetric(p(busy, .5), "write-during-defrag-p50-ms")
+	b.ReportMetric(p(busy, .99), "write-during-defrag-p99-ms")
+	b.ReportMetric(mib(before[0].DbSize-after[0].DbSize), "etcd-1-reclaimed-MiB")
+}
+
+// latencies are the durations of the writes an independent client makes
+// through every endpoint, one after another, while during runs; a write
+// that fails counts with its full time (it is what a client waited).
+func latencies(b *testing.B, u *upCluster, during func()) []time.Duration {
+	var eps []string
+	for _, m := range u.state.Members {
+		eps = append(eps, fmt.Sprintf("https://127.0.0.1:%d", m.Client))
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, TLS: u.admin, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cli.Close()
+	stop := make(chan struct{})
+	done := make(chan []time.Duration)
+	go func() {
+		var out []time.Duration
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- out
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s := time.Now()
+			cli.Put(ctx, fmt.Sprintf("/latency/%06d", i), "v")
+			out = append(out, time.Since(s))
+			cancel()
+		}
+	}()
+	during()
+	close(stop)
+	return <-done
 }

@@ -106,7 +106,7 @@ func (w *writer) outages() (runs, acked, failed int) {
 
 // checkAcked waits until every member holds every acknowledged write,
 // read locally (serializable) from each member's own endpoint.
-func checkAcked(t *testing.T, u *upCluster, w *writer) {
+func checkAcked(t testing.TB, u *upCluster, w *writer) {
 	t.Helper()
 	w.mu.Lock()
 	acked := make(map[string]string, len(w.acked))
