@@ -57,6 +57,9 @@ func SlotTable(ctx context.Context, w io.Writer, c *spec.Cluster, dir outdir.Lay
 			}
 		}
 		fmt.Fprintln(w, line)
+		if why := sts[i].Stopped; why != "" {
+			fmt.Fprintf(w, "slot     %-8s STOPPED: %s\n", m.Name, why)
+		}
 		if rb := sts[i].RolledBack; rb != nil {
 			why := rb.Trial
 			if why == "" {

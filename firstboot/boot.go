@@ -298,7 +298,13 @@ func startUnits(st *state) (string, error) {
 			st.me.KeepVerdict = datadisk.MarkRefused
 			g := st.me.NewCorruptionGuard()
 			s.explain = g.Line
-			s.beforeRestart = func() ([]string, string) { return g.BeforeRestart(st.n.ctx) }
+			s.beforeRestart = func() ([]string, string) {
+				env, stop := g.BeforeRestart(st.n.ctx)
+				if stop != "" {
+					st.n.setStopped("etcd stopped for good: " + stop)
+				}
+				return env, stop
+			}
 		}
 		st.n.mu.Lock()
 		st.n.services = append(st.n.services, s)

@@ -40,6 +40,9 @@ type node struct {
 	esp   *slots.ESP
 	trial bool
 	gate  *slots.Gate
+	// stopWhy is why etcd does not run and will not until an operator
+	// acts (stoppedWhy), for the node API's status.
+	stopWhy string
 	// ctx ends when power-off is requested, so that a boot step that
 	// waits (for peers, say) gives way to the power button.
 	ctx    context.Context
@@ -97,6 +100,7 @@ func step(name string, fn func() (string, error)) error { return console.Step(na
 // and waits for the power button; the data disk is left as it is.
 func (n *node) stopped(err error) {
 	logf("%s %v", MsgStopped, err)
+	n.setStopped(fmt.Sprintf("the boot stopped: %v", err))
 	n.mu.Lock()
 	trial := n.trial
 	n.mu.Unlock()

@@ -113,6 +113,7 @@ func serveNodeAPI(st *state) (string, error) {
 		Allowed: append([]string{layout.AdminCN}, m.Names...),
 		Reboot:  st.n.requestReboot,
 		Waiting: st.n.trialWaiting,
+		Stopped: st.n.stoppedWhy,
 		Log:     logf,
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(m.IP, strconv.Itoa(layout.NodeAPIPort)))
@@ -187,6 +188,21 @@ func (n *node) trialWaiting() string {
 		return "etcd has not started yet"
 	}
 	return g.Waiting()
+}
+
+// stoppedWhy is why etcd does not run and will not until an operator
+// acts, "" while it runs or may.
+func (n *node) stoppedWhy() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.stopWhy
+}
+
+// setStopped records why etcd stopped for good (stoppedWhy).
+func (n *node) setStopped(why string) {
+	n.mu.Lock()
+	n.stopWhy = why
+	n.mu.Unlock()
 }
 
 // writeSlotStatus keeps the slots' state where the metrics read it.

@@ -30,6 +30,9 @@ type API struct {
 	Reboot func(reason string)
 	// Waiting says what a slot on trial waits for ("" when none is).
 	Waiting func() string
+	// Stopped says why etcd does not run and will not until an operator
+	// acts ("" when it runs, or may).
+	Stopped func() string
 	Log     func(format string, args ...any)
 
 	mu sync.Mutex // one update at a time
@@ -77,6 +80,9 @@ func (a *API) status() (slot.Status, error) {
 	}
 	if a.Waiting != nil && st.Running.State == slot.StateTrial {
 		st.Waiting = a.Waiting()
+	}
+	if a.Stopped != nil {
+		st.Stopped = a.Stopped()
 	}
 	return st, nil
 }

@@ -325,3 +325,21 @@ func TestAPIOneUpdateAtATime(t *testing.T) {
 		t.Fatalf("staged %+v", st.Other)
 	}
 }
+
+// TestAPIStatusSaysWhyEtcdStopped: what PID 1 says of an etcd stopped for
+// good reaches the status an operator's `etcdimg status` reads.
+func TestAPIStatusSaysWhyEtcdStopped(t *testing.T) {
+	a := newAPIFixture(t, slot.Entry{Gen: 1})
+	why := ""
+	a.api.Stopped = func() string { return why }
+	root := a.ca.leaf(t, layout.AdminCN)
+	c := a.client(&root)
+	for _, want := range []string{"", "etcd stopped for good: its data is damaged"} {
+		why = want
+		code, body := a.do(t, c, http.MethodGet, slot.APIStatus, nil)
+		var st slot.Status
+		if code != 200 || json.Unmarshal([]byte(body), &st) != nil || st.Stopped != want {
+			t.Errorf("status with %q: %d %s", want, code, body)
+		}
+	}
+}

@@ -49,4 +49,8 @@ type Status struct {
 	// Trial, while the running slot is on trial: how long it has stayed
 	// good so far and what it waits for.
 	Waiting string `json:"waiting,omitempty"`
+	// Stopped, when set, is why this member's etcd does not run and will
+	// not until an operator acts: its boot stopped (a refused data disk,
+	// its data found damaged) or PID 1 stopped etcd for good.
+	Stopped string `json:"stopped,omitempty"`
 }
