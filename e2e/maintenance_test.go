@@ -230,15 +230,9 @@ func leaderName(t testing.TB, u *upCluster) string {
 func healthyMembers(t testing.TB, u *upCluster) []string {
 	var out []string
 	for i, m := range u.state.Members {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{fmt.Sprintf("https://127.0.0.1:%d", m.Client)}, TLS: u.admin, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-		if err == nil {
-			if _, err = cli.Status(ctx, fmt.Sprintf("https://127.0.0.1:%d", m.Client)); err == nil {
-				out = append(out, u.state.Members[i].Name)
-			}
-			cli.Close()
+		if tryStatus(u, i) != nil {
+			out = append(out, m.Name)
 		}
-		cancel()
 	}
 	return out
 }
