@@ -174,11 +174,13 @@ func (u *Upgrader) Swap(ctx context.Context, member, imagePath string, keepDisk 
 	}
 	if before.Running.Digest != digest {
 		// What the member runs already (the node binary, when only the
-		// config changed) is not sent again: it copies it from its slot.
+		// config changed) is not sent again: it copies it from its slot,
+		// and derives the new UKI from its own when only the slot ID in
+		// the command line differs (slot.Reusable).
 		have := map[string]string{}
 		if rm := before.Running.Manifest; rm != nil && !u.Full {
-			for _, f := range rm.Files {
-				have[f.Name] = f.SHA256
+			if have, err = slot.Reusable(*rm, b); err != nil {
+				return fmt.Errorf("upgrade: %s: %w", member, err)
 			}
 		}
 		var sent int64

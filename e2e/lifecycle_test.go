@@ -199,21 +199,75 @@ func consoleOf(u *upCluster, name string) string {
 	return ""
 }
 
-// TestReplaceRollAndRejoinKeepEveryWrite is docs/lifecycle.md's replace and roll: one
-// member replaced with a blank data disk under write load, every member
-// rolled under write load, a roll refused while a member is stopped, and
-// a whole-cluster power-off with one data disk swapped for a blank one.
-// An independent client writes through every endpoint all along; no
-// acknowledged write is ever lost, and the cluster stays one cluster.
-func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
-	longTest(t, rankReplaceRoll)
+// TestLifecycleKeepsEveryWrite is docs/lifecycle.md on one cluster under
+// up, with an independent client writing through every endpoint all
+// along: no acknowledged write is ever lost, and the cluster stays one
+// cluster. The replace and roll: a roll refused while a member is
+// stopped; a member damaged while off refused and healed by `replace`
+// with a blank disk (and a spec grown by a member not yet booted);
+// every member rolled; a whole-cluster power-off with one data disk
+// swapped for a blank one. Then the rotations, through `upgrade`.
+func TestLifecycleKeepsEveryWrite(t *testing.T) {
+	longTest(t, rankLifecycle)
 	u := upThree(t)
+	replaceAndRoll(t, u)
+	rotateCertsAndCA(t, u)
+}
+
+func replaceAndRoll(t *testing.T, u *upCluster) {
 	before, clusterID := membersByName(t, u)
 
-	// A fourth member is added to the spec (not booted yet): the spec's
-	// initial cluster no longer gives the running cluster's ID, which
-	// etcd fixed at the first bootstrap. replace etcd-2, with a blank
-	// disk, under write load: its image still names the running
+	// A value that every member holds, to be damaged on etcd-2's disk.
+	probe := fmt.Sprintf("precious-value-%x", time.Now().UnixNano())
+	pctx, pcancel := context.WithTimeout(context.Background(), time.Minute)
+	if _, err := u.client(t, 0, u.admin).Put(pctx, "/damage/probe", probe); err != nil {
+		t.Fatal(err)
+	}
+	pcancel()
+	waitValue(t, u, 1, "/damage/probe", probe)
+
+	// A roll is refused while a member is stopped, before anything
+	// changes: no image is rebuilt, no member touched.
+	if _, stderr, code := etcdimg(t, u.work, "stop", "etcd-2", "--out", u.out); code != 0 {
+		t.Fatalf("stop etcd-2: %s", stderr)
+	}
+	images := tree(t, filepath.Join(u.out, "images"))
+	_, stderr, code := etcdimg(t, u.work, "roll", "--out", u.out)
+	if code != 1 || !strings.Contains(stderr, "refused, etcd-2 is not running") {
+		t.Errorf("roll with etcd-2 stopped: exit %d: %s", code, stderr)
+	}
+	if after := tree(t, filepath.Join(u.out, "images")); fmt.Sprint(after) != fmt.Sprint(images) {
+		t.Errorf("a refused roll changed the images")
+	}
+
+	// One byte of the value flipped in etcd-2's database while it is
+	// off. Started again with its peers serving, it does not serve: etcd's
+	// initial corruption check refuses it, its peers agree against it, it
+	// keeps the verdict and stops etcd for good, and the console names it
+	// and the fix; `health` names it.
+	flipInDatabase(t, filepath.Join(u.out, "disks", "etcd-2-data.img"), probe)
+	if _, stderr, code := etcdimg(t, u.work, "start", "etcd-2", "--out", u.out); code != 0 {
+		t.Fatalf("start etcd-2: %s", stderr)
+	}
+	u.reload(t)
+	waitConsole(t, u, "etcd-2", "agree against this member", 4*time.Minute)
+	if c := consoleOf(u, "etcd-2"); !strings.Contains(c, "corruption: etcd refused to start") || !strings.Contains(c, "etcdimg replace etcd-2") ||
+		!strings.Contains(c, "2 of its 2 peers serve: etcd compares its data") || !strings.Contains(c, "not restarting") {
+		t.Errorf("etcd-2's console does not say what it checked, that it stopped, and how to heal it:\n%s", lastLines(c, 30))
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if st, err := u.client(t, 1, u.admin).Status(sctx, fmt.Sprintf("https://127.0.0.1:%d", u.state.Members[1].Client)); err == nil {
+		t.Errorf("etcd-2 serves on damaged data: %v", st)
+	}
+	scancel()
+	if stdout, stderr, code := etcdimg(t, u.work, "health", "--out", u.out); code != 1 || !strings.Contains(stderr, "etcd-2") {
+		t.Errorf("health with etcd-2 refused: exit %d\n%s%s", code, stdout, stderr)
+	}
+
+	// replace heals it, under write load, with a blank disk. A fourth
+	// member is added to the spec (not booted yet): the spec's initial
+	// cluster no longer gives the running cluster's ID, which etcd fixed
+	// at the first bootstrap; etcd-2's image still names the running
 	// cluster (the output directory's record), and it rejoins it.
 	three := mustRead(t, filepath.Join(u.out, "etcdimg.yaml"))
 	grown, err := spec.Parse([]byte(three), "etcdimg.yaml")
@@ -231,7 +285,7 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 	w := startWriter(t, u, "/load/replace")
 	time.Sleep(2 * time.Second)
 	stdout, stderr, code := etcdimg(t, u.work, "replace", "etcd-2", "--config", grownPath, "--out", u.out, "--timeout", "4m")
-	t.Logf("replace etcd-2 with etcd-4 added to the spec:\n%s", stdout)
+	t.Logf("replace etcd-2 (damaged) with etcd-4 added to the spec:\n%s", stdout)
 	if code != 0 {
 		t.Fatalf("replace: exit %d: %s", code, stderr)
 	}
@@ -248,6 +302,8 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 	runs, acked, failed := w.outages()
 	t.Logf("replace: %d writes acknowledged, %d failed in %d outages", acked, failed, runs)
 	checkAcked(t, u, w)
+	waitHealthy(t, u)
+	waitValue(t, u, 1, "/damage/probe", probe)
 	after, id := membersByName(t, u)
 	if id != clusterID || len(after) != 3 {
 		t.Fatalf("after replace: cluster %x (was %x), members %v", id, clusterID, after)
@@ -258,67 +314,8 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 	if c := consoleOf(u, "etcd-2"); !strings.Contains(c, "added as learner") || !strings.Contains(c, "from learner to voter") {
 		t.Errorf("etcd-2 did not join as a learner and get promoted; console tail:\n%s", lastLines(c, 30))
 	}
-	old, _ := filepath.Glob(filepath.Join(u.out, "disks", "old", "etcd-2-data-*.img"))
-	if len(old) != 1 {
-		t.Errorf("the old data disk of etcd-2 was not kept aside: %v", old)
-	}
-
-	// A value that every member holds, to be damaged on etcd-1's disk.
-	probe := fmt.Sprintf("precious-value-%x", time.Now().UnixNano())
-	pctx, pcancel := context.WithTimeout(context.Background(), time.Minute)
-	if _, err := u.client(t, 1, u.admin).Put(pctx, "/damage/probe", probe); err != nil {
-		t.Fatal(err)
-	}
-	pcancel()
-	waitValue(t, u, 0, "/damage/probe", probe)
-
-	// A roll is refused while a member is stopped, before anything
-	// changes: no image is rebuilt, no member touched.
-	if _, stderr, code := etcdimg(t, u.work, "stop", "etcd-1", "--out", u.out); code != 0 {
-		t.Fatalf("stop etcd-1: %s", stderr)
-	}
-	images := tree(t, filepath.Join(u.out, "images"))
-	_, stderr, code = etcdimg(t, u.work, "roll", "--out", u.out)
-	if code != 1 || !strings.Contains(stderr, "refused, etcd-1 is not running") {
-		t.Errorf("roll with etcd-1 stopped: exit %d: %s", code, stderr)
-	}
-	if after := tree(t, filepath.Join(u.out, "images")); fmt.Sprint(after) != fmt.Sprint(images) {
-		t.Errorf("a refused roll changed the images")
-	}
-
-	// One byte of the value flipped in etcd-1's database while it is
-	// off. Started again with its peers serving, it does not serve: etcd's
-	// initial corruption check refuses it, its peers agree against it, it
-	// keeps the verdict and stops etcd for good, and the console names it
-	// and the fix; `health` names it; `replace` heals it from its peers.
-	flipInDatabase(t, filepath.Join(u.out, "disks", "etcd-1-data.img"), probe)
-	if _, stderr, code := etcdimg(t, u.work, "start", "etcd-1", "--out", u.out); code != 0 {
-		t.Fatalf("start etcd-1: %s", stderr)
-	}
-	u.reload(t)
-	waitConsole(t, u, "etcd-1", "agree against this member", 4*time.Minute)
-	if c := consoleOf(u, "etcd-1"); !strings.Contains(c, "corruption: etcd refused to start") || !strings.Contains(c, "etcdimg replace etcd-1") ||
-		!strings.Contains(c, "2 of its 2 peers serve: etcd compares its data") || !strings.Contains(c, "not restarting") {
-		t.Errorf("etcd-1's console does not say what it checked, that it stopped, and how to heal it:\n%s", lastLines(c, 30))
-	}
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-	if st, err := u.client(t, 0, u.admin).Status(sctx, fmt.Sprintf("https://127.0.0.1:%d", u.state.Members[0].Client)); err == nil {
-		t.Errorf("etcd-1 serves on damaged data: %v", st)
-	}
-	scancel()
-	if stdout, stderr, code := etcdimg(t, u.work, "health", "--out", u.out); code != 1 || !strings.Contains(stderr, "etcd-1") {
-		t.Errorf("health with etcd-1 refused: exit %d\n%s%s", code, stdout, stderr)
-	}
-	stdout, stderr, code = etcdimg(t, u.work, "replace", "etcd-1", "--out", u.out, "--timeout", "4m")
-	t.Logf("replace etcd-1 (damaged):\n%s", stdout)
-	if code != 0 {
-		t.Fatalf("replace etcd-1: exit %d: %s", code, stderr)
-	}
-	u.reload(t)
-	waitHealthy(t, u)
-	waitValue(t, u, 0, "/damage/probe", probe)
-	if old, _ := filepath.Glob(filepath.Join(u.out, "disks", "old", "etcd-1-data-*.img")); len(old) != 1 {
-		t.Errorf("the damaged data disk of etcd-1 was not kept aside: %v", old)
+	if old, _ := filepath.Glob(filepath.Join(u.out, "disks", "old", "etcd-2-data-*.img")); len(old) != 1 {
+		t.Errorf("the damaged data disk of etcd-2 was not kept aside: %v", old)
 	}
 
 	// roll every member under write load: at most one election each.
@@ -390,15 +387,13 @@ func TestReplaceRollAndRejoinKeepEveryWrite(t *testing.T) {
 	checkAcked(t, u, w)
 }
 
-// TestRotateCertsAndCAKeepEveryWrite is docs/lifecycle.md's rotations:
-// `rotate certs` and the three runs of `rotate ca`, each under write load
-// and each through `upgrade` (the members run slotted images). Every
-// member serves a new serial and keeps its member ID, the application's
-// certificate is reissued, the old CA's certificates work until the last
-// phase and are then refused on every port; no acknowledged write is lost.
-func TestRotateCertsAndCAKeepEveryWrite(t *testing.T) {
-	longTest(t, rankRotate)
-	u := upThree(t)
+// rotateCertsAndCA is docs/lifecycle.md's rotations: `rotate certs` and
+// the three runs of `rotate ca`, each under write load and each through
+// `upgrade` (the members run slotted images). Every member serves a new
+// serial and keeps its member ID, the application's certificate is
+// reissued, the old CA's certificates work until the last phase and are
+// then refused on every port; no acknowledged write is lost.
+func rotateCertsAndCA(t *testing.T, u *upCluster) {
 	var stdout, stderr string
 	var code int
 	var runs, acked, failed int

@@ -20,8 +20,7 @@ import (
 // raises -parallel so that these pools, not the order in which Go wakes
 // parallel tests, decide what runs.
 const (
-	rankRotate = iota
-	rankReplaceRoll
+	rankLifecycle = iota
 	rankUpgrade
 	rankBackups
 	rankRestore

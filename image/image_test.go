@@ -21,6 +21,7 @@ import (
 	"etcdimg/image/deb"
 	"etcdimg/internal/layout"
 	"etcdimg/internal/outdir"
+	"etcdimg/internal/slot"
 	"etcdimg/pki"
 )
 
@@ -244,5 +245,46 @@ func TestAGenericImageNeverCarriesASnapshot(t *testing.T) {
 		if b, _ := os.ReadFile(f); bytes.Contains(b, []byte("planted-secret-value")) {
 			t.Errorf("%s holds the snapshot", f)
 		}
+	}
+}
+
+// TestAConfigChangeKeepsTheUKIDerivable: the slots the builder makes for
+// two configs of one member differ in their UKIs only in the slot ID on
+// the command line, so an upgrade that rotates certificates sends no UKI
+// (slot.Reusable); a new kernel's UKI is sent.
+func TestAConfigChangeKeepsTheUKIDerivable(t *testing.T) {
+	b := fakeBoot()
+	m := Member{Cluster: "c", ClusterID: "1a2b", Name: "etcd-1", Ignition: []byte(`{"a":1}`)}
+	manifest := func(bundle slot.Bundle) slot.Manifest {
+		var man slot.Manifest
+		if err := json.Unmarshal(bundle.Manifest, &man); err != nil {
+			t.Fatal(err)
+		}
+		return man
+	}
+	first, err := b.Slot(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Ignition = []byte(`{"a":2}`)
+	second, err := b.Slot(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have, err := slot.Reusable(manifest(first), second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uki, _ := manifest(second).File(slot.FileUKI); have[slot.FileUKI] != uki.SHA256 {
+		t.Error("a config change makes a UKI the member cannot derive from its own")
+	}
+	b.Kernel = append(bytes.Clone(b.Kernel), 1)
+	third, err := b.Slot(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have, err = slot.Reusable(manifest(first), third)
+	if uki, _ := manifest(third).File(slot.FileUKI); err != nil || have[slot.FileUKI] == uki.SHA256 {
+		t.Errorf("a new kernel's UKI counts as derivable (%v)", err)
 	}
 }

@@ -98,3 +98,91 @@ func TestLeftoversOfTheRunningSlotStay(t *testing.T) {
 		t.Error("another install's leftover was kept")
 	}
 }
+
+// TestAConfigChangeSendsNoUKI: two slots that differ only in their
+// config boot UKIs that differ only in the slot ID on their command
+// line. The host leaves the UKI out (slot.Reusable), the member derives
+// it from the one it runs and checks it against the signed manifest: the
+// staged entry is the new UKI, byte for byte. A UKI that differs in more
+// (a new kernel) is sent; a running UKI that rotted is refused with
+// ErrLeftOut, and nothing is staged.
+func TestAConfigChangeSendsNoUKI(t *testing.T) {
+	f := newFixture(t, slot.Entry{Gen: 1})
+	uki := func(id, kernel string) []byte {
+		return []byte("MZ stub .cmdline console=ttyS0 " + layout.SlotArg + "=" + id + " .linux " + kernel + strings.Repeat("k", 4000))
+	}
+	node := []byte("ELF node " + strings.Repeat("n", 5000))
+	sign := func(id, config, kernel string) slot.Bundle {
+		t.Helper()
+		files := map[string][]byte{
+			slot.FileUKI:        uki(id, kernel),
+			slot.FileNode:       node,
+			slot.FileConfig:     []byte(`{"ignition":{"version":"3.4.0"},"tag":"` + config + `"}`),
+			slot.FileSigningKey: pubPEM(t, f.key),
+		}
+		b, err := slot.NewBundle(slot.Manifest{Format: slot.Format, ID: id, Cluster: testCluster, Member: testMember, Kernel: "6.1.0", Etcd: "3.7.3"}, files, f.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	running := sign(runID, "first", "6.1.0")
+	f.writeSlot(f.run, running)
+	var rm slot.Manifest
+	if err := json.Unmarshal(running.Manifest, &rm); err != nil {
+		t.Fatal(err)
+	}
+	// send returns whether the stream carried the UKI.
+	send := func(b slot.Bundle) (sentUKI bool, _ error) {
+		t.Helper()
+		have, err := slot.Reusable(rm, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		if _, err := b.WriteLeavingOut(&buf, have); err != nil {
+			t.Fatal(err)
+		}
+		sentUKI = bytes.Contains(buf.Bytes(), []byte("MZ stub"))
+		_, err = f.install(buf.Bytes())
+		return sentUKI, err
+	}
+	staged := func(id string) []byte {
+		for _, n := range f.entryNames() {
+			if strings.Contains(n, id) {
+				b, _ := os.ReadFile(filepath.Join(f.root, layout.EntryDir, n))
+				return b
+			}
+		}
+		return nil
+	}
+
+	next := sign("2222222222222222", "rotated", "6.1.0")
+	sentUKI, err := send(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sentUKI {
+		t.Error("a config change sent the UKI")
+	}
+	if got := staged("2222222222222222"); !bytes.Equal(got, next.Files[slot.FileUKI]) {
+		t.Fatalf("the derived UKI is not the new slot's:\n%q", got)
+	}
+
+	newKernel := sign("3333333333333333", "rotated", "6.1.1")
+	if sentUKI, err := send(newKernel); err != nil || !sentUKI {
+		t.Errorf("a new kernel: the UKI sent %v: %v", sentUKI, err)
+	}
+
+	// The running UKI rots on the disk: the derived one fails its digest.
+	entry := filepath.Join(f.root, layout.EntryDir, f.run.Name())
+	b, _ := os.ReadFile(entry)
+	b[len(b)-1] ^= 1
+	os.WriteFile(entry, b, 0o600)
+	if _, err := send(sign("4444444444444444", "again", "6.1.0")); err == nil || !strings.Contains(err.Error(), slot.ErrLeftOut) {
+		t.Fatalf("a derived UKI from a rotten one: %v", err)
+	}
+	if staged("4444444444444444") != nil {
+		t.Error("a refused update left an entry")
+	}
+}

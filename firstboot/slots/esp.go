@@ -11,6 +11,7 @@
 package slots
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -181,7 +182,7 @@ func (e ESP) Install(r io.Reader, want Want, tries int, limit int64) (slot.Manif
 	if err != nil {
 		return slot.Manifest{}, err
 	}
-	br.Reuse = e.reuse
+	br.Reuse = func(f slot.File) io.ReadCloser { return e.reuse(f, br.Manifest.ID) }
 	m := br.Manifest
 	switch {
 	case m.Cluster != want.Cluster:
@@ -228,9 +229,11 @@ func (e ESP) Install(r io.Reader, want Want, tries int, limit int64) (slot.Manif
 }
 
 // reuse opens the running slot's copy of f, when its manifest lists a
-// file of that name and digest: what the host left out of an update.
-// The copy is checked against f's digest as it is read.
-func (e ESP) reuse(f slot.File) io.ReadCloser {
+// file of that name and digest: what the host left out of an update. The
+// UKI of a slot that differs from the running one only in its config is
+// derived from the running UKI (slot.DeriveUKI) when the sizes match.
+// The caller checks the copy against f's digest as it is read.
+func (e ESP) reuse(f slot.File, id string) io.ReadCloser {
 	raw, err := os.ReadFile(filepath.Join(e.slotDir(e.Running), layout.SlotManifestFile))
 	if err != nil {
 		return nil
@@ -239,7 +242,8 @@ func (e ESP) reuse(f slot.File) io.ReadCloser {
 	if err != nil {
 		return nil
 	}
-	if have, ok := cur.File(f.Name); !ok || have.SHA256 != f.SHA256 || have.Size != f.Size {
+	have, ok := cur.File(f.Name)
+	if !ok || have.Size != f.Size {
 		return nil
 	}
 	path := filepath.Join(e.slotDir(e.Running), f.Name)
@@ -249,6 +253,20 @@ func (e ESP) reuse(f slot.File) io.ReadCloser {
 			return nil
 		}
 		path = filepath.Join(e.entryDir(), run.Name())
+		if have.SHA256 != f.SHA256 {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil
+			}
+			d := slot.DeriveUKI(b, e.Running, id)
+			if d == nil {
+				return nil
+			}
+			return io.NopCloser(bytes.NewReader(d))
+		}
+	}
+	if have.SHA256 != f.SHA256 {
+		return nil
 	}
 	src, err := os.Open(path)
 	if err != nil {

@@ -33,8 +33,8 @@ type Bundle struct {
 func (b Bundle) WriteTo(w io.Writer) (int64, error) { return b.WriteLeavingOut(w, nil) }
 
 // WriteLeavingOut writes b as a tar stream without the files whose
-// SHA-256 is have's for their name: what the member holds already in
-// the slot it runs (its status's manifest), which it takes from there.
+// SHA-256 is have's for their name: what the member can produce from the
+// slot it runs (Reusable), which it takes from there.
 func (b Bundle) WriteLeavingOut(w io.Writer, have map[string]string) (int64, error) {
 	var m Manifest
 	if len(have) > 0 {
