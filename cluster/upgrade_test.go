@@ -106,11 +106,14 @@ func testImageOf(t *testing.T, id, tag, etcd string) (string, slot.Bundle) {
 // is what it answers until it is rebooted, after (called with the
 // number of status requests since the reboot) what it answers then.
 type fakeNode struct {
-	mu       sync.Mutex
-	before   slot.Status
-	after    func(n int) slot.Status
-	put      [][]byte
-	putCode  int
+	mu      sync.Mutex
+	before  slot.Status
+	after   func(n int) slot.Status
+	put     [][]byte
+	putCode int
+	// leftOut answers the first update with the node's refusal of a
+	// file it cannot take from its running slot.
+	leftOut  bool
 	reboots  int
 	sinceReb int
 }
@@ -129,6 +132,10 @@ func (f *fakeNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPut && r.URL.Path == slot.APIUpdate:
 		b, _ := io.ReadAll(r.Body)
 		f.put = append(f.put, b)
+		if f.leftOut && len(f.put) == 1 {
+			http.Error(w, "slot bundle: etcdnode is missing ("+slot.ErrLeftOut+")", http.StatusUnprocessableEntity)
+			return
+		}
 		if f.putCode != 0 {
 			http.Error(w, "refused", f.putCode)
 			return
@@ -231,6 +238,38 @@ func TestUpgraderSwap(t *testing.T) {
 	}
 	if err := (&Upgrader{}).Swap(context.Background(), "etcd-1", img, false, quiet); err == nil {
 		t.Fatal("a network upgrade without the data disk")
+	}
+}
+
+// TestUpgraderSendsTheWholeSlotWhenAskedTo: the host leaves out what the
+// member's running manifest says it holds; a member that cannot take a
+// file from its running slot (its copy rotted, or its node binary is
+// older than the derivation) refuses with slot.ErrLeftOut, and the host
+// sends the whole slot once more.
+func TestUpgraderSendsTheWholeSlotWhenAskedTo(t *testing.T) {
+	img, b := testImage(t, newSlot, "new")
+	var m slot.Manifest
+	if err := json.Unmarshal(b.Manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	running := m
+	running.ID = oldSlot
+	running.Files = []slot.File{m.Files[0], m.Files[1], m.Files[2], slot.NewFile(slot.FileUKI, []byte("MZ old"))} // the same node binary
+	before := slot.Status{Member: "etcd-1", Running: good(oldSlot, "olddigest")}
+	before.Running.Manifest = &running
+	digest := slot.Digest(b.Manifest)
+	f := &fakeNode{before: before, leftOut: true, after: func(int) slot.Status { return slot.Status{Running: good(newSlot, digest)} }}
+	u := newUpgrader(t, f, 3*time.Second)
+	var said []string
+	if err := u.Swap(context.Background(), "etcd-1", img, true, func(s string, _ time.Duration) { said = append(said, s) }); err != nil {
+		t.Fatal(err)
+	}
+	whole, _ := b.Bytes()
+	if len(f.put) != 2 || len(f.put[0]) >= len(whole) || !bytes.Equal(f.put[1], whole) {
+		t.Fatalf("%d updates; the first should leave the node binary out, the second be whole", len(f.put))
+	}
+	if !strings.Contains(strings.Join(said, "\n"), "sending the whole slot") {
+		t.Errorf("the resend was not said: %q", said)
 	}
 }
 

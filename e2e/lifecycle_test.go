@@ -263,6 +263,11 @@ func replaceAndRoll(t *testing.T, u *upCluster) {
 	if stdout, stderr, code := etcdimg(t, u.work, "health", "--out", u.out); code != 1 || !strings.Contains(stderr, "etcd-2") {
 		t.Errorf("health with etcd-2 refused: exit %d\n%s%s", code, stdout, stderr)
 	}
+	// status asks the member's node API, which still answers: etcd
+	// stopped for good, and why.
+	if stdout, stderr, _ := etcdimg(t, u.work, "status", "--out", u.out); !strings.Contains(stdout, "etcd-2   STOPPED: etcd stopped for good: corruption") {
+		t.Errorf("status does not say that etcd-2 stopped, and why:\n%s%s", stdout, stderr)
+	}
 
 	// replace heals it, under write load, with a blank disk. A fourth
 	// member is added to the spec (not booted yet): the spec's initial

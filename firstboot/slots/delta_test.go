@@ -104,8 +104,8 @@ func TestLeftoversOfTheRunningSlotStay(t *testing.T) {
 // line. The host leaves the UKI out (slot.Reusable), the member derives
 // it from the one it runs and checks it against the signed manifest: the
 // staged entry is the new UKI, byte for byte. A UKI that differs in more
-// (a new kernel) is sent; a running UKI that rotted is refused with
-// ErrLeftOut, and nothing is staged.
+// (a new kernel) is sent; a running UKI that rotted, or grew on the disk,
+// is refused with ErrLeftOut, and nothing is staged.
 func TestAConfigChangeSendsNoUKI(t *testing.T) {
 	f := newFixture(t, slot.Entry{Gen: 1})
 	uki := func(id, kernel string) []byte {
@@ -174,9 +174,17 @@ func TestAConfigChangeSendsNoUKI(t *testing.T) {
 		t.Errorf("a new kernel: the UKI sent %v: %v", sentUKI, err)
 	}
 
-	// The running UKI rots on the disk: the derived one fails its digest.
+	// A running UKI longer on the disk than signed is not read past its
+	// size (PID 1 holds the copy): it is not derived from.
 	entry := filepath.Join(f.root, layout.EntryDir, f.run.Name())
 	b, _ := os.ReadFile(entry)
+	os.WriteFile(entry, append(bytes.Clone(b), make([]byte, 1<<20)...), 0o600)
+	if _, err := send(sign("5555555555555555", "padded", "6.1.0")); err == nil || !strings.Contains(err.Error(), slot.ErrLeftOut) {
+		t.Fatalf("a derived UKI from a longer one: %v", err)
+	}
+	os.WriteFile(entry, b, 0o600)
+
+	// The running UKI rots on the disk: the derived one fails its digest.
 	b[len(b)-1] ^= 1
 	os.WriteFile(entry, b, 0o600)
 	if _, err := send(sign("4444444444444444", "again", "6.1.0")); err == nil || !strings.Contains(err.Error(), slot.ErrLeftOut) {

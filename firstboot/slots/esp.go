@@ -254,15 +254,21 @@ func (e ESP) reuse(f slot.File, id string) io.ReadCloser {
 		}
 		path = filepath.Join(e.entryDir(), run.Name())
 		if have.SHA256 != f.SHA256 {
-			b, err := os.ReadFile(path)
+			// One copy of the signed size, patched in place: the node
+			// has 256 MiB, and PID 1 holds this.
+			src, err := os.Open(path)
 			if err != nil {
 				return nil
 			}
-			d := slot.DeriveUKI(b, e.Running, id)
-			if d == nil {
+			defer src.Close()
+			if fi, err := src.Stat(); err != nil || fi.Size() != f.Size {
 				return nil
 			}
-			return io.NopCloser(bytes.NewReader(d))
+			b := make([]byte, f.Size)
+			if _, err := io.ReadFull(src, b); err != nil || !slot.DeriveUKIInPlace(b, e.Running, id) {
+				return nil
+			}
+			return io.NopCloser(bytes.NewReader(b))
 		}
 	}
 	if have.SHA256 != f.SHA256 {

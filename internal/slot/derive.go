@@ -18,14 +18,26 @@ import (
 // bytes. A member derives the new slot's UKI from the one it runs, and
 // checks it against the signed manifest like any file it was sent.
 func DeriveUKI(uki []byte, from, to string) []byte {
+	d := bytes.Clone(uki)
+	if !DeriveUKIInPlace(d, from, to) {
+		return nil
+	}
+	return d
+}
+
+// DeriveUKIInPlace is DeriveUKI on uki itself; it reports whether it
+// changed it.
+func DeriveUKIInPlace(uki []byte, from, to string) bool {
 	if !ValidID(from) || !ValidID(to) {
-		return nil
+		return false
 	}
-	old, next := []byte(layout.SlotArg+"="+from), []byte(layout.SlotArg+"="+to)
-	if bytes.Count(uki, old) != 1 {
-		return nil
+	old := []byte(layout.SlotArg + "=" + from)
+	i := bytes.Index(uki, old)
+	if i < 0 || bytes.Contains(uki[i+len(old):], old) {
+		return false
 	}
-	return bytes.Replace(uki, old, next, 1)
+	copy(uki[i+len(layout.SlotArg)+1:], to)
+	return true
 }
 
 // Reusable is what a member running the slot of running can produce of
@@ -46,8 +58,10 @@ func Reusable(running Manifest, next Bundle) (map[string]string, error) {
 	if !ok || !rok || nf.SHA256 == rf.SHA256 || nf.Size != rf.Size {
 		return have, nil
 	}
+	// The member derives running → next; the host holds next only, so it
+	// derives next → running and checks that the way back is the same.
 	if d := DeriveUKI(next.Files[FileUKI], nm.ID, running.ID); d != nil {
-		if sum := sha256.Sum256(d); hex.EncodeToString(sum[:]) == rf.SHA256 {
+		if sum := sha256.Sum256(d); hex.EncodeToString(sum[:]) == rf.SHA256 && bytes.Equal(DeriveUKI(d, running.ID, nm.ID), next.Files[FileUKI]) {
 			have[FileUKI] = nf.SHA256
 		}
 	}
