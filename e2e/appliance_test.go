@@ -334,7 +334,6 @@ func TestBuildRefusesBadPackages(t *testing.T) {
 // (OVMF, systemd-boot) in TCG, talks mTLS to it from the host, powers it
 // off with ACPI, checks the data disk, and boots the same disks again.
 func TestBuildBootsHealthyMember(t *testing.T) {
-	lightTest(t)
 	work := t.TempDir()
 	out := buildOne(t, work)
 	img := filepath.Join(out, "images", "etcd-1.img")
@@ -456,7 +455,6 @@ func TestBuildBootsHealthyMember(t *testing.T) {
 // boot with a clear console message, and the data disk's bytes do not
 // change.
 func TestRefusedBootLeavesTheDataDiskAlone(t *testing.T) {
-	lightTest(t)
 	work := t.TempDir()
 	out := buildOne(t, work)
 	img := filepath.Join(out, "images", "etcd-1.img")

@@ -226,7 +226,6 @@ func startLoopback(t *testing.T, out, ipPrefix string) []*member {
 // spec whose members sit on loopback, and proves the cluster they form
 // takes the admin certificate and refuses every other client.
 func TestRenderedConfigsFormAHealthyTLSCluster(t *testing.T) {
-	lightTest(t)
 	work, out := renderLoopback(t, "loopback-cluster", "127.0.0.5", "")
 	specPath := filepath.Join(work, "spec.yaml")
 	members := startLoopback(t, out, "127.0.0.5")

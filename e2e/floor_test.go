@@ -288,7 +288,6 @@ func median(d []time.Duration) time.Duration {
 // loader itself. Without this the floors the
 // benchmark prints could be timeouts.
 func TestTrivialInitEndsQEMUAtOnce(t *testing.T) {
-	lightTest(t)
 	dir := t.TempDir()
 	fb := prepareFloor(t, dir)
 	for _, efi := range []bool{false, true} {

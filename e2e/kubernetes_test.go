@@ -54,7 +54,6 @@ func kubeTool(t *testing.T, name string) string {
 //     certificate-less scrape is refused, and the scraper's certificate
 //     reads no key.
 func TestKubernetesAndPrometheusUseTheClusterWithTheirOwnCertificates(t *testing.T) {
-	lightTest(t)
 	_, out := renderLoopback(t, "kube-etcd", "127.0.0.6", "metrics: {tls: true}\n")
 	pkiDir, kubeDir := filepath.Join(out, "pki"), filepath.Join(out, "kubernetes")
 	ca := filepath.Join(pkiDir, "etcd-ca.pem")

@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 	explicit := false
 	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
 	if !explicit {
-		flag.Set("test.parallel", "32")
+		flag.Set("test.parallel", "16")
 	}
 	dir, err := os.MkdirTemp("", "etcdimg-e2e-bin-")
 	if err != nil {

@@ -290,7 +290,6 @@ func TestInitWritesTheDefaultSpecOnce(t *testing.T) {
 // TestClusterCommandsRefuseWhatTheyCannotDo: the cluster commands, before
 // anything is built or booted, fail in one line that says what to run.
 func TestClusterCommandsRefuseWhatTheyCannotDo(t *testing.T) {
-	lightTest(t)
 	work := t.TempDir()
 	out := filepath.Join(work, "out")
 	for _, tc := range []struct {

@@ -8,20 +8,17 @@ import (
 	"time"
 )
 
-// The e2e tests share two cores, and are bound by CPU: only the time a
-// test spends waiting is gained by running it beside another. The up
-// and chaos tests run first, one after the other: their bounds on
-// forming and healing are what they check, and a cluster beside them
-// slows every member. Then the long tests that each boot a cluster of
-// their own (the ranks below) run two at a time, longest first, so that
-// the two slots end close together; three clusters at once are too
-// many (booting nine members at once took over four minutes, past `up`'s
-// bound). Beside them, from the start, the light tests (one VM at a
-// time, or etcd on the host) run one after another in a lane of their
-// own: alone they left a quarter of the CPU idle. The subtests that each
-// boot one VM (the cloud cases, the refused boots) run two at a time.
-// TestMain raises -parallel so that these pools, not the order in which
-// Go wakes parallel tests, decide what runs.
+// The e2e tests share two cores. Most run one after another; the long
+// ones that each boot a cluster of their own (the ranks below) run two at
+// a time once the others are done, longest first, so that the two slots
+// end close together. Three clusters at once are too many: booting nine
+// members at once took over four minutes (measured), past `up`'s bound.
+// The chaos test stays serial: its bounds on healing (a member healthy
+// within three minutes of a partition's end) are what it checks, and a
+// cluster beside it slows every member. The subtests that each boot one
+// VM (the cloud cases, the refused boots) run two at a time too. TestMain
+// raises -parallel so that these pools, not the order in which Go wakes
+// parallel tests, decide what runs.
 const (
 	rankLifecycle = iota
 	rankUpgrade
@@ -30,9 +27,8 @@ const (
 )
 
 var (
-	longTests  = newPool(2)
-	lightTests = newPool(1)
-	vmCases    = newPool(2)
+	longTests = newPool(2)
+	vmCases   = newPool(2)
 )
 
 // longTest makes t one of the long tests of the parallel phase and waits
@@ -41,14 +37,6 @@ func longTest(t *testing.T, rank int) {
 	t.Helper()
 	t.Parallel()
 	longTests.take(t, rank)
-}
-
-// lightTest makes t one of the light tests that run one at a time beside
-// the long ones, and waits for its turn.
-func lightTest(t *testing.T) {
-	t.Helper()
-	t.Parallel()
-	lightTests.take(t, 0)
 }
 
 // vmCase makes the subtest t parallel and waits until fewer than two

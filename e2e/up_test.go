@@ -567,7 +567,6 @@ func checkScrapes(t *testing.T, u *upCluster, query promQuery, port int, dir str
 // and exits 1 at once instead of waiting out its timeout; the disk still
 // holds its FAT.
 func TestUpEndsWhenAMemberStopsItsBoot(t *testing.T) {
-	lightTest(t)
 	work := t.TempDir()
 	out := filepath.Join(work, "out")
 	if _, stderr, code := etcdimg(t, work, "build", "--nodes", "1", "--out", out); code != 0 {
